@@ -1,0 +1,8 @@
+// `npm run bench`: prints figures; baselines are measured in the same run because these machines are noisy.
+import { benchCore } from './core.js';
+
+const only = process.argv[2];
+const suites: Record<string, () => Promise<void>> = { core: benchCore };
+for (const [name, fn] of Object.entries(suites)) {
+  if (!only || only === name) await fn();
+}

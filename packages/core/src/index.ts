@@ -1,0 +1,5 @@
+export * from './errors.js';
+export * from './names.js';
+export * from './quantity.js';
+export * from './sandbox.js';
+export * from './limits.js';

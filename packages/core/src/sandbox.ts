@@ -1,0 +1,171 @@
+import { Type, type Static } from '@sinclair/typebox';
+
+export const SANDBOX_GROUP = 'agents.x-k8s.io';
+export const SANDBOX_VERSION = 'v1alpha1';
+export const SANDBOX_API_VERSION = `${SANDBOX_GROUP}/${SANDBOX_VERSION}`;
+export const RUNTIME_CLASSES = ['runc', 'gvisor', 'microvm'] as const;
+export type RuntimeClassName = (typeof RUNTIME_CLASSES)[number];
+
+const Strict = { additionalProperties: false } as const;
+const StringMap = Type.Record(Type.String({ maxLength: 253 }), Type.String({ maxLength: 4096 }));
+const Quantity = Type.Union([Type.String({ maxLength: 32 }), Type.Number({ minimum: 0 })]);
+
+export const ObjectMetaSchema = Type.Object(
+  {
+    name: Type.Optional(Type.String({ maxLength: 253 })),
+    generateName: Type.Optional(Type.String({ maxLength: 58 })),
+    namespace: Type.Optional(Type.String({ maxLength: 63 })),
+    labels: Type.Optional(StringMap),
+    annotations: Type.Optional(StringMap),
+    // Read-only fields a client may echo back from `get -o yaml`; ignored on input.
+    uid: Type.Optional(Type.String()),
+    creationTimestamp: Type.Optional(Type.String()),
+    resourceVersion: Type.Optional(Type.String()),
+    generation: Type.Optional(Type.Number()),
+  },
+  Strict,
+);
+
+export const EnvVarSchema = Type.Object(
+  { name: Type.String({ minLength: 1, maxLength: 256, pattern: '^[^=\\x00]+$' }), value: Type.Optional(Type.String({ maxLength: 32768 })) },
+  Strict,
+);
+
+export const ResourceListSchema = Type.Object(
+  {
+    cpu: Type.Optional(Quantity),
+    memory: Type.Optional(Quantity),
+    'ephemeral-storage': Type.Optional(Quantity),
+    'moat.dev/pids': Type.Optional(Quantity),
+  },
+  Strict,
+);
+
+export const ContainerSchema = Type.Object(
+  {
+    name: Type.Optional(Type.String({ maxLength: 63 })),
+    image: Type.String({ minLength: 1, maxLength: 255 }),
+    imagePullPolicy: Type.Optional(Type.String()), // images are local; accepted for YAML portability
+    command: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { maxItems: 1024 })),
+    args: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { maxItems: 1024 })),
+    env: Type.Optional(Type.Array(EnvVarSchema, { maxItems: 1024 })),
+    workingDir: Type.Optional(Type.String({ maxLength: 4096 })),
+    resources: Type.Optional(
+      Type.Object({ limits: Type.Optional(ResourceListSchema), requests: Type.Optional(ResourceListSchema) }, Strict),
+    ),
+    ports: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            containerPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+            name: Type.Optional(Type.String({ maxLength: 15 })),
+            protocol: Type.Optional(Type.Literal('TCP')),
+          },
+          Strict,
+        ),
+        { maxItems: 64 },
+      ),
+    ),
+  },
+  Strict,
+);
+
+export const PodSpecSchema = Type.Object(
+  {
+    runtimeClassName: Type.Optional(Type.String({ maxLength: 63 })),
+    containers: Type.Array(ContainerSchema, { minItems: 1, maxItems: 1 }),
+    hostname: Type.Optional(Type.String({ maxLength: 63 })),
+    // Accepted for YAML portability with Kubernetes; they have no effect on one host.
+    restartPolicy: Type.Optional(Type.String()),
+    automountServiceAccountToken: Type.Optional(Type.Boolean()),
+    terminationGracePeriodSeconds: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  Strict,
+);
+
+export const VolumeClaimTemplateSchema = Type.Object(
+  {
+    metadata: Type.Object({ name: Type.String({ maxLength: 63 }), labels: Type.Optional(StringMap), annotations: Type.Optional(StringMap) }, Strict),
+    spec: Type.Object(
+      {
+        accessModes: Type.Optional(Type.Array(Type.String())),
+        storageClassName: Type.Optional(Type.String()),
+        resources: Type.Object({ requests: Type.Object({ storage: Quantity }, Strict) }, Strict),
+      },
+      Strict,
+    ),
+  },
+  Strict,
+);
+
+export const SandboxSpecSchema = Type.Object(
+  {
+    podTemplate: Type.Object(
+      {
+        metadata: Type.Optional(Type.Object({ labels: Type.Optional(StringMap), annotations: Type.Optional(StringMap) }, Strict)),
+        spec: PodSpecSchema,
+      },
+      Strict,
+    ),
+    volumeClaimTemplates: Type.Optional(Type.Array(VolumeClaimTemplateSchema, { maxItems: 1 })),
+    shutdownTime: Type.Optional(Type.String({ format: 'date-time' })),
+    shutdownPolicy: Type.Optional(Type.Union([Type.Literal('Delete'), Type.Literal('Retain')])),
+    replicas: Type.Optional(Type.Integer({ minimum: 0, maximum: 1 })),
+  },
+  Strict,
+);
+
+export const ConditionSchema = Type.Object({
+  type: Type.String(),
+  status: Type.Union([Type.Literal('True'), Type.Literal('False'), Type.Literal('Unknown')]),
+  reason: Type.String(),
+  message: Type.String(),
+  lastTransitionTime: Type.String(),
+});
+
+export const SandboxPhases = ['Pending', 'Running', 'Failed', 'Terminating'] as const;
+export type SandboxPhase = (typeof SandboxPhases)[number];
+
+export const SandboxStatusSchema = Type.Object({
+  phase: Type.Union(SandboxPhases.map((p) => Type.Literal(p))),
+  conditions: Type.Array(ConditionSchema),
+  startTime: Type.Optional(Type.String()),
+  runtimeClassName: Type.Optional(Type.String()),
+  image: Type.Optional(Type.Object({ name: Type.String(), digest: Type.String() })),
+  resourceUsage: Type.Optional(
+    Type.Object({ memoryBytes: Type.Number(), cpuSeconds: Type.Number(), pids: Type.Number() }),
+  ),
+});
+
+export const SandboxSchema = Type.Object(
+  {
+    apiVersion: Type.Optional(Type.Literal(SANDBOX_API_VERSION)),
+    kind: Type.Optional(Type.Literal('Sandbox')),
+    metadata: ObjectMetaSchema,
+    spec: SandboxSpecSchema,
+    status: Type.Optional(Type.Unknown()), // clients may echo it; the server owns it
+  },
+  Strict,
+);
+
+export type SandboxInput = Static<typeof SandboxSchema>;
+export type SandboxSpec = Static<typeof SandboxSpecSchema>;
+export type SandboxStatus = Static<typeof SandboxStatusSchema>;
+export type Condition = Static<typeof ConditionSchema>;
+
+/** A sandbox as stored and served: metadata filled in, status owned by the server. */
+export interface Sandbox {
+  apiVersion: typeof SANDBOX_API_VERSION;
+  kind: 'Sandbox';
+  metadata: {
+    name: string;
+    namespace: string;
+    uid: string;
+    creationTimestamp: string;
+    resourceVersion: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+  };
+  spec: SandboxSpec;
+  status: SandboxStatus;
+}

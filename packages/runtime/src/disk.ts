@@ -1,0 +1,61 @@
+import { open, mkdir, readFile } from 'node:fs/promises';
+import { run } from './run.js';
+
+/**
+ * Disk limits are real filesystems: a sparse file formatted ext4 and
+ * loop-mounted. It works on any host filesystem, needs no quota support, and
+ * a full disk inside a sandbox is ENOSPC for that sandbox only.
+ */
+export async function createExt4(file: string, sizeBytes: number, opts: { journal: boolean; rootOwner: number }): Promise<void> {
+  const fh = await open(file, 'wx');
+  try {
+    await fh.truncate(sizeBytes);
+  } finally {
+    await fh.close();
+  }
+  await run('mkfs.ext4', [
+    '-q',
+    '-F',
+    '-m', '0',
+    '-E', `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${opts.rootOwner}:${opts.rootOwner}`,
+    ...(opts.journal ? [] : ['-O', '^has_journal']),
+    file,
+  ]);
+}
+
+export async function mountLoop(file: string, target: string): Promise<void> {
+  await mkdir(target, { recursive: true });
+  if (await isMountPoint(target)) return;
+  await run('mount', ['-o', 'loop,nosuid,nodev', file, target]);
+}
+
+export async function mountOverlay(lower: string, upper: string, work: string, target: string): Promise<void> {
+  await mkdir(target, { recursive: true });
+  if (await isMountPoint(target)) return;
+  await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, target]);
+}
+
+/** Unmount if mounted; lazily when busy so teardown never wedges. Loop devices auto-clear. */
+export async function unmount(target: string): Promise<void> {
+  if (!(await isMountPoint(target))) return;
+  const r = await run('umount', [target], { allowFail: true });
+  if (r.code !== 0) await run('umount', ['-l', target], { allowFail: true });
+}
+
+export async function mountPointsUnder(prefix: string): Promise<string[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const dir = prefix.endsWith('/') ? prefix : prefix + '/';
+  return text
+    .split('\n')
+    .map((l) => unescapeMount(l.split(' ')[4] ?? ''))
+    .filter((p) => p.startsWith(dir));
+}
+
+export async function isMountPoint(p: string): Promise<boolean> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  return text.split('\n').some((l) => unescapeMount(l.split(' ')[4] ?? '') === p);
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}

@@ -1,0 +1,187 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { chown, mkdir, readdir, rm, writeFile, access, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentClient } from '../agent/index.js';
+import { memswAvailable, readUsage } from '../cgroups.js';
+import { createExt4, mountLoop, mountOverlay, unmount } from '../disk.js';
+import { IN_SANDBOX, ociSpec } from '../oci/spec.js';
+import { run, which } from '../run.js';
+import { hostUid } from '../userns.js';
+import type { RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
+
+export interface OciDriverOptions {
+  /** Host directory holding one folder per sandbox. */
+  sandboxesDir: string;
+  /** Runtime state directory (`runc --root`): only Moat's containers are in it. */
+  stateDir: string;
+  initBinary: string;
+  /** The OCI runtime binary; `runc` by default. */
+  binary?: string;
+  readyTimeoutMs?: number;
+}
+
+/**
+ * The `runc` runtime class: an OCI bundle per sandbox. Rootfs = read-only
+ * image + overlay upper on the sandbox's own ext4 disk; `/data` on a second
+ * ext4 disk; moat-init as PID 1 serving exec and files over a unix socket.
+ */
+export class OciDriver implements RuntimeDriver {
+  readonly name: 'runc' | 'gvisor' = 'runc';
+  protected readonly bin: string;
+
+  constructor(protected readonly opts: OciDriverOptions) {
+    this.bin = opts.binary ?? 'runc';
+  }
+
+  async check(): Promise<void> {
+    if (!(await which(this.bin))) throw new Error(`${this.bin} is not installed: apt-get install ${this.bin}`);
+    for (const tool of ['mkfs.ext4', 'mount']) {
+      if (!(await which(tool))) throw new Error(`${tool} is missing: apt-get install e2fsprogs mount`);
+    }
+    await access(this.opts.initBinary).catch(() => {
+      throw new Error(`moat-init is not built (${this.opts.initBinary}): run \`make -C packages/agent\``);
+    });
+  }
+
+  dir(id: string) {
+    return join(this.opts.sandboxesDir, id);
+  }
+
+  logPath(id: string) {
+    return join(this.dir(id), 'log');
+  }
+
+  agent(id: string) {
+    return new AgentClient(join(this.dir(id), 'sock', 'agent.sock'));
+  }
+
+  protected runtimeArgs(): string[] {
+    return ['--root', this.opts.stateDir];
+  }
+
+  async create(spec: SandboxRuntimeSpec): Promise<void> {
+    const dir = this.dir(spec.id);
+    const p = (...s: string[]) => join(dir, ...s);
+    await mkdir(p('bundle', 'rootfs'), { recursive: true });
+    await writeFile(p('spec.json'), JSON.stringify(spec));
+    const root = hostUid(0);
+
+    // Writable layer and /data: created once, kept across restarts of the sandbox.
+    if (!(await exists(p('disk.img')))) await createExt4(p('disk.img'), spec.limits.diskBytes, { journal: false, rootOwner: 0 });
+    await mountLoop(p('disk.img'), p('disk'));
+    for (const d of ['upper', 'work']) {
+      await mkdir(p('disk', d), { recursive: true });
+    }
+    await chown(p('disk', 'upper'), root, root);
+    if (!(await exists(p('data.img')))) await createExt4(p('data.img'), spec.limits.dataBytes, { journal: true, rootOwner: root });
+    await mountLoop(p('data.img'), p('data'));
+    await mountOverlay(spec.image.rootfs, p('disk', 'upper'), p('disk', 'work'), p('bundle', 'rootfs'));
+
+    await mkdir(p('sock'), { recursive: true });
+    await chown(p('sock'), root, root);
+    await unlink(p('sock', 'agent.sock')).catch(() => {});
+    await writeFile(p('hostname'), `${spec.hostname}\n`);
+    await writeFile(p('hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${spec.hostname}\n`);
+
+    const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOSTNAME: spec.hostname, ...spec.env };
+    const config = ociSpec({
+      id: spec.id,
+      hostname: spec.hostname,
+      command: spec.command,
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      workingDir: spec.workingDir,
+      limits: spec.limits,
+      initBinary: this.opts.initBinary,
+      sockDir: p('sock'),
+      dataDir: p('data'),
+      etcHosts: p('hosts'),
+      etcHostname: p('hostname'),
+      capSwap: await memswCached(),
+    });
+    await this.adjustSpec(config);
+    await writeFile(p('bundle', 'config.json'), JSON.stringify(config));
+
+    // A container left over from a crash would make `run` fail on the id.
+    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
+    await this.startContainer(spec.id, p('bundle'), p('log'));
+    await this.waitReady(spec.id);
+  }
+
+  /** Hook for runtimes that share the bundle format but need a different spec (gVisor). */
+  protected async adjustSpec(_config: ReturnType<typeof ociSpec>): Promise<void> {}
+
+  private startContainer(id: string, bundle: string, log: string): Promise<void> {
+    // Detached: the container outlives this process, so a control-plane restart leaves it running.
+    const logFd = openSync(log, 'a');
+    return new Promise<void>((resolve, reject) => {
+      let stderr = '';
+      const child = spawn(this.bin, [...this.runtimeArgs(), 'run', '--detach', '--bundle', bundle, id], {
+        stdio: ['ignore', logFd, 'pipe'],
+      });
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => {
+        closeSync(logFd);
+        if (code === 0) resolve();
+        else reject(new Error(`${this.bin} run failed (exit ${code}): ${stderr.trim()}`));
+      });
+    });
+  }
+
+  private async waitReady(id: string): Promise<void> {
+    const deadline = Date.now() + (this.opts.readyTimeoutMs ?? 15_000);
+    const sock = join(this.dir(id), 'sock', 'agent.sock');
+    const agent = this.agent(id);
+    for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
+      if (await exists(sock)) {
+        try {
+          await agent.ping(1000);
+          return;
+        } catch {
+          /* listening not yet */
+        }
+      }
+      if (Date.now() > deadline) {
+        const state = await this.state(id);
+        throw new Error(`sandbox init did not become ready within ${this.opts.readyTimeoutMs ?? 15_000} ms (container ${state})`);
+      }
+      await sleep(delay);
+    }
+  }
+
+  async destroy(id: string): Promise<void> {
+    const dir = this.dir(id);
+    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', id], { allowFail: true });
+    await unmount(join(dir, 'bundle', 'rootfs'));
+    await unmount(join(dir, 'data'));
+    await unmount(join(dir, 'disk'));
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  async state(id: string): Promise<RuntimeState> {
+    const r = await run(this.bin, [...this.runtimeArgs(), 'state', id], { allowFail: true });
+    if (r.code !== 0) return 'missing';
+    const status = (JSON.parse(r.stdout) as { status: string }).status;
+    return status === 'running' ? 'running' : status === 'paused' ? 'paused' : 'stopped';
+  }
+
+  async listIds(): Promise<string[]> {
+    const dirs = await readdir(this.opts.sandboxesDir).catch(() => [] as string[]);
+    const r = await run(this.bin, [...this.runtimeArgs(), 'list', '--format', 'json'], { allowFail: true });
+    const containers = r.code === 0 ? ((JSON.parse(r.stdout || 'null') ?? []) as { id: string }[]).map((c) => c.id) : [];
+    return [...new Set([...dirs, ...containers])];
+  }
+
+  usage(id: string) {
+    return readUsage(id);
+  }
+}
+
+let memsw: Promise<boolean> | undefined;
+const memswCached = () => (memsw ??= memswAvailable());
+
+const exists = (p: string) => access(p).then(() => true, () => false);
+
+export { IN_SANDBOX };

@@ -1,0 +1,34 @@
+import type { RuntimeClassName, SandboxLimits } from '@moat/core';
+import type { AgentClient } from '../agent/index.js';
+import type { Usage } from '../cgroups.js';
+import type { Image } from '../images/store.js';
+
+/** What a driver needs to run one sandbox; saved with it so a restart can recreate it. */
+export interface SandboxRuntimeSpec {
+  /** Stable unique id (the sandbox's uid): names the container, cgroup and host directory. */
+  id: string;
+  hostname: string;
+  image: Image;
+  limits: SandboxLimits;
+  command: string[];
+  env: Record<string, string>;
+  workingDir: string;
+}
+
+export type RuntimeState = 'running' | 'paused' | 'stopped' | 'missing';
+
+export interface RuntimeDriver {
+  readonly name: RuntimeClassName;
+  /** Throws an Error that says what to install when the runtime cannot work on this host. */
+  check(): Promise<void>;
+  /** Start the sandbox; reuses its disks when they exist (a restart after a crash). Resolves once exec works. */
+  create(spec: SandboxRuntimeSpec): Promise<void>;
+  /** Remove everything the sandbox has on the host. Idempotent. */
+  destroy(id: string): Promise<void>;
+  state(id: string): Promise<RuntimeState>;
+  /** Ids of every sandbox with anything on the host, for adoption and orphan cleanup. */
+  listIds(): Promise<string[]>;
+  agent(id: string): AgentClient;
+  usage(id: string): Promise<Usage>;
+  logPath(id: string): string;
+}

@@ -1,0 +1,6 @@
+import { fileURLToPath } from 'node:url';
+
+/** moat-init as built by `make -C packages/agent`; MOAT_INIT_BINARY overrides (packaged installs). */
+export function defaultInitBinary(): string {
+  return process.env.MOAT_INIT_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-init', import.meta.url));
+}

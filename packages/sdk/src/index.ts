@@ -1,0 +1,10 @@
+export { Moat, SandboxesApi, ImagesApi, DEFAULT_URL, type MoatOptions } from './client.js';
+export { Sandbox } from './sandbox.js';
+export { Files, type FileOptions } from './files.js';
+export { Process, type SpawnOptions } from './spawn.js';
+export { ResourceClient, type WaitOptions } from './resources.js';
+export { MoatError, ExecError, errorFromResponse } from './errors.js';
+export { sandboxManifest, type CreateSandboxOptions } from './spec.js';
+export { parseNdjson, toExecEvent } from './ndjson.js';
+export { toArgv, type Command, type ExecOptions } from './exec.js';
+export * from './types.js';

@@ -1,0 +1,62 @@
+import { collectExec, execStream, toArgv, type Command, type ExecOptions } from './exec.js';
+import { Files } from './files.js';
+import type { HttpClient } from './http.js';
+import type { ResourceClient, WaitOptions } from './resources.js';
+import { Process, type SpawnOptions } from './spawn.js';
+import type { ExecEvent, ExecResult, SandboxResource } from './types.js';
+
+/** A handle on one sandbox. `resource` is the last Sandbox object the server returned. */
+export class Sandbox {
+  readonly files: Files;
+
+  constructor(
+    private readonly http: HttpClient,
+    private readonly client: ResourceClient<SandboxResource>,
+    public resource: SandboxResource,
+  ) {
+    this.files = new Files(http, this.path);
+  }
+
+  get name(): string {
+    return this.resource.metadata.name;
+  }
+
+  private get path(): string {
+    return this.client.itemPath(this.name);
+  }
+
+  async refresh(): Promise<this> {
+    this.resource = await this.client.get(this.name);
+    return this;
+  }
+
+  async waitReady(opts: Omit<WaitOptions, 'condition'> = {}): Promise<this> {
+    this.resource = await this.client.wait(this.name, { ...opts, condition: 'Ready' });
+    return this;
+  }
+
+  /** Run a command to completion. A string runs with `/bin/sh -c`. */
+  exec(cmd: Command, opts: ExecOptions = {}): Promise<ExecResult> {
+    const { onStdout, onStderr, ...request } = opts;
+    return collectExec(execStream(this.http, this.path, cmd, request), { onStdout, onStderr });
+  }
+
+  /** The raw event stream of a command, with output as bytes (for byte-exact relaying). */
+  execStream(cmd: Command, opts: Omit<ExecOptions, 'onStdout' | 'onStderr'> = {}): AsyncGenerator<ExecEvent> {
+    return execStream(this.http, this.path, cmd, opts);
+  }
+
+  /** Start an interactive process (stdin, TTY, signals) over a WebSocket. */
+  spawn(cmd: Command, opts: SpawnOptions = {}): Process {
+    return new Process(this.http.wsUrl(`${this.path}/exec/ws`), this.http.authHeaders(), this.http.baseUrl, toArgv(cmd), opts);
+  }
+
+  /** Output of the main command (and of moat-init). */
+  logs(opts: { tailLines?: number } = {}): Promise<string> {
+    return this.http.text('GET', `${this.path}/logs`, { query: { tailLines: opts.tailLines } });
+  }
+
+  async delete(opts: { wait?: boolean } = {}): Promise<void> {
+    await this.client.delete(this.name, opts);
+  }
+}

@@ -1,0 +1,50 @@
+import { MoatError } from './errors.js';
+import { SANDBOX_API_VERSION, type Container, type KubeObject, type Quantity, type ResourceList } from './types.js';
+
+export interface CreateSandboxOptions {
+  /** A Moat image name. Default `base`. */
+  image?: string;
+  /** Omitted: the server generates one (`sbx-xxxxx`). */
+  name?: string;
+  /** runc (default) | gvisor | microvm */
+  runtime?: string;
+  env?: Record<string, string>;
+  labels?: Record<string, string>;
+  resources?: { cpu?: Quantity; memory?: Quantity; disk?: Quantity; pids?: Quantity };
+  /** Main process; without it the sandbox just idles, ready for exec. */
+  command?: string[];
+  /** Wait until Ready (default true). */
+  wait?: boolean;
+  /** How long to wait for Ready (default 60). */
+  timeoutSeconds?: number;
+  /** Reserved for SandboxTemplates; not supported yet. */
+  template?: string;
+}
+
+/** The Sandbox object that CreateSandboxOptions describe. */
+export function sandboxManifest(opts: CreateSandboxOptions): KubeObject {
+  if (opts.template !== undefined) {
+    throw new MoatError(0, 'NotSupported', `sandbox templates are not supported yet (template "${opts.template}"): pass an image instead`);
+  }
+  const limits: ResourceList = {};
+  const r = opts.resources ?? {};
+  if (r.cpu !== undefined) limits.cpu = String(r.cpu);
+  if (r.memory !== undefined) limits.memory = String(r.memory);
+  if (r.disk !== undefined) limits['ephemeral-storage'] = String(r.disk);
+  if (r.pids !== undefined) limits['moat.dev/pids'] = String(r.pids);
+
+  const container: Container = { name: 'sandbox', image: opts.image ?? 'base' };
+  if (opts.command?.length) container.command = opts.command;
+  if (opts.env && Object.keys(opts.env).length) container.env = Object.entries(opts.env).map(([name, value]) => ({ name, value }));
+  if (Object.keys(limits).length) container.resources = { limits };
+
+  const metadata: KubeObject['metadata'] = opts.name ? { name: opts.name } : { generateName: 'sbx-' };
+  if (opts.labels && Object.keys(opts.labels).length) metadata.labels = opts.labels;
+
+  return {
+    apiVersion: SANDBOX_API_VERSION,
+    kind: 'Sandbox',
+    metadata,
+    spec: { podTemplate: { spec: { ...(opts.runtime ? { runtimeClassName: opts.runtime } : {}), containers: [container] } } },
+  };
+}

@@ -1,0 +1,60 @@
+import Fastify, { type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
+import websocket from '@fastify/websocket';
+import type { Logger } from 'pino';
+import { authenticate, type Principal } from '../auth/keys.js';
+import type { ApiContext } from './context.js';
+import { errorHandler } from './errors.js';
+import { execRoutes } from './routes/exec.js';
+import { fileRoutes } from './routes/files.js';
+import { imageRoutes } from './routes/images.js';
+import { sandboxRoutes } from './routes/sandboxes.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal;
+  }
+}
+
+const PUBLIC = new Set(['/healthz', '/openapi.json']);
+
+export async function buildApp(ctx: ApiContext, logger: Logger): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: logger,
+    bodyLimit: 1024 * 1024,
+    // Unknown fields are an error, never silently dropped.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+    disableRequestLogging: true,
+  });
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 404, reason: 'NotFound', message: `no route ${req.method} ${req.url.split('?')[0]}; see /openapi.json` });
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'Moat API', version: ctx.version, description: 'Sandboxes for AI agents. Errors are Kubernetes Status objects.' },
+      components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer' } } },
+      security: [{ apiKey: [] }],
+    },
+  });
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+
+  app.decorateRequest('principal', null as unknown as Principal);
+  app.addHook('onRequest', async (req) => {
+    if (PUBLIC.has(req.url.split('?')[0]!)) return;
+    req.principal = await authenticate(ctx.store, req.headers.authorization, req.headers['x-api-key'] as string | undefined);
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    req.log.info({ method: req.method, url: req.url.split('?')[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, key: req.principal?.keyId }, 'request');
+  });
+
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok', version: ctx.version }));
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  sandboxRoutes(app, ctx);
+  execRoutes(app, ctx);
+  imageRoutes(app, ctx);
+  await app.register(async (scope) => fileRoutes(scope, ctx));
+  return app;
+}

@@ -1,0 +1,88 @@
+import { constants } from 'node:os';
+import { MoatError, type Sandbox } from '@moat/core';
+import { AgentError, type AgentClient, type ExecHandle } from '@moat/runtime';
+
+export interface ExecRequest {
+  command: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  user?: string;
+  tty?: boolean;
+  rows?: number;
+  cols?: number;
+  timeoutSeconds?: number;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  signal: string | null;
+  timedOut: boolean;
+  durationMs: number;
+}
+
+const SIGNAL_NAMES = Object.fromEntries(Object.entries(constants.signals).map(([k, v]) => [v, k]));
+
+export function signalNumber(name: string): number {
+  const n = (constants.signals as Record<string, number>)[name.startsWith('SIG') ? name : `SIG${name}`];
+  if (!n) throw new MoatError(400, 'BadRequest', `unknown signal "${name}"`);
+  return n;
+}
+
+/** The sandbox's own environment (from its spec) under the request's. */
+function execEnv(sandbox: Sandbox, extra: Record<string, string> = {}): Record<string, string> {
+  const c = sandbox.spec.podTemplate.spec.containers[0]!;
+  return {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    HOSTNAME: sandbox.metadata.name,
+    ...Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value ?? ''])),
+    ...extra,
+  };
+}
+
+/**
+ * One command in a sandbox, through its init agent. Adds what the agent does
+ * not know about: the sandbox's environment, the timeout, and signal names.
+ */
+export function startExec(
+  agent: AgentClient,
+  sandbox: Sandbox,
+  req: ExecRequest,
+  out: { onStdout(b: Buffer): void; onStderr(b: Buffer): void },
+): { handle: ExecHandle; result: Promise<ExecResult> } {
+  const started = performance.now();
+  const handle = agent.exec(
+    {
+      command: req.command,
+      env: execEnv(sandbox, req.env),
+      ...(req.cwd ? { cwd: req.cwd } : {}),
+      ...(req.user ? { user: req.user } : {}),
+      tty: !!req.tty,
+      ...(req.rows ? { rows: req.rows } : {}),
+      ...(req.cols ? { cols: req.cols } : {}),
+    },
+    out,
+  );
+  let timedOut = false;
+  const timer = req.timeoutSeconds
+    ? setTimeout(() => {
+        timedOut = true;
+        handle.signal(constants.signals.SIGKILL);
+      }, req.timeoutSeconds * 1000)
+    : undefined;
+  const result = handle.done
+    .then(({ exitCode, signal }) => ({
+      exitCode,
+      signal: signal ? (SIGNAL_NAMES[signal] ?? `SIG${signal}`) : null,
+      timedOut,
+      durationMs: Math.round((performance.now() - started) * 100) / 100,
+    }))
+    .catch((err: unknown) => {
+      throw err instanceof AgentError && (err.code === 'ENOENT' || err.code === 'EACCES')
+        ? new MoatError(404, 'NotFound', `cannot run "${req.command[0]}": ${err.message}`)
+        : err instanceof AgentError
+          ? new MoatError(502, 'SandboxUnavailable', `the sandbox did not answer: ${err.message}`)
+          : err;
+    })
+    .finally(() => clearTimeout(timer));
+  return { handle, result };
+}

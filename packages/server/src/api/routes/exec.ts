@@ -1,0 +1,139 @@
+import { PassThrough } from 'node:stream';
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { MoatError } from '@moat/core';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { WebSocket } from 'ws';
+import type { ApiContext } from '../context.js';
+import { authorize } from '../authorize.js';
+import { signalNumber, startExec, type ExecRequest } from '../exec-session.js';
+import { toMoatError } from '../errors.js';
+import { NameParams, SANDBOXES } from './sandboxes.js';
+
+const ExecBody = Type.Object(
+  {
+    command: Type.Array(Type.String({ maxLength: 131072 }), { minItems: 1, maxItems: 4096 }),
+    env: Type.Optional(Type.Record(Type.String({ pattern: '^[^=\\x00]+$', maxLength: 256 }), Type.String({ maxLength: 131072 }))),
+    cwd: Type.Optional(Type.String({ pattern: '^/', maxLength: 4096 })),
+    user: Type.Optional(Type.String({ maxLength: 64 })),
+    stdin: Type.Optional(Type.String()),
+    stdinBase64: Type.Optional(Type.String()),
+    timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 86400 })),
+  },
+  { additionalProperties: false },
+);
+
+const WsRequest = Type.Object(
+  {
+    command: ExecBody.properties.command,
+    env: ExecBody.properties.env,
+    cwd: ExecBody.properties.cwd,
+    user: ExecBody.properties.user,
+    timeoutSeconds: ExecBody.properties.timeoutSeconds,
+    tty: Type.Optional(Type.Boolean()),
+    rows: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+    cols: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  },
+  { additionalProperties: false },
+);
+
+export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
+  app.post(`${SANDBOXES}/:name/exec`, {
+    schema: {
+      tags: ['exec'],
+      summary: 'Run a command; the response streams NDJSON lines: started, stdout/stderr (base64), exit',
+      params: NameParams,
+      body: ExecBody,
+    },
+  }, async (req, reply) => {
+    const { namespace, name } = req.params as { namespace: string; name: string };
+    authorize(req.principal, namespace, 'write');
+    const body = req.body as Static<typeof ExecBody>;
+    const { sandbox, driver } = await ctx.sandboxes.running(namespace, name);
+    const out = new PassThrough();
+    const line = (o: unknown) => out.write(JSON.stringify(o) + '\n');
+    const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, body, {
+      onStdout: (b) => line({ type: 'stdout', data: b.toString('base64') }),
+      onStderr: (b) => line({ type: 'stderr', data: b.toString('base64') }),
+    });
+    // Fail fast (a proper 404) when the program cannot start; stream once it has.
+    let pid: number;
+    try {
+      pid = await handle.pid;
+    } catch {
+      await result; // rejects with the mapped error
+      throw new MoatError(500, 'InternalError', 'exec failed to start');
+    }
+    const stdin = body.stdinBase64 !== undefined ? Buffer.from(body.stdinBase64, 'base64') : body.stdin !== undefined ? Buffer.from(body.stdin) : undefined;
+    if (stdin) handle.writeStdin(stdin);
+    handle.closeStdin();
+    req.raw.on('close', () => {
+      if (!reply.raw.writableFinished) handle.kill();
+    });
+    line({ type: 'started', pid });
+    result.then(
+      (r) => out.end(JSON.stringify({ type: 'exit', ...r }) + '\n'),
+      (err) => {
+        const e = toMoatError(err, req);
+        out.end(JSON.stringify({ type: 'error', reason: e.reason, message: e.message }) + '\n');
+      },
+    );
+    return reply.type('application/x-ndjson').send(out);
+  });
+
+  // Checks run before the upgrade, so a refused exec is a plain HTTP Status response, not a closed socket.
+  const targets = new WeakMap<FastifyRequest, Awaited<ReturnType<typeof ctx.sandboxes.running>>>();
+  app.get(`${SANDBOXES}/:name/exec/ws`, {
+    websocket: true,
+    schema: { tags: ['exec'], summary: 'Interactive exec over a WebSocket (see docs/api.md)', params: NameParams },
+    preHandler: async (req) => {
+      const { namespace, name } = req.params as { namespace: string; name: string };
+      authorize(req.principal, namespace, 'write');
+      targets.set(req, await ctx.sandboxes.running(namespace, name));
+    },
+  }, (socket: WebSocket, req) => {
+    const { sandbox, driver } = targets.get(req)!;
+    socket.once('message', async (first, isBinary) => {
+      try {
+        if (isBinary) throw new MoatError(400, 'BadRequest', 'the first message must be the JSON exec request');
+        const body = parseWsRequest(first.toString());
+        const send = (tag: number) => (b: Buffer) => socket.send(Buffer.concat([Buffer.from([tag]), b]));
+        const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, body, { onStdout: send(1), onStderr: send(2) });
+        socket.on('message', (data: Buffer, binary) => {
+          try {
+            if (binary) {
+              if (data[0] === 0) handle.writeStdin(data.subarray(1));
+              else if (data[0] === 1) handle.closeStdin();
+              return;
+            }
+            const msg = JSON.parse(data.toString()) as { type?: string; rows?: number; cols?: number; signal?: string };
+            if (msg.type === 'resize' && msg.rows && msg.cols) handle.resize(msg.rows, msg.cols);
+            else if (msg.type === 'signal' && msg.signal) handle.signal(signalNumber(msg.signal));
+          } catch (err) {
+            socket.send(JSON.stringify({ type: 'warning', message: `ignored message: ${(err as Error).message}` }));
+          }
+        });
+        socket.on('close', () => handle.kill());
+        handle.pid.then((pid) => socket.send(JSON.stringify({ type: 'started', pid })), () => {});
+        const r = await result;
+        socket.send(JSON.stringify({ type: 'exit', ...r }));
+      } catch (err) {
+        const e = toMoatError(err, req);
+        socket.send(JSON.stringify({ type: 'error', reason: e.reason, message: e.message }));
+      }
+      socket.close(1000);
+    });
+  });
+}
+
+function parseWsRequest(text: string): ExecRequest {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (err) {
+    throw new MoatError(400, 'BadRequest', `malformed JSON exec request: ${(err as Error).message}`);
+  }
+  const first = Value.Errors(WsRequest, v).First();
+  if (first) throw new MoatError(400, 'BadRequest', `invalid exec request: ${first.path || '/'} ${first.message}`);
+  return v as ExecRequest;
+}

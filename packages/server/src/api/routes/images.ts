@@ -1,0 +1,14 @@
+import type { FastifyInstance } from 'fastify';
+import type { ApiContext } from '../context.js';
+
+export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
+  app.get('/apis/moat.dev/v1/images', { schema: { tags: ['images'], summary: 'Images sandboxes can start from' } }, async () => ({
+    items: (await ctx.images.list()).map(({ rootfs: _hostPath, ...image }) => image),
+  }));
+
+  app.get('/apis/moat.dev/v1/info', { schema: { tags: ['server'], summary: 'Server version, runtimes and limits' } }, async () => ({
+    version: ctx.version,
+    runtimes: ctx.runtimes,
+    limits: ctx.limits,
+  }));
+}

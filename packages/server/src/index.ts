@@ -1,0 +1,1 @@
+export { startServer, buildImage, defaultDataDir, DEFAULT_PORT, VERSION, type ServerOptions, type RunningServer } from './server.js';

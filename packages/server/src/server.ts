@@ -1,0 +1,116 @@
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
+import { DEFAULT_IMAGE, ImageStore, OciDriver, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
+import { buildApp } from './api/app.js';
+import type { ApiContext } from './api/context.js';
+import { createApiKey } from './auth/keys.js';
+import { SandboxController, type Drivers } from './controllers/sandboxes.js';
+import { Store } from './store/store.js';
+
+export const VERSION = '0.1.0';
+export const DEFAULT_PORT = 6628;
+
+export interface ServerOptions {
+  port?: number;
+  host?: string;
+  /** Where the store, sandboxes and images live. */
+  dataDir?: string;
+  /** Image cache; defaults to `<dataDir>/images` (tests share one to build `base` once). */
+  imagesDir?: string;
+  /** Progress and notices for a person at a terminal. */
+  log?: (line: string) => void;
+  logger?: Logger;
+  maxUploadBytes?: number;
+  /** Build the default image before listening (default true). */
+  prepareDefaultImage?: boolean;
+}
+
+export interface RunningServer {
+  url: string;
+  adminKey: string;
+  dataDir: string;
+  close(): Promise<void>;
+}
+
+export function defaultDataDir(): string {
+  if (process.env.MOAT_DATA_DIR) return process.env.MOAT_DATA_DIR;
+  return process.getuid?.() === 0 ? '/var/lib/moat' : join(process.env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'moat');
+}
+
+/** The admin key is created on first start and kept (0600) in the data dir so later starts can print it again. */
+async function adminKey(store: Store, dataDir: string): Promise<string> {
+  const file = join(dataDir, 'admin-key');
+  const saved = (await readFile(file, 'utf8').catch(() => '')).trim();
+  if (saved) return saved;
+  const { key } = await createApiKey(store, { name: 'admin (first start)', user: 'admin', role: 'admin' });
+  await writeFile(file, key + '\n', { mode: 0o600 });
+  await chmod(file, 0o600);
+  return key;
+}
+
+/** Build (or find) an image in a data dir's store without starting a server: setup and CI use it. */
+export async function buildImage(name: string, opts: { dataDir?: string | undefined; log?: (line: string) => void } = {}) {
+  const images = new ImageStore(process.env.MOAT_IMAGES_DIR ?? join(opts.dataDir ?? defaultDataDir(), 'images'));
+  return images.ensure(name, opts.log);
+}
+
+export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
+  const say = opts.log ?? (() => {});
+  const dataDir = opts.dataDir ?? defaultDataDir();
+  for (const d of ['', 'sandboxes', 'runtime/runc']) await mkdir(join(dataDir, d), { recursive: true, mode: 0o700 });
+  const logger = opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
+
+  const store = await Store.open(join(dataDir, 'moat.db'));
+  const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
+
+  const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary() });
+  const available = new Map<string, RuntimeDriver>();
+  const runtimes: ApiContext['runtimes'] = {};
+  for (const driver of [runc] as RuntimeDriver[]) {
+    try {
+      await driver.check();
+      available.set(driver.name, driver);
+      runtimes[driver.name] = { available: true };
+    } catch (err) {
+      runtimes[driver.name] = { available: false, reason: (err as Error).message };
+      say(`warning: runtime ${driver.name} unavailable: ${(err as Error).message}`);
+    }
+  }
+  for (const name of ['gvisor', 'microvm']) runtimes[name] ??= { available: false, reason: 'not implemented yet in this version of Moat' };
+  const drivers: Drivers = {
+    get: (name) => available.get(name),
+    unavailable: (name) => (available.has(name) ? undefined : (runtimes[name]?.reason ?? 'unknown runtime')),
+  };
+
+  if (opts.prepareDefaultImage ?? true) await images.ensure(DEFAULT_IMAGE, say);
+
+  const sandboxes = new SandboxController(store, images, drivers, logger);
+  await sandboxes.recover();
+
+  const ctx: ApiContext = {
+    store,
+    images,
+    sandboxes,
+    limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
+    version: VERSION,
+    runtimes,
+    dataDir,
+  };
+  const app = await buildApp(ctx, logger);
+  const host = opts.host ?? '127.0.0.1';
+  await app.listen({ port: opts.port ?? DEFAULT_PORT, host });
+  const addr = app.server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+  const key = await adminKey(store, dataDir);
+  return {
+    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    adminKey: key,
+    dataDir,
+    async close() {
+      await app.close();
+      await store.close();
+    },
+  };
+}

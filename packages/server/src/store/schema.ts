@@ -1,0 +1,44 @@
+import type { Generated } from 'kysely';
+
+export interface ApiKeyTable {
+  id: string;
+  name: string;
+  hash: string;
+  user: string;
+  role: string;
+  created_at: string;
+  expires_at: string | null;
+  revoked_at: string | null;
+}
+
+/** One row per sandbox: metadata in columns, spec and status as JSON documents. */
+export interface SandboxTable {
+  uid: string;
+  namespace: string;
+  name: string;
+  labels: string;
+  annotations: string;
+  spec: string;
+  status: string;
+  /** Desired state: 'Running' or 'Deleted' (a delete in progress survives a crash). */
+  desired: string;
+  created_at: string;
+  resource_version: number;
+}
+
+export interface EventTable {
+  id: Generated<number>;
+  sandbox_uid: string;
+  namespace: string;
+  name: string;
+  type: string;
+  reason: string;
+  message: string;
+  time: string;
+}
+
+export interface Database {
+  api_keys: ApiKeyTable;
+  sandboxes: SandboxTable;
+  events: EventTable;
+}

@@ -1,0 +1,151 @@
+import SQLite from 'better-sqlite3';
+import { Kysely, Migrator, SqliteDialect, type MigrationProvider } from 'kysely';
+import type { Sandbox, SandboxStatus } from '@moat/core';
+import { migrations } from './migrations.js';
+import type { ApiKeyTable, Database, SandboxTable } from './schema.js';
+
+export type Desired = 'Running' | 'Deleted';
+export interface StoredSandbox {
+  sandbox: Sandbox;
+  desired: Desired;
+}
+
+export interface SandboxEvent {
+  type: 'Normal' | 'Warning';
+  reason: string;
+  message: string;
+  time: string;
+}
+
+/**
+ * Desired and observed state. SQLite (WAL) embedded by default; the queries
+ * are plain Kysely so a PostgreSQL dialect can replace it for production.
+ */
+export class Store {
+  private constructor(readonly db: Kysely<Database>) {}
+
+  static async open(file: string): Promise<Store> {
+    const sqlite = new SQLite(file);
+    sqlite.pragma('journal_mode = WAL');
+    sqlite.pragma('synchronous = NORMAL');
+    sqlite.pragma('busy_timeout = 5000');
+    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+    const provider: MigrationProvider = { getMigrations: async () => migrations };
+    const { error } = await new Migrator({ db, provider }).migrateToLatest();
+    if (error) throw error;
+    return new Store(db);
+  }
+
+  close() {
+    return this.db.destroy();
+  }
+
+  // --- API keys
+
+  insertKey(row: ApiKeyTable) {
+    return this.db.insertInto('api_keys').values(row).execute();
+  }
+
+  keyByHash(hash: string) {
+    return this.db.selectFrom('api_keys').selectAll().where('hash', '=', hash).executeTakeFirst();
+  }
+
+  async countKeys(): Promise<number> {
+    const r = await this.db.selectFrom('api_keys').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+
+  // --- sandboxes
+
+  async insertSandbox(s: Sandbox): Promise<void> {
+    await this.db.insertInto('sandboxes').values(toRow(s, 'Running')).execute();
+  }
+
+  async getSandbox(namespace: string, name: string): Promise<StoredSandbox | undefined> {
+    const row = await this.db.selectFrom('sandboxes').selectAll().where('namespace', '=', namespace).where('name', '=', name).executeTakeFirst();
+    return row && fromRow(row);
+  }
+
+  async getSandboxByUid(uid: string): Promise<StoredSandbox | undefined> {
+    const row = await this.db.selectFrom('sandboxes').selectAll().where('uid', '=', uid).executeTakeFirst();
+    return row && fromRow(row);
+  }
+
+  async listSandboxes(namespace?: string): Promise<StoredSandbox[]> {
+    let q = this.db.selectFrom('sandboxes').selectAll().orderBy('created_at').orderBy('name');
+    if (namespace) q = q.where('namespace', '=', namespace);
+    return (await q.execute()).map(fromRow);
+  }
+
+  /** Replace the status and bump resourceVersion; returns the updated sandbox. */
+  async setStatus(uid: string, status: SandboxStatus): Promise<Sandbox | undefined> {
+    const row = await this.db
+      .updateTable('sandboxes')
+      .set((eb) => ({ status: JSON.stringify(status), resource_version: eb('resource_version', '+', 1) }))
+      .where('uid', '=', uid)
+      .returningAll()
+      .executeTakeFirst();
+    return row && fromRow(row).sandbox;
+  }
+
+  async setDesired(uid: string, desired: Desired): Promise<void> {
+    await this.db.updateTable('sandboxes').set({ desired }).where('uid', '=', uid).execute();
+  }
+
+  async deleteSandbox(uid: string): Promise<void> {
+    await this.db.deleteFrom('sandboxes').where('uid', '=', uid).execute();
+    await this.db.deleteFrom('events').where('sandbox_uid', '=', uid).execute();
+  }
+
+  // --- events
+
+  async addEvent(s: Sandbox, e: Omit<SandboxEvent, 'time'>): Promise<void> {
+    await this.db
+      .insertInto('events')
+      .values({ sandbox_uid: s.metadata.uid, namespace: s.metadata.namespace, name: s.metadata.name, ...e, time: new Date().toISOString() })
+      .execute();
+  }
+
+  async events(uid: string): Promise<SandboxEvent[]> {
+    const rows = await this.db.selectFrom('events').select(['type', 'reason', 'message', 'time']).where('sandbox_uid', '=', uid).orderBy('id').execute();
+    return rows as SandboxEvent[];
+  }
+}
+
+function toRow(s: Sandbox, desired: Desired): SandboxTable {
+  return {
+    uid: s.metadata.uid,
+    namespace: s.metadata.namespace,
+    name: s.metadata.name,
+    labels: JSON.stringify(s.metadata.labels ?? {}),
+    annotations: JSON.stringify(s.metadata.annotations ?? {}),
+    spec: JSON.stringify(s.spec),
+    status: JSON.stringify(s.status),
+    desired,
+    created_at: s.metadata.creationTimestamp,
+    resource_version: Number(s.metadata.resourceVersion),
+  };
+}
+
+function fromRow(r: SandboxTable): StoredSandbox {
+  const labels = JSON.parse(r.labels) as Record<string, string>;
+  const annotations = JSON.parse(r.annotations) as Record<string, string>;
+  return {
+    desired: r.desired as Desired,
+    sandbox: {
+      apiVersion: 'agents.x-k8s.io/v1alpha1',
+      kind: 'Sandbox',
+      metadata: {
+        name: r.name,
+        namespace: r.namespace,
+        uid: r.uid,
+        creationTimestamp: r.created_at,
+        resourceVersion: String(r.resource_version),
+        ...(Object.keys(labels).length ? { labels } : {}),
+        ...(Object.keys(annotations).length ? { annotations } : {}),
+      },
+      spec: JSON.parse(r.spec),
+      status: JSON.parse(r.status),
+    },
+  };
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what Moat needs on Debian 12 and builds it. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+say() { printf '\033[1mmoat setup:\033[0m %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "Moat manages namespaces, cgroups and mounts, so it runs as root: re-run with sudo."
+  exit 1
+fi
+
+# Host packages: the OCI runtime, the image builder, disks for sandbox limits, a C toolchain for moat-init.
+packages=(runc mmdebstrap debian-archive-keyring e2fsprogs mount tar ca-certificates gcc make libc6-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm dependencies (npm ci; compiles better-sqlite3 the first time, about a minute)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+say "building"
+make -s -C packages/agent
+npx tsc -b
+
+# `moat` on PATH for root's shells, unless something else owns that name.
+if [ -d /usr/local/bin ] && { [ ! -e /usr/local/bin/moat ] || [ -L /usr/local/bin/moat ]; }; then
+  ln -sfn "$PWD/bin/moat" /usr/local/bin/moat
+fi
+
+if [ "${1:-}" = "--images" ]; then
+  node packages/cli/dist/main.js images build base
+fi

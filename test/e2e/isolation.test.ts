@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { createReady, sh, startTestServer, type TestServer } from '../helpers/server.js';
+
+/** Each check here fails if the isolation it names is removed. */
+describe('isolation (runc)', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startTestServer();
+    await createReady(server, 'iso', { limits: { memory: '128Mi', 'moat.dev/pids': '64' } });
+  });
+  after(() => server.close());
+
+  test('cannot see host processes (own pid namespace)', async () => {
+    const r = await sh(server, 'iso', 'ls /proc | grep -E "^[0-9]+$" | wc -l; cat /proc/1/cmdline | tr "\\0" " "');
+    const [count, init] = r.stdout.split('\n');
+    assert.ok(Number(count) < 10, `only the sandbox's processes are visible, saw ${count}`);
+    assert.match(init!, /^\/\.moat\/init/);
+    const host = await sh(server, 'iso', `test -e /proc/${process.pid}/cmdline && cat /proc/${process.pid}/cmdline || echo none`);
+    assert.doesNotMatch(host.stdout, /node/);
+  });
+
+  test("cannot read host files, such as the server's data dir", async () => {
+    const db = join(server.dataDir, 'moat.db');
+    const r = await sh(server, 'iso', `ls ${server.dataDir} 2>&1; cat ${db} 2>&1 | head -c 100; cat /etc/hostname`);
+    assert.match(r.stdout, /No such file or directory/);
+    assert.doesNotMatch(r.stdout, /SQLite/);
+    assert.equal(r.stdout.trim().split('\n').pop(), 'iso');
+  });
+
+  test('cannot write outside its root filesystem and volume', async () => {
+    const hostPasswd = await readFile('/etc/passwd', 'utf8');
+    const r = await sh(server, 'iso', 'echo "evil:x:0:0::/:/bin/sh" >> /etc/passwd; echo pwned > /pwned; echo done');
+    assert.equal(r.stdout, 'done\n');
+    assert.equal(await readFile('/etc/passwd', 'utf8'), hostPasswd, 'host /etc/passwd unchanged');
+    await assert.rejects(readFile('/pwned'));
+  });
+
+  test('hostname is the sandbox name and differs from the host', async () => {
+    const r = await sh(server, 'iso', 'hostname');
+    assert.equal(r.stdout.trim(), 'iso');
+    assert.notEqual(hostname(), 'iso');
+  });
+
+  test('root inside is an unprivileged uid outside (user namespace)', async () => {
+    const r = await sh(server, 'iso', 'cat /proc/self/uid_map');
+    const [inside, outside] = r.stdout.trim().split(/\s+/).map(Number);
+    assert.equal(inside, 0);
+    assert.ok(outside! > 0, `uid 0 maps to host uid ${outside}`);
+  });
+
+  test('mount, unshare, module loading and raw sockets fail', async () => {
+    const r = await sh(
+      server,
+      'iso',
+      [
+        'mount -t tmpfs none /mnt 2>/dev/null && echo mount-ok || echo mount-denied',
+        'unshare -U true 2>/dev/null && echo unshare-ok || echo unshare-denied',
+        'unshare -n true 2>/dev/null && echo unsharen-ok || echo unsharen-denied',
+        `python3 -c "import ctypes,os; l=ctypes.CDLL(None, use_errno=True); r=l.syscall(175, 0, 0, b''); print('module-ok' if r==0 else 'module-denied', ctypes.get_errno())"`,
+        `python3 -c "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print('raw-ok')" 2>/dev/null || echo raw-denied`,
+        `python3 -c "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print('packet-ok')" 2>/dev/null || echo packet-denied`,
+        'grep CapEff /proc/self/status',
+      ].join('; '),
+    );
+    const out = r.stdout;
+    for (const what of ['mount', 'unshare', 'unsharen', 'raw', 'packet']) assert.match(out, new RegExp(`${what}-denied`), out);
+    assert.match(out, /module-denied 1\b/, 'init_module fails with EPERM');
+    const capEff = BigInt('0x' + /CapEff:\s+([0-9a-f]+)/.exec(out)![1]);
+    const CAP_SYS_ADMIN = 1n << 21n;
+    const CAP_NET_RAW = 1n << 13n;
+    assert.equal(capEff & CAP_SYS_ADMIN, 0n);
+    assert.equal(capEff & CAP_NET_RAW, 0n);
+  });
+
+  test('no_new_privs is set and a seccomp filter is active', async () => {
+    const r = await sh(server, 'iso', 'grep -E "NoNewPrivs|Seccomp:" /proc/self/status');
+    assert.match(r.stdout, /NoNewPrivs:\s+1/);
+    assert.match(r.stdout, /Seccomp:\s+2/);
+  });
+
+  test('only loopback networking: no route anywhere', async () => {
+    const r = await sh(server, 'iso', `ls /sys/class/net; python3 -c "
+import socket
+s=socket.socket(); s.settimeout(2)
+try:
+    s.connect(('127.0.0.1', ${new URL(server.url).port})); print('reached-host')
+except OSError as e: print('unreachable', e.errno)
+"`);
+    assert.equal(r.stdout.split('\n')[0], 'lo');
+    assert.match(r.stdout, /unreachable/, 'the host API port on 127.0.0.1 is not the sandbox loopback');
+  });
+
+  test('a memory hog is OOM-killed at its limit', async () => {
+    const r = await sh(server, 'iso', 'python3 -c "b = bytearray(300 * 1024 * 1024); print(len(b))"');
+    assert.equal(r.exit!.exitCode, 137, `exit ${r.exit!.exitCode}: ${r.stderr}`);
+    assert.equal(r.exit!.signal, 'SIGKILL');
+    assert.equal((await sh(server, 'iso', 'echo alive')).stdout, 'alive\n', 'the sandbox survives its OOM');
+  });
+
+  test('a fork bomb is stopped by the pids limit and the host stays responsive', async () => {
+    const bomb = sh(server, 'iso', 'bomb() { bomb | bomb & }; bomb; sleep 2; ps -e --no-headers | wc -l', { timeoutSeconds: 20 });
+    const t0 = Date.now();
+    const health = await fetch(server.url + '/healthz');
+    assert.equal(health.status, 200);
+    assert.ok(Date.now() - t0 < 2000, 'the API answers during the bomb');
+    const r = await bomb;
+    assert.ok(r.exit, 'the bomb exec finished');
+    const pids = (await sh(server, 'iso', 'cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max')).stdout.trim();
+    assert.equal(pids, '64');
+    await sh(server, 'iso', 'pkill -9 -f bomb; true', { timeoutSeconds: 10 });
+  });
+});

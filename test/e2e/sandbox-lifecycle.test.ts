@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { access, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { NS, createReady, execApi, sh, startTestServer, type TestServer } from '../helpers/server.js';
+
+describe('sandbox lifecycle, exec and files (runc)', () => {
+  let server: TestServer;
+  let uid: string;
+  before(async () => {
+    server = await startTestServer();
+    uid = (await createReady(server, 'life', { env: { GREETING: 'hi' }, labels: { team: 'a' } })).metadata.uid;
+  });
+  after(() => server.close());
+
+  test('a created sandbox is Running with Ready=True, its image digest and runtime', async () => {
+    const s = (await (await server.api(`${NS}/life`)).json()) as any;
+    assert.equal(s.status.phase, 'Running');
+    assert.equal(s.status.conditions.find((c: any) => c.type === 'Ready').status, 'True');
+    assert.match(s.status.image.digest, /^sha256:[0-9a-f]{64}$/);
+    assert.equal(s.status.runtimeClassName, 'runc');
+    assert.ok(s.status.resourceUsage.memoryBytes > 0, 'usage is read from the cgroup');
+    assert.ok(s.status.resourceUsage.pids >= 1);
+  });
+
+  test('list filters by label selector', async () => {
+    const all = (await (await server.api(NS)).json()) as any;
+    assert.ok(all.items.some((s: any) => s.metadata.name === 'life'));
+    const none = (await (await server.api(`${NS}?labelSelector=team%3Db`)).json()) as any;
+    assert.equal(none.items.length, 0);
+    const some = (await (await server.api(`${NS}?labelSelector=team%3Da`)).json()) as any;
+    assert.deepEqual(some.items.map((s: any) => s.metadata.name), ['life']);
+  });
+
+  test('exec returns stdout, stderr and the exit code', async () => {
+    const r = await execApi(server, 'life', { command: ['python3', '-c', 'import sys; print(1); print("e", file=sys.stderr); sys.exit(3)'] });
+    assert.equal(r.stdout, '1\n');
+    assert.equal(r.stderr, 'e\n');
+    assert.equal(r.exit!.exitCode, 3);
+    assert.equal(r.exit!.timedOut, false);
+  });
+
+  test('exec gets the sandbox env, request env, cwd, user and stdin', async () => {
+    const r = await sh(server, 'life', 'echo "$GREETING $EXTRA $(pwd) $(id -un)"; cat', { env: { EXTRA: 'x' }, cwd: '/tmp', user: 'user', stdin: 'from-stdin' });
+    assert.equal(r.stdout, 'hi x /tmp user\nfrom-stdin');
+    assert.equal(r.exit!.exitCode, 0);
+  });
+
+  test('a timed-out command is killed and reported as such', async () => {
+    const t0 = Date.now();
+    const r = await sh(server, 'life', 'sleep 30', { timeoutSeconds: 0.5 });
+    assert.equal(r.exit!.timedOut, true);
+    assert.equal(r.exit!.signal, 'SIGKILL');
+    assert.equal(r.exit!.exitCode, 137);
+    assert.ok(Date.now() - t0 < 10_000);
+  });
+
+  test('a command killed by a signal reports it', async () => {
+    const r = await sh(server, 'life', 'kill -TERM $$');
+    assert.equal(r.exit!.signal, 'SIGTERM');
+    assert.equal(r.exit!.exitCode, 143);
+  });
+
+  test('a missing program is a 404 with a message', async () => {
+    const r = await execApi(server, 'life', { command: ['/no/such/program'] });
+    assert.equal(r.status, 404);
+    assert.match((r.error as any).message, /no\/such\/program/);
+  });
+
+  test('files: write, read, stat, list, mkdir, rename, remove', async () => {
+    const base = `${NS}/life/files`;
+    const data = Buffer.from([0, 1, 2, 255, 10, 13]);
+    let res = await server.api(`${base}/content?path=/work/a/b.bin`, { method: 'PUT', body: data, headers: { 'content-type': 'application/octet-stream' } });
+    assert.equal(res.status, 200, await res.clone().text());
+    const entry = (await res.json()) as any;
+    assert.equal(entry.path, '/work/a/b.bin');
+    assert.equal(entry.size, 6);
+    res = await server.api(`${base}/content?path=/work/a/b.bin`);
+    assert.deepEqual(Buffer.from(await res.arrayBuffer()), data);
+    res = await server.api(`${base}/list?path=/work/a`);
+    assert.deepEqual(((await res.json()) as any).items.map((e: any) => [e.name, e.type]), [['b.bin', 'file']]);
+    res = await server.api(`${base}/mkdir?path=/work/d/e`, { method: 'POST' });
+    assert.equal(res.status, 201);
+    res = await server.api(`${base}/rename`, { method: 'POST', json: { from: '/work/a/b.bin', to: '/work/d/e/c.bin' } });
+    assert.equal(res.status, 200);
+    res = await server.api(`${base}/stat?path=/work/d/e/c.bin`);
+    assert.equal(((await res.json()) as any).size, 6);
+    res = await server.api(`${base}?path=/work/d`, { method: 'DELETE' });
+    assert.equal(res.status, 409, 'a non-empty directory needs recursive=true');
+    res = await server.api(`${base}?path=/work/d&recursive=true`, { method: 'DELETE' });
+    assert.equal(res.status, 204);
+    res = await server.api(`${base}/stat?path=/work/d`);
+    assert.equal(res.status, 404);
+    // the sandbox sees what the API wrote
+    assert.equal((await sh(server, 'life', 'ls /work')).stdout, 'a\n');
+  });
+
+  test('files: a tree goes up and down as tar', async () => {
+    await sh(server, 'life', 'mkdir -p /src/sub && echo one > /src/a.txt && echo two > /src/sub/b.txt');
+    const res = await server.api(`${NS}/life/files/archive?path=/src`);
+    assert.equal(res.status, 200);
+    const tarball = Buffer.from(await res.arrayBuffer());
+    const up = await server.api(`${NS}/life/files/archive?path=/dst`, { method: 'PUT', body: tarball, headers: { 'content-type': 'application/x-tar' } });
+    assert.equal(up.status, 200, await up.clone().text());
+    assert.equal(((await up.json()) as any).files, 2);
+    assert.equal((await sh(server, 'life', 'cat /dst/a.txt /dst/sub/b.txt')).stdout, 'one\ntwo\n');
+  });
+
+  test('/data and /tmp are writable; the image is shared read-only beneath the writable layer', async () => {
+    const r = await sh(server, 'life', 'echo x > /data/f && echo y > /tmp/f && echo z > /usr/local/f && cat /data/f /tmp/f /usr/local/f && df -P /data | tail -1');
+    assert.equal(r.exit!.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /^x\ny\nz\n/);
+  });
+
+  test('the writable layer has a disk limit', async () => {
+    // 2Gi default: writing 3 GiB must fail with ENOSPC inside the sandbox, not fill the host.
+    const r = await sh(server, 'life', 'dd if=/dev/zero of=/big bs=1M count=3000 2>&1; echo rc=$?; rm -f /big');
+    assert.match(r.stdout, /No space left on device/);
+  });
+
+  test('logs return the output of the main command', async () => {
+    await createReady(server, 'logger', { command: ['sh', '-c', 'echo main-started; sleep 1000'] });
+    let text = '';
+    for (let i = 0; i < 50 && !text.includes('main-started'); i++) {
+      text = await (await server.api(`${NS}/logger/logs`)).text();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.match(text, /main-started/);
+  });
+
+  test('delete removes the sandbox and everything it had on the host', async () => {
+    const dir = join(server.dataDir, 'sandboxes', uid);
+    await access(dir);
+    const res = await server.api(`${NS}/life?wait=true`, { method: 'DELETE' });
+    assert.equal(res.status, 200);
+    assert.equal((await server.api(`${NS}/life`)).status, 404);
+    await assert.rejects(access(dir), 'sandbox directory removed');
+    const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+    assert.ok(!mounts.includes(uid), 'no mount of the sandbox remains');
+    await assert.rejects(access(`/sys/fs/cgroup/memory/moat/${uid}`), 'cgroup removed');
+    const r = await execApi(server, 'life', { command: ['true'] });
+    assert.equal(r.status, 404, 'exec in a deleted sandbox is 404');
+  });
+});

@@ -1,0 +1,101 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { defaultDataDir, startServer, type RunningServer } from '@moat/server';
+
+/** The image cache shared by every test server, so `base` is built once per machine (as `moat up` does). */
+export const sharedImagesDir = () => process.env.MOAT_IMAGES_DIR ?? join(defaultDataDir(), 'images');
+
+export interface TestServer extends RunningServer {
+  /** fetch against the server with the admin key. */
+  api(path: string, init?: RequestInit & { json?: unknown }): Promise<Response>;
+}
+
+/** A real Moat server on loopback with its own data dir; `close` also removes every sandbox it made. */
+export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?: number } = {}): Promise<TestServer> {
+  const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'moat-test-')));
+  const server = await startServer({
+    port: 0,
+    dataDir,
+    imagesDir: sharedImagesDir(),
+    logger: pino({ level: process.env.MOAT_TEST_LOG ?? 'silent' }),
+    ...(opts.maxUploadBytes ? { maxUploadBytes: opts.maxUploadBytes } : {}),
+    log: (l) => process.stderr.write(`# ${l}\n`),
+  });
+  const api = (path: string, init: RequestInit & { json?: unknown } = {}) => {
+    const headers = new Headers(init.headers);
+    if (!headers.has('authorization')) headers.set('authorization', `Bearer ${server.adminKey}`);
+    let body = init.body;
+    if (init.json !== undefined) {
+      headers.set('content-type', 'application/json');
+      body = JSON.stringify(init.json);
+    }
+    return fetch(server.url + path, { ...init, headers, body });
+  };
+  return {
+    ...server,
+    api,
+    async close() {
+      const list = (await (await api('/apis/agents.x-k8s.io/v1alpha1/sandboxes')).json()) as { items: { metadata: { namespace: string; name: string } }[] };
+      await Promise.all(
+        list.items.map((s) => api(`/apis/agents.x-k8s.io/v1alpha1/namespaces/${s.metadata.namespace}/sandboxes/${s.metadata.name}?wait=true`, { method: 'DELETE' })),
+      );
+      await server.close();
+      if (!opts.dataDir) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export const NS = '/apis/agents.x-k8s.io/v1alpha1/namespaces/default/sandboxes';
+
+export function sandboxBody(name: string, extra: { image?: string; command?: string[]; limits?: Record<string, string>; env?: Record<string, string>; labels?: Record<string, string> } = {}) {
+  return {
+    apiVersion: 'agents.x-k8s.io/v1alpha1',
+    kind: 'Sandbox',
+    metadata: { name, ...(extra.labels ? { labels: extra.labels } : {}) },
+    spec: {
+      podTemplate: {
+        spec: {
+          containers: [
+            {
+              name: 'sandbox',
+              image: extra.image ?? 'base',
+              ...(extra.command ? { command: extra.command } : {}),
+              ...(extra.env ? { env: Object.entries(extra.env).map(([name, value]) => ({ name, value })) } : {}),
+              ...(extra.limits ? { resources: { limits: extra.limits } } : {}),
+            },
+          ],
+        },
+      },
+    },
+  };
+}
+
+/** Create a sandbox through the API and wait until it is Ready. */
+export async function createReady(server: TestServer, name: string, extra: Parameters<typeof sandboxBody>[1] = {}) {
+  const res = await server.api(NS, { method: 'POST', json: sandboxBody(name, extra) });
+  if (res.status !== 201) throw new Error(`create ${name}: ${res.status} ${await res.text()}`);
+  const wait = await server.api(`${NS}/${name}/wait?timeoutSeconds=120`);
+  if (wait.status !== 200) throw new Error(`wait ${name}: ${wait.status} ${await wait.text()}`);
+  return (await wait.json()) as { metadata: { uid: string; name: string }; status: Record<string, unknown> };
+}
+
+/** Run a command through the NDJSON exec endpoint and collect it. */
+export async function execApi(server: TestServer, name: string, body: Record<string, unknown>) {
+  const res = await server.api(`${NS}/${name}/exec`, { method: 'POST', json: body });
+  if (res.status !== 200) return { status: res.status, error: await res.json(), stdout: '', stderr: '', exit: undefined as undefined | Record<string, unknown> };
+  let stdout = '';
+  let stderr = '';
+  let exit: Record<string, unknown> | undefined;
+  for (const line of (await res.text()).split('\n').filter(Boolean)) {
+    const m = JSON.parse(line) as { type: string; data?: string };
+    if (m.type === 'stdout') stdout += Buffer.from(m.data!, 'base64').toString();
+    else if (m.type === 'stderr') stderr += Buffer.from(m.data!, 'base64').toString();
+    else if (m.type === 'exit' || m.type === 'error') exit = m as Record<string, unknown>;
+  }
+  return { status: 200, error: undefined, stdout, stderr, exit };
+}
+
+export const sh = (server: TestServer, name: string, script: string, extra: Record<string, unknown> = {}) =>
+  execApi(server, name, { command: ['/bin/sh', '-c', script], ...extra });
