@@ -36,6 +36,7 @@ export function run(
         reject(new Error(`${cmd} ${args.join(' ')} failed (exit ${code}): ${stderr.trim() || stdout.trim()}`));
       } else resolve(res);
     });
+    child.stdin!.on('error', () => {}); // EPIPE when the command exits without reading its input
     child.stdin!.end(opts.input ?? '');
   });
 }

@@ -59,7 +59,11 @@ export async function buildImage(name: string, opts: { dataDir?: string | undefi
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
   const say = opts.log ?? (() => {});
   const dataDir = opts.dataDir ?? defaultDataDir();
-  for (const d of ['', 'sandboxes', 'runtime/runc']) await mkdir(join(dataDir, d), { recursive: true, mode: 0o700 });
+  // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
+  for (const d of ['', 'sandboxes', 'runtime/runc']) {
+    await mkdir(join(dataDir, d), { recursive: true, mode: 0o711 });
+    await chmod(join(dataDir, d), 0o711);
+  }
   const logger = opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
   const store = await Store.open(join(dataDir, 'moat.db'));

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { chown, mkdir, readdir, rm, writeFile, access, unlink } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, readdir, rm, writeFile, access, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from '../agent/index.js';
@@ -64,7 +64,8 @@ export class OciDriver implements RuntimeDriver {
   async create(spec: SandboxRuntimeSpec): Promise<void> {
     const dir = this.dir(spec.id);
     const p = (...s: string[]) => join(dir, ...s);
-    await mkdir(p('bundle', 'rootfs'), { recursive: true });
+    await mkdir(p('bundle', 'rootfs'), { recursive: true, mode: 0o711 });
+    await chmod(dir, 0o711);
     await writeFile(p('spec.json'), JSON.stringify(spec));
     const root = hostUid(0);
 
@@ -114,18 +115,16 @@ export class OciDriver implements RuntimeDriver {
 
   private startContainer(id: string, bundle: string, log: string): Promise<void> {
     // Detached: the container outlives this process, so a control-plane restart leaves it running.
+    // Its stdio (and runc's own errors) go to the sandbox log; a pipe would be held open by the container.
     const logFd = openSync(log, 'a');
     return new Promise<void>((resolve, reject) => {
-      let stderr = '';
-      const child = spawn(this.bin, [...this.runtimeArgs(), 'run', '--detach', '--bundle', bundle, id], {
-        stdio: ['ignore', logFd, 'pipe'],
-      });
-      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const child = spawn(this.bin, [...this.runtimeArgs(), 'run', '--detach', '--bundle', bundle, id], { stdio: ['ignore', logFd, logFd] });
+      closeSync(logFd);
       child.on('error', reject);
-      child.on('close', (code) => {
-        closeSync(logFd);
-        if (code === 0) resolve();
-        else reject(new Error(`${this.bin} run failed (exit ${code}): ${stderr.trim()}`));
+      child.on('exit', async (code) => {
+        if (code === 0) return resolve();
+        const tail = (await readFile(log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('\n');
+        reject(new Error(`${this.bin} run failed (exit ${code}): ${tail}`));
       });
     });
   }

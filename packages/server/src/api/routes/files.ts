@@ -210,7 +210,7 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
       } else if (header.type === 'file' || header.type === 'contiguous-file') {
         files++;
         bytes += header.size ?? 0;
-        agent.writeFile(dest, stream, { mode: (header.mode ?? 0o644) & 0o7777, user }).then(() => done(), (e) => done(fileError(e, dest)));
+        agent.writeFile(dest, stream as unknown as Readable, { mode: (header.mode ?? 0o644) & 0o7777, user }).then(() => done(), (e) => done(fileError(e, dest)));
       } else {
         stream.resume().on('end', () => done()); // links and devices are not recreated
       }

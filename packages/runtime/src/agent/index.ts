@@ -1,0 +1,1 @@
+export { AgentClient, AgentError, type Entry, type ExecHandle, type ExecRequest } from './client.js';
