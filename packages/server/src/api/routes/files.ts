@@ -108,7 +108,7 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
       params: NameParams,
       querystring: Type.Object({ ...PathQuery.properties, mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$' })) }, { additionalProperties: false }),
     },
-  }, async (req) => {
+  }, async (req, reply) => {
     checkLength(req);
     const { agent, path, user } = await target(req, 'write');
     if (path === '/') throw badRequest('cannot write to /');
@@ -123,6 +123,7 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
       if (limit.bytes > max) throw tooLarge(`upload is larger than the limit of ${max} bytes`);
       return entryJson(await agent.rename(tmp, path, { user }));
     } catch (err) {
+      void reply.header('connection', 'close'); // the body may be half-read
       await agent.remove(tmp, { user: 'root' }).catch(() => {});
       throw fileError(err, path);
     }
@@ -186,7 +187,7 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.put(`${FILES}/archive`, {
     schema: { tags: ['files'], summary: 'Upload a tar archive and extract it under path', params: NameParams, querystring: PathQuery },
-  }, async (req) => {
+  }, async (req, reply) => {
     checkLength(req);
     const { agent, path, user } = await target(req, 'write');
     const limit = new ByteLimit(max);
@@ -194,6 +195,7 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
     let files = 0;
     let bytes = 0;
     extract.on('entry', (header, stream, next) => {
+      stream.on('error', () => {}); // destroying the extractor errors every open entry; the pipeline reports it once
       const rel = header.name.replace(/^\.?\/+/, '');
       const done = (err?: unknown) => (err ? extract.destroy(err as Error) : next());
       if (rel === '' || rel === '.') return stream.resume().on('end', () => done());
@@ -216,6 +218,8 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
       }
     });
     await pipeline(req.body as Readable, limit, extract).catch((err) => {
+      // The body was abandoned half-read: this connection cannot carry another request.
+      void reply.header('connection', 'close');
       throw err instanceof MoatError ? err : badRequest(`invalid tar archive: ${(err as Error).message}`);
     });
     return { files, bytes };
