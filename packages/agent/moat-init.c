@@ -1227,6 +1227,16 @@ static __attribute__((noreturn)) void op_exec(struct rec *req)
 	put_be32(pidb, (uint32_t)pid);
 	send_frame(T_STARTED, pidb, 4);
 
+	/* Stdin frames that arrived with the request are already buffered: poll would never report them. */
+	{
+		struct frame f;
+		int fr;
+		while ((fr = frame_next(&f)) > 0)
+			handle_host_frame(&io, &f);
+		if (fr < 0)
+			fail(EINVAL, "frame longer than %u bytes", MAX_FRAME);
+	}
+
 	for (;;) {
 		if (io.exited)
 			exec_finish(&io);

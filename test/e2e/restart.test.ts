@@ -50,8 +50,10 @@ describe('control-plane crash recovery', () => {
     let { child, server } = live;
     await createReady(server, 'keep');
     const orphan = await createReady(server, 'orphan');
-    await sh(server, 'keep', 'echo state > /data/f; nohup sh -c "while true; do sleep 1; done" >/dev/null 2>&1 &');
-    const before = (await sh(server, 'keep', 'pgrep -f "while true"')).stdout.trim();
+    await sh(server, 'keep', 'echo state > /data/f; nohup sh -c \'echo $$ > /tmp/loop.pid; while true; do sleep 1; done\' >/dev/null 2>&1 &');
+    await new Promise((r) => setTimeout(r, 200));
+    const alive = 'kill -0 $(cat /tmp/loop.pid) && cat /tmp/loop.pid';
+    const before = (await sh(server, 'keep', alive)).stdout.trim();
     assert.match(before, /^\d+$/);
 
     await kill(child);
@@ -65,7 +67,7 @@ describe('control-plane crash recovery', () => {
     ({ child, server } = live);
     const s = (await (await server.api(`${NS}/keep`)).json()) as any;
     assert.equal(s.status.phase, 'Running');
-    const afterPid = (await sh(server, 'keep', 'pgrep -f "while true"; cat /data/f')).stdout;
+    const afterPid = (await sh(server, 'keep', `${alive}; cat /data/f`)).stdout;
     assert.equal(afterPid, `${before}\nstate\n`, 'the same process is still running, /data intact');
 
     const orphanDir = join(dataDir, 'sandboxes', orphan.metadata.uid);

@@ -61,10 +61,11 @@ describe('sandbox lifecycle, exec and files (runc)', () => {
     assert.equal(r.exit!.exitCode, 143);
   });
 
-  test('a missing program is a 404 with a message', async () => {
+  test('a missing program ends the stream with a NotFound error', async () => {
     const r = await execApi(server, 'life', { command: ['/no/such/program'] });
-    assert.equal(r.status, 404);
-    assert.match((r.error as any).message, /no\/such\/program/);
+    assert.equal(r.exit!.type, 'error');
+    assert.equal(r.exit!.reason, 'NotFound');
+    assert.match(String(r.exit!.message), /no\/such\/program/);
   });
 
   test('files: write, read, stat, list, mkdir, rename, remove', async () => {

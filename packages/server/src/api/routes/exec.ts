@@ -18,7 +18,7 @@ const ExecBody = Type.Object(
     user: Type.Optional(Type.String({ maxLength: 64 })),
     stdin: Type.Optional(Type.String()),
     stdinBase64: Type.Optional(Type.String()),
-    timeoutSeconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 86400 })),
+    timeoutSeconds: Type.Optional(Type.Number({ minimum: 0, maximum: 86400, description: "0 or absent: no timeout" })),
   },
   { additionalProperties: false },
 );
@@ -56,21 +56,13 @@ export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
       onStdout: (b) => line({ type: 'stdout', data: b.toString('base64') }),
       onStderr: (b) => line({ type: 'stderr', data: b.toString('base64') }),
     });
-    // Fail fast (a proper 404) when the program cannot start; stream once it has.
-    let pid: number;
-    try {
-      pid = await handle.pid;
-    } catch {
-      await result; // rejects with the mapped error
-      throw new MoatError(500, 'InternalError', 'exec failed to start');
-    }
     const stdin = body.stdinBase64 !== undefined ? Buffer.from(body.stdinBase64, 'base64') : body.stdin !== undefined ? Buffer.from(body.stdin) : undefined;
     if (stdin) handle.writeStdin(stdin);
     handle.closeStdin();
     req.raw.on('close', () => {
       if (!reply.raw.writableFinished) handle.kill();
     });
-    line({ type: 'started', pid });
+    handle.pid.then((pid) => line({ type: 'started', pid }), () => {});
     result.then(
       (r) => out.end(JSON.stringify({ type: 'exit', ...r }) + '\n'),
       (err) => {
