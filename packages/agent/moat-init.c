@@ -64,6 +64,8 @@ enum {
  * inherited stdout must not hold EXIT back forever.
  */
 #define DRAIN_MS 50
+/* How long a finished connection is drained so the host can read our last frame (see linger_exit()). */
+#define LINGER_MS 5000
 #define LIST_BATCH (64u * 1024u)
 #define DEFAULT_SOCKET "/.moat/sock/agent.sock"
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -191,6 +193,8 @@ struct buf {
 
 static void buf_put(struct buf *b, const void *d, size_t n)
 {
+	if (n == 0)
+		return;
 	if (b->len + n > b->cap) {
 		size_t cap = b->cap ? b->cap : 256;
 		while (cap < b->len + n)
@@ -238,12 +242,8 @@ static int g_sock = -1;
 static pid_t g_pgid;
 static int g_pty_master = -1;
 
-/*
- * The host closed the connection (or it broke). For EXEC this is the
- * documented way to kill the process group; for everything else there is
- * simply nobody left to answer.
- */
-static __attribute__((noreturn)) void disconnected(void)
+/* SIGKILLs what EXEC started, unless it already exited (then g_pgid is 0). */
+static void kill_group(void)
 {
 	if (g_pgid > 0) {
 		kill(-g_pgid, SIGKILL);
@@ -254,6 +254,16 @@ static __attribute__((noreturn)) void disconnected(void)
 				kill(-fg, SIGKILL);
 		}
 	}
+}
+
+/*
+ * The host closed the connection (or it broke). For EXEC this is the
+ * documented way to kill the process group; for everything else there is
+ * simply nobody left to answer.
+ */
+static __attribute__((noreturn)) void disconnected(void)
+{
+	kill_group();
 	_exit(0);
 }
 
@@ -285,6 +295,28 @@ static void send_error(int err, const char *fmt, ...)
 	free(b.p);
 }
 
+/*
+ * Ends the handler after its final frame while the host may still be
+ * sending (stdin, file content). Closing with unread data would reset the
+ * connection, and the host's next write could fail before it ever read our
+ * last frame. So half-close and discard input until the host hangs up, for
+ * a bounded time.
+ */
+static __attribute__((noreturn)) void linger_exit(void)
+{
+	static char sink[CHUNK];
+	shutdown(g_sock, SHUT_WR);
+	for (int64_t deadline = now_ms() + LINGER_MS;;) {
+		int64_t left = deadline - now_ms();
+		if (left <= 0 || poll_one(g_sock, POLLIN, (int)left) <= 0)
+			break;
+		ssize_t n = read(g_sock, sink, sizeof sink);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+			break;
+	}
+	_exit(0);
+}
+
 /* Sends ERROR and ends the handler: the connection is only good for one answer. */
 static __attribute__((noreturn, format(printf, 2, 3))) void fail(int err, const char *fmt, ...)
 {
@@ -294,9 +326,8 @@ static __attribute__((noreturn, format(printf, 2, 3))) void fail(int err, const 
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	send_error(err, "%s", msg);
-	if (g_pgid > 0)
-		disconnected(); /* an ERROR after STARTED ends the exec; its processes must not outlive it */
-	_exit(0);
+	kill_group(); /* an ERROR after STARTED ends the exec; its processes must not outlive it */
+	linger_exit();
 }
 
 /* Frame reader over the (non-blocking) connection socket. */
@@ -1117,7 +1148,7 @@ static __attribute__((noreturn)) void exec_finish(struct exec_io *io)
 	/* The program is done; what it left running in the background is not ours to kill. */
 	g_pgid = 0;
 	send_frame(T_EXIT, p, sizeof p);
-	_exit(0);
+	linger_exit();
 }
 
 static __attribute__((noreturn)) void op_exec(struct rec *req)
@@ -1757,6 +1788,14 @@ static void reap(void)
 
 static void begin_shutdown(int sig)
 {
+	/*
+	 * As the sandbox's PID 1, "everything" includes background jobs that
+	 * execs left behind (reparented to us): give them the signal too rather
+	 * than only the SIGKILL that follows init's exit. Outside a pid
+	 * namespace kill(-1) would hit the whole host, hence only as PID 1.
+	 */
+	if (getpid() == 1)
+		kill(-1, sig);
 	if (main_pid > 0)
 		kill(main_pid, sig);
 	for (size_t i = 0; i < nhandlers; i++)

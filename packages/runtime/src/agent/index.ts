@@ -1,1 +1,10 @@
-export { AgentClient, AgentError, type Entry, type ExecHandle, type ExecRequest } from './client.js';
+export {
+  AgentClient,
+  AgentError,
+  type AgentClientOptions,
+  type Entry,
+  type ExecHandle,
+  type ExecHandlers,
+  type ExecRequest,
+  type ExecExit,
+} from './client.js';

@@ -1,5 +1,17 @@
-/** Frame types of the moat-init protocol (docs/agent-protocol.md). */
-export const T = {
+/**
+ * The moat-init wire protocol (docs/agent-protocol.md): frames of
+ * `u8 type, u32 length (BE), payload`, and records of `key=value\0` strings.
+ *
+ * The agent runs inside the sandbox and is not trusted: everything decoded
+ * here is bounded (frame size) and validated before use.
+ */
+
+/** Largest payload either side may send. */
+export const MAX_FRAME = 1024 * 1024;
+export const HEADER_SIZE = 5;
+
+export const FrameType = {
+  // host → agent: requests (first frame of a connection)
   EXEC: 0x01,
   READ: 0x02,
   WRITE: 0x03,
@@ -9,10 +21,12 @@ export const T = {
   REMOVE: 0x07,
   RENAME: 0x08,
   PING: 0x09,
+  // host → agent: after the request
   DATA: 0x10,
   EOF: 0x11,
   SIGNAL: 0x12,
   RESIZE: 0x13,
+  // agent → host
   STARTED: 0x20,
   STDOUT: 0x21,
   STDERR: 0x22,
@@ -22,61 +36,159 @@ export const T = {
   ENTRY: 0x26,
   ERROR: 0x2f,
 } as const;
-
-export const MAX_FRAME = 1024 * 1024;
-const HEADER = 5;
+export type FrameTypeName = keyof typeof FrameType;
+/** Short alias. */
+export const T = FrameType;
 
 export interface Frame {
   type: number;
   payload: Buffer;
 }
 
-export function encodeFrame(type: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  if (payload.length > MAX_FRAME) throw new RangeError(`frame of ${payload.length} bytes exceeds ${MAX_FRAME}`);
-  const h = Buffer.allocUnsafe(HEADER);
+/** A protocol violation by the other side (bad framing or record). */
+export class ProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}
+
+export function frameHeader(type: number, length: number): Buffer {
+  if (length > MAX_FRAME) throw new RangeError(`frame payload of ${length} bytes exceeds ${MAX_FRAME}`);
+  const h = Buffer.allocUnsafe(HEADER_SIZE);
   h[0] = type;
-  h.writeUInt32BE(payload.length, 1);
-  return Buffer.concat([h, payload]);
+  h.writeUInt32BE(length, 1);
+  return h;
 }
 
-export type RecordFields = [string, string | number | boolean | undefined][];
+export function encodeFrame(type: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  return Buffer.concat([frameHeader(type, payload.length), payload]);
+}
 
-/** `key=value\0` records; repeated keys keep their order. Values must not contain NUL. */
-export function encodeRecord(fields: RecordFields): Buffer {
-  const parts: string[] = [];
-  for (const [k, v] of fields) {
-    if (v === undefined) continue;
-    const s = typeof v === 'boolean' ? (v ? '1' : '0') : String(v);
-    if (s.includes('\0') || k.includes('\0')) throw new RangeError(`field ${k} contains a NUL byte`);
-    parts.push(`${k}=${s}\0`);
+/** Ordered key/value pairs; keys may repeat (`arg`, `env`). */
+export type RecordPairs = ReadonlyArray<readonly [string, string]>;
+
+export function encodeRecord(pairs: RecordPairs): Buffer {
+  const parts: Buffer[] = [];
+  for (const [k, v] of pairs) {
+    if (!k || k.includes('=') || k.includes('\0')) throw new TypeError(`invalid record key ${JSON.stringify(k)}`);
+    if (v.includes('\0')) throw new TypeError(`value of "${k}" contains a NUL byte`);
+    parts.push(Buffer.from(`${k}=${v}\0`, 'utf8'));
   }
-  return Buffer.from(parts.join(''));
+  return Buffer.concat(parts);
 }
 
-export function decodeRecord(payload: Buffer): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const part of payload.toString('utf8').split('\0')) {
-    if (!part) continue;
-    const i = part.indexOf('=');
-    if (i > 0) m.set(part.slice(0, i), part.slice(i + 1));
+/** Parsed record: `get` returns the last value of a key, `all` every value in order. */
+export class AgentRecord {
+  constructor(readonly pairs: ReadonlyArray<readonly [string, string]>) {}
+  get(key: string): string | undefined {
+    for (let i = this.pairs.length - 1; i >= 0; i--) if (this.pairs[i][0] === key) return this.pairs[i][1];
+    return undefined;
   }
-  return m;
+  has(key: string): boolean {
+    return this.pairs.some(([k]) => k === key);
+  }
+  all(key: string): string[] {
+    return this.pairs.filter(([k]) => k === key).map(([, v]) => v);
+  }
+  get size(): number {
+    return this.pairs.length;
+  }
 }
 
-/** Splits a byte stream into frames; an oversized frame is a protocol error (the agent is not trusted). */
+export function decodeRecord(payload: Buffer): AgentRecord {
+  const pairs: [string, string][] = [];
+  if (payload.length === 0) return new AgentRecord(pairs);
+  if (payload[payload.length - 1] !== 0) throw new ProtocolError('record does not end with NUL');
+  let start = 0;
+  while (start < payload.length) {
+    const end = payload.indexOf(0, start);
+    const eq = payload.indexOf(0x3d /* = */, start);
+    if (eq < 0 || eq >= end || eq === start) throw new ProtocolError('malformed record entry');
+    pairs.push([payload.toString('utf8', start, eq), payload.toString('utf8', eq + 1, end)]);
+    start = end + 1;
+  }
+  return new AgentRecord(pairs);
+}
+
+/**
+ * Incremental frame decoder. Feed it socket chunks with `push`; it returns
+ * the frames completed so far. Holds at most one partial frame (≤ 1 MiB +
+ * header) and never concatenates more than that.
+ */
 export class FrameDecoder {
-  private buf: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  /** Header of the frame being assembled, once known. */
+  private pending: { type: number; length: number } | null = null;
+
+  constructor(private readonly maxFrame = MAX_FRAME) {}
+
+  /** Bytes held for an incomplete frame. */
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
 
   push(chunk: Buffer): Frame[] {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
     const frames: Frame[] = [];
-    while (this.buf.length >= HEADER) {
-      const len = this.buf.readUInt32BE(1);
-      if (len > MAX_FRAME) throw new RangeError(`agent sent a frame of ${len} bytes (limit ${MAX_FRAME})`);
-      if (this.buf.length < HEADER + len) break;
-      frames.push({ type: this.buf[0]!, payload: this.buf.subarray(HEADER, HEADER + len) });
-      this.buf = this.buf.subarray(HEADER + len);
+    if (chunk.length) {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+    }
+    for (;;) {
+      if (!this.pending) {
+        if (this.buffered < HEADER_SIZE) break;
+        const h = this.take(HEADER_SIZE);
+        const length = h.readUInt32BE(1);
+        if (length > this.maxFrame) throw new ProtocolError(`frame of ${length} bytes exceeds the ${this.maxFrame}-byte limit`);
+        this.pending = { type: h[0], length };
+      }
+      if (this.buffered < this.pending.length) break;
+      frames.push({ type: this.pending.type, payload: this.take(this.pending.length) });
+      this.pending = null;
     }
     return frames;
   }
+
+  private take(n: number): Buffer {
+    this.buffered -= n;
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.chunks[0];
+    if (first.length === n) {
+      this.chunks.shift();
+      return first;
+    }
+    if (first.length > n) {
+      this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length, n - off);
+      c.copy(out, off, 0, k);
+      off += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    return out;
+  }
+}
+
+export function u32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(n >>> 0, 0);
+  return b;
+}
+
+export function resizePayload(rows: number, cols: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt16BE(clamp16(rows), 0);
+  b.writeUInt16BE(clamp16(cols), 2);
+  return b;
+}
+
+function clamp16(n: number): number {
+  return Math.max(0, Math.min(0xffff, Math.trunc(n) || 0));
 }

@@ -94,8 +94,12 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
     const first = await it.next().catch((err) => Promise.reject(fileError(err, path)));
     const body = Readable.from(
       (async function* () {
-        if (!first.done) yield first.value as Buffer;
-        for (let n = await it.next(); !n.done; n = await it.next()) yield n.value as Buffer;
+        try {
+          if (!first.done) yield first.value as Buffer;
+          for (let n = await it.next(); !n.done; n = await it.next()) yield n.value as Buffer;
+        } finally {
+          await it.return?.(); // a client that hangs up mid-download must release the agent connection
+        }
       })(),
     );
     return reply.type('application/octet-stream').send(body);
