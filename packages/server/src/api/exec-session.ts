@@ -1,15 +1,9 @@
 import { constants } from 'node:os';
 import { MoatError, type Sandbox } from '@moat/core';
-import { AgentError, type AgentClient, type ExecHandle } from '@moat/runtime';
+import { AgentError, type AgentClient, type ExecHandle, type ExecRequest as AgentExecRequest } from '@moat/runtime';
 
-export interface ExecRequest {
-  command: string[];
-  env?: Record<string, string>;
-  cwd?: string;
-  user?: string;
-  tty?: boolean;
-  rows?: number;
-  cols?: number;
+export interface ExecRequest extends AgentExecRequest {
+  /** Absent or 0: no timeout. */
   timeoutSeconds?: number;
 }
 
@@ -50,24 +44,14 @@ export function startExec(
   out: { onStdout(b: Buffer): void; onStderr(b: Buffer): void },
 ): { handle: ExecHandle; result: Promise<ExecResult> } {
   const started = performance.now();
-  const handle = agent.exec(
-    {
-      command: req.command,
-      env: execEnv(sandbox, req.env),
-      ...(req.cwd ? { cwd: req.cwd } : {}),
-      ...(req.user ? { user: req.user } : {}),
-      tty: !!req.tty,
-      ...(req.rows ? { rows: req.rows } : {}),
-      ...(req.cols ? { cols: req.cols } : {}),
-    },
-    out,
-  );
+  const { timeoutSeconds, ...request } = req;
+  const handle = agent.exec({ ...request, env: execEnv(sandbox, req.env) }, out);
   let timedOut = false;
-  const timer = req.timeoutSeconds
+  const timer = timeoutSeconds
     ? setTimeout(() => {
         timedOut = true;
         handle.signal(constants.signals.SIGKILL);
-      }, req.timeoutSeconds * 1000)
+      }, timeoutSeconds * 1000)
     : undefined;
   const result = handle.done
     .then(({ exitCode, signal }) => ({
