@@ -29,7 +29,7 @@ fi
 
 say "building"
 make -s -C packages/agent
-npx tsc -b
+node_modules/.bin/tsc -b
 
 # `moat` on PATH for root's shells, unless something else owns that name.
 if [ -d /usr/local/bin ] && { [ ! -e /usr/local/bin/moat ] || [ -L /usr/local/bin/moat ]; }; then
