@@ -1436,15 +1436,22 @@ static void op_read(const char *path)
 	send_frame(T_END, NULL, 0);
 }
 
+/* The optional octal `mode` of a request (permission bits only). */
+static mode_t req_mode(const struct rec *req, unsigned long dflt)
+{
+	unsigned long mode = dflt;
+	const char *mv = rec_get(req, "mode");
+	if (mv && parse_ulong(mv, 8, 07777, &mode) < 0)
+		fail(EINVAL, "invalid mode: %s", mv);
+	return (mode_t)mode;
+}
+
 static void op_write(const struct rec *req, const char *path)
 {
 	int append = 0;
-	unsigned long mode = 0644;
-	const char *mv = rec_get(req, "mode");
+	mode_t mode = req_mode(req, 0644);
 	if (parse_bool(req, "append", &append) < 0)
 		fail(EINVAL, "append must be 0 or 1");
-	if (mv && parse_ulong(mv, 8, 07777, &mode) < 0)
-		fail(EINVAL, "invalid mode: %s", mv);
 	int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | (append ? O_APPEND : O_TRUNC);
 	int fd = open(path, flags, (mode_t)mode);
 	if (fd < 0 && errno == ENOENT) {
@@ -1465,7 +1472,7 @@ static void op_write(const struct rec *req, const char *path)
 	if (fd < 0)
 		fail(errno, "%s: %s", path, strerror(errno));
 	/* An explicit mode also applies to a file that already existed (open only uses it on creation). */
-	if (mv && fchmod(fd, (mode_t)mode) < 0) { /* not the owner: keep the existing mode */ }
+	if (rec_get(req, "mode") && fchmod(fd, (mode_t)mode) < 0) { /* not the owner: keep the existing mode */ }
 	for (;;) {
 		struct frame f;
 		frame_read(&f);
@@ -1604,12 +1611,9 @@ static void op_remove(const struct rec *req, const char *path)
 static void op_mkdir(const struct rec *req, const char *path)
 {
 	int parents = 0;
-	unsigned long mode = 0755;
-	const char *mv = rec_get(req, "mode");
+	mode_t mode = req_mode(req, 0755);
 	if (parse_bool(req, "parents", &parents) < 0)
 		fail(EINVAL, "parents must be 0 or 1");
-	if (mv && parse_ulong(mv, 8, 07777, &mode) < 0)
-		fail(EINVAL, "invalid mode: %s", mv);
 	int e = parents ? mkdir_p(path, (mode_t)mode) : (mkdir(path, (mode_t)mode) < 0 ? errno : 0);
 	if (e)
 		fail(e, "%s: %s", path, strerror(e));
