@@ -71,29 +71,29 @@ describe('sandbox lifecycle, exec and files (runc)', () => {
   test('files: write, read, stat, list, mkdir, rename, remove', async () => {
     const base = `${NS}/life/files`;
     const data = Buffer.from([0, 1, 2, 255, 10, 13]);
-    let res = await server.api(`${base}/content?path=/work/a/b.bin`, { method: 'PUT', body: data, headers: { 'content-type': 'application/octet-stream' } });
+    let res = await server.api(`${base}/content?path=/workspace/a/b.bin`, { method: 'PUT', body: data, headers: { 'content-type': 'application/octet-stream' } });
     assert.equal(res.status, 200, await res.clone().text());
     const entry = (await res.json()) as any;
-    assert.equal(entry.path, '/work/a/b.bin');
+    assert.equal(entry.path, '/workspace/a/b.bin');
     assert.equal(entry.size, 6);
-    res = await server.api(`${base}/content?path=/work/a/b.bin`);
+    res = await server.api(`${base}/content?path=/workspace/a/b.bin`);
     assert.deepEqual(Buffer.from(await res.arrayBuffer()), data);
-    res = await server.api(`${base}/list?path=/work/a`);
+    res = await server.api(`${base}/list?path=/workspace/a`);
     assert.deepEqual(((await res.json()) as any).items.map((e: any) => [e.name, e.type]), [['b.bin', 'file']]);
-    res = await server.api(`${base}/mkdir?path=/work/d/e`, { method: 'POST' });
+    res = await server.api(`${base}/mkdir?path=/workspace/d/e`, { method: 'POST' });
     assert.equal(res.status, 201);
-    res = await server.api(`${base}/rename`, { method: 'POST', json: { from: '/work/a/b.bin', to: '/work/d/e/c.bin' } });
+    res = await server.api(`${base}/rename`, { method: 'POST', json: { from: '/workspace/a/b.bin', to: '/workspace/d/e/c.bin' } });
     assert.equal(res.status, 200);
-    res = await server.api(`${base}/stat?path=/work/d/e/c.bin`);
+    res = await server.api(`${base}/stat?path=/workspace/d/e/c.bin`);
     assert.equal(((await res.json()) as any).size, 6);
-    res = await server.api(`${base}?path=/work/d`, { method: 'DELETE' });
+    res = await server.api(`${base}?path=/workspace/d`, { method: 'DELETE' });
     assert.equal(res.status, 409, 'a non-empty directory needs recursive=true');
-    res = await server.api(`${base}?path=/work/d&recursive=true`, { method: 'DELETE' });
+    res = await server.api(`${base}?path=/workspace/d&recursive=true`, { method: 'DELETE' });
     assert.equal(res.status, 204);
-    res = await server.api(`${base}/stat?path=/work/d`);
+    res = await server.api(`${base}/stat?path=/workspace/d`);
     assert.equal(res.status, 404);
     // the sandbox sees what the API wrote
-    assert.equal((await sh(server, 'life', 'ls /work')).stdout, 'a\n');
+    assert.equal((await sh(server, 'life', 'ls /workspace')).stdout, 'a\n');
   });
 
   test('files: a tree goes up and down as tar', async () => {

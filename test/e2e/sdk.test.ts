@@ -51,14 +51,14 @@ describe('TypeScript SDK against a real server', () => {
   });
 
   test('files: write, read, list, mkdir, remove', async () => {
-    await sbx.files.mkdir('/work/dir');
-    await sbx.files.write('/work/dir/a.txt', 'A');
-    await sbx.files.write('/work/dir/b.bin', Buffer.from([1, 2, 3]));
-    assert.equal(await sbx.files.readText('/work/dir/a.txt'), 'A');
-    assert.deepEqual([...(await sbx.files.read('/work/dir/b.bin'))], [1, 2, 3]);
-    assert.deepEqual((await sbx.files.list('/work/dir')).map((e) => e.name), ['a.txt', 'b.bin']);
-    await sbx.files.remove('/work/dir', { recursive: true });
-    assert.equal(await sbx.files.exists('/work/dir'), false);
+    await sbx.files.mkdir('/workspace/dir');
+    await sbx.files.write('/workspace/dir/a.txt', 'A');
+    await sbx.files.write('/workspace/dir/b.bin', Buffer.from([1, 2, 3]));
+    assert.equal(await sbx.files.readText('/workspace/dir/a.txt'), 'A');
+    assert.deepEqual([...(await sbx.files.read('/workspace/dir/b.bin'))], [1, 2, 3]);
+    assert.deepEqual((await sbx.files.list('/workspace/dir')).map((e) => e.name), ['a.txt', 'b.bin']);
+    await sbx.files.remove('/workspace/dir', { recursive: true });
+    assert.equal(await sbx.files.exists('/workspace/dir'), false);
   });
 
   test('errors are MoatErrors with status and reason', async () => {

@@ -29,7 +29,7 @@ test('integers are bounded', () => {
 });
 
 test('NAME:/path is remote; everything else is local', () => {
-  assert.deepEqual(parseRemotePath('my-sbx:/work/a.txt'), { sandbox: 'my-sbx', path: '/work/a.txt' });
+  assert.deepEqual(parseRemotePath('my-sbx:/workspace/a.txt'), { sandbox: 'my-sbx', path: '/workspace/a.txt' });
   assert.deepEqual(parseRemotePath('s:/'), { sandbox: 's', path: '/' });
   assert.equal(parseRemotePath('./a:b'), null);
   assert.equal(parseRemotePath('/tmp/x:y'), null);

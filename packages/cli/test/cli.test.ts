@@ -222,7 +222,7 @@ test('cp: a local directory goes up as a tar into an existing directory', async 
   const s = await server((req, body, url) => {
     const path = url.searchParams.get('path');
     if (url.pathname === `${SBX}/box`) return { status: 200, body: sandbox('box') };
-    if (url.pathname.endsWith('/files/stat')) return path === '/work' ? { status: 200, body: { name: 'work', path, type: 'dir', size: 0, mode: '0755' } } : { status: 404, body: status(404, 'NotFound', 'no such file') };
+    if (url.pathname.endsWith('/files/stat')) return path === '/workspace' ? { status: 200, body: { name: 'work', path, type: 'dir', size: 0, mode: '0755' } } : { status: 404, body: status(404, 'NotFound', 'no such file') };
     if (url.pathname.endsWith('/files/mkdir')) return { status: 201, body: { name: 'proj', path, type: 'dir' } };
     if (url.pathname.endsWith('/files/archive') && req.method === 'PUT') {
       uploads.push(body);
@@ -235,10 +235,10 @@ test('cp: a local directory goes up as a tar into an existing directory', async 
   await mkdir(join(dir, 'proj', 'src'), { recursive: true });
   await writeFile(join(dir, 'proj', 'README'), 'hi');
   await writeFile(join(dir, 'proj', 'src', 'main.py'), 'print(1)');
-  const r = await run(['cp', 'proj', 'box:/work'], { env: s.env, cwd: dir });
+  const r = await run(['cp', 'proj', 'box:/workspace'], { env: s.env, cwd: dir });
   assert.equal(r.code, 0, r.stderr);
   const archive = s.requests.find((q) => q.url.pathname.endsWith('/files/archive'))!;
-  assert.equal(archive.url.searchParams.get('path'), '/work/proj');
+  assert.equal(archive.url.searchParams.get('path'), '/workspace/proj');
   const names: string[] = [];
   const extract = tar.extract();
   Readable.from([uploads[0]]).pipe(extract);
