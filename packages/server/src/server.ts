@@ -100,7 +100,6 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
     version: VERSION,
     runtimes,
-    dataDir,
   };
   const app = await buildApp(ctx, logger);
   const host = opts.host ?? '127.0.0.1';

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from '../agent/index.js';
 import { memswAvailable, readUsage } from '../cgroups.js';
 import { createExt4, mountLoop, mountOverlay, unmount } from '../disk.js';
-import { IN_SANDBOX, ociSpec } from '../oci/spec.js';
+import { ociSpec } from '../oci/spec.js';
 import { run, which } from '../run.js';
 import { hostUid } from '../userns.js';
 import type { RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
@@ -183,4 +183,3 @@ const memswCached = () => (memsw ??= memswAvailable());
 
 const exists = (p: string) => access(p).then(() => true, () => false);
 
-export { IN_SANDBOX };

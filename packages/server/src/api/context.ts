@@ -14,5 +14,4 @@ export interface ApiContext {
   limits: ServerLimits;
   version: string;
   runtimes: Record<string, { available: boolean; reason?: string }>;
-  dataDir: string;
 }

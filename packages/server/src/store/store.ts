@@ -50,11 +50,6 @@ export class Store {
     return this.db.selectFrom('api_keys').selectAll().where('hash', '=', hash).executeTakeFirst();
   }
 
-  async countKeys(): Promise<number> {
-    const r = await this.db.selectFrom('api_keys').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
-    return Number(r.n);
-  }
-
   // --- sandboxes
 
   async insertSandbox(s: Sandbox): Promise<void> {
