@@ -995,28 +995,13 @@ static void stdin_flush(struct exec_io *io)
 	}
 }
 
+/* Queue, then write what the program takes now: one write path for every byte of stdin. */
 static void stdin_data(struct exec_io *io, const uint8_t *d, size_t n)
 {
 	if (io->in < 0 || io->stdin_eof || n == 0)
 		return;
-	if (q.len == 0) {
-		/* Fast path: hand it straight to the program, queue only what does not fit. */
-		while (n > 0) {
-			ssize_t w = write(io->in, d, n);
-			if (w < 0) {
-				if (errno == EINTR)
-					continue;
-				if (errno == EAGAIN)
-					break;
-				stdin_close(io);
-				return;
-			}
-			d += w;
-			n -= (size_t)w;
-		}
-	}
-	if (n > 0)
-		q_push(d, n);
+	q_push(d, n);
+	stdin_flush(io);
 }
 
 static void signal_group(struct exec_io *io, int sig)
