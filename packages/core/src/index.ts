@@ -3,3 +3,4 @@ export * from './names.js';
 export * from './quantity.js';
 export * from './sandbox.js';
 export * from './limits.js';
+export * from './egress.js';

@@ -9,3 +9,4 @@ export * from './oci/seccomp.js';
 export * from './run.js';
 export * from './userns.js';
 export * from './paths.js';
+export * from './net/index.js';
