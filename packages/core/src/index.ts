@@ -4,3 +4,4 @@ export * from './quantity.js';
 export * from './sandbox.js';
 export * from './limits.js';
 export * from './egress.js';
+export * from './extensions.js';

@@ -3,6 +3,8 @@ import { Type, type Static } from '@sinclair/typebox';
 export const SANDBOX_GROUP = 'agents.x-k8s.io';
 export const SANDBOX_VERSION = 'v1alpha1';
 export const SANDBOX_API_VERSION = `${SANDBOX_GROUP}/${SANDBOX_VERSION}`;
+/** agent-sandbox's newer version; same fields for what Moat serves, so both are accepted and served. */
+export const SANDBOX_API_VERSIONS = [SANDBOX_API_VERSION, `${SANDBOX_GROUP}/v1beta1`] as const;
 export const RUNTIME_CLASSES = ['runc', 'gvisor', 'microvm'] as const;
 export type RuntimeClassName = (typeof RUNTIME_CLASSES)[number];
 
@@ -41,6 +43,52 @@ export const ResourceListSchema = Type.Object(
   Strict,
 );
 
+const PortRef = Type.Union([Type.Integer({ minimum: 1, maximum: 65535 }), Type.String({ minLength: 1, maxLength: 15 })]);
+
+/** Kubernetes probe shape. Moat runs exec, httpGet and tcpSocket probes from inside the sandbox. */
+export const ProbeSchema = Type.Object(
+  {
+    exec: Type.Optional(Type.Object({ command: Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 1024 }) }, Strict)),
+    httpGet: Type.Optional(
+      Type.Object(
+        {
+          path: Type.Optional(Type.String({ maxLength: 2048, pattern: '^/' })),
+          port: PortRef,
+          host: Type.Optional(Type.String({ maxLength: 253 })),
+          scheme: Type.Optional(Type.Literal('HTTP')),
+          httpHeaders: Type.Optional(Type.Array(Type.Object({ name: Type.String({ minLength: 1, maxLength: 256 }), value: Type.String({ maxLength: 4096 }) }, Strict), { maxItems: 32 })),
+        },
+        Strict,
+      ),
+    ),
+    tcpSocket: Type.Optional(Type.Object({ port: PortRef, host: Type.Optional(Type.String({ maxLength: 253 })) }, Strict)),
+    initialDelaySeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600 })),
+    periodSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 3600 })),
+    timeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 3600 })),
+    successThreshold: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })),
+    failureThreshold: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+    terminationGracePeriodSeconds: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  Strict,
+);
+export type Probe = Static<typeof ProbeSchema>;
+
+/** Accepted for YAML portability with Kubernetes; inside Moat every sandbox already runs in its own user namespace. */
+const SecurityContextSchema = Type.Object(
+  {
+    runAsUser: Type.Optional(Type.Integer({ minimum: 0 })),
+    runAsGroup: Type.Optional(Type.Integer({ minimum: 0 })),
+    runAsNonRoot: Type.Optional(Type.Boolean()),
+    fsGroup: Type.Optional(Type.Integer({ minimum: 0 })),
+    allowPrivilegeEscalation: Type.Optional(Type.Boolean()),
+    readOnlyRootFilesystem: Type.Optional(Type.Boolean()),
+    privileged: Type.Optional(Type.Literal(false)),
+    capabilities: Type.Optional(Type.Object({ drop: Type.Optional(Type.Array(Type.String())), add: Type.Optional(Type.Array(Type.String(), { maxItems: 0 })) }, Strict)),
+    seccompProfile: Type.Optional(Type.Object({ type: Type.String() }, Strict)),
+  },
+  Strict,
+);
+
 export const ContainerSchema = Type.Object(
   {
     name: Type.Optional(Type.String({ maxLength: 63 })),
@@ -52,6 +100,18 @@ export const ContainerSchema = Type.Object(
     workingDir: Type.Optional(Type.String({ maxLength: 4096 })),
     resources: Type.Optional(
       Type.Object({ limits: Type.Optional(ResourceListSchema), requests: Type.Optional(ResourceListSchema) }, Strict),
+    ),
+    readinessProbe: Type.Optional(ProbeSchema),
+    // Liveness and startup probes are accepted for portability; Moat does not restart sandboxes on them.
+    livenessProbe: Type.Optional(ProbeSchema),
+    startupProbe: Type.Optional(ProbeSchema),
+    securityContext: Type.Optional(SecurityContextSchema),
+    /** The volume of `volumeClaimTemplates` is mounted at its mountPath (default /data). */
+    volumeMounts: Type.Optional(
+      Type.Array(
+        Type.Object({ name: Type.String({ maxLength: 63 }), mountPath: Type.String({ maxLength: 4096, pattern: '^/' }), readOnly: Type.Optional(Type.Boolean()) }, Strict),
+        { maxItems: 1 },
+      ),
     ),
     ports: Type.Optional(
       Type.Array(
@@ -75,6 +135,7 @@ export const PodSpecSchema = Type.Object(
     runtimeClassName: Type.Optional(Type.String({ maxLength: 63 })),
     containers: Type.Array(ContainerSchema, { minItems: 1, maxItems: 1 }),
     hostname: Type.Optional(Type.String({ maxLength: 63 })),
+    securityContext: Type.Optional(SecurityContextSchema),
     // Accepted for YAML portability with Kubernetes; they have no effect on one host.
     restartPolicy: Type.Optional(Type.String()),
     automountServiceAccountToken: Type.Optional(Type.Boolean()),
@@ -139,7 +200,7 @@ export const SandboxStatusSchema = Type.Object({
 
 export const SandboxSchema = Type.Object(
   {
-    apiVersion: Type.Optional(Type.Literal(SANDBOX_API_VERSION)),
+    apiVersion: Type.Optional(Type.Union(SANDBOX_API_VERSIONS.map((v) => Type.Literal(v)))),
     kind: Type.Optional(Type.Literal('Sandbox')),
     metadata: ObjectMetaSchema,
     spec: SandboxSpecSchema,

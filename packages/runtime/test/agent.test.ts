@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { chmod, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { chmod, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -75,6 +77,52 @@ function raw(bytes: Buffer, { end = true } = {}): Promise<{ type: number; payloa
     if (end) s.end();
   });
 }
+
+/** Everything a stream yields until its end. */
+function readAll(s: Readable): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    s.on('data', (b: Buffer) => parts.push(b));
+    s.once('end', () => resolve(Buffer.concat(parts)));
+    s.once('error', reject);
+  });
+}
+
+async function listenLocal(server: Server): Promise<number> {
+  // 127.0.0.1 only: these tests never listen on any other address.
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return (server.address() as AddressInfo).port;
+}
+
+/** A TCP server on 127.0.0.1 whose connections can be awaited one by one. */
+async function tcpServer(onConn: (s: Socket) => void = () => {}, allowHalfOpen = false) {
+  const sockets = new Set<Socket>();
+  const waiting: ((s: Socket) => void)[] = [];
+  const pending: Socket[] = [];
+  const server = createServer({ allowHalfOpen }, (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    onConn(s);
+    const w = waiting.shift();
+    if (w) w(s);
+    else pending.push(s);
+  });
+  const port = await listenLocal(server);
+  return {
+    port,
+    sockets,
+    next: () => (pending.length ? Promise.resolve(pending.shift()!) : new Promise<Socket>((r) => waiting.push(r))),
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+const agentFds = async () => (await readdir(`/proc/${agentProc.pid}/fd`)).length;
+const agentChildren = async () => (await readFile(`/proc/${agentProc.pid}/task/${agentProc.pid}/children`, 'utf8')).split(' ').filter(Boolean).length;
 
 before(async () => {
   assert.ok(existsSync(BIN), `${BIN} is missing: run make -C packages/agent`);
@@ -379,6 +427,233 @@ describe('files', () => {
   });
 });
 
+describe('dial', () => {
+  test('8 MiB each way: an echo, and independent streams in both directions at once', async () => {
+    const echo = await tcpServer((s) => s.pipe(s), true);
+    const data = randomBytes(8 * 1024 * 1024);
+    const s = await agent.dial(echo.port);
+    const back = readAll(s);
+    s.end(data);
+    assert.equal(sha(await back), sha(data));
+    await echo.close();
+
+    const down = randomBytes(8 * 1024 * 1024 + 13);
+    const up = randomBytes(8 * 1024 * 1024 + 7);
+    let received!: Promise<Buffer>;
+    const both = await tcpServer((c) => {
+      received = readAll(c);
+      c.end(down);
+    }, true);
+    const t = await agent.dial(both.port, { allowHalfOpen: true });
+    const got = readAll(t);
+    t.end(up);
+    assert.equal(sha(await got), sha(down));
+    assert.equal(sha(await received), sha(up));
+    await both.close();
+  });
+
+  test('half-closes pass through both ways', async () => {
+    // The host ends first; the server still answers afterwards.
+    const a = await tcpServer((c) => void readAll(c).then((b) => c.end(`got ${b}`)), true);
+    const s = await agent.dial(a.port, { allowHalfOpen: true });
+    const reply = readAll(s);
+    s.end('question');
+    assert.equal((await reply).toString(), 'got question');
+    await once(s, 'close');
+    await a.close();
+
+    // The server ends first; the host still sends afterwards.
+    let received!: Promise<Buffer>;
+    const b = await tcpServer((c) => {
+      received = readAll(c);
+      c.end('hello');
+    }, true);
+    const t = await agent.dial(b.port, { allowHalfOpen: true });
+    assert.equal((await readAll(t)).toString(), 'hello');
+    assert.ok(!t.destroyed);
+    t.end('late');
+    assert.equal((await received).toString(), 'late');
+    await once(t, 'close');
+    await b.close();
+  });
+
+  test('http.request GET through dial, as createConnection', async () => {
+    const server = createHttpServer((req, res) => res.end(`${req.method} ${req.url} from ${req.socket.remoteAddress}`));
+    const port = await listenLocal(server);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+          const req = httpRequest(
+            {
+              path: `/ready?i=${i}`,
+              headers: { host: 'sandbox' },
+              createConnection: (_opts, cb) => {
+                agent.dial(port).then(
+                  (sock) => cb(null, sock),
+                  (err: Error) => cb(err, null!),
+                );
+                return undefined;
+              },
+            },
+            (r) => void readAll(r).then((b) => resolve({ status: r.statusCode!, body: b.toString() }), reject),
+          );
+          req.on('error', reject);
+          req.end();
+        });
+        assert.deepEqual(res, { status: 200, body: `GET /ready?i=${i} from 127.0.0.1` });
+      }
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  test('bytes that arrive together with OK are not lost', async () => {
+    const srv = await tcpServer((c) => c.end('banner\n'));
+    for (let i = 0; i < 50; i++) {
+      const s = await agent.dial(srv.port);
+      // Attached late on purpose: the banner must wait in the socket.
+      await sleep(i % 5 === 0 ? 5 : 0);
+      assert.equal((await readAll(s)).toString(), 'banner\n');
+    }
+    await srv.close();
+  });
+
+  test('bytes sent right after the request are forwarded once connected', async () => {
+    const echo = await tcpServer((s) => s.pipe(s), true);
+    const s = connect({ path: sock });
+    const all = readAll(s);
+    s.end(Buffer.concat([encodeFrame(FrameType.DIAL, encodeRecord([['port', String(echo.port)]])), Buffer.from('early bytes')]));
+    const got = await all;
+    assert.deepEqual(got.subarray(0, 5), encodeFrame(FrameType.OK));
+    assert.equal(got.subarray(5).toString(), 'early bytes');
+    await echo.close();
+  });
+
+  test('a closed port is ECONNREFUSED', async () => {
+    const srv = await tcpServer();
+    const port = srv.port;
+    await srv.close();
+    await rejectsWith(agent.dial(port), 'ECONNREFUSED');
+    // ::1 is accepted (refused, or unavailable without IPv6), never EINVAL
+    await assert.rejects(agent.dial(port, { host: '::1' }), (e: unknown) => e instanceof AgentError && e.code !== 'EINVAL');
+  });
+
+  test('non-loopback hosts and bad ports are EINVAL', async () => {
+    const echo = await tcpServer((s) => s.pipe(s));
+    for (const host of ['10.0.0.1', '0.0.0.0', '127.0.0.2', 'localhost', '::', '', '127.0.0.1 ']) {
+      await rejectsWith(agent.dial(echo.port, { host: host as '::1' }), 'EINVAL');
+    }
+    for (const port of [0, 70000, 65536, -1, 1.5, NaN]) await rejectsWith(agent.dial(port), 'EINVAL');
+    for (const rec of [[], [['port', '']], [['port', '0x50']], [['port', '+80']]] as [string, string][][]) {
+      const frames = await raw(encodeFrame(FrameType.DIAL, encodeRecord(rec)));
+      assert.equal(frames.length, 1);
+      assert.equal(decodeRecord(frames[0]!.payload).get('code'), 'EINVAL');
+    }
+    await echo.close();
+  });
+
+  test('200 concurrent dials', async () => {
+    const echo = await tcpServer((s) => s.pipe(s), true);
+    const socks = await Promise.all(Array.from({ length: 200 }, () => agent.dial(echo.port)));
+    const replies = await Promise.all(
+      socks.map((s, i) => {
+        const r = readAll(s);
+        s.end(`dial ${i}`);
+        return r;
+      }),
+    );
+    replies.forEach((r, i) => assert.equal(r.toString(), `dial ${i}`));
+    await echo.close();
+  });
+
+  test('the agent keeps serving other operations while dials are open', async () => {
+    const echo = await tcpServer((s) => s.pipe(s), true);
+    const open = await Promise.all(Array.from({ length: 20 }, () => agent.dial(echo.port)));
+    await agent.ping(1000);
+    const r = await run({ command: ['echo', 'meanwhile'] });
+    assert.equal(r.stdout.toString(), 'meanwhile\n');
+    assert.equal((await agent.stat(dir)).type, 'dir');
+    // and the open dials still work afterwards
+    const replies = await Promise.all(
+      open.map((s, i) => {
+        const back = readAll(s);
+        s.end(`still ${i}`);
+        return back;
+      }),
+    );
+    replies.forEach((b, i) => assert.equal(b.toString(), `still ${i}`));
+    await echo.close();
+  });
+
+  test('closing one side closes the other', async () => {
+    // The host goes away: the server sees the end, and the agent's socket is gone (writing fails).
+    const srv = await tcpServer(undefined, true);
+    const s = await agent.dial(srv.port);
+    const peer = await srv.next();
+    const ended = once(peer, 'end');
+    peer.resume();
+    s.destroy();
+    await ended;
+    const closed = once(peer, 'close');
+    for (let i = 0; i < 100 && !peer.destroyed; i++) {
+      peer.write('anyone there?');
+      await sleep(20);
+    }
+    await closed;
+
+    // The server goes away: the host sees end and close.
+    const t = await agent.dial(srv.port);
+    const peer2 = await srv.next();
+    const tEnded = once(t, 'end');
+    const tClosed = once(t, 'close');
+    t.resume();
+    peer2.destroy();
+    await tEnded;
+    await tClosed;
+    await srv.close();
+  });
+
+  test('no fd leak and no zombies in the agent after many dials', async () => {
+    const fdsBefore = await agentFds();
+    const childrenBefore = await agentChildren();
+    const echo = await tcpServer((s) => s.pipe(s), true);
+    const closed = await tcpServer();
+    await closed.close();
+    for (let round = 0; round < 5; round++) {
+      await Promise.all(
+        Array.from({ length: 40 }, async (_, i) => {
+          if (i % 4 === 0) return rejectsWith(agent.dial(closed.port), 'ECONNREFUSED');
+          const s = await agent.dial(echo.port);
+          if (i % 4 === 1) return void s.destroy(); // abandoned
+          const back = readAll(s);
+          s.end(randomBytes(1000 * i));
+          assert.equal((await back).length, 1000 * i);
+        }),
+      );
+    }
+    await echo.close();
+    for (let i = 0; (await agentChildren()) > childrenBefore; i++) {
+      assert.ok(i < 150, `${await agentChildren()} handlers left, ${childrenBefore} before`);
+      await sleep(20);
+    }
+    assert.equal(await agentFds(), fdsBefore);
+  });
+
+  test('an unanswered dial times out on the host', async () => {
+    // A fake agent that accepts and never answers.
+    const fake = createServer(() => {});
+    const path = join(dir, 'silent.sock');
+    fake.listen(path);
+    await once(fake, 'listening');
+    try {
+      await rejectsWith(new AgentClient(path).dial(80, { timeoutMs: 200 }), 'ETIMEDOUT');
+    } finally {
+      await new Promise((r) => fake.close(r));
+    }
+  });
+});
+
 describe('protocol', () => {
   test('the frame decoder reassembles frames from any split and bounds their size', () => {
     const frames = [encodeFrame(FrameType.STDOUT, randomBytes(70_000)), encodeFrame(FrameType.END), encodeFrame(FrameType.OK, encodeRecord([['a', '1'], ['a', '2']]))];
@@ -434,6 +709,7 @@ describe('robustness', () => {
     await rejectsWith(c.exec({ command: ['true'] }).done, 'EUNAVAILABLE');
     await rejectsWith(c.stat('/'), 'EUNAVAILABLE');
     await rejectsWith(collect(c.readFile('/etc/passwd')), 'EUNAVAILABLE');
+    await rejectsWith(c.dial(80), 'EUNAVAILABLE');
   });
 
   test('a NUL in a request is EINVAL before anything is sent', async () => {

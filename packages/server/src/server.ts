@@ -6,7 +6,10 @@ import { DEFAULT_IMAGE, ImageStore, OciDriver, defaultInitBinary, type RuntimeDr
 import { buildApp } from './api/app.js';
 import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
+import { ClaimController } from './controllers/claims.js';
+import { WarmPoolController } from './controllers/pools.js';
 import { SandboxController, type Drivers } from './controllers/sandboxes.js';
+import { TemplateController } from './controllers/templates.js';
 import { Store } from './store/store.js';
 
 export const VERSION = '0.1.0';
@@ -92,11 +95,29 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
 
   const sandboxes = new SandboxController(store, images, drivers, logger);
   await sandboxes.recover();
+  const templates = new TemplateController(store, sandboxes);
+  const pools = new WarmPoolController(store, sandboxes, templates, logger);
+  const claims = new ClaimController(store, sandboxes, templates, pools, logger);
+  // Level-triggered backstop for the event-driven paths: refills after crashes, claims waiting for a template, expiry.
+  const resync = async () => {
+    await pools.resync();
+    await claims.resync();
+  };
+  await resync();
+  let inflight: Promise<void> | undefined;
+  const resyncTimer = setInterval(() => {
+    inflight ??= resync()
+      .catch((err: unknown) => logger.error({ err }, 'resync failed'))
+      .finally(() => (inflight = undefined));
+  }, 2000);
 
   const ctx: ApiContext = {
     store,
     images,
     sandboxes,
+    templates,
+    claims,
+    pools,
     limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
     version: VERSION,
     runtimes,
@@ -112,7 +133,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     adminKey: key,
     dataDir,
     async close() {
+      clearInterval(resyncTimer);
       await app.close();
+      await inflight;
+      await sandboxes.stop();
       await store.close();
     },
   };

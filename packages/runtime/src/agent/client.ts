@@ -4,6 +4,8 @@ import type { Readable } from 'node:stream';
 import {
   FrameDecoder,
   FrameType as T,
+  HEADER_SIZE,
+  MAX_FRAME,
   ProtocolError,
   decodeRecord,
   encodeRecord,
@@ -20,7 +22,7 @@ import {
  * (ENOENT, EISDIR, EACCES, ENOTEMPTY...), or one of:
  * - EUNAVAILABLE: the agent could not be reached or the connection broke;
  * - EPROTO: the agent violated the protocol (it is not trusted);
- * - ETIMEDOUT: ping got no answer in time;
+ * - ETIMEDOUT: ping got no answer in time, or dial's `timeoutMs` passed;
  * - EKILLED: the exec was cancelled with `kill()`;
  * - E2BIG: a listing exceeded `maxListEntries`;
  * - EINVAL: the request cannot be encoded (NUL bytes, empty command...).
@@ -95,6 +97,15 @@ export interface AgentClientOptions {
   connectTimeoutMs?: number;
   /** LIST answers longer than this fail with E2BIG instead of growing without bound. Default 100 000. */
   maxListEntries?: number;
+}
+
+export interface DialOptions {
+  /** Loopback only: the agent refuses any other address (EINVAL). Default 127.0.0.1. */
+  host?: '127.0.0.1' | '::1';
+  /** For reaching the agent and the port together. Default 15000 ms (the agent itself gives up connecting after 10 s). */
+  timeoutMs?: number;
+  /** As for `net.connect`: when false (default), our side ends once the sandbox side has ended. */
+  allowHalfOpen?: boolean;
 }
 
 type UserOpt = { user?: string };
@@ -351,6 +362,65 @@ export class AgentClient {
       clearTimeout(timer);
       c.close();
     }
+  }
+
+  /**
+   * Opens a TCP connection to `port` on the sandbox's own loopback, relayed
+   * by the agent: the host needs no network path into the sandbox. Resolves
+   * with a socket carrying the raw stream, usable as `createConnection` for
+   * `http.request` or piped to a WebSocket upgrade; `end()` and EOF pass
+   * through as half-closes. Rejects with the agent's code: ECONNREFUSED,
+   * ETIMEDOUT, EINVAL (port out of range, non-loopback host)...
+   */
+  dial(port: number, opts: DialOptions = {}): Promise<Socket> {
+    if (!Number.isInteger(port)) return Promise.reject(new AgentError('EINVAL', `invalid port ${port}`));
+    let req: Buffer;
+    try {
+      const payload = encode([['port', String(port)], ...(opts.host !== undefined ? [['host', opts.host] as const] : [])]);
+      req = Buffer.concat([frameHeader(T.DIAL, payload.length), payload]);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    const timeoutMs = opts.timeoutMs ?? 15_000;
+    return new Promise((resolve, reject) => {
+      const sock = connect({ path: this.socketPath, allowHalfOpen: opts.allowHalfOpen ?? false });
+      let connected = false;
+      let header: { type: number; length: number } | null = null;
+      const settle = (err: AgentError | null) => {
+        clearTimeout(timer);
+        sock.off('connect', onConnect).off('readable', onReadable).off('end', onEnd).off('close', onEnd).off('error', onError);
+        if (!err) return resolve(sock);
+        sock.destroy();
+        reject(err);
+      };
+      // Reads exactly the answer frame: what follows is already the TCP stream and stays in the socket for the caller.
+      const onReadable = () => {
+        if (!header) {
+          const h = sock.read(HEADER_SIZE) as Buffer | null;
+          if (h === null) return;
+          if (h.length < HEADER_SIZE) return settle(unavailable('the sandbox agent closed the connection before answering'));
+          header = { type: h[0]!, length: h.readUInt32BE(1) };
+          if (header.length > MAX_FRAME) return settle(protocolError(`frame of ${header.length} bytes exceeds the ${MAX_FRAME}-byte limit`));
+        }
+        const payload = header.length ? (sock.read(header.length) as Buffer | null) : Buffer.alloc(0);
+        if (payload === null) return;
+        if (payload.length < header.length) return settle(unavailable('the sandbox agent closed the connection before answering'));
+        const f = { type: header.type, payload };
+        if (f.type === T.ERROR) return settle(errorOf(f));
+        if (f.type !== T.OK) return settle(protocolError(`unexpected frame ${hex(f.type)} in DIAL`));
+        settle(null);
+      };
+      const onConnect = () => (connected = true);
+      const onEnd = () => settle(unavailable('the sandbox agent closed the connection before answering'));
+      const onError = (err: NodeJS.ErrnoException) =>
+        settle(unavailable(connected ? 'connection to the sandbox agent failed' : 'cannot connect to the sandbox agent', err));
+      const timer = setTimeout(
+        () => settle(new AgentError('ETIMEDOUT', `port ${port} in the sandbox did not accept a connection within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      sock.on('connect', onConnect).on('readable', onReadable).on('end', onEnd).on('close', onEnd).on('error', onError);
+      sock.write(req);
+    });
   }
 
   exec(req: ExecRequest, handlers: ExecHandlers = {}): ExecHandle {

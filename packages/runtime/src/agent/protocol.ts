@@ -21,6 +21,8 @@ export const FrameType = {
   REMOVE: 0x07,
   RENAME: 0x08,
   PING: 0x09,
+  /** After its OK the connection is no longer framed: it carries the raw TCP stream. */
+  DIAL: 0x0a,
   // host → agent: after the request
   DATA: 0x10,
   EOF: 0x11,

@@ -83,8 +83,7 @@ export class OciDriver implements RuntimeDriver {
     await mkdir(p('sock'), { recursive: true });
     await chown(p('sock'), root, root);
     await unlink(p('sock', 'agent.sock')).catch(() => {});
-    await writeFile(p('hostname'), `${spec.hostname}\n`);
-    await writeFile(p('hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${spec.hostname}\n`);
+    await writeHostFiles(dir, spec.hostname);
 
     const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOSTNAME: spec.hostname, ...spec.env };
     const config = ociSpec({
@@ -97,6 +96,7 @@ export class OciDriver implements RuntimeDriver {
       initBinary: this.opts.initBinary,
       sockDir: p('sock'),
       dataDir: p('data'),
+      dataMountPath: spec.dataMountPath,
       etcHosts: p('hosts'),
       etcHostname: p('hostname'),
       capSwap: await memswCached(),
@@ -159,6 +159,14 @@ export class OciDriver implements RuntimeDriver {
     await rm(dir, { recursive: true, force: true });
   }
 
+  async setHostname(id: string, hostname: string): Promise<void> {
+    // The files are bind-mounted by inode: rewrite them in place, never replace them.
+    await writeHostFiles(this.dir(id), hostname);
+    const state = JSON.parse(await readFile(join(this.opts.stateDir, id, 'state.json'), 'utf8')) as { init_process_pid: number };
+    // The sandbox's root lacks CAP_SYS_ADMIN by design; the host enters only its UTS namespace to do it.
+    await run('nsenter', [`--target=${state.init_process_pid}`, '--uts', '--', 'hostname', hostname]);
+  }
+
   async state(id: string): Promise<RuntimeState> {
     const r = await run(this.bin, [...this.runtimeArgs(), 'state', id], { allowFail: true });
     if (r.code !== 0) return 'missing';
@@ -176,6 +184,13 @@ export class OciDriver implements RuntimeDriver {
   usage(id: string) {
     return readUsage(id);
   }
+}
+
+function writeHostFiles(dir: string, hostname: string) {
+  return Promise.all([
+    writeFile(join(dir, 'hostname'), `${hostname}\n`),
+    writeFile(join(dir, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${hostname}\n`),
+  ]);
 }
 
 let memsw: Promise<boolean> | undefined;

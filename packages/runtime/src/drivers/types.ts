@@ -13,6 +13,8 @@ export interface SandboxRuntimeSpec {
   command: string[];
   env: Record<string, string>;
   workingDir: string;
+  /** Where the persistent volume appears inside; /data unless the spec mounts it elsewhere. */
+  dataMountPath?: string;
 }
 
 export type RuntimeState = 'running' | 'paused' | 'stopped' | 'missing';
@@ -26,6 +28,8 @@ export interface RuntimeDriver {
   /** Remove everything the sandbox has on the host. Idempotent. */
   destroy(id: string): Promise<void>;
   state(id: string): Promise<RuntimeState>;
+  /** Give a running sandbox a new hostname (a pooled sandbox takes its claimer's name). */
+  setHostname(id: string, hostname: string): Promise<void>;
   /** Ids of every sandbox with anything on the host, for adoption and orphan cleanup. */
   listIds(): Promise<string[]>;
   agent(id: string): AgentClient;

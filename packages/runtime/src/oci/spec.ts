@@ -32,6 +32,7 @@ export interface OciSpecInput {
   initBinary: string;
   sockDir: string;
   dataDir: string;
+  dataMountPath?: string;
   etcHosts: string;
   etcHostname: string;
   /** Swap may only be capped where the kernel accounts it (cgroup v1 memsw). */
@@ -65,7 +66,7 @@ export function ociSpec(i: OciSpecInput) {
       { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
       { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
       { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', `size=${tmpfsSize}`] },
-      { destination: IN_SANDBOX.data, type: 'bind', source: i.dataDir, options: ['rbind', 'rw', 'nosuid', 'nodev'] },
+      { destination: i.dataMountPath ?? IN_SANDBOX.data, type: 'bind', source: i.dataDir, options: ['rbind', 'rw', 'nosuid', 'nodev'] },
       { destination: IN_SANDBOX.init, type: 'bind', source: i.initBinary, options: ['bind', 'ro', 'nosuid', 'nodev'] },
       { destination: IN_SANDBOX.sockDir, type: 'bind', source: i.sockDir, options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'] },
       { destination: '/etc/hosts', type: 'bind', source: i.etcHosts, options: ['bind', 'ro'] },

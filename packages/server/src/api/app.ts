@@ -8,7 +8,9 @@ import { errorHandler } from './errors.js';
 import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { imageRoutes } from './routes/images.js';
+import { objectRoutes } from './routes/objects.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
+import { SandboxClaimSchema, SandboxTemplateSchema, SandboxWarmPoolSchema } from '@moat/core';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -53,6 +55,9 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   sandboxRoutes(app, ctx);
+  objectRoutes(app, ctx.templates, { plural: 'sandboxtemplates', kind: 'SandboxTemplate', body: SandboxTemplateSchema, tag: 'templates' });
+  objectRoutes(app, ctx.claims, { plural: 'sandboxclaims', kind: 'SandboxClaim', body: SandboxClaimSchema, tag: 'claims' });
+  objectRoutes(app, ctx.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
   execRoutes(app, ctx);
   imageRoutes(app, ctx);
   await app.register(async (scope) => fileRoutes(scope, ctx));

@@ -1,13 +1,28 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
-  randomSuffix, resolveLimits, timeout, type Sandbox, type SandboxInput, type SandboxStatus,
+  LABELS, MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
+  randomSuffix, resolveLimits, sandboxPath, timeout, type Sandbox, type SandboxInput, type SandboxSpec, type SandboxStatus,
 } from '@moat/core';
 import type { ImageStore, RuntimeDriver, SandboxRuntimeSpec } from '@moat/runtime';
+import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import type { Store, StoredSandbox } from '../store/store.js';
 import { isReady, readyCondition, withCondition } from './conditions.js';
+import { portNumber, runProbe } from './probes.js';
+import { parseSelector } from './selector.js';
+import { Serial } from './serial.js';
+
+/** Labels only Moat's controllers may set: they decide pool membership and ownership. */
+const RESERVED_LABELS = [LABELS.pool, LABELS.claim, LABELS.adoptedFrom];
+
+export interface CreateOptions {
+  /** Set by the pool and claim controllers: allows the reserved labels. */
+  internal?: boolean;
+  /** Pool refills yield to sandboxes someone is waiting for. */
+  background?: boolean;
+}
 
 export interface Drivers {
   get(name: string): RuntimeDriver | undefined;
@@ -22,7 +37,11 @@ export interface Drivers {
  */
 export class SandboxController {
   private readonly changes = new EventEmitter();
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new Serial();
+  /** Starts are CPU and I/O heavy: a few at a time keeps the host (and the API) responsive. */
+  private readonly starts = new PQueue({ concurrency: 4 });
+  private readonly probing = new Set<string>();
+  private stopped = false;
 
   constructor(
     private readonly store: Store,
@@ -33,25 +52,20 @@ export class SandboxController {
     this.changes.setMaxListeners(0);
   }
 
-  async create(namespace: string, input: SandboxInput): Promise<Sandbox> {
+  async create(namespace: string, input: SandboxInput, opts: CreateOptions = {}): Promise<Sandbox> {
     const meta = input.metadata;
+    const reserved = RESERVED_LABELS.filter((l) => meta.labels?.[l] !== undefined || meta.annotations?.[l] !== undefined);
+    if (reserved.length && !opts.internal) throw badRequest(`metadata: "${reserved[0]}" is set by Moat and cannot be given`);
     if (meta.namespace && meta.namespace !== namespace) {
       throw badRequest(`metadata.namespace "${meta.namespace}" does not match the namespace in the path "${namespace}"`);
     }
     if (!meta.name && !meta.generateName) throw badRequest('metadata.name or metadata.generateName is required');
     const name = meta.name ? assertName(meta.name, 'metadata.name') : assertName(`${meta.generateName}${randomSuffix()}`, 'metadata.generateName');
-    const pod = input.spec.podTemplate.spec;
-    const runtime = pod.runtimeClassName ?? 'runc';
-    if (!(RUNTIME_CLASSES as readonly string[]).includes(runtime)) {
-      throw invalid(`spec.podTemplate.spec.runtimeClassName: unknown runtime "${runtime}"; use one of ${RUNTIME_CLASSES.join(', ')}`);
-    }
-    const why = this.drivers.unavailable(runtime);
-    if (why) throw invalid(`runtime "${runtime}" is not available on this host: ${why}`);
-    resolveLimits(input.spec); // rejects bad quantities before anything is stored
-    const imageName = pod.containers[0]!.image;
+    const runtime = this.validateSpec(input.spec);
+    const imageName = input.spec.podTemplate.spec.containers[0]!.image;
     const known = await this.images.knownNames();
     if (!known.includes(imageName)) {
-      throw notFound(`image "${imageName}" not found; known images: ${known.join(', ')}`, { kind: 'images', name: imageName, known });
+      throw new MoatError(404, 'ImageNotFound', `image "${imageName}" not found; known images: ${known.join(', ')}`, { kind: 'images', name: imageName, known });
     }
     if (await this.store.getSandbox(namespace, name)) {
       throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`, { name, kind: 'sandboxes' });
@@ -77,8 +91,60 @@ export class SandboxController {
       if (String(err).includes('UNIQUE')) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
       throw err;
     }
-    void this.serial(sandbox.metadata.uid, () => this.start(sandbox));
+    void this.locks.run(sandbox.metadata.uid, () => this.starts.add(() => this.start(sandbox), { priority: opts.background ? 0 : 1 }));
     return sandbox;
+  }
+
+  /**
+   * Hand an unclaimed pool member to a claim: it takes the claim's name,
+   * metadata and spec, atomically, so no two claims can get one sandbox.
+   * Undefined when the member is gone or was taken meanwhile.
+   */
+  async adopt(member: Sandbox, to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec }): Promise<Sandbox | undefined> {
+    const uid = member.metadata.uid;
+    return this.locks.run(uid, async () => {
+      let adopted: Sandbox | undefined;
+      try {
+        adopted = await this.store.adoptSandbox(uid, member.metadata.name, to);
+      } catch (err) {
+        if (String(err).includes('UNIQUE')) throw alreadyExists(`a sandbox named "${to.name}" already exists in namespace "${member.metadata.namespace}"`);
+        throw err;
+      }
+      if (!adopted) return undefined;
+      try {
+        await this.driverFor(adopted).setHostname(uid, to.name);
+      } catch (err) {
+        // A sandbox that cannot take its new identity must not be handed out.
+        this.log.error({ err, sandbox: to.name }, 'could not rename an adopted sandbox');
+        await this.store.setDesired(uid, 'Deleted');
+        await this.teardown(adopted);
+        return undefined;
+      }
+      await this.store.addEvent(adopted, { type: 'Normal', reason: 'Claimed', message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})` });
+      this.changes.emit(uid);
+      return adopted;
+    });
+  }
+
+  /** Stops background work (queued starts, probes) before the store closes; running sandboxes stay up. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.starts.clear();
+    await this.starts.onIdle();
+  }
+
+  /** Checks what can be checked without starting anything; returns the runtime class. Templates use it too. */
+  validateSpec(spec: SandboxSpec): string {
+    const runtime = spec.podTemplate.spec.runtimeClassName ?? 'runc';
+    if (!(RUNTIME_CLASSES as readonly string[]).includes(runtime)) {
+      throw invalid(`spec.podTemplate.spec.runtimeClassName: unknown runtime "${runtime}"; use one of ${RUNTIME_CLASSES.join(', ')}`);
+    }
+    const why = this.drivers.unavailable(runtime);
+    if (why) throw invalid(`runtime "${runtime}" is not available on this host: ${why}`);
+    resolveLimits(spec); // rejects bad quantities before anything is stored
+    checkProbe(spec);
+    checkVolumeMount(spec);
+    return runtime;
   }
 
   async get(namespace: string, name: string): Promise<StoredSandbox> {
@@ -101,7 +167,7 @@ export class SandboxController {
       phase: 'Terminating',
       conditions: withCondition(sandbox.status, readyCondition('False', 'Deleting', 'the sandbox is being deleted')).conditions,
     });
-    const done = this.serial(uid, () => this.teardown(sandbox));
+    const done = this.locks.run(uid, () => this.teardown(sandbox));
     if (wait) await done;
     return terminating ?? sandbox;
   }
@@ -110,6 +176,8 @@ export class SandboxController {
   async running(namespace: string, name: string): Promise<{ sandbox: Sandbox; driver: RuntimeDriver }> {
     const { sandbox, desired } = await this.get(namespace, name);
     if (desired === 'Deleted') throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
+    const pool = sandbox.metadata.labels?.[LABELS.pool];
+    if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}"; claim one with a SandboxClaim to use it`);
     if (sandbox.status.phase !== 'Running') {
       throw conflict(`sandbox "${name}" is ${sandbox.status.phase}, not Running${sandbox.status.phase === 'Pending' ? ': wait for it to be Ready' : ''}`);
     }
@@ -154,11 +222,12 @@ export class SandboxController {
     const known = new Set(stored.map((s) => s.sandbox.metadata.uid));
     await Promise.all(
       stored.map(({ sandbox, desired }) =>
-        this.serial(sandbox.metadata.uid, async () => {
+        this.locks.run(sandbox.metadata.uid, async () => {
           if (desired === 'Deleted') return this.teardown(sandbox);
           const state = await this.driverFor(sandbox).state(sandbox.metadata.uid).catch(() => 'missing' as const);
           if (state === 'running' && sandbox.status.phase === 'Running') {
             this.log.info({ sandbox: sandbox.metadata.name }, 're-adopted running sandbox');
+            if (!isReady(sandbox.status)) this.probeUntilReady(sandbox);
             return;
           }
           await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Restarting', message: `found ${state} after a control-plane restart; starting it again with its disks` });
@@ -181,6 +250,7 @@ export class SandboxController {
 
   private async start(sandbox: Sandbox): Promise<void> {
     const uid = sandbox.metadata.uid;
+    if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted while it waited for a start slot
     const started = Date.now();
     try {
       const container = sandbox.spec.podTemplate.spec.containers[0]!;
@@ -197,6 +267,7 @@ export class SandboxController {
         command: [...(container.command ?? []), ...(container.args ?? [])],
         env: Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])),
         workingDir: container.workingDir ?? '/',
+        dataMountPath: container.volumeMounts?.[0]?.mountPath,
       };
       await this.driverFor(sandbox).create(spec);
       if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted meanwhile: teardown follows
@@ -206,8 +277,13 @@ export class SandboxController {
         startTime: new Date().toISOString(),
         image: { name: image.name, digest: image.digest },
       };
-      await this.setStatus(sandbox, withCondition(status, readyCondition('True', 'SandboxRunning', '')));
+      const probe = container.readinessProbe;
+      await this.setStatus(
+        sandbox,
+        withCondition(status, probe ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass') : readyCondition('True', 'SandboxRunning', '')),
+      );
       await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Started', message: `started in ${Date.now() - started} ms from ${image.digest}` });
+      if (probe) this.probeUntilReady(sandbox);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error({ err, sandbox: sandbox.metadata.name }, 'sandbox failed to start');
@@ -216,6 +292,49 @@ export class SandboxController {
       await this.setStatus(sandbox, status);
       await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Failed', message });
     }
+  }
+
+  /**
+   * Probes in the background (never under the sandbox's lock, so a delete is
+   * not held up) until the probe passes or the sandbox stops running.
+   */
+  private probeUntilReady(sandbox: Sandbox): void {
+    const uid = sandbox.metadata.uid;
+    const probe = sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe;
+    if (!probe || this.probing.has(uid)) return;
+    this.probing.add(uid);
+    const period = (probe.periodSeconds ?? 10) * 1000;
+    const threshold = probe.successThreshold ?? 1;
+    const failureThreshold = probe.failureThreshold ?? 3;
+    void (async () => {
+      await sleep((probe.initialDelaySeconds ?? 0) * 1000);
+      let successes = 0;
+      let failures = 0;
+      for (let attempt = 0; !this.stopped; attempt++) {
+        const found = await this.store.getSandboxByUid(uid);
+        if (!found || found.desired !== 'Running' || found.sandbox.status.phase !== 'Running') return;
+        const current = found.sandbox;
+        try {
+          await runProbe(this.driverFor(current).agent(uid), current, probe);
+          if (++successes >= threshold) {
+            await this.setStatus(current, withCondition(current.status, readyCondition('True', 'SandboxRunning', '')));
+            await this.store.addEvent(current, { type: 'Normal', reason: 'Ready', message: 'the readiness probe passed' });
+            return;
+          }
+        } catch (err) {
+          successes = 0;
+          if (++failures === failureThreshold) {
+            const message = `readiness probe failing: ${(err as Error).message}`;
+            await this.setStatus(current, withCondition(current.status, readyCondition('False', 'ReadinessProbeFailing', message)));
+            await this.store.addEvent(current, { type: 'Warning', reason: 'Unhealthy', message });
+          }
+        }
+        // Until the first success, probe faster than the period: a warm pool wants sandboxes ready as soon as they are.
+        await sleep(attempt < 50 ? Math.min(period, 100) : period);
+      }
+    })()
+      .catch((err: unknown) => this.log.error({ err, uid }, 'readiness probing stopped'))
+      .finally(() => this.probing.delete(uid));
   }
 
   private async teardown(sandbox: Sandbox): Promise<void> {
@@ -243,25 +362,36 @@ export class SandboxController {
     });
   }
 
-  private serial<T>(uid: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(uid) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => {});
-    this.locks.set(uid, tail);
-    void tail.then(() => {
-      if (this.locks.get(uid) === tail) this.locks.delete(uid);
-    });
-    return next;
+}
+
+function checkProbe(spec: SandboxSpec): void {
+  const c = spec.podTemplate.spec.containers[0]!;
+  const probe = c.readinessProbe;
+  if (!probe) return;
+  const field = 'spec.podTemplate.spec.containers[0].readinessProbe';
+  const kinds = [probe.exec, probe.httpGet, probe.tcpSocket].filter(Boolean).length;
+  if (kinds !== 1) throw invalid(`${field}: give exactly one of exec, httpGet or tcpSocket`);
+  const port = probe.httpGet?.port ?? probe.tcpSocket?.port;
+  const host = probe.httpGet?.host ?? probe.tcpSocket?.host;
+  if (host && !['localhost', '127.0.0.1'].includes(host)) throw invalid(`${field}: host must be localhost: probes run inside the sandbox`);
+  if (port !== undefined) {
+    try {
+      portNumber({ spec } as Sandbox, port);
+    } catch (err) {
+      throw invalid(`${field}: ${(err as Error).message}`);
+    }
   }
 }
 
-/** `k=v,k2=v2` and `k!=v` equality selectors, as kubectl's -l. */
-function parseSelector(sel?: string): (labels: Record<string, string>) => boolean {
-  if (!sel) return () => true;
-  const terms = sel.split(',').map((t) => {
-    const m = /^\s*([^!=\s]+)\s*(!=|==|=)\s*([^\s]*)\s*$/.exec(t);
-    if (!m) throw badRequest(`invalid labelSelector term "${t}": use key=value or key!=value`);
-    return { key: m[1]!, neg: m[2] === '!=', value: m[3]! };
-  });
-  return (labels) => terms.every((t) => (labels[t.key] === t.value) !== t.neg);
+/** The one volume (volumeClaimTemplates[0]) may be mounted at another path than /data. */
+function checkVolumeMount(spec: SandboxSpec): void {
+  const mount = spec.podTemplate.spec.containers[0]!.volumeMounts?.[0];
+  if (!mount) return;
+  const field = 'spec.podTemplate.spec.containers[0].volumeMounts[0]';
+  const volume = spec.volumeClaimTemplates?.[0]?.metadata.name;
+  if (mount.name !== volume) throw invalid(`${field}: no volumeClaimTemplate is named "${mount.name}"${volume ? ` (the sandbox's volume is "${volume}")` : ''}`);
+  sandboxPath(mount.mountPath, `${field}.mountPath`);
+  if (['/', '/proc', '/sys', '/dev', '/tmp', '/.moat', '/etc', '/usr', '/bin', '/lib'].some((p) => mount.mountPath === p || mount.mountPath.startsWith('/.moat/'))) {
+    throw invalid(`${field}.mountPath: ${mount.mountPath} is not allowed`);
+  }
 }

@@ -43,4 +43,23 @@ export const migrations: Record<string, Migration> = {
       await db.schema.createIndex('events_sandbox').on('events').column('sandbox_uid').execute();
     },
   },
+  '0002_extension_objects': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('objects')
+        .addColumn('uid', 'text', (c) => c.primaryKey())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('namespace', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('labels', 'text', (c) => c.notNull())
+        .addColumn('annotations', 'text', (c) => c.notNull())
+        .addColumn('spec', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('generation', 'integer', (c) => c.notNull())
+        .addColumn('resource_version', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('objects_kind_ns_name', ['kind', 'namespace', 'name'])
+        .execute();
+    },
+  },
 };

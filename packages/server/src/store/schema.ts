@@ -37,7 +37,23 @@ export interface EventTable {
   time: string;
 }
 
+/** SandboxTemplate, SandboxClaim and SandboxWarmPool objects. */
+export interface ObjectTable {
+  uid: string;
+  kind: string;
+  namespace: string;
+  name: string;
+  labels: string;
+  annotations: string;
+  spec: string;
+  status: string;
+  generation: number;
+  resource_version: number;
+  created_at: string;
+}
+
 export interface Database {
+  objects: ObjectTable;
   api_keys: ApiKeyTable;
   sandboxes: SandboxTable;
   events: EventTable;

@@ -1,13 +1,21 @@
 import SQLite from 'better-sqlite3';
 import { Kysely, Migrator, SqliteDialect, type MigrationProvider } from 'kysely';
-import type { Sandbox, SandboxStatus } from '@moat/core';
+import type { ExtensionKind, ObjectMeta, Sandbox, SandboxSpec, SandboxStatus } from '@moat/core';
 import { migrations } from './migrations.js';
-import type { ApiKeyTable, Database, SandboxTable } from './schema.js';
+import type { ApiKeyTable, Database, ObjectTable, SandboxTable } from './schema.js';
 
 export type Desired = 'Running' | 'Deleted';
 export interface StoredSandbox {
   sandbox: Sandbox;
   desired: Desired;
+}
+
+/** A template, claim or pool as stored; the controllers give it its kind-specific type. */
+export interface StoredObject {
+  kind: ExtensionKind;
+  metadata: ObjectMeta;
+  spec: unknown;
+  status: unknown;
 }
 
 export interface SandboxEvent {
@@ -83,6 +91,29 @@ export class Store {
     return row && fromRow(row).sandbox;
   }
 
+  /**
+   * Hand a pooled sandbox to its claimer: rename it and give it the claim's
+   * metadata and spec, only if it is still the unclaimed pool member `from`
+   * (so two claims can never get the same sandbox).
+   */
+  async adoptSandbox(uid: string, from: string, to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec }): Promise<Sandbox | undefined> {
+    const row = await this.db
+      .updateTable('sandboxes')
+      .set((eb) => ({
+        name: to.name,
+        labels: JSON.stringify(to.labels),
+        annotations: JSON.stringify(to.annotations),
+        spec: JSON.stringify(to.spec),
+        resource_version: eb('resource_version', '+', 1),
+      }))
+      .where('uid', '=', uid)
+      .where('name', '=', from)
+      .where('desired', '=', 'Running')
+      .returningAll()
+      .executeTakeFirst();
+    return row && fromRow(row).sandbox;
+  }
+
   async setDesired(uid: string, desired: Desired): Promise<void> {
     await this.db.updateTable('sandboxes').set({ desired }).where('uid', '=', uid).execute();
   }
@@ -90,6 +121,73 @@ export class Store {
   async deleteSandbox(uid: string): Promise<void> {
     await this.db.deleteFrom('sandboxes').where('uid', '=', uid).execute();
     await this.db.deleteFrom('events').where('sandbox_uid', '=', uid).execute();
+  }
+
+  // --- templates, claims and pools
+
+  async insertObject(o: StoredObject): Promise<void> {
+    const m = o.metadata;
+    await this.db
+      .insertInto('objects')
+      .values({
+        uid: m.uid,
+        kind: o.kind,
+        namespace: m.namespace,
+        name: m.name,
+        labels: JSON.stringify(m.labels ?? {}),
+        annotations: JSON.stringify(m.annotations ?? {}),
+        spec: JSON.stringify(o.spec),
+        status: JSON.stringify(o.status),
+        generation: m.generation,
+        resource_version: Number(m.resourceVersion),
+        created_at: m.creationTimestamp,
+      })
+      .execute();
+  }
+
+  async getObject(kind: ExtensionKind, namespace: string, name: string): Promise<StoredObject | undefined> {
+    const row = await this.db.selectFrom('objects').selectAll().where('kind', '=', kind).where('namespace', '=', namespace).where('name', '=', name).executeTakeFirst();
+    return row && objectFromRow(row);
+  }
+
+  async listObjects(kind: ExtensionKind, namespace?: string): Promise<StoredObject[]> {
+    let q = this.db.selectFrom('objects').selectAll().where('kind', '=', kind).orderBy('created_at').orderBy('name');
+    if (namespace) q = q.where('namespace', '=', namespace);
+    return (await q.execute()).map(objectFromRow);
+  }
+
+  /** Replace metadata and spec (a spec change bumps generation). */
+  async updateObject(uid: string, u: { spec: unknown; labels?: Record<string, string>; annotations?: Record<string, string> }): Promise<StoredObject | undefined> {
+    const old = await this.db.selectFrom('objects').select(['spec']).where('uid', '=', uid).executeTakeFirst();
+    if (!old) return undefined;
+    const spec = JSON.stringify(u.spec);
+    const row = await this.db
+      .updateTable('objects')
+      .set((eb) => ({
+        spec,
+        labels: JSON.stringify(u.labels ?? {}),
+        annotations: JSON.stringify(u.annotations ?? {}),
+        generation: spec === old.spec ? eb.ref('generation') : eb('generation', '+', 1),
+        resource_version: eb('resource_version', '+', 1),
+      }))
+      .where('uid', '=', uid)
+      .returningAll()
+      .executeTakeFirst();
+    return row && objectFromRow(row);
+  }
+
+  async setObjectStatus(uid: string, status: unknown): Promise<StoredObject | undefined> {
+    const row = await this.db
+      .updateTable('objects')
+      .set((eb) => ({ status: JSON.stringify(status), resource_version: eb('resource_version', '+', 1) }))
+      .where('uid', '=', uid)
+      .returningAll()
+      .executeTakeFirst();
+    return row && objectFromRow(row);
+  }
+
+  async deleteObject(uid: string): Promise<void> {
+    await this.db.deleteFrom('objects').where('uid', '=', uid).execute();
   }
 
   // --- events
@@ -142,5 +240,25 @@ function fromRow(r: SandboxTable): StoredSandbox {
       spec: JSON.parse(r.spec),
       status: JSON.parse(r.status),
     },
+  };
+}
+
+function objectFromRow(r: ObjectTable): StoredObject {
+  const labels = JSON.parse(r.labels) as Record<string, string>;
+  const annotations = JSON.parse(r.annotations) as Record<string, string>;
+  return {
+    kind: r.kind as ExtensionKind,
+    metadata: {
+      name: r.name,
+      namespace: r.namespace,
+      uid: r.uid,
+      creationTimestamp: r.created_at,
+      resourceVersion: String(r.resource_version),
+      generation: r.generation,
+      ...(Object.keys(labels).length ? { labels } : {}),
+      ...(Object.keys(annotations).length ? { annotations } : {}),
+    },
+    spec: JSON.parse(r.spec),
+    status: JSON.parse(r.status),
   };
 }

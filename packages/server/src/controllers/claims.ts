@@ -1,0 +1,204 @@
+import {
+  LABELS, MoatError, alreadyExists, conflict, invalid,
+  type Condition, type Sandbox, type SandboxClaim, type SandboxClaimSpec, type SandboxClaimStatus, type SandboxTemplate, type SandboxWarmPool,
+} from '@moat/core';
+import type { Logger } from 'pino';
+import type { Store } from '../store/store.js';
+import { coldStartReason, sandboxFromTemplate } from './from-template.js';
+import { ObjectController, type ObjectInput } from './objects.js';
+import type { WarmPoolController } from './pools.js';
+import type { SandboxController } from './sandboxes.js';
+import type { TemplateController } from './templates.js';
+
+const cond = (type: string, status: Condition['status'], reason: string, message = ''): Condition => ({
+  type, status, reason, message, lastTransitionTime: new Date().toISOString(),
+});
+
+/** Claim status as stored: how it was served. Readiness is read live from the sandbox. */
+interface ClaimStatus extends SandboxClaimStatus {
+  /** Moat: when the claim's sandbox goes (lifecycle.shutdownTime, or the template's ttlSeconds after the claim was served). */
+  shutdownTime?: string;
+  expired?: boolean;
+}
+
+/**
+ * SandboxClaims: a Sandbox of the claim's name, taken from a warm pool of the
+ * template when one has a ready member, else started cold. The claim owns the
+ * sandbox: deleting the claim deletes it.
+ */
+export class ClaimController extends ObjectController<SandboxClaim> {
+  constructor(
+    store: Store,
+    private readonly sandboxes: SandboxController,
+    private readonly templates: TemplateController,
+    private readonly pools: WarmPoolController,
+    private readonly log: Logger,
+  ) {
+    super(store, 'SandboxClaim', 'sandbox claim');
+    // A template that appears (or changes) may let waiting claims through.
+    templates.onChange(({ namespace }) => void this.resyncNamespace(namespace));
+  }
+
+  protected validate(namespace: string, spec: SandboxClaimSpec, old?: SandboxClaim): SandboxClaimSpec {
+    if (old) {
+      if (JSON.stringify(old.spec) === JSON.stringify(spec)) return spec;
+      throw conflict(`the spec of sandbox claim "${old.metadata.name}" cannot change; delete the claim and create it again`);
+    }
+    if (!spec.sandboxTemplateRef && !spec.warmPoolRef) {
+      throw invalid(`spec.sandboxTemplateRef.name (or, as in agent-sandbox v1beta1, spec.warmPoolRef.name) is required in namespace "${namespace}"`);
+    }
+    if (spec.lifecycle?.shutdownTime && Number.isNaN(Date.parse(spec.lifecycle.shutdownTime))) throw invalid('spec.lifecycle.shutdownTime is not a valid time');
+    return spec;
+  }
+
+  protected initialStatus(): ClaimStatus {
+    return { conditions: [cond('Ready', 'False', 'Pending', 'the claim is being served')] };
+  }
+
+  override async create(namespace: string, input: ObjectInput): Promise<SandboxClaim> {
+    // The claim's sandbox takes the claim's name, so that name must be free.
+    if (input.metadata.name && (await this.store.getSandbox(namespace, input.metadata.name))) {
+      throw alreadyExists(`a sandbox named "${input.metadata.name}" already exists in namespace "${namespace}"; a claim's sandbox takes the claim's name`);
+    }
+    return super.create(namespace, input);
+  }
+
+  /** Served before the create call answers, so a warm claim is Ready in the response. */
+  protected override async changed(claim: SandboxClaim): Promise<void> {
+    await this.reconcile(claim);
+  }
+
+  protected override async present(claim: SandboxClaim): Promise<SandboxClaim> {
+    const status = { ...(claim.status as ClaimStatus), conditions: [...claim.status.conditions] };
+    const name = status.sandbox?.name;
+    const sandbox = name ? await this.owned(claim, name) : undefined;
+    const set = (c: Condition) => (status.conditions = [...status.conditions.filter((x) => x.type !== c.type), c]);
+    if (status.expired) set(cond('Ready', 'False', 'ClaimExpired', `the claim expired at ${status.shutdownTime}; its sandbox was deleted`));
+    else if (name && !sandbox) set(cond('Ready', 'False', 'SandboxNotFound', `sandbox "${name}" no longer exists`));
+    else if (sandbox) {
+      const ready = sandbox.status.conditions.find((c) => c.type === 'Ready');
+      set(ready ? { ...ready } : cond('Ready', 'False', 'Creating'));
+    }
+    const templateName = claim.spec.sandboxTemplateRef?.name;
+    if (sandbox && templateName && !(await this.templates.resolve(claim.metadata.namespace, templateName))) {
+      set(cond('TemplateAvailable', 'False', 'TemplateNotFound', `sandbox template "${templateName}" was deleted; this claim's sandbox keeps running`));
+    }
+    return { ...claim, status };
+  }
+
+  protected override async deleting(claim: SandboxClaim, wait: boolean): Promise<void> {
+    await this.serial.run(claim.metadata.uid, () => this.deleteSandbox(claim, wait));
+  }
+
+  /** Claims still waiting to be served, and claims past their shutdown time. */
+  async resync(): Promise<void> {
+    for (const c of await this.store.listObjects('SandboxClaim')) await this.reconcile(c as unknown as SandboxClaim);
+  }
+
+  private async resyncNamespace(namespace: string): Promise<void> {
+    for (const c of await this.store.listObjects('SandboxClaim', namespace)) await this.reconcile(c as unknown as SandboxClaim);
+  }
+
+  private reconcile(stale: SandboxClaim): Promise<void> {
+    return this.serial
+      .run(stale.metadata.uid, async () => {
+        const claim = await this.find(stale.metadata.namespace, stale.metadata.name);
+        if (claim?.metadata.uid !== stale.metadata.uid) return;
+        const status = claim.status as ClaimStatus;
+        if (status.expired) return;
+        if (status.shutdownTime && Date.parse(status.shutdownTime) <= Date.now()) return this.expire(claim);
+        if (!status.sandbox?.name) await this.serve(claim);
+      })
+      .catch((err: unknown) => this.log.error({ err, claim: stale.metadata.name }, 'claim reconcile failed'));
+  }
+
+  private async serve(claim: SandboxClaim): Promise<void> {
+    const { namespace, name } = claim.metadata;
+    const fail = (reason: string, message: string) => this.setStatus(claim, { ...claim.status, conditions: [cond('Ready', 'False', reason, message)] });
+
+    let pools: SandboxWarmPool[] = [];
+    let templateName = claim.spec.sandboxTemplateRef?.name;
+    const named = claim.spec.warmPoolRef?.name ?? (claim.spec.warmpool && !['default', 'none'].includes(claim.spec.warmpool) ? claim.spec.warmpool : undefined);
+    if (named) {
+      const pool = await this.pools.byName(namespace, named);
+      if (!pool) return fail('WarmPoolNotFound', `sandbox warm pool "${named}" not found in namespace "${namespace}"`);
+      if (templateName && pool.spec.sandboxTemplateRef.name !== templateName) {
+        return fail('WarmPoolMismatch', `warm pool "${named}" holds sandboxes of template "${pool.spec.sandboxTemplateRef.name}", not "${templateName}"`);
+      }
+      templateName = pool.spec.sandboxTemplateRef.name;
+      pools = [pool];
+    } else if (claim.spec.warmpool !== 'none') {
+      pools = await this.pools.poolsFor(namespace, templateName!);
+    }
+    const template = await this.templates.resolve(namespace, templateName!);
+    if (!template) return fail('TemplateNotFound', `sandbox template "${templateName}" not found in namespace "${namespace}"`);
+
+    let shape;
+    try {
+      shape = sandboxFromTemplate(template, claim);
+    } catch (err) {
+      if (err instanceof MoatError) return fail('InvalidClaim', err.message);
+      throw err;
+    }
+    const cold = coldStartReason(template, claim);
+    if (!cold) {
+      for (const pool of pools) {
+        const adopted = await this.pools.take(pool, { ...shape, name });
+        if (adopted) return this.served(claim, template, adopted, cond('WarmPool', 'True', 'FromWarmPool', `taken from warm pool "${pool.metadata.name}"`), pool.metadata.name);
+      }
+    }
+    const why = cold
+      ? cond('WarmPool', 'False', 'ColdStartRequired', cold)
+      : claim.spec.warmpool === 'none'
+        ? cond('WarmPool', 'False', 'WarmPoolDisabled', 'the claim asked for a fresh sandbox (warmpool: none)')
+        : pools.length
+          ? cond('WarmPool', 'False', 'PoolExhausted', `no ready sandbox in warm pool${pools.length > 1 ? 's' : ''} ${pools.map((p) => `"${p.metadata.name}"`).join(', ')}; started one cold`)
+          : cond('WarmPool', 'False', 'NoWarmPool', `no warm pool holds template "${template.metadata.name}"; started one cold`);
+    try {
+      const created = await this.sandboxes.create(namespace, { metadata: { name, labels: shape.labels, annotations: shape.annotations }, spec: shape.spec }, { internal: true });
+      await this.served(claim, template, created, why);
+    } catch (err) {
+      if (!(err instanceof MoatError) || err.code >= 500) throw err;
+      const reason = err.reason === 'ImageNotFound' ? 'ImageNotFound' : err.reason === 'AlreadyExists' ? 'SandboxNameConflict' : 'InvalidTemplate';
+      await fail(reason, err.message);
+    }
+  }
+
+  private async served(claim: SandboxClaim, template: SandboxTemplate, sandbox: Sandbox, how: Condition, pool?: string): Promise<void> {
+    const ttl = template.spec.ttlSeconds;
+    const shutdownTime = claim.spec.lifecycle?.shutdownTime ?? (ttl ? new Date(Date.now() + ttl * 1000).toISOString() : undefined);
+    const status: ClaimStatus = {
+      conditions: [...claim.status.conditions.filter((c) => c.type === 'Ready'), how],
+      sandbox: { name: sandbox.metadata.name },
+      ...(pool ? { warmPool: pool } : {}),
+      ...(shutdownTime ? { shutdownTime } : {}),
+    };
+    await this.setStatus(claim, status);
+  }
+
+  /** shutdownPolicy Delete removes the claim with its sandbox; Retain (the default) keeps the claim, marked expired. */
+  private async expire(claim: SandboxClaim): Promise<void> {
+    const policy = claim.spec.lifecycle?.shutdownPolicy ?? 'Retain';
+    this.log.info({ claim: claim.metadata.name, policy }, 'claim expired');
+    await this.deleteSandbox(claim, policy === 'DeleteForeground');
+    if (policy === 'Retain') await this.setStatus(claim, { ...claim.status, expired: true } as ClaimStatus);
+    else {
+      await this.store.deleteObject(claim.metadata.uid);
+      this.changes.emit(claim.metadata.uid);
+    }
+  }
+
+  private async deleteSandbox(claim: SandboxClaim, wait: boolean): Promise<void> {
+    const name = claim.status.sandbox?.name;
+    if (!name || !(await this.owned(claim, name))) return;
+    await this.sandboxes.delete(claim.metadata.namespace, name, wait).catch((err: unknown) => {
+      if (!(err instanceof MoatError && err.code === 404)) throw err;
+    });
+  }
+
+  /** The claim's sandbox, if it still exists and still belongs to this claim. */
+  private async owned(claim: SandboxClaim, name: string): Promise<Sandbox | undefined> {
+    const found = await this.store.getSandbox(claim.metadata.namespace, name);
+    return found && found.desired === 'Running' && found.sandbox.metadata.labels?.[LABELS.claim] === claim.metadata.name ? found.sandbox : undefined;
+  }
+}

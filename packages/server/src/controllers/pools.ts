@@ -1,0 +1,203 @@
+import { LABELS, MoatError, type Condition, type Sandbox, type SandboxWarmPool, type SandboxWarmPoolSpec } from '@moat/core';
+import type { Logger } from 'pino';
+import type { Store } from '../store/store.js';
+import { isReady } from './conditions.js';
+import { adoptedSpec, sandboxFromTemplate, templateHash, type SandboxShape } from './from-template.js';
+import { ObjectController } from './objects.js';
+import type { SandboxController } from './sandboxes.js';
+import type { TemplateController } from './templates.js';
+
+const HASH_ANNOTATION = 'moat.dev/template-hash';
+const MAX_BACKOFF_MS = 60_000;
+
+const condition = (status: Condition['status'], reason: string, message: string): Condition => ({
+  type: 'Ready', status, reason, message, lastTransitionTime: new Date().toISOString(),
+});
+
+/**
+ * SandboxWarmPools: keep `replicas` ready, unclaimed sandboxes of a template.
+ * Members are ordinary sandboxes labelled with the pool; nobody can exec into
+ * them until a claim takes one, and a taken sandbox never returns to a pool.
+ */
+export class WarmPoolController extends ObjectController<SandboxWarmPool> {
+  /** Members promised to a claim that is adopting them right now. */
+  private readonly reserved = new Set<string>();
+  private readonly backoff = new Map<string, { failures: number; until: number }>();
+
+  constructor(
+    store: Store,
+    private readonly sandboxes: SandboxController,
+    private readonly templates: TemplateController,
+    private readonly log: Logger,
+  ) {
+    super(store, 'SandboxWarmPool', 'sandbox warm pool');
+    templates.onChange(({ namespace, name }) => void this.reconcileWhere(namespace, (p) => p.spec.sandboxTemplateRef.name === name));
+  }
+
+  protected validate(_namespace: string, spec: SandboxWarmPoolSpec): SandboxWarmPoolSpec {
+    return spec;
+  }
+
+  protected initialStatus() {
+    return { replicas: 0, readyReplicas: 0, selector: '', conditions: [] };
+  }
+
+  protected override async present(pool: SandboxWarmPool): Promise<SandboxWarmPool> {
+    const members = await this.members(pool);
+    return {
+      ...pool,
+      status: {
+        ...pool.status,
+        replicas: members.length,
+        readyReplicas: members.filter((m) => isReady(m.status)).length,
+        selector: `${LABELS.pool}=${pool.metadata.name}`,
+      },
+    };
+  }
+
+  protected override async changed(pool: SandboxWarmPool): Promise<void> {
+    this.backoff.delete(pool.metadata.uid);
+    void this.reconcile(pool);
+  }
+
+  protected override async deleting(pool: SandboxWarmPool, wait: boolean): Promise<void> {
+    await this.serial.run(pool.metadata.uid, async () => {
+      await Promise.all((await this.members(pool)).map((m) => this.remove(m, wait)));
+    });
+  }
+
+  /** Ready pools of a template in a namespace, for claims that do not name one. */
+  async poolsFor(namespace: string, template: string): Promise<SandboxWarmPool[]> {
+    return (await this.list(namespace)).filter((p) => p.spec.sandboxTemplateRef.name === template);
+  }
+
+  async byName(namespace: string, name: string): Promise<SandboxWarmPool | undefined> {
+    return this.find(namespace, name);
+  }
+
+  /**
+   * Give a ready member to a claim, or undefined if the pool has none. Each
+   * member is reserved for one claimer at a time and the store's adoption is
+   * conditional, so concurrent claims never share a sandbox.
+   */
+  async take(pool: SandboxWarmPool, target: SandboxShape & { name: string }): Promise<Sandbox | undefined> {
+    for (const member of await this.members(pool)) {
+      const uid = member.metadata.uid;
+      if (!isReady(member.status) || this.reserved.has(uid)) continue;
+      this.reserved.add(uid);
+      try {
+        const adopted = await this.sandboxes.adopt(member, {
+          name: target.name,
+          labels: target.labels,
+          annotations: { ...target.annotations, [LABELS.adoptedFrom]: pool.metadata.name },
+          spec: adoptedSpec(member.spec, target.spec),
+        });
+        if (adopted) {
+          void this.reconcile(pool); // refill
+          return adopted;
+        }
+      } finally {
+        this.reserved.delete(uid);
+      }
+    }
+    return undefined;
+  }
+
+  /** Every pool, now: the periodic resync after a restart, a crash of a member, or anything missed. */
+  async resync(): Promise<void> {
+    for (const pool of await this.store.listObjects('SandboxWarmPool')) await this.reconcile(pool as unknown as SandboxWarmPool);
+  }
+
+  private async reconcileWhere(namespace: string, match: (p: SandboxWarmPool) => boolean): Promise<void> {
+    for (const pool of await this.list(namespace)) if (match(pool)) await this.reconcile(pool);
+  }
+
+  private reconcile(stale: SandboxWarmPool): Promise<void> {
+    return this.serial
+      .run(stale.metadata.uid, async () => {
+        const pool = await this.find(stale.metadata.namespace, stale.metadata.name);
+        if (pool?.metadata.uid === stale.metadata.uid) await this.converge(pool);
+      })
+      .catch((err: unknown) => this.log.error({ err, pool: stale.metadata.name }, 'warm pool reconcile failed'));
+  }
+
+  private async converge(pool: SandboxWarmPool): Promise<void> {
+    const { namespace, name, uid } = pool.metadata;
+    const template = await this.templates.resolve(namespace, pool.spec.sandboxTemplateRef.name);
+    if (!template) {
+      return this.setStatus(pool, {
+        ...pool.status,
+        conditions: [condition('False', 'TemplateNotFound', `sandbox template "${pool.spec.sandboxTemplateRef.name}" not found in namespace "${namespace}"; the pool keeps its members and makes no new ones`)],
+      });
+    }
+    const hash = templateHash(template);
+    let members = await this.members(pool);
+    const recreate = pool.spec.updateStrategy?.type === 'Recreate';
+    const gone = members.filter((m) => m.status.phase === 'Failed' || (recreate && m.metadata.annotations?.[HASH_ANNOTATION] !== hash && !this.reserved.has(m.metadata.uid)));
+    const failure = members.find((m) => m.status.phase === 'Failed')?.status.conditions.find((c) => c.type === 'Ready')?.message;
+    if (failure) this.failed(uid);
+    await Promise.all(gone.map((m) => this.remove(m, false)));
+    members = members.filter((m) => !gone.includes(m));
+
+    const want = pool.spec.replicas;
+    let problem = failure ? { reason: 'SandboxStartFailed', message: `a member failed to start: ${failure}` } : undefined;
+    if (members.length < want && !this.backingOff(uid)) {
+      const shape = sandboxFromTemplate(template);
+      for (let i = members.length; i < want; i++) {
+        try {
+          await this.sandboxes.create(
+            namespace,
+            {
+              metadata: { generateName: `${name.slice(0, 56)}-`, labels: { ...shape.labels, [LABELS.pool]: name }, annotations: { ...shape.annotations, [HASH_ANNOTATION]: hash } },
+              spec: shape.spec,
+            },
+            { internal: true, background: true },
+          );
+        } catch (err) {
+          if (!(err instanceof MoatError) || err.code >= 500) throw err;
+          this.failed(uid);
+          problem = { reason: err.reason === 'ImageNotFound' ? 'ImageNotFound' : 'SandboxCreateFailed', message: err.message };
+          break;
+        }
+      }
+    } else if (members.length > want) {
+      // Surplus: not-ready ones first, then the newest.
+      const order = [...members].sort((a, b) => Number(isReady(a.status)) - Number(isReady(b.status)) || b.metadata.creationTimestamp.localeCompare(a.metadata.creationTimestamp));
+      await Promise.all(order.filter((m) => !this.reserved.has(m.metadata.uid)).slice(0, members.length - want).map((m) => this.remove(m, false)));
+    }
+    if (!problem) this.backoff.delete(uid);
+    const ready = members.filter((m) => isReady(m.status)).length;
+    await this.setStatus(pool, {
+      ...pool.status,
+      conditions: [
+        problem
+          ? condition('False', problem.reason, problem.message)
+          : ready >= want
+            ? condition('True', 'PoolFull', `${ready} of ${want} ready`)
+            : condition('False', 'Filling', `${ready} of ${want} ready`),
+      ],
+    });
+  }
+
+  private async members(pool: SandboxWarmPool): Promise<Sandbox[]> {
+    const all = await this.sandboxes.list(pool.metadata.namespace, `${LABELS.pool}=${pool.metadata.name}`);
+    return all.filter((s) => s.status.phase !== 'Terminating');
+  }
+
+  private async remove(member: Sandbox, wait: boolean): Promise<void> {
+    await this.sandboxes.delete(member.metadata.namespace, member.metadata.name, wait).catch((err: unknown) => {
+      if (!(err instanceof MoatError && err.code === 404)) throw err; // already taken or gone
+    });
+  }
+
+  private failed(uid: string): void {
+    const b = this.backoff.get(uid) ?? { failures: 0, until: 0 };
+    b.failures++;
+    b.until = Date.now() + Math.min(1000 * 2 ** b.failures, MAX_BACKOFF_MS);
+    this.backoff.set(uid, b);
+  }
+
+  private backingOff(uid: string): boolean {
+    return (this.backoff.get(uid)?.until ?? 0) > Date.now();
+  }
+}
