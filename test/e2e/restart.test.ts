@@ -1,37 +1,13 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { access, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { NS, createReady, sh, type TestServer } from '../helpers/server.js';
-
-/** A server in a child process: the test kills it with SIGKILL like a crash would. */
-async function spawnServer(dataDir: string): Promise<{ child: ChildProcess; server: TestServer }> {
-  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', join(import.meta.dirname, '../helpers/server-process.ts'), dataDir], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', resolve);
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
-  });
-  const { url, adminKey } = JSON.parse(line) as { url: string; adminKey: string };
-  const api = (path: string, init: RequestInit & { json?: unknown } = {}) =>
-    fetch(url + path, {
-      ...init,
-      headers: { authorization: `Bearer ${adminKey}`, ...(init.json ? { 'content-type': 'application/json' } : {}) },
-      body: init.json ? JSON.stringify(init.json) : init.body,
-    });
-  return { child, server: { url, adminKey, dataDir, api, close: async () => {} } as TestServer };
-}
-
-const kill = (child: ChildProcess) =>
-  new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  });
+import { EXT, poolBody, poolMembers, poolReady, until } from '../helpers/extensions.js';
+import { kill, spawnServer } from '../helpers/spawn-server.js';
 
 describe('control-plane crash recovery', () => {
   let dataDir: string;
@@ -78,5 +54,36 @@ describe('control-plane crash recovery', () => {
     list.stdout.on('data', (d) => (ids += d));
     await new Promise((r) => list.on('close', r));
     assert.ok(!ids.includes(orphan.metadata.uid), 'orphan container removed');
+  });
+});
+
+describe('warm pools across a control-plane crash', () => {
+  let dataDir: string;
+  let live: { child: ChildProcess; server: TestServer } | undefined;
+  after(async () => {
+    if (live) {
+      await live.server.api(`${EXT}/sandboxwarmpools/refill?wait=true`, { method: 'DELETE' });
+      await kill(live.child);
+    }
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  test('SIGKILL while a pool replenishes: after restart it converges to its size, with nothing left behind', async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'moat-pool-restart-'));
+    live = await spawnServer(dataDir);
+    const created = await live.server.api(`${EXT}/sandboxwarmpools`, { method: 'POST', json: poolBody('refill', 'base', 4) });
+    assert.equal(created.status, 201);
+    await until('the pool to have started filling', async () => ((await poolMembers(live!.server, 'refill')).length > 0 ? true : undefined), 10_000);
+    await kill(live.child); // mid-fill: some members Pending, some maybe Running
+    live = await spawnServer(dataDir);
+    const { server } = live;
+    await poolReady(server, 'refill', 4);
+    const members = await poolMembers(server, 'refill');
+    assert.equal(members.length, 4);
+    // Host state exactly matches the records: no orphan directory, container or pool member beyond 4.
+    await until('host state to match records', async () => {
+      const dirs = (await readdir(join(dataDir, 'sandboxes'))).sort();
+      return JSON.stringify(dirs) === JSON.stringify(members.map((m) => m.metadata.uid).sort()) ? true : undefined;
+    }, 10_000);
   });
 });

@@ -1,0 +1,29 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { TestServer } from './server.js';
+
+/** A server in a child process: the test kills it with SIGKILL like a crash would. */
+export async function spawnServer(dataDir: string): Promise<{ child: ChildProcess; server: TestServer }> {
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', join(import.meta.dirname, 'server-process.ts'), dataDir], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once('line', resolve);
+    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
+  });
+  const { url, adminKey } = JSON.parse(line) as { url: string; adminKey: string };
+  const api = (path: string, init: RequestInit & { json?: unknown } = {}) =>
+    fetch(url + path, {
+      ...init,
+      headers: { authorization: `Bearer ${adminKey}`, ...(init.json ? { 'content-type': 'application/json' } : {}) },
+      body: init.json ? JSON.stringify(init.json) : init.body,
+    });
+  return { child, server: { url, adminKey, dataDir, api, close: async () => {} } as TestServer };
+}
+
+export const kill = (child: ChildProcess) =>
+  new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGKILL');
+  });
