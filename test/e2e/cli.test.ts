@@ -141,4 +141,56 @@ spec:
     assert.match(r.stdout, /sandbox "c1" deleted/);
     assert.match(r.stderr, /missing/);
   });
+
+  test('the agent-sandbox warm-pool quickstart works with the same YAML', async () => {
+    const examples = join(import.meta.dirname, '../../examples/warmpool-quickstart');
+    let r = await moat(['apply', '-f', join(examples, 'sandbox.yaml')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'sandboxtemplate/secure-datascience-template created\nsandboxwarmpool/sandboxwarmpool-example created\nsandboxclaim/my-secure-sandbox created\n');
+    r = await moat(['wait', '--for=condition=Ready', 'sandbox/my-secure-sandbox', '--timeout=60s']);
+    assert.equal(r.code, 0, r.stderr);
+    r = await moat(['exec', 'my-secure-sandbox', '--', 'sh', '-c', 'df -h --output=target,size /workspace | tail -1; pgrep -c sleep']);
+    assert.match(r.stdout, /^\/workspace\s+5\.\dG\n1\n$/, 'the claim got its own 6Gi volume at /workspace');
+    r = await moat(['apply', '-f', join(examples, 'sandbox.yaml')]);
+    assert.equal(r.stdout, 'sandboxtemplate/secure-datascience-template unchanged\nsandboxwarmpool/sandboxwarmpool-example unchanged\nsandboxclaim/my-secure-sandbox unchanged\n');
+
+    r = await moat(['wait', '--for=condition=Ready', 'sandboxwarmpool/sandboxwarmpool-example', '--timeout=60s']);
+    assert.equal(r.code, 0, r.stderr);
+    r = await moat(['get', 'sandboxwarmpools']);
+    assert.match(r.stdout, /^NAME\s+TEMPLATE\s+DESIRED\s+READY\s+AGE\nsandboxwarmpool-example\s+secure-datascience-template\s+1\s+1\s/);
+    r = await moat(['get', 'claims']);
+    assert.match(r.stdout, /my-secure-sandbox\s+my-secure-sandbox\s+True\s/);
+    r = await moat(['get', 'templates', '-o', 'name']);
+    assert.match(r.stdout, /sandboxtemplate\/base\nsandboxtemplate\/python-runtime\nsandboxtemplate\/secure-datascience-template\n/);
+
+    // Scaling through apply reconciles the pool.
+    const scaled = (await readFile(join(examples, 'sandbox.yaml'), 'utf8')).replace('replicas: 1', 'replicas: 2');
+    r = await moat(['apply', '-f', '-'], { input: scaled });
+    assert.match(r.stdout, /sandboxwarmpool\/sandboxwarmpool-example configured/);
+    r = await moat(['wait', '--for=condition=Ready', 'pool/sandboxwarmpool-example', '--timeout=60s']);
+    assert.equal(r.code, 0, r.stderr);
+    r = await moat(['get', 'pool', 'sandboxwarmpool-example', '-o', 'json']);
+    assert.equal(JSON.parse(r.stdout).status.readyReplicas, 2);
+
+    r = await moat(['delete', '-f', join(examples, 'sandbox.yaml')]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await moat(['get', 'sandboxes', '-o', 'name']);
+    assert.doesNotMatch(r.stdout, /my-secure-sandbox|sandboxwarmpool-example/);
+  });
+
+  test('claims of the built-in python-runtime template, from a v1beta1 warmPoolRef', async () => {
+    const examples = join(import.meta.dirname, '../../examples/warmpool-quickstart');
+    let r = await moat(['apply', '-f', join(examples, 'python-runtime.yaml')]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await moat(['wait', '--for=condition=Ready', 'sandbox/quickstart-test', '--timeout=60s']);
+    assert.equal(r.code, 0, r.stderr);
+    r = await moat(['exec', 'quickstart-test', '--', 'curl', '-s', 'localhost:8888/']);
+    assert.deepEqual(JSON.parse(r.stdout), { status: 'ok', message: 'Sandbox Runtime is active.' });
+    r = await moat(['delete', 'sandboxclaim', 'quickstart-test']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await moat(['get', 'sandbox', 'quickstart-test'])).code, 1);
+    r = await moat(['delete', 'pool', 'python-warmpool']);
+    assert.equal(r.code, 0, r.stderr);
+  });
 });
+

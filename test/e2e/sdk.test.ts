@@ -71,4 +71,25 @@ describe('TypeScript SDK against a real server', () => {
     await sbx.delete();
     await assert.rejects(moat.sandboxes.get(sbx.name), (e: unknown) => e instanceof MoatError && e.status === 404);
   });
+
+  test('create({ template }) claims from a warm pool when one exists, and delete removes the claim', async () => {
+    await moat.templates.create({ metadata: { name: 'sdk-tpl' }, spec: { podTemplate: { spec: { containers: [{ image: 'base' }] } }, envVarsInjectionPolicy: 'Allowed' } });
+    await moat.warmPools.create({ metadata: { name: 'sdk-pool' }, spec: { replicas: 1, sandboxTemplateRef: { name: 'sdk-tpl' } } });
+    await moat.warmPools.wait('sdk-pool', { timeoutSeconds: 60 });
+    const s = await moat.sandboxes.create({ template: 'sdk-tpl', env: { GREETING: 'hi' } });
+    assert.match(s.name, /^sdk-tpl-/);
+    assert.equal(s.resource.metadata.annotations?.['moat.dev/adopted-from-pool'], 'sdk-pool');
+    assert.equal((await s.exec('echo $GREETING $(hostname)')).stdout, `hi ${s.name}\n`);
+    await s.delete();
+    await assert.rejects(moat.claims.get(s.name), (err: unknown) => err instanceof MoatError && err.status === 404);
+    await assert.rejects(moat.sandboxes.get(s.name), (err: unknown) => err instanceof MoatError && err.status === 404);
+    await moat.warmPools.delete('sdk-pool');
+
+    const cold = await moat.sandboxes.create({ template: 'base', name: 'sdk-cold' });
+    assert.equal(cold.resource.status?.phase, 'Running');
+    await moat.sandboxes.delete('sdk-cold');
+    await assert.rejects(moat.claims.get('sdk-cold'), (err: unknown) => err instanceof MoatError && err.status === 404);
+
+    await assert.rejects(moat.sandboxes.create({ template: 'no-such-template' }), (err: unknown) => err instanceof MoatError && err.reason === 'TemplateNotFound' && /no-such-template/.test(err.message));
+  });
 });

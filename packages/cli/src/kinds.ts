@@ -12,21 +12,18 @@ export interface Column {
 /**
  * What the generic commands (get, delete, apply, wait) need to know about a
  * resource type. Objects live at `/apis/{apiVersion}/namespaces/{ns}/{plural}`;
- * a new kind (SandboxTemplate, SandboxClaim, SandboxWarmPool under
- * `extensions.agents.x-k8s.io/v1alpha1`) is one more entry in KINDS.
+ * a new kind is one more entry in KINDS.
  */
 export interface ResourceKind {
   kind: string;
+  /** The version the CLI talks; manifests may also carry any of `acceptedVersions`. */
   apiVersion: string;
+  acceptedVersions: string[];
   plural: string;
   singular: string;
   aliases: string[];
   columns: Column[];
-  /**
-   * The server refuses changes to an existing object's spec, so apply can only
-   * say "unchanged" or ask for delete + apply. A mutable kind will need an
-   * update route before apply can handle it.
-   */
+  /** The server refuses changes to an existing object's spec: apply can only say "unchanged" or ask for delete + apply. Other kinds are updated with PUT. */
   immutableSpec: boolean;
   /** Has `GET {plural}/{name}/wait?condition=`. */
   waitable: boolean;
@@ -42,6 +39,7 @@ const limits = (o: KubeObject) => ({ ...container(o)?.resources?.requests, ...co
 export const SANDBOX_KIND: ResourceKind = {
   kind: 'Sandbox',
   apiVersion: 'agents.x-k8s.io/v1alpha1',
+  acceptedVersions: ['agents.x-k8s.io/v1alpha1', 'agents.x-k8s.io/v1beta1'],
   plural: 'sandboxes',
   singular: 'sandbox',
   aliases: ['sbx'],
@@ -60,7 +58,69 @@ export const SANDBOX_KIND: ResourceKind = {
   ],
 };
 
-export const KINDS: ResourceKind[] = [SANDBOX_KIND];
+const EXT_VERSION = 'extensions.agents.x-k8s.io/v1alpha1';
+const EXT_VERSIONS = [EXT_VERSION, 'extensions.agents.x-k8s.io/v1beta1'];
+type Loose = { spec?: any; status?: any };
+const loose = (o: KubeObject) => o as KubeObject & Loose;
+const ready = (o: KubeObject) => (loose(o).status?.conditions as { type: string; status: string; reason: string }[] | undefined)?.find((c) => c.type === 'Ready');
+
+export const TEMPLATE_KIND: ResourceKind = {
+  kind: 'SandboxTemplate',
+  apiVersion: EXT_VERSION,
+  acceptedVersions: EXT_VERSIONS,
+  plural: 'sandboxtemplates',
+  singular: 'sandboxtemplate',
+  aliases: ['template', 'templates'],
+  immutableSpec: false,
+  waitable: false,
+  columns: [
+    name,
+    { header: 'IMAGE', value: (o) => loose(o).spec?.podTemplate?.spec?.containers?.[0]?.image ?? '' },
+    { header: 'RUNTIME', value: (o) => loose(o).spec?.podTemplate?.spec?.runtimeClassName ?? 'runc' },
+    { header: 'BUILTIN', value: (o) => (o.metadata.labels?.['moat.dev/builtin'] === 'true' ? 'yes' : '') },
+    age,
+  ],
+};
+
+export const CLAIM_KIND: ResourceKind = {
+  kind: 'SandboxClaim',
+  apiVersion: EXT_VERSION,
+  acceptedVersions: EXT_VERSIONS,
+  plural: 'sandboxclaims',
+  singular: 'sandboxclaim',
+  aliases: ['claim', 'claims'],
+  immutableSpec: true,
+  waitable: true,
+  columns: [
+    name,
+    { header: 'TEMPLATE', value: (o) => loose(o).spec?.sandboxTemplateRef?.name ?? '' },
+    { header: 'SANDBOX', value: (o) => loose(o).status?.sandbox?.name ?? '' },
+    { header: 'READY', value: (o) => (ready(o)?.status === 'True' ? 'True' : (ready(o)?.reason ?? 'Unknown')) },
+    { header: 'WARM POOL', value: (o) => loose(o).status?.warmPool ?? '' },
+    age,
+  ],
+};
+
+export const POOL_KIND: ResourceKind = {
+  kind: 'SandboxWarmPool',
+  apiVersion: EXT_VERSION,
+  acceptedVersions: EXT_VERSIONS,
+  plural: 'sandboxwarmpools',
+  singular: 'sandboxwarmpool',
+  aliases: ['warmpool', 'warmpools', 'pool', 'pools'],
+  immutableSpec: false,
+  waitable: true,
+  columns: [
+    name,
+    { header: 'TEMPLATE', value: (o) => loose(o).spec?.sandboxTemplateRef?.name ?? '' },
+    { header: 'DESIRED', value: (o) => String(loose(o).spec?.replicas ?? '') },
+    { header: 'READY', value: (o) => String(loose(o).status?.readyReplicas ?? 0) },
+    age,
+    { header: 'STATUS', wide: true, value: (o) => ready(o)?.reason ?? '' },
+  ],
+};
+
+export const KINDS: ResourceKind[] = [SANDBOX_KIND, TEMPLATE_KIND, CLAIM_KIND, POOL_KIND];
 
 const supportedTypes = () => KINDS.map((k) => k.plural).join(', ');
 const supportedKinds = () => KINDS.map((k) => k.kind).join(', ');
@@ -78,8 +138,8 @@ export function kindOfManifest(obj: { apiVersion?: unknown; kind?: unknown }, wh
   if (typeof obj.kind !== 'string' || !obj.kind) throw new CliError(`${where}: missing "kind" (supported kinds: ${supportedKinds()})`);
   const found = KINDS.find((k) => k.kind === obj.kind);
   if (!found) throw new CliError(`${where}: unsupported kind "${obj.kind}": supported kinds are ${supportedKinds()}`);
-  if (obj.apiVersion !== undefined && obj.apiVersion !== found.apiVersion) {
-    throw new CliError(`${where}: ${found.kind} has apiVersion "${found.apiVersion}", not "${String(obj.apiVersion)}"`);
+  if (obj.apiVersion !== undefined && !found.acceptedVersions.includes(String(obj.apiVersion))) {
+    throw new CliError(`${where}: ${found.kind} has apiVersion ${found.acceptedVersions.map((v) => `"${v}"`).join(' or ')}, not "${String(obj.apiVersion)}"`);
   }
   return found;
 }

@@ -2,8 +2,8 @@ import { MoatError } from './errors.js';
 import { HttpClient } from './http.js';
 import { ResourceClient } from './resources.js';
 import { Sandbox } from './sandbox.js';
-import { sandboxManifest, type CreateSandboxOptions } from './spec.js';
-import { MOAT_API_VERSION, SANDBOX_API_VERSION, type Health, type Image, type KubeObject, type SandboxResource } from './types.js';
+import { claimManifest, sandboxManifest, type CreateSandboxOptions } from './spec.js';
+import { EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Health, type Image, type KubeObject, type SandboxResource } from './types.js';
 
 export interface MoatOptions {
   /** Default: $MOAT_URL, else the server's default address. */
@@ -25,6 +25,10 @@ export class Moat {
   readonly namespace: string;
   readonly sandboxes: SandboxesApi;
   readonly images: ImagesApi;
+  /** SandboxTemplates, SandboxClaims and SandboxWarmPools as plain objects. */
+  readonly templates: ResourceClient;
+  readonly claims: ResourceClient;
+  readonly warmPools: ResourceClient;
   private readonly http: HttpClient;
 
   constructor(opts: MoatOptions = {}) {
@@ -37,7 +41,10 @@ export class Moat {
     this.url = url;
     this.namespace = opts.namespace ?? 'default';
     this.http = new HttpClient(url, opts.apiKey ?? process.env.MOAT_API_KEY, opts.fetch ?? globalThis.fetch, opts.timeoutMs ?? 60_000);
-    this.sandboxes = new SandboxesApi(this.http, this.resources<SandboxResource>(SANDBOX_API_VERSION, 'sandboxes'));
+    this.templates = this.resources(EXTENSIONS_API_VERSION, 'sandboxtemplates');
+    this.claims = this.resources(EXTENSIONS_API_VERSION, 'sandboxclaims');
+    this.warmPools = this.resources(EXTENSIONS_API_VERSION, 'sandboxwarmpools');
+    this.sandboxes = new SandboxesApi(this.http, this.resources<SandboxResource>(SANDBOX_API_VERSION, 'sandboxes'), this.claims);
     this.images = new ImagesApi(this.http);
   }
 
@@ -62,26 +69,45 @@ export class SandboxesApi {
     private readonly http: HttpClient,
     /** The raw CRUD client, for callers that want plain objects. */
     readonly client: ResourceClient<SandboxResource>,
+    private readonly claims: ResourceClient,
   ) {}
 
-  /** Create a sandbox and, unless `wait: false`, wait until it is Ready. */
+  /**
+   * Create a sandbox and, unless `wait: false`, wait until it is Ready. With
+   * `template`, it is claimed (from a warm pool when one exists).
+   */
   async create(opts: CreateSandboxOptions = {}): Promise<Sandbox> {
-    const sbx = new Sandbox(this.http, this.client, await this.client.create(sandboxManifest(opts)));
+    if (opts.template !== undefined) return this.claim({ ...opts, template: opts.template });
+    const sbx = new Sandbox(this.http, this.client, await this.client.create(sandboxManifest(opts)), this.claims);
     if (opts.wait ?? true) await sbx.waitReady({ timeoutSeconds: opts.timeoutSeconds });
     return sbx;
   }
 
+  private async claim(opts: CreateSandboxOptions & { template: string }): Promise<Sandbox> {
+    type Claim = KubeObject & { status?: { sandbox?: { name?: string }; conditions?: { type: string; status: string; reason: string; message: string }[] } };
+    let claim = (await this.claims.create(claimManifest(opts))) as Claim;
+    const name = claim.status?.sandbox?.name;
+    if (!name) {
+      const c = claim.status?.conditions?.find((x) => x.type === 'Ready');
+      await this.claims.delete(claim.metadata.name!, { wait: false }).catch(() => {});
+      throw new MoatError(422, c?.reason ?? 'ClaimFailed', `template "${opts.template}": ${c?.message ?? 'the claim was not served'}`);
+    }
+    const ready = claim.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+    if (!ready && (opts.wait ?? true)) claim = (await this.claims.wait(claim.metadata.name!, { timeoutSeconds: opts.timeoutSeconds })) as Claim;
+    return new Sandbox(this.http, this.client, await this.client.get(name), this.claims);
+  }
+
   async get(name: string): Promise<Sandbox> {
-    return new Sandbox(this.http, this.client, await this.client.get(name));
+    return new Sandbox(this.http, this.client, await this.client.get(name), this.claims);
   }
 
   async list(opts: { labelSelector?: string } = {}): Promise<Sandbox[]> {
-    return (await this.client.list(opts)).map((r) => new Sandbox(this.http, this.client, r));
+    return (await this.client.list(opts)).map((r) => new Sandbox(this.http, this.client, r, this.claims));
   }
 
-  /** Waits until the sandbox is gone unless `wait: false`. */
+  /** Waits until the sandbox is gone unless `wait: false`. A claimed sandbox goes with its claim. */
   async delete(name: string, opts: { wait?: boolean } = {}): Promise<void> {
-    await this.client.delete(name, opts);
+    await (await this.get(name)).delete(opts);
   }
 }
 

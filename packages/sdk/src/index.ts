@@ -4,7 +4,7 @@ export { Files, type FileOptions } from './files.js';
 export { Process, type SpawnOptions } from './spawn.js';
 export { ResourceClient, type WaitOptions } from './resources.js';
 export { MoatError, ExecError, errorFromResponse } from './errors.js';
-export { sandboxManifest, type CreateSandboxOptions } from './spec.js';
+export { claimManifest, sandboxManifest, type CreateSandboxOptions } from './spec.js';
 export { parseNdjson, toExecEvent } from './ndjson.js';
 export { toArgv, type Command, type ExecOptions } from './exec.js';
 export * from './types.js';

@@ -47,6 +47,11 @@ export class ResourceClient<T extends KubeObject = KubeObject> {
     return this.http.json<T>('POST', this.collectionPath, { json: obj });
   }
 
+  /** Replace an object's labels, annotations and spec (kinds that allow it: templates, pools). */
+  replace(name: string, obj: KubeObject): Promise<T> {
+    return this.http.json<T>('PUT', this.itemPath(name), { json: obj });
+  }
+
   /** With `wait` (default true) the call returns once everything is gone. */
   async delete(name: string, opts: { wait?: boolean } = {}): Promise<T | undefined> {
     const wait = opts.wait ?? true;

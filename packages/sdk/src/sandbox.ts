@@ -3,7 +3,7 @@ import { Files } from './files.js';
 import type { HttpClient } from './http.js';
 import type { ResourceClient, WaitOptions } from './resources.js';
 import { Process, type SpawnOptions } from './spawn.js';
-import type { ExecEvent, ExecResult, SandboxResource } from './types.js';
+import { CLAIM_LABEL, type ExecEvent, type ExecResult, type SandboxResource } from './types.js';
 
 /** A handle on one sandbox. `resource` is the last Sandbox object the server returned. */
 export class Sandbox {
@@ -13,6 +13,8 @@ export class Sandbox {
     private readonly http: HttpClient,
     private readonly client: ResourceClient<SandboxResource>,
     public resource: SandboxResource,
+    /** To delete a claimed sandbox through its claim. */
+    private readonly claims?: ResourceClient,
   ) {
     this.files = new Files(http, this.path);
   }
@@ -56,7 +58,10 @@ export class Sandbox {
     return this.http.text('GET', `${this.path}/logs`, { query: { tailLines: opts.tailLines } });
   }
 
+  /** A sandbox made for a SandboxClaim goes with its claim. */
   async delete(opts: { wait?: boolean } = {}): Promise<void> {
-    await this.client.delete(this.name, opts);
+    const claim = this.resource.metadata.labels?.[CLAIM_LABEL];
+    if (claim && this.claims) await this.claims.delete(claim, opts);
+    else await this.client.delete(this.name, opts);
   }
 }

@@ -1,5 +1,5 @@
 import { MoatError } from './errors.js';
-import { SANDBOX_API_VERSION, type Container, type KubeObject, type Quantity, type ResourceList } from './types.js';
+import { EXTENSIONS_API_VERSION, SANDBOX_API_VERSION, type Container, type KubeObject, type Quantity, type ResourceList } from './types.js';
 
 export interface CreateSandboxOptions {
   /** A Moat image name. Default `base`. */
@@ -17,15 +17,34 @@ export interface CreateSandboxOptions {
   wait?: boolean;
   /** How long to wait for Ready (default 60). */
   timeoutSeconds?: number;
-  /** Reserved for SandboxTemplates; not supported yet. */
+  /**
+   * Make the sandbox from this SandboxTemplate through a SandboxClaim: served
+   * from a warm pool of the template when one has a ready sandbox. Image,
+   * runtime, resources and command then come from the template; `env` needs
+   * the template's envVarsInjectionPolicy to allow it.
+   */
   template?: string;
+}
+
+/** The SandboxClaim that asks for a sandbox from a template. */
+export function claimManifest(opts: CreateSandboxOptions & { template: string }): KubeObject {
+  const fromTemplate = (['image', 'runtime', 'resources', 'command'] as const).filter((k) => opts[k] !== undefined);
+  if (fromTemplate.length) {
+    throw new MoatError(0, 'BadRequest', `${fromTemplate.join(', ')} cannot be combined with template "${opts.template}": the template decides them`);
+  }
+  const spec: Record<string, unknown> = { sandboxTemplateRef: { name: opts.template } };
+  if (opts.env && Object.keys(opts.env).length) spec.env = Object.entries(opts.env).map(([name, value]) => ({ name, value }));
+  if (opts.labels && Object.keys(opts.labels).length) spec.additionalPodMetadata = { labels: opts.labels };
+  return {
+    apiVersion: EXTENSIONS_API_VERSION,
+    kind: 'SandboxClaim',
+    metadata: opts.name ? { name: opts.name } : { generateName: `${opts.template.slice(0, 40)}-` },
+    spec,
+  };
 }
 
 /** The Sandbox object that CreateSandboxOptions describe. */
 export function sandboxManifest(opts: CreateSandboxOptions): KubeObject {
-  if (opts.template !== undefined) {
-    throw new MoatError(0, 'NotSupported', `sandbox templates are not supported yet (template "${opts.template}"): pass an image instead`);
-  }
   const limits: ResourceList = {};
   const r = opts.resources ?? {};
   if (r.cpu !== undefined) limits.cpu = String(r.cpu);

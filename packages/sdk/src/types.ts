@@ -2,6 +2,9 @@
 // imported from @moat/core so the SDK depends on nothing but the wire format.
 
 export const SANDBOX_API_VERSION = 'agents.x-k8s.io/v1alpha1';
+export const EXTENSIONS_API_VERSION = 'extensions.agents.x-k8s.io/v1alpha1';
+/** The label on a sandbox made for a SandboxClaim: the claim's name. */
+export const CLAIM_LABEL = 'agents.x-k8s.io/claim';
 export const MOAT_API_VERSION = 'moat.dev/v1';
 
 export interface ObjectMeta {

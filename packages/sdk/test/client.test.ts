@@ -96,12 +96,13 @@ test('create posts a Sandbox manifest with auth, then waits for Ready', async ()
   assert.equal(seen[1].url.searchParams.get('timeoutSeconds'), '5');
 });
 
-test('create with wait:false does not wait; template is refused clearly', async () => {
+test('create with wait:false does not wait; template with image is refused clearly', async () => {
   const { impl, seen } = fakeFetch(() => json(201, sandbox('a', 'Pending')));
   const moat = new Moat({ url: 'http://moat.test', apiKey: 'k', fetch: impl });
   await moat.sandboxes.create({ name: 'a', wait: false });
   assert.equal(seen.length, 1);
-  await assert.rejects(moat.sandboxes.create({ template: 't' }), (err: unknown) => err instanceof MoatError && /templates are not supported/.test(err.message));
+  await assert.rejects(moat.sandboxes.create({ template: 't', image: 'base' }), (err: unknown) => err instanceof MoatError && /image cannot be combined with template "t"/.test(err.message));
+  assert.equal(seen.length, 1, 'nothing was sent');
 });
 
 test('server errors surface as MoatError with the Status fields', async () => {

@@ -57,7 +57,7 @@ async function readAll(ctx: Context, files: string[]): Promise<Manifest[]> {
   return all;
 }
 
-/** Returns the line to print: `sandbox/NAME created` or `sandbox/NAME unchanged`. */
+/** Returns the line to print: `KIND/NAME created`, `configured` or `unchanged`. */
 async function applyOne(ctx: Context, m: Manifest): Promise<string> {
   const kind = kindOfManifest(m.object, m.where);
   const client = (await ctx.moat()).resources(kind.apiVersion, kind.plural, { namespace: m.object.metadata.namespace });
@@ -70,15 +70,18 @@ async function applyOne(ctx: Context, m: Manifest): Promise<string> {
       if (!(err instanceof MoatError && err.status === 404)) throw err;
     }
     if (live) {
-      if (specMatches(m.object.spec, live.spec)) return `${kind.singular}/${name} unchanged`;
       if (kind.immutableSpec) {
+        if (specMatches(m.object.spec, live.spec)) return `${kind.singular}/${name} unchanged`;
         throw new CliError(
           `${kind.singular}/${name}: the spec of an existing ${kind.singular} cannot be changed; delete it and apply again (moat delete ${kind.singular} ${name})`,
         );
       }
-      throw new CliError(`${kind.singular}/${name}: updating an existing ${kind.singular} is not supported yet`);
+      const labelsSame = specMatches(m.object.metadata.labels ?? {}, live.metadata.labels ?? {});
+      if (specMatches(m.object.spec, live.spec) && labelsSame) return `${kind.singular}/${name} unchanged`;
+      await client.replace(name, { ...m.object, apiVersion: kind.apiVersion, kind: kind.kind });
+      return `${kind.singular}/${name} configured`;
     }
   }
-  const created = await client.create({ apiVersion: kind.apiVersion, kind: kind.kind, ...m.object });
+  const created = await client.create({ ...m.object, apiVersion: kind.apiVersion, kind: kind.kind });
   return `${kind.singular}/${created.metadata.name} created`;
 }

@@ -7,7 +7,7 @@ export function registerGet(program: Command, ctx: Context): void {
   program
     .command('get')
     .description('list resources of a type, or show one (e.g. `moat get sandboxes`)')
-    .argument('<type>', 'resource type: sandboxes (or sandbox, sbx)')
+    .argument('<type>', 'sandboxes, sandboxtemplates, sandboxclaims or sandboxwarmpools (or a singular or alias: sbx, template, claim, pool)')
     .argument('[name]', 'show only this one')
     .option('-o, --output <format>', 'json, yaml, wide or name')
     .option('-l, --selector <selector>', 'label selector, e.g. team=a,env=dev')
