@@ -18,7 +18,7 @@ function runc(args: string[]) {
 }
 
 /** Raw runc on a plain bundle over the same image: what Moat is compared with. */
-async function rawRunc() {
+export async function rawRunc() {
   const image = await new ImageStore(sharedImagesDir()).ensure('base');
   const dir = await mkdtemp(join(tmpdir(), 'moat-bench-runc-'));
   const root = join(dir, 'state');

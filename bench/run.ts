@@ -1,8 +1,9 @@
 // `npm run bench`: prints figures; baselines are measured in the same run because these machines are noisy.
 import { benchCore } from './core.js';
+import { benchPools } from './pools.js';
 
 const only = process.argv[2];
-const suites: Record<string, () => Promise<void>> = { core: benchCore };
+const suites: Record<string, () => Promise<void>> = { core: benchCore, pools: benchPools };
 for (const [name, fn] of Object.entries(suites)) {
   if (!only || only === name) await fn();
 }

@@ -19,7 +19,7 @@ export const ms = (n: number) => `${n.toFixed(1)} ms`;
 
 export function row(label: string, samples: number[], baseline?: number[]) {
   const s = summary(samples);
-  let line = `  ${label.padEnd(44)} p50 ${ms(s.p50).padStart(9)}  p95 ${ms(s.p95).padStart(9)}  (n=${s.n})`;
+  let line = `  ${label.padEnd(44)} p50 ${ms(s.p50).padStart(9)}  p95 ${ms(s.p95).padStart(9)}  p99 ${ms(s.p99).padStart(9)}  (n=${s.n})`;
   if (baseline) line += `  ×${(s.p50 / summary(baseline).p50).toFixed(2)} of baseline p50`;
   console.log(line);
   return s;

@@ -10,3 +10,4 @@ export * from './run.js';
 export * from './userns.js';
 export * from './paths.js';
 export * from './net/index.js';
+export * from './hostname.js';

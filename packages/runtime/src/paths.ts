@@ -4,3 +4,8 @@ import { fileURLToPath } from 'node:url';
 export function defaultInitBinary(): string {
   return process.env.MOAT_INIT_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-init', import.meta.url));
 }
+
+/** The host-side helper that renames sandboxes (packages/agent/moat-hostname.c). */
+export function defaultHostnameHelper(): string {
+  return process.env.MOAT_HOSTNAME_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-hostname', import.meta.url));
+}

@@ -2,7 +2,7 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { DEFAULT_IMAGE, ImageStore, OciDriver, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
+import { DEFAULT_IMAGE, ImageStore, OciDriver, defaultHostnameHelper, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
 import { buildApp } from './api/app.js';
 import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
@@ -72,7 +72,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const store = await Store.open(join(dataDir, 'moat.db'));
   const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
 
-  const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary() });
+  const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
   const available = new Map<string, RuntimeDriver>();
   const runtimes: ApiContext['runtimes'] = {};
   for (const driver of [runc] as RuntimeDriver[]) {

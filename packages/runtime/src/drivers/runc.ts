@@ -8,6 +8,7 @@ import { memswAvailable, readUsage } from '../cgroups.js';
 import { createExt4, mountLoop, mountOverlay, unmount } from '../disk.js';
 import { ociSpec } from '../oci/spec.js';
 import { run, which } from '../run.js';
+import { HostnameSetter } from '../hostname.js';
 import { hostUid } from '../userns.js';
 import type { RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
 
@@ -19,6 +20,8 @@ export interface OciDriverOptions {
   initBinary: string;
   /** The OCI runtime binary; `runc` by default. */
   binary?: string;
+  /** moat-hostname, which renames running sandboxes. */
+  hostnameHelper: string;
   readyTimeoutMs?: number;
 }
 
@@ -30,9 +33,11 @@ export interface OciDriverOptions {
 export class OciDriver implements RuntimeDriver {
   readonly name: 'runc' | 'gvisor' = 'runc';
   protected readonly bin: string;
+  private readonly hostnames: HostnameSetter;
 
   constructor(protected readonly opts: OciDriverOptions) {
     this.bin = opts.binary ?? 'runc';
+    this.hostnames = new HostnameSetter(opts.hostnameHelper);
   }
 
   async check(): Promise<void> {
@@ -40,9 +45,11 @@ export class OciDriver implements RuntimeDriver {
     for (const tool of ['mkfs.ext4', 'mount']) {
       if (!(await which(tool))) throw new Error(`${tool} is missing: apt-get install e2fsprogs mount`);
     }
-    await access(this.opts.initBinary).catch(() => {
-      throw new Error(`moat-init is not built (${this.opts.initBinary}): run \`make -C packages/agent\``);
-    });
+    for (const bin of [this.opts.initBinary, this.opts.hostnameHelper]) {
+      await access(bin).catch(() => {
+        throw new Error(`${bin} is not built: run \`make -C packages/agent\``);
+      });
+    }
   }
 
   dir(id: string) {
@@ -164,7 +171,7 @@ export class OciDriver implements RuntimeDriver {
     await writeHostFiles(this.dir(id), hostname);
     const state = JSON.parse(await readFile(join(this.opts.stateDir, id, 'state.json'), 'utf8')) as { init_process_pid: number };
     // The sandbox's root lacks CAP_SYS_ADMIN by design; the host enters only its UTS namespace to do it.
-    await run('nsenter', [`--target=${state.init_process_pid}`, '--uts', '--', 'hostname', hostname]);
+    await this.hostnames.set(state.init_process_pid, hostname);
   }
 
   async state(id: string): Promise<RuntimeState> {

@@ -90,9 +90,18 @@ export class ClaimController extends ObjectController<SandboxClaim> {
     await this.serial.run(claim.metadata.uid, () => this.deleteSandbox(claim, wait));
   }
 
-  /** Claims still waiting to be served, and claims past their shutdown time. */
+  /** Claims still waiting to be served, claims past their shutdown time, and sandboxes of deleted claims. */
   async resync(): Promise<void> {
-    for (const c of await this.store.listObjects('SandboxClaim')) await this.reconcile(c as unknown as SandboxClaim);
+    const claims = (await this.store.listObjects('SandboxClaim')) as unknown as SandboxClaim[];
+    for (const c of claims) await this.reconcile(c);
+    // A sandbox whose claim is gone (a crash during the claim's delete) goes too.
+    const live = new Set(claims.map((c) => `${c.metadata.namespace}/${c.metadata.name}`));
+    for (const s of await this.sandboxes.list()) {
+      const claim = s.metadata.labels?.[LABELS.claim];
+      if (!claim || s.status.phase === 'Terminating' || live.has(`${s.metadata.namespace}/${claim}`)) continue;
+      if (await this.store.getObject('SandboxClaim', s.metadata.namespace, claim)) continue; // created since the listing
+      await this.sandboxes.delete(s.metadata.namespace, s.metadata.name).catch(() => {});
+    }
   }
 
   private async resyncNamespace(namespace: string): Promise<void> {

@@ -43,7 +43,7 @@ export abstract class ObjectController<T extends AnyObject> {
   }
   /** After create or update; reconcile loops hook in here. */
   protected async changed(_o: T): Promise<void> {}
-  /** Before the record goes; cleans up what the object owns. */
+  /** After the record is gone: removes what the object owned. */
   protected async deleting(_o: T, _wait: boolean): Promise<void> {}
 
   async create(namespace: string, input: ObjectInput): Promise<T> {
@@ -100,9 +100,10 @@ export abstract class ObjectController<T extends AnyObject> {
 
   async delete(namespace: string, name: string, wait = false): Promise<T> {
     const o = await this.mustFind(namespace, name);
-    await this.deleting(o, wait);
+    // The record goes first, so no reconcile can act on it any more; then what it owned.
     await this.store.deleteObject(o.metadata.uid);
     this.changes.emit(o.metadata.uid);
+    await this.deleting(o, wait);
     return o;
   }
 

@@ -9,6 +9,8 @@ import type { TemplateController } from './templates.js';
 
 const HASH_ANNOTATION = 'moat.dev/template-hash';
 const MAX_BACKOFF_MS = 60_000;
+const REFILL_DELAY_MS = 100;
+const MAX_REFILL_DELAY_MS = 1000;
 
 const condition = (status: Condition['status'], reason: string, message: string): Condition => ({
   type: 'Ready', status, reason, message, lastTransitionTime: new Date().toISOString(),
@@ -23,6 +25,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
   /** Members promised to a claim that is adopting them right now. */
   private readonly reserved = new Set<string>();
   private readonly backoff = new Map<string, { failures: number; until: number }>();
+  private readonly refills = new Map<string, { timer: NodeJS.Timeout; first: number }>();
 
   constructor(
     store: Store,
@@ -68,7 +71,8 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
 
   /** Ready pools of a template in a namespace, for claims that do not name one. */
   async poolsFor(namespace: string, template: string): Promise<SandboxWarmPool[]> {
-    return (await this.list(namespace)).filter((p) => p.spec.sandboxTemplateRef.name === template);
+    const pools = (await this.store.listObjects('SandboxWarmPool', namespace)) as unknown as SandboxWarmPool[];
+    return pools.filter((p) => p.spec.sandboxTemplateRef.name === template);
   }
 
   async byName(namespace: string, name: string): Promise<SandboxWarmPool | undefined> {
@@ -93,7 +97,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
           spec: adoptedSpec(member.spec, target.spec),
         });
         if (adopted) {
-          void this.reconcile(pool); // refill
+          this.refillSoon(pool);
           return adopted;
         }
       } finally {
@@ -103,9 +107,37 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
     return undefined;
   }
 
-  /** Every pool, now: the periodic resync after a restart, a crash of a member, or anything missed. */
+  /**
+   * Refill shortly after a take rather than at once: starting sandboxes is
+   * CPU-heavy, and during a burst of claims the claimers should get the CPU.
+   */
+  private refillSoon(pool: SandboxWarmPool): void {
+    const uid = pool.metadata.uid;
+    const pending = this.refills.get(uid);
+    const first = pending?.first ?? Date.now();
+    if (pending) clearTimeout(pending.timer);
+    const timer = setTimeout(() => {
+      this.refills.delete(uid);
+      void this.reconcile(pool);
+    }, Math.max(0, Math.min(REFILL_DELAY_MS, first + MAX_REFILL_DELAY_MS - Date.now())));
+    this.refills.set(uid, { timer, first });
+  }
+
+  /**
+   * Every pool, now: the periodic resync after a restart, a crash of a
+   * member, or anything missed. Members of pools that no longer exist (a
+   * crash during a pool's delete) are removed.
+   */
   async resync(): Promise<void> {
-    for (const pool of await this.store.listObjects('SandboxWarmPool')) await this.reconcile(pool as unknown as SandboxWarmPool);
+    const pools = (await this.store.listObjects('SandboxWarmPool')) as unknown as SandboxWarmPool[];
+    for (const pool of pools) await this.reconcile(pool);
+    const live = new Set(pools.map((p) => `${p.metadata.namespace}/${p.metadata.name}`));
+    for (const s of await this.sandboxes.list()) {
+      const pool = s.metadata.labels?.[LABELS.pool];
+      if (!pool || s.status.phase === 'Terminating' || live.has(`${s.metadata.namespace}/${pool}`)) continue;
+      if (await this.store.getObject('SandboxWarmPool', s.metadata.namespace, pool)) continue; // created since the listing
+      await this.remove(s, false);
+    }
   }
 
   private async reconcileWhere(namespace: string, match: (p: SandboxWarmPool) => boolean): Promise<void> {

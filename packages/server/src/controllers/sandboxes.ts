@@ -20,7 +20,7 @@ const RESERVED_LABELS = [LABELS.pool, LABELS.claim, LABELS.adoptedFrom];
 export interface CreateOptions {
   /** Set by the pool and claim controllers: allows the reserved labels. */
   internal?: boolean;
-  /** Pool refills yield to sandboxes someone is waiting for. */
+  /** Pool refills: started one at a time, beside the sandboxes someone is waiting for. */
   background?: boolean;
 }
 
@@ -40,7 +40,11 @@ export class SandboxController {
   private readonly locks = new Serial();
   /** Starts are CPU and I/O heavy: a few at a time keeps the host (and the API) responsive. */
   private readonly starts = new PQueue({ concurrency: 4 });
+  /** Pool refills, one at a time, so claims and execs keep a core while a pool fills. */
+  private readonly backgroundStarts = new PQueue({ concurrency: 1 });
   private readonly probing = new Set<string>();
+  /** Adopted sandboxes whose hostname is being changed. */
+  private readonly renaming = new Map<string, Promise<void>>();
   private stopped = false;
 
   constructor(
@@ -91,7 +95,8 @@ export class SandboxController {
       if (String(err).includes('UNIQUE')) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
       throw err;
     }
-    void this.locks.run(sandbox.metadata.uid, () => this.starts.add(() => this.start(sandbox), { priority: opts.background ? 0 : 1 }));
+    const queue = opts.background ? this.backgroundStarts : this.starts;
+    void this.locks.run(sandbox.metadata.uid, () => queue.add(() => this.start(sandbox)));
     return sandbox;
   }
 
@@ -111,16 +116,20 @@ export class SandboxController {
         throw err;
       }
       if (!adopted) return undefined;
-      try {
-        await this.driverFor(adopted).setHostname(uid, to.name);
-      } catch (err) {
-        // A sandbox that cannot take its new identity must not be handed out.
-        this.log.error({ err, sandbox: to.name }, 'could not rename an adopted sandbox');
-        await this.store.setDesired(uid, 'Deleted');
-        await this.teardown(adopted);
-        return undefined;
-      }
-      await this.store.addEvent(adopted, { type: 'Normal', reason: 'Claimed', message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})` });
+      // The hostname is set while the claim's answer travels; exec and files wait for it (see running()).
+      const renaming = this.driverFor(adopted)
+        .setHostname(uid, to.name)
+        .catch(async (err: unknown) => {
+          // A sandbox that cannot take its new identity must not be used.
+          this.log.error({ err, sandbox: to.name }, 'could not rename an adopted sandbox');
+          await this.store.setDesired(uid, 'Deleted');
+          await this.locks.run(uid, () => this.teardown(adopted));
+          throw conflict(`sandbox "${to.name}" could not take its identity and was removed: ${(err as Error).message}`);
+        })
+        .finally(() => this.renaming.delete(uid));
+      this.renaming.set(uid, renaming);
+      void renaming.catch(() => {});
+      void this.store.addEvent(adopted, { type: 'Normal', reason: 'Claimed', message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})` });
       this.changes.emit(uid);
       return adopted;
     });
@@ -129,8 +138,8 @@ export class SandboxController {
   /** Stops background work (queued starts, probes) before the store closes; running sandboxes stay up. */
   async stop(): Promise<void> {
     this.stopped = true;
-    this.starts.clear();
-    await this.starts.onIdle();
+    for (const q of [this.starts, this.backgroundStarts]) q.clear();
+    await Promise.all([this.starts.onIdle(), this.backgroundStarts.onIdle()]);
   }
 
   /** Checks what can be checked without starting anything; returns the runtime class. Templates use it too. */
@@ -178,6 +187,7 @@ export class SandboxController {
     if (desired === 'Deleted') throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
     const pool = sandbox.metadata.labels?.[LABELS.pool];
     if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}"; claim one with a SandboxClaim to use it`);
+    await this.renaming.get(sandbox.metadata.uid);
     if (sandbox.status.phase !== 'Running') {
       throw conflict(`sandbox "${name}" is ${sandbox.status.phase}, not Running${sandbox.status.phase === 'Pending' ? ': wait for it to be Ready' : ''}`);
     }
