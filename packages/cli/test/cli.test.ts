@@ -198,9 +198,9 @@ spec:
   const changed = await run(['apply', '-f', '-'], { env: s.env, stdin: manifest('python') });
   assert.equal(changed.code, 1);
   assert.match(changed.stderr, /sandbox\/web: the spec of an existing sandbox cannot be changed; delete it and apply again/);
-  const unknown = await run(['apply', '-f', '-'], { env: s.env, stdin: `kind: SandboxWarmPool\nmetadata: {name: p}\n---\n${manifest('base')}` });
+  const unknown = await run(['apply', '-f', '-'], { env: s.env, stdin: `kind: Deployment\nmetadata: {name: p}\n---\n${manifest('base')}` });
   assert.equal(unknown.code, 1);
-  assert.match(unknown.stderr, /unsupported kind "SandboxWarmPool": supported kinds are Sandbox/);
+  assert.match(unknown.stderr, /unsupported kind "Deployment": supported kinds are Sandbox, SandboxTemplate/);
   assert.equal(unknown.stdout, 'sandbox/web unchanged\n', 'the other documents are still applied');
 });
 

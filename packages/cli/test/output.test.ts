@@ -52,10 +52,16 @@ test('sandbox table columns, normal and wide', () => {
 
 test('resource types resolve by plural, singular, alias and kind; unknown ones list what is supported', () => {
   for (const t of ['sandboxes', 'sandbox', 'sbx', 'Sandbox', 'SANDBOXES']) assert.equal(kindByName(t), SANDBOX_KIND);
-  assert.throws(() => kindByName('pods'), /unknown resource type "pods": supported types are sandboxes/);
+  for (const t of ['sandboxwarmpools', 'pool', 'warmpool', 'SandboxWarmPool']) assert.equal(kindByName(t).kind, 'SandboxWarmPool');
+  for (const t of ['claim', 'sandboxclaims']) assert.equal(kindByName(t).kind, 'SandboxClaim');
+  for (const t of ['template', 'sandboxtemplate']) assert.equal(kindByName(t).kind, 'SandboxTemplate');
+  assert.throws(() => kindByName('pods'), /unknown resource type "pods": supported types are sandboxes, sandboxtemplates, sandboxclaims, sandboxwarmpools/);
   assert.equal(kindOfManifest({ apiVersion: 'agents.x-k8s.io/v1alpha1', kind: 'Sandbox' }, 'f'), SANDBOX_KIND);
-  assert.throws(() => kindOfManifest({ kind: 'SandboxTemplate' }, 'f document 2'), /f document 2: unsupported kind "SandboxTemplate": supported kinds are Sandbox/);
-  assert.throws(() => kindOfManifest({ kind: 'Sandbox', apiVersion: 'v1' }, 'f'), /apiVersion "agents.x-k8s.io\/v1alpha1"/);
+  assert.equal(kindOfManifest({ apiVersion: 'agents.x-k8s.io/v1beta1', kind: 'Sandbox' }, 'f'), SANDBOX_KIND);
+  assert.equal(kindOfManifest({ apiVersion: 'extensions.agents.x-k8s.io/v1beta1', kind: 'SandboxClaim' }, 'f').plural, 'sandboxclaims');
+  assert.throws(() => kindOfManifest({ kind: 'Pod' }, 'f document 2'), /f document 2: unsupported kind "Pod": supported kinds are Sandbox, SandboxTemplate, SandboxClaim, SandboxWarmPool/);
+  assert.throws(() => kindOfManifest({ kind: 'Sandbox', apiVersion: 'v1' }, 'f'), /apiVersion "agents.x-k8s.io\/v1alpha1" or "agents.x-k8s.io\/v1beta1"/);
+  assert.throws(() => kindOfManifest({ kind: 'SandboxClaim', apiVersion: 'agents.x-k8s.io/v1alpha1' }, 'f'), /SandboxClaim has apiVersion "extensions.agents.x-k8s.io\/v1alpha1"/);
   assert.throws(() => kindOfManifest({}, 'f'), /missing "kind"/);
 });
 
