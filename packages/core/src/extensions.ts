@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { EnvVarSchema, ObjectMetaSchema, PodSpecSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
+import { EnvVarSchema, ObjectMetaSchema, PodTemplateSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
 
 /**
  * SandboxTemplate, SandboxClaim and SandboxWarmPool, shaped like
@@ -19,13 +19,7 @@ const Policy = (...values: string[]) => Type.Union(values.map((v) => Type.Litera
 
 export const SandboxTemplateSpecSchema = Type.Object(
   {
-    podTemplate: Type.Object(
-      {
-        metadata: Type.Optional(Type.Object({ labels: Type.Optional(StringMap), annotations: Type.Optional(StringMap) }, Strict)),
-        spec: PodSpecSchema,
-      },
-      Strict,
-    ),
+    podTemplate: PodTemplateSchema,
     volumeClaimTemplates: Type.Optional(Type.Array(VolumeClaimTemplateSchema, { maxItems: 1 })),
     /** Whether a claim may add or override environment variables (agent-sandbox semantics). */
     envVarsInjectionPolicy: Type.Optional(Policy('Disallowed', 'Allowed', 'Overrides')),

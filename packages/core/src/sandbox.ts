@@ -159,15 +159,17 @@ export const VolumeClaimTemplateSchema = Type.Object(
   Strict,
 );
 
+export const PodTemplateSchema = Type.Object(
+  {
+    metadata: Type.Optional(Type.Object({ labels: Type.Optional(StringMap), annotations: Type.Optional(StringMap) }, Strict)),
+    spec: PodSpecSchema,
+  },
+  Strict,
+);
+
 export const SandboxSpecSchema = Type.Object(
   {
-    podTemplate: Type.Object(
-      {
-        metadata: Type.Optional(Type.Object({ labels: Type.Optional(StringMap), annotations: Type.Optional(StringMap) }, Strict)),
-        spec: PodSpecSchema,
-      },
-      Strict,
-    ),
+    podTemplate: PodTemplateSchema,
     volumeClaimTemplates: Type.Optional(Type.Array(VolumeClaimTemplateSchema, { maxItems: 1 })),
     shutdownTime: Type.Optional(Type.String({ format: 'date-time' })),
     shutdownPolicy: Type.Optional(Type.Union([Type.Literal('Delete'), Type.Literal('Retain')])),

@@ -82,13 +82,8 @@ export class Store {
 
   /** Replace the status and bump resourceVersion; returns the updated sandbox. */
   async setStatus(uid: string, status: SandboxStatus): Promise<Sandbox | undefined> {
-    const row = await this.db
-      .updateTable('sandboxes')
-      .set((eb) => ({ status: JSON.stringify(status), resource_version: eb('resource_version', '+', 1) }))
-      .where('uid', '=', uid)
-      .returningAll()
-      .executeTakeFirst();
-    return row && fromRow(row).sandbox;
+    const row = await this.updateStatus('sandboxes', uid, status);
+    return row && fromRow(row as SandboxTable).sandbox;
   }
 
   /**
@@ -177,13 +172,17 @@ export class Store {
   }
 
   async setObjectStatus(uid: string, status: unknown): Promise<StoredObject | undefined> {
-    const row = await this.db
-      .updateTable('objects')
+    const row = await this.updateStatus('objects', uid, status);
+    return row && objectFromRow(row as ObjectTable);
+  }
+
+  private updateStatus(table: 'sandboxes' | 'objects', uid: string, status: unknown) {
+    return this.db
+      .updateTable(table)
       .set((eb) => ({ status: JSON.stringify(status), resource_version: eb('resource_version', '+', 1) }))
       .where('uid', '=', uid)
       .returningAll()
       .executeTakeFirst();
-    return row && objectFromRow(row);
   }
 
   async deleteObject(uid: string): Promise<void> {
