@@ -3,7 +3,7 @@ import { benchCore } from './core.js';
 import { benchPools } from './pools.js';
 
 const only = process.argv[2];
-const suites: Record<string, () => Promise<void>> = { core: benchCore, pools: benchPools };
+const suites: Record<string, () => Promise<void>> = { core: benchCore, pools: benchPools, net: async () => (await import('./net.js')).benchNet() };
 for (const [name, fn] of Object.entries(suites)) {
   if (!only || only === name) await fn();
 }
