@@ -2,10 +2,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { defaultDataDir, startServer, type RunningServer } from '@moat/server';
+import { defaultDataDir, startServer, type NetworkOptions, type RunningServer } from '@moat/server';
 
 /** The image cache shared by every test server, so `base` is built once per machine (as `moat up` does). */
 export const sharedImagesDir = () => process.env.MOAT_IMAGES_DIR ?? join(defaultDataDir(), 'images');
+
+/** Test servers' own network names and range, so a Moat server on this machine is never disturbed. */
+export const TEST_NETWORK = { name: 'moate2e', ifPrefix: 'me', subnet: '10.232.0.0/16', serviceAddress: '10.232.0.1', proxyPort: 13128 };
 
 export interface TestServer extends RunningServer {
   /** fetch against the server with the admin key. */
@@ -13,12 +16,13 @@ export interface TestServer extends RunningServer {
 }
 
 /** A real Moat server on loopback with its own data dir; `close` also removes every sandbox it made. */
-export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?: number } = {}): Promise<TestServer> {
+export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?: number; network?: NetworkOptions } = {}): Promise<TestServer> {
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'moat-test-')));
   const server = await startServer({
     port: 0,
     dataDir,
     imagesDir: sharedImagesDir(),
+    network: { ...TEST_NETWORK, ...opts.network },
     logger: pino({ level: process.env.MOAT_TEST_LOG ?? 'silent' }),
     ...(opts.maxUploadBytes ? { maxUploadBytes: opts.maxUploadBytes } : {}),
     log: (l) => process.stderr.write(`# ${l}\n`),

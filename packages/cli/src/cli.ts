@@ -5,6 +5,7 @@ import { registerConfig } from './commands/config.js';
 import { registerCp } from './commands/cp.js';
 import { registerExec } from './commands/exec.js';
 import { registerFiles } from './commands/files.js';
+import { registerEgress } from './commands/egress.js';
 import { registerGet } from './commands/get.js';
 import { registerImages } from './commands/images.js';
 import { registerSandbox } from './commands/sandbox.js';
@@ -35,6 +36,7 @@ export function buildProgram(ctx: Context): Command {
   registerFiles(program, ctx);
   registerApply(program, ctx);
   registerGet(program, ctx);
+  registerEgress(program, ctx);
   registerWait(program, ctx);
   registerImages(program, ctx);
   return program;

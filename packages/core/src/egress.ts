@@ -58,6 +58,16 @@ export const EgressPolicySchema = Type.Object(
 );
 export type EgressPolicy = Static<typeof EgressPolicySchema>;
 
+/** A sandbox's limits at the egress proxy; unset fields take the server's defaults, 0 means unlimited. */
+export const EgressLimitsSchema = Type.Object(
+  {
+    maxConnections: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+    upBytesPerSecond: Type.Optional(Type.Integer({ minimum: 0 })),
+    downBytesPerSecond: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  Strict,
+);
+
 export interface EgressRequest {
   host: string;
   port: number;

@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { EgressLimitsSchema, EgressPolicySchema } from './egress.js';
 import { EnvVarSchema, ObjectMetaSchema, PodTemplateSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
 
 /**
@@ -24,6 +25,8 @@ export const SandboxTemplateSpecSchema = Type.Object(
     /** Whether a claim may add or override environment variables (agent-sandbox semantics). */
     envVarsInjectionPolicy: Type.Optional(Policy('Disallowed', 'Allowed', 'Overrides')),
     volumeClaimTemplatesPolicy: Type.Optional(Policy('Disallowed', 'Allowed', 'Overrides')),
+    egressPolicy: Type.Optional(EgressPolicySchema),
+    egressLimits: Type.Optional(EgressLimitsSchema),
     /** Moat: a sandbox made from this template is deleted this long after it was claimed, unless the claim says otherwise. */
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 366 * 86400 })),
     // Kubernetes network objects have no meaning on one host; accepted so the same YAML applies.

@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { EgressLimitsSchema, EgressPolicySchema } from './egress.js';
 
 export const SANDBOX_GROUP = 'agents.x-k8s.io';
 export const SANDBOX_VERSION = 'v1alpha1';
@@ -174,6 +175,10 @@ export const SandboxSpecSchema = Type.Object(
     shutdownTime: Type.Optional(Type.String({ format: 'date-time' })),
     shutdownPolicy: Type.Optional(Type.Union([Type.Literal('Delete'), Type.Literal('Retain')])),
     replicas: Type.Optional(Type.Integer({ minimum: 0, maximum: 1 })),
+    /** Moat: where the sandbox may connect through the egress proxy (default deny-all). */
+    egressPolicy: Type.Optional(EgressPolicySchema),
+    /** Moat: this sandbox's share of the egress proxy. */
+    egressLimits: Type.Optional(EgressLimitsSchema),
   },
   Strict,
 );
@@ -195,6 +200,8 @@ export const SandboxStatusSchema = Type.Object({
   startTime: Type.Optional(Type.String()),
   runtimeClassName: Type.Optional(Type.String()),
   image: Type.Optional(Type.Object({ name: Type.String(), digest: Type.String() })),
+  /** The sandbox's address in its own network namespace, and the egress proxy it must use. */
+  network: Type.Optional(Type.Object({ address: Type.String(), proxy: Type.String() })),
   resourceUsage: Type.Optional(
     Type.Object({ memoryBytes: Type.Number(), cpuSeconds: Type.Number(), pids: Type.Number() }),
   ),

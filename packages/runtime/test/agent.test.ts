@@ -456,10 +456,11 @@ describe('dial', () => {
     // The host ends first; the server still answers afterwards.
     const a = await tcpServer((c) => void readAll(c).then((b) => c.end(`got ${b}`)), true);
     const s = await agent.dial(a.port, { allowHalfOpen: true });
+    const sClosed = once(s, 'close');
     const reply = readAll(s);
     s.end('question');
     assert.equal((await reply).toString(), 'got question');
-    await once(s, 'close');
+    await sClosed;
     await a.close();
 
     // The server ends first; the host still sends afterwards.
@@ -469,11 +470,12 @@ describe('dial', () => {
       c.end('hello');
     }, true);
     const t = await agent.dial(b.port, { allowHalfOpen: true });
+    const tClosed = once(t, 'close');
     assert.equal((await readAll(t)).toString(), 'hello');
     assert.ok(!t.destroyed);
     t.end('late');
     assert.equal((await received).toString(), 'late');
-    await once(t, 'close');
+    await tClosed;
     await b.close();
   });
 

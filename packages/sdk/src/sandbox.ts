@@ -3,7 +3,7 @@ import { Files } from './files.js';
 import type { HttpClient } from './http.js';
 import type { ResourceClient, WaitOptions } from './resources.js';
 import { Process, type SpawnOptions } from './spawn.js';
-import { CLAIM_LABEL, type ExecEvent, type ExecResult, type SandboxResource } from './types.js';
+import { CLAIM_LABEL, type EgressRecord, type ExecEvent, type ExecResult, type SandboxResource } from './types.js';
 
 /** A handle on one sandbox. `resource` is the last Sandbox object the server returned. */
 export class Sandbox {
@@ -54,6 +54,11 @@ export class Sandbox {
   }
 
   /** Output of the main command (and of moat-init). */
+  /** The egress proxy's decisions for this sandbox, oldest first (the last `limit`, default 500). */
+  async egressLog(opts: { limit?: number } = {}): Promise<EgressRecord[]> {
+    return (await this.http.json<{ items: EgressRecord[] }>('GET', `${this.path}/egress`, { query: { limit: opts.limit } })).items;
+  }
+
   logs(opts: { tailLines?: number } = {}): Promise<string> {
     return this.http.text('GET', `${this.path}/logs`, { query: { tailLines: opts.tailLines } });
   }

@@ -144,3 +144,20 @@ export type ExecEvent =
   | { type: 'stderr'; data: Buffer }
   | { type: 'exit'; exitCode: number; signal: string | null; timedOut: boolean; durationMs: number }
   | { type: 'error'; reason: string; message: string };
+
+/** One decision of the egress proxy: a plain HTTP request or a CONNECT tunnel. */
+export interface EgressRecord {
+  time: string;
+  method: string;
+  host: string;
+  port: number;
+  path?: string;
+  resolvedAddress?: string;
+  allowed: boolean;
+  rule?: string;
+  reason: string;
+  bytesUp: number;
+  bytesDown: number;
+  durationMs: number;
+  status?: number;
+}

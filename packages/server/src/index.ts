@@ -1,1 +1,2 @@
 export { startServer, buildImage, defaultDataDir, DEFAULT_PORT, VERSION, type ServerOptions, type RunningServer } from './server.js';
+export { type NetworkOptions } from './network.js';

@@ -10,6 +10,7 @@ import { ClaimController } from './controllers/claims.js';
 import { WarmPoolController } from './controllers/pools.js';
 import { SandboxController, type Drivers } from './controllers/sandboxes.js';
 import { TemplateController } from './controllers/templates.js';
+import { Networking, type NetworkOptions } from './network.js';
 import { Store } from './store/store.js';
 
 export const VERSION = '0.1.0';
@@ -28,6 +29,8 @@ export interface ServerOptions {
   maxUploadBytes?: number;
   /** Build the default image before listening (default true). */
   prepareDefaultImage?: boolean;
+  /** Sandbox networks and the egress proxy. */
+  network?: NetworkOptions;
 }
 
 export interface RunningServer {
@@ -93,7 +96,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
 
   if (opts.prepareDefaultImage ?? true) await images.ensure(DEFAULT_IMAGE, say);
 
-  const sandboxes = new SandboxController(store, images, drivers, logger);
+  const network = await Networking.start(opts.network ?? {}, store, logger);
+  const sandboxes = new SandboxController(store, images, drivers, network, logger);
   await sandboxes.recover();
   const templates = new TemplateController(store, sandboxes);
   const pools = new WarmPoolController(store, sandboxes, templates, logger);
@@ -137,6 +141,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       await app.close();
       await inflight;
       await sandboxes.stop();
+      await network.close();
       await store.close();
     },
   };

@@ -104,6 +104,7 @@ export class OciDriver implements RuntimeDriver {
       sockDir: p('sock'),
       dataDir: p('data'),
       dataMountPath: spec.dataMountPath,
+      netnsPath: spec.netnsPath,
       etcHosts: p('hosts'),
       etcHostname: p('hostname'),
       capSwap: await memswCached(),

@@ -15,6 +15,8 @@ export interface SandboxRuntimeSpec {
   workingDir: string;
   /** Where the persistent volume appears inside; /data unless the spec mounts it elsewhere. */
   dataMountPath?: string;
+  /** A network namespace made for the sandbox (see net/); without it the sandbox has loopback only. */
+  netnsPath?: string;
 }
 
 export type RuntimeState = 'running' | 'paused' | 'stopped' | 'missing';

@@ -33,6 +33,7 @@ export interface OciSpecInput {
   sockDir: string;
   dataDir: string;
   dataMountPath?: string;
+  netnsPath?: string;
   etcHosts: string;
   etcHostname: string;
   /** Swap may only be capped where the kernel accounts it (cgroup v1 memsw). */
@@ -63,7 +64,10 @@ export function ociSpec(i: OciSpecInput) {
       { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
       { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
       { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+      // sysfs can only be mounted by the owner of the network namespace; a joined host-owned one gets an empty /sys.
+      i.netnsPath
+        ? { destination: '/sys', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'noexec', 'nodev', 'mode=755', 'size=4k'] }
+        : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
       { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
       { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', `size=${tmpfsSize}`] },
       { destination: i.dataMountPath ?? IN_SANDBOX.data, type: 'bind', source: i.dataDir, options: ['rbind', 'rw', 'nosuid', 'nodev'] },
@@ -75,7 +79,7 @@ export function ociSpec(i: OciSpecInput) {
     linux: {
       namespaces: [
         { type: 'pid' },
-        { type: 'network' },
+        i.netnsPath ? { type: 'network', path: i.netnsPath } : { type: 'network' },
         { type: 'ipc' },
         { type: 'uts' },
         { type: 'mount' },
@@ -96,7 +100,7 @@ export function ociSpec(i: OciSpecInput) {
         '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
         '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap',
       ],
-      readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
+      readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger', ...(i.netnsPath ? ['/sys'] : [])],
     },
   };
 }

@@ -1,5 +1,6 @@
 import { constants } from 'node:os';
 import { MoatError, type Sandbox } from '@moat/core';
+import { proxyEnv } from '../network.js';
 import { AgentError, type AgentClient, type ExecHandle, type ExecRequest as AgentExecRequest } from '@moat/runtime';
 
 export interface ExecRequest extends AgentExecRequest {
@@ -22,12 +23,14 @@ export function signalNumber(name: string): number {
   return n;
 }
 
-/** The sandbox's own environment (from its spec) under the request's. */
+/** The sandbox's own environment (from its spec, with its egress proxy) under the request's. */
 function execEnv(sandbox: Sandbox, extra: Record<string, string> = {}): Record<string, string> {
   const c = sandbox.spec.podTemplate.spec.containers[0]!;
+  const proxy = sandbox.status.network?.proxy;
   return {
     PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
     HOSTNAME: sandbox.metadata.name,
+    ...(proxy ? proxyEnv(proxy) : {}),
     ...Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value ?? ''])),
     ...extra,
   };

@@ -23,7 +23,13 @@ export function sandboxFromTemplate(t: SandboxTemplate, claim?: SandboxClaim): S
   const annotations = { ...pod.metadata?.annotations, ...extra?.annotations };
   if (claim?.spec.env?.length) container.env = mergeEnv(t, claim);
   const volumes = claim?.spec.volumeClaimTemplates?.length ? claimVolumes(t, claim) : t.spec.volumeClaimTemplates;
-  const spec: SandboxSpec = { podTemplate: pod, ...(volumes ? { volumeClaimTemplates: structuredClone(volumes) } : {}) };
+  const { egressPolicy, egressLimits } = t.spec;
+  const spec: SandboxSpec = {
+    podTemplate: pod,
+    ...(volumes ? { volumeClaimTemplates: structuredClone(volumes) } : {}),
+    ...(egressPolicy ? { egressPolicy: structuredClone(egressPolicy) } : {}),
+    ...(egressLimits ? { egressLimits: { ...egressLimits } } : {}),
+  };
   return { labels, annotations, spec };
 }
 
@@ -71,10 +77,18 @@ function claimVolumes(t: SandboxTemplate, claim: SandboxClaim) {
   return wanted;
 }
 
-/** A pooled sandbox's running spec, with what a claim may still change: its environment (for execs). */
+/**
+ * A pooled sandbox's running spec, with what a claim may still change: its
+ * environment (for execs) and its egress policy and limits (the proxy reads
+ * them at every connection).
+ */
 export function adoptedSpec(member: SandboxSpec, target: SandboxSpec): SandboxSpec {
   const spec = structuredClone(member);
   const env = target.podTemplate.spec.containers[0]!.env;
   if (env) spec.podTemplate.spec.containers[0]!.env = env;
+  delete spec.egressPolicy;
+  delete spec.egressLimits;
+  if (target.egressPolicy) spec.egressPolicy = target.egressPolicy;
+  if (target.egressLimits) spec.egressLimits = target.egressLimits;
   return spec;
 }

@@ -3,11 +3,12 @@ import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   LABELS, MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
-  randomSuffix, resolveLimits, sandboxPath, timeout, type Sandbox, type SandboxInput, type SandboxSpec, type SandboxStatus,
+  randomSuffix, resolveLimits, sandboxPath, validateEgressPolicy, timeout, type Sandbox, type SandboxInput, type SandboxSpec, type SandboxStatus,
 } from '@moat/core';
 import type { ImageStore, RuntimeDriver, SandboxRuntimeSpec } from '@moat/runtime';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
+import type { Networking } from '../network.js';
 import type { Store, StoredSandbox } from '../store/store.js';
 import { isReady, readyCondition, withCondition } from './conditions.js';
 import { portNumber, runProbe } from './probes.js';
@@ -51,6 +52,7 @@ export class SandboxController {
     private readonly store: Store,
     private readonly images: ImageStore,
     private readonly drivers: Drivers,
+    private readonly network: Networking,
     private readonly log: Logger,
   ) {
     this.changes.setMaxListeners(0);
@@ -151,6 +153,7 @@ export class SandboxController {
     const why = this.drivers.unavailable(runtime);
     if (why) throw invalid(`runtime "${runtime}" is not available on this host: ${why}`);
     resolveLimits(spec); // rejects bad quantities before anything is stored
+    if (spec.egressPolicy) validateEgressPolicy(spec.egressPolicy, 'spec.egressPolicy');
     checkProbe(spec);
     checkVolumeMount(spec);
     return runtime;
@@ -254,6 +257,7 @@ export class SandboxController {
         await driver.destroy(id).catch((err) => this.log.error({ err, id }, 'orphan cleanup failed'));
       }
     }
+    await this.network.cleanup([...known]);
   }
 
   // --- internals
@@ -269,21 +273,24 @@ export class SandboxController {
       const image = digest
         ? await this.images.byDigest(digest)
         : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
+      const net = await this.network.attach(uid);
       const spec: SandboxRuntimeSpec = {
         id: uid,
         hostname: sandbox.metadata.name,
         image,
         limits: resolveLimits(sandbox.spec),
         command: [...(container.command ?? []), ...(container.args ?? [])],
-        env: Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])),
+        env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])) },
         workingDir: container.workingDir ?? '/',
         dataMountPath: container.volumeMounts?.[0]?.mountPath,
+        netnsPath: net.netnsPath,
       };
       await this.driverFor(sandbox).create(spec);
       if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted meanwhile: teardown follows
       const status: SandboxStatus = {
         ...sandbox.status,
         phase: 'Running',
+        network: { address: net.address, proxy: this.network.proxyUrl },
         startTime: new Date().toISOString(),
         image: { name: image.name, digest: image.digest },
       };
@@ -298,6 +305,7 @@ export class SandboxController {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error({ err, sandbox: sandbox.metadata.name }, 'sandbox failed to start');
       await this.driverFor(sandbox).destroy(uid).catch(() => {});
+      await this.network.detach(uid).catch(() => {});
       const status = withCondition({ ...sandbox.status, phase: 'Failed' }, readyCondition('False', 'StartFailed', message));
       await this.setStatus(sandbox, status);
       await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Failed', message });
@@ -349,6 +357,7 @@ export class SandboxController {
 
   private async teardown(sandbox: Sandbox): Promise<void> {
     await this.driverFor(sandbox).destroy(sandbox.metadata.uid);
+    await this.network.detach(sandbox.metadata.uid);
     await this.store.deleteSandbox(sandbox.metadata.uid);
     this.changes.emit(sandbox.metadata.uid);
   }

@@ -62,4 +62,23 @@ export const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003_network': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('network_leases')
+        .addColumn('address', 'text', (c) => c.primaryKey())
+        .addColumn('sandbox_uid', 'text', (c) => c.notNull().unique())
+        .execute();
+      await db.schema
+        .createTable('egress_log')
+        .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+        .addColumn('time', 'text', (c) => c.notNull())
+        .addColumn('sandbox_uid', 'text')
+        .addColumn('namespace', 'text')
+        .addColumn('name', 'text')
+        .addColumn('record', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('egress_log_sandbox').on('egress_log').columns(['sandbox_uid', 'id']).execute();
+    },
+  },
 };

@@ -52,7 +52,25 @@ export interface ObjectTable {
   created_at: string;
 }
 
+/** One /31 per sandbox; the primary key is what keeps addresses unique across restarts. */
+export interface LeaseTable {
+  address: string;
+  sandbox_uid: string;
+}
+
+/** Egress proxy decisions, kept after their sandbox is gone. */
+export interface EgressLogTable {
+  id: Generated<number>;
+  time: string;
+  sandbox_uid: string | null;
+  namespace: string | null;
+  name: string | null;
+  record: string;
+}
+
 export interface Database {
+  network_leases: LeaseTable;
+  egress_log: EgressLogTable;
   objects: ObjectTable;
   api_keys: ApiKeyTable;
   sandboxes: SandboxTable;

@@ -189,6 +189,35 @@ export class Store {
     await this.db.deleteFrom('objects').where('uid', '=', uid).execute();
   }
 
+  // --- network leases and the egress log
+
+  leases() {
+    return this.db.selectFrom('network_leases').selectAll().execute();
+  }
+
+  /** False when the address is taken (another sandbox got it first). */
+  async insertLease(address: string, sandboxUid: string): Promise<boolean> {
+    const r = await this.db.insertInto('network_leases').values({ address, sandbox_uid: sandboxUid }).onConflict((oc) => oc.doNothing()).executeTakeFirst();
+    return Number(r.numInsertedOrUpdatedRows ?? 0) === 1;
+  }
+
+  async releaseLease(sandboxUid: string): Promise<void> {
+    await this.db.deleteFrom('network_leases').where('sandbox_uid', '=', sandboxUid).execute();
+  }
+
+  async addEgress(record: { time: string; sandbox?: { uid: string; name: string; namespace: string } }): Promise<void> {
+    await this.db
+      .insertInto('egress_log')
+      .values({ time: record.time, sandbox_uid: record.sandbox?.uid ?? null, namespace: record.sandbox?.namespace ?? null, name: record.sandbox?.name ?? null, record: JSON.stringify(record) })
+      .execute();
+  }
+
+  /** Newest last; at most `limit` of the most recent. */
+  async egressLog(sandboxUid: string, limit: number): Promise<unknown[]> {
+    const rows = await this.db.selectFrom('egress_log').select(['record']).where('sandbox_uid', '=', sandboxUid).orderBy('id', 'desc').limit(limit).execute();
+    return rows.reverse().map((r) => JSON.parse(r.record) as unknown);
+  }
+
   // --- events
 
   async addEvent(s: Sandbox, e: Omit<SandboxEvent, 'time'>): Promise<void> {

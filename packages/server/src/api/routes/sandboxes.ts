@@ -79,6 +79,20 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     return { items: await sandboxes.events(sandbox.metadata.uid) };
   });
 
+  app.get(`${SANDBOXES}/:name/egress`, {
+    schema: {
+      tags: ['sandboxes'],
+      summary: "The egress proxy's decisions for a sandbox, oldest first",
+      params: NameParams,
+      querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })) }, { additionalProperties: false }),
+    },
+  }, async (req) => {
+    const { namespace, name } = req.params as { namespace: string; name: string };
+    authorize(req.principal, namespace, 'read');
+    const { sandbox } = await sandboxes.get(namespace, name);
+    return { items: await ctx.store.egressLog(sandbox.metadata.uid, (req.query as { limit?: number }).limit ?? 500) };
+  });
+
   app.get(`${SANDBOXES}/:name/logs`, {
     schema: { tags: ['sandboxes'], summary: 'Output of the main command', params: NameParams, querystring: Type.Object({ tailLines: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }) },
   }, async (req, reply) => {

@@ -1,0 +1,165 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { networkKey } from '@moat/runtime';
+import { NS, TEST_NETWORK, sh, startTestServer, type TestServer } from '../helpers/server.js';
+
+const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+
+function listen(server: Server, host: string): Promise<number> {
+  return new Promise((resolve) => server.listen(0, host, () => resolve((server.address() as { port: number }).port)));
+}
+
+/** An upstream on the host's loopback; sandboxes reach it only through the proxy, by a pinned name. */
+function upstream(): Server {
+  return createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', () => res.end(`upstream saw ${req.method} ${req.url}${body ? ` ${body}` : ''}`));
+  });
+}
+
+const sandbox = (name: string, egressPolicy?: unknown) => ({
+  metadata: { name },
+  spec: { podTemplate: { spec: { containers: [{ image: 'base' }] } }, ...(egressPolicy ? { egressPolicy } : {}) },
+});
+
+/** Whether a TCP connection from inside the sandbox succeeds (no proxy involved). */
+const tcpOpen = async (server: TestServer, name: string, host: string, port: number) =>
+  (await sh(server, name, `timeout 3 bash -c 'echo > /dev/tcp/${host}/${port}' 2>/dev/null && echo open || echo closed`)).stdout.trim();
+
+describe('network isolation and the egress proxy', () => {
+  let server: TestServer;
+  const up = upstream();
+  const hostSide = upstream();
+  let port: number;
+  let hostPort: number;
+
+  before(async () => {
+    port = await listen(up, '127.0.0.1');
+    hostPort = await listen(hostSide, '0.0.0.0'); // every host address, the service address included
+    server = await startTestServer({
+      network: {
+        pinnedHosts: { 'allowed.test': '127.0.0.1', 'other.test': '127.0.0.1' },
+        // A resolver for names that are not pinned: rebind.test answers with loopback, as a DNS rebinding attack would.
+        lookup: async (host) => {
+          if (host === 'rebind.test') return ['127.0.0.1'];
+          throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: 'ENOTFOUND' });
+        },
+      },
+    });
+    const policy = {
+      mode: 'allow-list',
+      rules: [
+        { action: 'allow', host: 'allowed.test' },
+        { action: 'allow', host: 'rebind.test' },
+        { action: 'allow', host: 'other.test', methods: ['GET'], paths: ['/public'] },
+      ],
+    };
+    for (const [name, p] of [['agent', policy], ['closed', undefined]] as const) {
+      assert.equal((await server.api(NS, { method: 'POST', json: sandbox(name, p) })).status, 201);
+      assert.equal((await server.api(`${NS}/${name}/wait?timeoutSeconds=60`)).status, 200);
+    }
+  });
+  after(async () => {
+    await server.close();
+    up.close();
+    hostSide.close();
+  });
+
+  test('an allowed host works through the proxy, plain HTTP and CONNECT, with the proxy found from the environment', async () => {
+    const r = await sh(server, 'agent', `curl -sS --max-time 10 http://allowed.test:${port}/hi; echo; curl -sS --max-time 10 -p -d payload http://allowed.test:${port}/tunnel; echo; echo $HTTPS_PROXY`);
+    assert.equal(r.stdout, `upstream saw GET /hi\nupstream saw POST /tunnel payload\nhttp://${TEST_NETWORK.serviceAddress}:${TEST_NETWORK.proxyPort}\n`, r.stderr);
+  });
+
+  test('a denied request gets a 403 that names the rule; method and path rules apply to plain HTTP', async () => {
+    const code = (url: string, extra = '') => sh(server, 'agent', `curl -s --max-time 10 -o /tmp/body -w '%{http_code}' ${extra} ${url}; echo; cat /tmp/body`);
+    let r = await code(`http://denied.test:${port}/`);
+    assert.match(r.stdout, /^403\n/);
+    assert.match(r.stdout, /GET http:\/\/denied\.test:\d+\/ denied for sandbox "default\/agent": no allow rule matches/);
+    assert.match(r.stdout, /allow-list/);
+    r = await code(`http://other.test:${port}/public/x`);
+    assert.match(r.stdout, /^200\nupstream saw GET \/public\/x/);
+    r = await code(`http://other.test:${port}/private`);
+    assert.match(r.stdout, /^403\n/);
+    r = await code(`http://other.test:${port}/public/x`, '-X POST');
+    assert.match(r.stdout, /^403\n/);
+  });
+
+  test('with no policy a sandbox is deny-all, and is told so at once rather than left hanging', async () => {
+    const t0 = Date.now();
+    const r = await sh(server, 'closed', `curl -s --max-time 10 -w '\\n%{http_code}' http://allowed.test:${port}/`);
+    assert.match(r.stdout, /deny-all/);
+    assert.match(r.stdout, /\n403$/);
+    assert.ok(Date.now() - t0 < 5000);
+  });
+
+  test('an allowed name that resolves to a private address is refused (DNS rebinding)', async () => {
+    const r = await sh(server, 'agent', `curl -s --max-time 10 -w '\\n%{http_code}' http://rebind.test:${port}/`);
+    assert.match(r.stdout, /\n403$/);
+    assert.match(r.stdout, /127\.0\.0\.1/);
+    assert.doesNotMatch(r.stdout, /upstream saw/);
+  });
+
+  test('nothing is reachable directly: not the host, not another sandbox, not metadata or private ranges', async () => {
+    const hostAddresses = Object.values(networkInterfaces()).flat().filter((a) => a && a.family === 'IPv4' && !a.internal).map((a) => a!.address);
+    assert.equal(await tcpOpen(server, 'agent', TEST_NETWORK.serviceAddress, TEST_NETWORK.proxyPort), 'open', 'the proxy itself is reachable');
+    assert.equal(await tcpOpen(server, 'agent', TEST_NETWORK.serviceAddress, hostPort), 'closed');
+    for (const a of hostAddresses) assert.equal(await tcpOpen(server, 'agent', a, hostPort), 'closed', a);
+    const other = (await (await server.api(`${NS}/closed`)).json()) as { status: { network: { address: string } } };
+    await sh(server, 'closed', 'nohup python3 -m http.server 8000 >/dev/null 2>&1 &');
+    assert.equal((await sh(server, 'closed', `sleep 0.5; timeout 3 bash -c 'echo > /dev/tcp/127.0.0.1/8000' && echo listening`)).stdout, 'listening\n');
+    assert.equal(await tcpOpen(server, 'agent', other.status.network.address, 8000), 'closed');
+    for (const a of ['169.254.169.254', '10.0.0.1', '192.168.0.1']) assert.equal(await tcpOpen(server, 'agent', a, 80), 'closed', a);
+    assert.match((await sh(server, 'agent', 'cat /proc/net/if_inet6 | wc -l; ip -6 addr | wc -l')).stdout, /^0\n0\n$/, 'no IPv6');
+    const change = await sh(server, 'agent', 'ip addr add 10.232.9.9/32 dev eth0');
+    assert.notEqual(change.exit?.exitCode, 0, 'the sandbox cannot change its own network');
+  });
+
+  test('every decision is recorded, with bytes, and shown by `moat egress log`', async () => {
+    const sbx = (await (await server.api(`${NS}/agent`)).json()) as { status: { network: { address: string } } };
+    const { items } = (await (await server.api(`${NS}/agent/egress`)).json()) as { items: Record<string, any>[] };
+    const allowed = items.find((r) => r.allowed && r.path === '/hi')!;
+    assert.equal(allowed.host, 'allowed.test');
+    assert.equal(allowed.sandbox.name, 'agent');
+    assert.ok(allowed.bytesDown > 0);
+    assert.equal(allowed.remoteAddress, sbx.status.network.address);
+    const tunnel = items.find((r) => r.method === 'CONNECT')!;
+    assert.ok(tunnel.bytesUp > 0 && tunnel.allowed);
+    const denied = items.find((r) => !r.allowed && r.host === 'denied.test')!;
+    assert.match(denied.reason, /no allow rule/);
+
+    const cli = await new Promise<{ code: number; stdout: string }>((resolve) => {
+      const child = spawn(process.execPath, [CLI, 'egress', 'log', 'agent'], { env: { ...process.env, MOAT_URL: server.url, MOAT_API_KEY: server.adminKey } });
+      let stdout = '';
+      child.stdout.on('data', (d) => (stdout += d));
+      child.on('close', (code) => resolve({ code: code ?? -1, stdout }));
+    });
+    assert.equal(cli.code, 0);
+    assert.match(cli.stdout, /^TIME\s+DECISION\s+METHOD\s+TARGET/);
+    assert.match(cli.stdout, /allowed\s+GET\s+allowed\.test:\d+\/hi\s+200/);
+    assert.match(cli.stdout, /DENIED\s+GET\s+denied\.test:\d+\//);
+  });
+
+  test('deleting a sandbox removes its namespace, veth and lease', async () => {
+    const created = await server.api(NS, { method: 'POST', json: sandbox('brief') });
+    const { metadata } = (await created.json()) as { metadata: { uid: string } };
+    await server.api(`${NS}/brief/wait?timeoutSeconds=60`);
+    const key = networkKey(metadata.uid);
+    assert.ok(existsSync(`/run/netns/${TEST_NETWORK.name}-${key}`));
+    await server.api(`${NS}/brief?wait=true`, { method: 'DELETE' });
+    assert.ok(!existsSync(`/run/netns/${TEST_NETWORK.name}-${key}`), 'namespace gone');
+    assert.ok(!existsSync(`/sys/class/net/${TEST_NETWORK.ifPrefix}${key}`), 'veth gone');
+  });
+
+  test('an invalid egress policy is refused with the reason', async () => {
+    const bad = await server.api(NS, { method: 'POST', json: sandbox('bad', { mode: 'allow-list', rules: [{ action: 'allow', host: '*.1.2.3.4' }] }) });
+    assert.equal(bad.status, 422, await bad.text());
+    const unknownMode = await server.api(NS, { method: 'POST', json: sandbox('bad', { mode: 'open' }) });
+    assert.equal(unknownMode.status, 400);
+  });
+});
