@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { createServer, request as httpRequest, type Server } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { networkKey } from '@moat/runtime';
+import WebSocket from 'ws';
 import { NS, TEST_NETWORK, sh, startTestServer, type TestServer } from '../helpers/server.js';
 
 const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
@@ -162,4 +165,48 @@ describe('network isolation and the egress proxy', () => {
     const unknownMode = await server.api(NS, { method: 'POST', json: sandbox('bad', { mode: 'open' }) });
     assert.equal(unknownMode.status, 400);
   });
+
+  test('port exposure: HTTP and WebSocket to a port inside the sandbox, through the API only, authenticated', async () => {
+    const script = await readFile(join(import.meta.dirname, '../fixtures/echo-server.py'));
+    assert.equal((await server.api(`${NS}/agent/files/content?path=/tmp/echo.py`, { method: 'PUT', body: script })).status, 200);
+    await sh(server, 'agent', 'nohup python3 /tmp/echo.py >/dev/null 2>&1 &');
+    await sh(server, 'agent', `for i in $(seq 50); do timeout 1 bash -c 'echo > /dev/tcp/127.0.0.1/9000' 2>/dev/null && break; sleep 0.1; done`);
+
+    const res = await server.api(`${NS}/agent/ports/9000/some/path?q=1`, { headers: { 'x-custom': 'yes' } });
+    assert.equal(res.status, 200);
+    const seen = (await res.json()) as { method: string; path: string; headers: Record<string, string> };
+    assert.equal(seen.path, '/some/path?q=1');
+    assert.equal(seen.headers['x-custom'], 'yes');
+    assert.equal(seen.headers.authorization, undefined, "Moat's API key never reaches the sandbox");
+    const post = (await (await server.api(`${NS}/agent/ports/9000/`, { method: 'POST', body: 'x' })).json()) as { method: string };
+    assert.equal(post.method, 'POST');
+
+    assert.equal((await fetch(`${server.url}${NS}/agent/ports/9000/`)).status, 401, 'no key, no access');
+    const closedPort = await server.api(`${NS}/agent/ports/9999/`);
+    assert.equal(closedPort.status, 502);
+    assert.match(((await closedPort.json()) as { message: string }).message, /nothing listens on port 9999 in sandbox "agent"/);
+
+    // The host-name form: <port>-<uid>.<domain>.
+    const { metadata } = (await (await server.api(`${NS}/agent`)).json()) as { metadata: { uid: string } };
+    const byHost = await new Promise<string>((resolve, reject) => {
+      const u = new URL(server.url);
+      const req = httpRequest({ host: u.hostname, port: u.port, path: '/via-host', headers: { host: `9000-${metadata.uid}.sandbox.localhost`, authorization: `Bearer ${server.adminKey}` } }, (r) => {
+        let body = '';
+        r.on('data', (d) => (body += d));
+        r.on('end', () => resolve(body));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal((JSON.parse(byHost) as { path: string }).path, '/via-host');
+
+    const ws = new WebSocket(`${server.url.replace('http', 'ws')}${NS}/agent/ports/9000/ws`, { headers: { authorization: `Bearer ${server.adminKey}` } });
+    await once(ws, 'open');
+    ws.send('hello');
+    const [reply] = (await once(ws, 'message')) as [Buffer];
+    assert.equal(reply.toString(), 'echo:hello');
+    ws.close();
+    await once(ws, 'close');
+  });
 });
+

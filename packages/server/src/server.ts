@@ -31,6 +31,8 @@ export interface ServerOptions {
   prepareDefaultImage?: boolean;
   /** Sandbox networks and the egress proxy. */
   network?: NetworkOptions;
+  /** Sandbox ports answer at `<port>-<sandbox uid>.<portDomain>` (default $MOAT_PORT_DOMAIN or sandbox.localhost). */
+  portDomain?: string;
 }
 
 export interface RunningServer {
@@ -125,6 +127,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
     version: VERSION,
     runtimes,
+    portDomain: opts.portDomain ?? process.env.MOAT_PORT_DOMAIN ?? 'sandbox.localhost',
   };
   const app = await buildApp(ctx, logger);
   const host = opts.host ?? '127.0.0.1';

@@ -9,6 +9,7 @@ import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { imageRoutes } from './routes/images.js';
 import { objectRoutes } from './routes/objects.js';
+import { portRoutes, rewritePortHost } from './routes/ports.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { SandboxClaimSchema, SandboxTemplateSchema, SandboxWarmPoolSchema } from '@moat/core';
 
@@ -27,6 +28,7 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
     // Unknown fields are an error, never silently dropped.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
     logController: new LogController({ disableRequestLogging: true }), // we log one line per request ourselves
+    rewriteUrl: rewritePortHost(ctx.portDomain),
   }) as unknown as FastifyInstance; // pino's Logger type is narrower than Fastify's base logger
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => {
@@ -61,5 +63,6 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
   execRoutes(app, ctx);
   imageRoutes(app, ctx);
   await app.register(async (scope) => fileRoutes(scope, ctx));
+  await app.register(async (scope) => portRoutes(scope, ctx));
   return app;
 }

@@ -20,4 +20,6 @@ export interface ApiContext {
   limits: ServerLimits;
   version: string;
   runtimes: Record<string, { available: boolean; reason?: string }>;
+  /** Sandbox ports answer at `<port>-<sandbox uid>.<portDomain>`. */
+  portDomain: string;
 }
