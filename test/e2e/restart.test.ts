@@ -3,9 +3,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { access, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer } from 'node:http';
 import { after, describe, test } from 'node:test';
+import { networkKey } from '@moat/runtime';
 import Database from 'better-sqlite3';
-import { NS, createReady, sh, type TestServer } from '../helpers/server.js';
+import { NS, TEST_NETWORK, createReady, sh, type TestServer } from '../helpers/server.js';
 import { EXT, poolBody, poolMembers, poolReady, until } from '../helpers/extensions.js';
 import { kill, spawnServer } from '../helpers/spawn-server.js';
 
@@ -87,3 +89,52 @@ describe('warm pools across a control-plane crash', () => {
     }, 10_000);
   });
 });
+
+describe('networks across a control-plane crash', () => {
+  let dataDir: string;
+  let live: { child: ChildProcess; server: TestServer } | undefined;
+  const upstream = createServer((req, res) => res.end(`upstream saw ${req.url}`));
+  after(async () => {
+    if (live) {
+      await live.server.api(`${NS}/net?wait=true`, { method: 'DELETE' });
+      await kill(live.child);
+    }
+    upstream.close();
+    delete process.env.MOAT_EGRESS_HOSTS;
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  test('SIGKILL: after restart the policy is still enforced and no namespace, veth or lease is left behind', async () => {
+    const port = await new Promise<number>((resolve) => upstream.listen(0, '127.0.0.1', () => resolve((upstream.address() as { port: number }).port)));
+    process.env.MOAT_EGRESS_HOSTS = 'allowed.test=127.0.0.1,denied.test=127.0.0.1';
+    dataDir = await mkdtemp(join(tmpdir(), 'moat-net-restart-'));
+    live = await spawnServer(dataDir);
+    const policy = { mode: 'allow-list', rules: [{ action: 'allow', host: 'allowed.test' }] };
+    for (const name of ['net', 'orphan']) {
+      const body = { metadata: { name }, spec: { podTemplate: { spec: { containers: [{ image: 'base' }] } }, egressPolicy: policy } };
+      assert.equal((await live.server.api(NS, { method: 'POST', json: body })).status, 201);
+      assert.equal((await live.server.api(`${NS}/${name}/wait?timeoutSeconds=60`)).status, 200);
+    }
+    const probe = `curl -s --max-time 10 http://allowed.test:${port}/a; echo; curl -s --max-time 10 -o /dev/null -w '%{http_code}' http://denied.test:${port}/`;
+    assert.equal((await sh(live.server, 'net', probe)).stdout, 'upstream saw /a\n403');
+    const orphanUid = ((await (await live.server.api(`${NS}/orphan`)).json()) as { metadata: { uid: string } }).metadata.uid;
+
+    await kill(live.child);
+    live = undefined;
+    const db = new Database(join(dataDir, 'moat.db'));
+    db.prepare('DELETE FROM sandboxes WHERE name = ?').run('orphan');
+    db.close();
+
+    live = await spawnServer(dataDir);
+    assert.equal((await sh(live.server, 'net', probe)).stdout, 'upstream saw /a\n403', 'the policy holds after the restart');
+    const netUid = ((await (await live.server.api(`${NS}/net`)).json()) as { metadata: { uid: string } }).metadata.uid;
+    const namespaces = (await readdir('/run/netns')).filter((n) => n.startsWith(`${TEST_NETWORK.name}-`));
+    assert.deepEqual(namespaces, [`${TEST_NETWORK.name}-${networkKey(netUid)}`]);
+    const veths = (await readdir('/sys/class/net')).filter((n) => n.startsWith(TEST_NETWORK.ifPrefix));
+    assert.deepEqual(veths, [`${TEST_NETWORK.ifPrefix}${networkKey(netUid)}`]);
+    assert.ok(!veths.some((v) => v.includes(networkKey(orphanUid))));
+    const leases = new Database(join(dataDir, 'moat.db')).prepare('SELECT sandbox_uid FROM network_leases').all() as { sandbox_uid: string }[];
+    assert.deepEqual(leases.map((l) => l.sandbox_uid), [netUid]);
+  });
+});
+
