@@ -119,7 +119,7 @@ describe('network isolation and the egress proxy', () => {
     assert.equal(await tcpOpen(server, 'agent', other.status.network.address, 8000), 'closed');
     for (const a of ['169.254.169.254', '10.0.0.1', '192.168.0.1']) assert.equal(await tcpOpen(server, 'agent', a, 80), 'closed', a);
     assert.match((await sh(server, 'agent', 'cat /proc/net/if_inet6 | wc -l; ip -6 addr | wc -l')).stdout, /^0\n0\n$/, 'no IPv6');
-    const change = await sh(server, 'agent', 'ip addr add 10.232.9.9/32 dev eth0');
+    const change = await sh(server, 'agent', 'ip addr add 10.234.9.9/32 dev eth0');
     assert.notEqual(change.exit?.exitCode, 0, 'the sandbox cannot change its own network');
   });
 

@@ -8,7 +8,7 @@ import { defaultDataDir, startServer, type NetworkOptions, type RunningServer } 
 export const sharedImagesDir = () => process.env.MOAT_IMAGES_DIR ?? join(defaultDataDir(), 'images');
 
 /** Test servers' own network names and range, so a Moat server on this machine is never disturbed. */
-export const TEST_NETWORK = { name: 'moate2e', ifPrefix: 'me', subnet: '10.232.0.0/16', serviceAddress: '10.232.0.1', proxyPort: 13128 };
+export const TEST_NETWORK = { name: 'moate2e', ifPrefix: 'me', subnet: '10.234.0.0/16', serviceAddress: '10.234.0.1', proxyPort: 13128 };
 
 export interface TestServer extends RunningServer {
   /** fetch against the server with the admin key. */

@@ -4,6 +4,7 @@ import { run } from '../run.js';
 import { addressPool, leaseAddresses, poolContains, type AddressPool } from './ipam.js';
 import { assertNetworkKey } from './keys.js';
 import { renderRuleset } from './ruleset.js';
+import { PersistentShell } from './shell.js';
 
 /** Where `ip netns` keeps named namespaces (fixed when iproute2 is built). */
 export const NETNS_DIR = '/run/netns';
@@ -38,8 +39,6 @@ export interface SandboxNetwork {
   hostInterface: string;
 }
 
-const DISABLE_IPV6 = 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6';
-
 // What `ip -force -batch` says about state that is already gone; anything else is a real failure.
 const ABSENT = [/^Cannot find device /, /^Cannot remove namespace file .*No such file or directory/, /^Command failed /];
 
@@ -48,8 +47,8 @@ const ABSENT = [/^Cannot find device /, /^Cannot remove namespace file .*No such
  *
  * Each sandbox gets the named namespace `/run/netns/<name>-<key>` with `lo`
  * and `eth0`, the sandbox end of a veth whose host end is `<ifPrefix><key>`,
- * a /31 lease from the subnet and a default route through the host end. IPv6
- * is disabled inside. From there it can open TCP connections to the service
+ * a /31 lease from the subnet and a default route through the host end. No IPv6
+ * address exists inside. From there it can open TCP connections to the service
  * ports of the service address (on the host interface `<name>0`) and nothing
  * else; see ruleset.ts. The OCI runtime joins the namespace by path. The
  * namespace belongs to the host's user namespace, so a sandbox's root (root
@@ -64,7 +63,7 @@ const ABSENT = [/^Cannot find device /, /^Cannot remove namespace file .*No such
  * - sandbox delete: `teardown(key)` (idempotent), then release the lease.
  * - sandbox restart: keep the namespace; or `teardown` then `setup` again.
  * - uninstall: `remove()` tears down every sandbox network, then the table and interface.
- * Requires root, iproute2, nftables (with fib), nsenter (util-linux) and sh.
+ * Requires root, iproute2, nftables (with fib) and sh.
  */
 export class SandboxNetworks {
   readonly pool: AddressPool;
@@ -74,6 +73,7 @@ export class SandboxNetworks {
   readonly serviceInterface: string;
   readonly servicePorts: number[];
   private initialized = false;
+  private readonly shell = new PersistentShell();
 
   constructor(opts: SandboxNetworksOptions) {
     this.name = opts.name ?? 'moat';
@@ -144,6 +144,7 @@ export class SandboxNetworks {
     }
     const ipv6 = existsSync('/proc/sys/net/ipv6');
     // One process tree instead of one spawn per step: spawning dominates the cost. All values are validated names and addresses.
+    // No IPv6 inside: no address is generated on either end and loopback's ::1 is removed (nft drops IPv6 from sandboxes anyway).
     const script = [
       'set -e',
       "ip -batch - <<'EOF'",
@@ -153,20 +154,18 @@ export class SandboxNetworks {
       `addr add ${gateway}/${prefixLength} dev ${hostIf}`,
       `link set ${hostIf} up`,
       'EOF',
-      // Sysctls can only be written from inside the namespace; disabling IPv6 also removes any address it got meanwhile.
-      ...(ipv6 ? [`nsenter --net=${this.netnsPath(key)} sh -c '${DISABLE_IPV6}' &`] : []),
       `ip -n ${ns} -batch - <<'EOF'`,
       'link set lo up',
+      ...(ipv6 ? ['addr del ::1/128 dev lo', 'link set eth0 addrgenmode none'] : []),
       `addr add ${address}/${prefixLength} dev eth0`,
       'link set eth0 up',
       `route add default via ${gateway}`,
       'EOF',
-      ...(ipv6 ? ['wait $!'] : []),
     ].join('\n');
     let failure: string | undefined;
     try {
-      const r = await run('sh', ['-c', script], { allowFail: true });
-      if (r.code !== 0) failure = r.stderr.trim() || `exit ${r.code}`;
+      const r = await this.shell.run(script);
+      if (r.code !== 0) failure = r.output.trim() || `exit ${r.code}`;
     } catch (err) {
       failure = (err as Error).message;
     }
