@@ -165,6 +165,10 @@ describe('templates, claims and warm pools', () => {
     await apiJson(server, `${EXT}/sandboxclaims/py/wait?timeoutSeconds=60`, {}, 200);
     const health = await sh(server, 'py', 'curl -sf localhost:8888/');
     assert.deepEqual(JSON.parse(health.stdout), { status: 'ok', message: 'Sandbox Runtime is active.' });
+    // The same API from outside, through port exposure.
+    assert.deepEqual(await (await server.api(`${NS}/py/ports/8888/`)).json(), { status: 'ok', message: 'Sandbox Runtime is active.' });
+    const viaPort = await server.api(`${NS}/py/ports/8888/execute`, { method: 'POST', json: { command: 'echo from-outside' } });
+    assert.deepEqual(await viaPort.json(), { stdout: 'from-outside\n', stderr: '', exit_code: 0 });
     const run = await sh(server, 'py', `curl -sf -X POST localhost:8888/execute -H 'content-type: application/json' -d '{"command": "sh -c \\"echo out; echo err >&2; exit 3\\""}'`);
     assert.deepEqual(JSON.parse(run.stdout), { stdout: 'out\n', stderr: 'err\n', exit_code: 3 });
     const pwd = await sh(server, 'py', `curl -sf -X POST localhost:8888/execute -d '{"command": "pwd"}'; df --output=target /workspace | tail -1`);
