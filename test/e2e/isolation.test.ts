@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createReady, execApi, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { TEST_NETWORK, createReady, execApi, sh, startTestServer, type TestServer } from '../helpers/server.js';
 
 /** Each check here fails if the isolation it names is removed. */
 describe('isolation (runc)', () => {
@@ -83,16 +83,17 @@ describe('isolation (runc)', () => {
     assert.match(r.stdout, /Seccomp:\s+2/);
   });
 
-  test('only loopback networking: no route anywhere', async () => {
-    const r = await sh(server, 'iso', `ls /sys/class/net; python3 -c "
+  test('own network namespace: lo and eth0 only, and the host API is unreachable', async () => {
+    const port = new URL(server.url).port;
+    const r = await sh(server, 'iso', `ip -o link | awk -F': ' '{print $2}' | sed 's/@.*//'; python3 -c "
 import socket
-s=socket.socket(); s.settimeout(2)
-try:
-    s.connect(('127.0.0.1', ${new URL(server.url).port})); print('reached-host')
-except OSError as e: print('unreachable', e.errno)
+for host in ('127.0.0.1', '${TEST_NETWORK.serviceAddress}'):
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((host, ${port})); print('reached', host)
+    except OSError as e: print('unreachable', host)
 "`);
-    assert.equal(r.stdout.split('\n')[0], 'lo');
-    assert.match(r.stdout, /unreachable/, 'the host API port on 127.0.0.1 is not the sandbox loopback');
+    assert.equal(r.stdout, `lo\neth0\nunreachable 127.0.0.1\nunreachable ${TEST_NETWORK.serviceAddress}\n`);
   });
 
   test('a memory hog is OOM-killed at its limit', async () => {
