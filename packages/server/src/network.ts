@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { EgressProxy, type EgressLimits, type EgressRecord, type EgressSandbox } from '@moat/gateway';
 import { SandboxNetworks, allocateLease, networkKey, type SandboxNetwork } from '@moat/runtime';
 import type { Logger } from 'pino';
@@ -65,19 +66,25 @@ export class Networking {
     return this.proxy.url;
   }
 
+  /** Where a sandbox's namespace is, known before it exists. */
+  netnsPath(uid: string): string {
+    return this.nets.netnsPath(networkKey(uid));
+  }
+
   /**
    * The sandbox's namespace, with its lease (kept across restarts of the
    * sandbox). Rebuilt from scratch so a namespace left by a crash is not reused half-made.
    */
   async attach(uid: string): Promise<SandboxNetwork> {
     const key = networkKey(uid);
-    let lease = (await this.store.leases()).find((l) => l.sandbox_uid === uid)?.address;
-    while (!lease) {
-      const candidate = allocateLease(this.nets.pool, (await this.store.leases()).map((l) => l.address));
+    const leases = await this.store.leases();
+    let lease = leases.find((l) => l.sandbox_uid === uid)?.address;
+    for (let inUse = leases.map((l) => l.address); !lease; inUse = (await this.store.leases()).map((l) => l.address)) {
+      const candidate = allocateLease(this.nets.pool, inUse);
       if (await this.store.insertLease(candidate, uid)) lease = candidate;
     }
     this.byAddress.set(lease, uid);
-    await this.nets.teardown(key);
+    if (existsSync(this.nets.netnsPath(key)) || existsSync(`/sys/class/net/${this.nets.hostInterface(key)}`)) await this.nets.teardown(key);
     return this.nets.setup(key, lease);
   }
 

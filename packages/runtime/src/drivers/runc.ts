@@ -10,7 +10,7 @@ import { ociSpec } from '../oci/spec.js';
 import { run, which } from '../run.js';
 import { HostnameSetter } from '../hostname.js';
 import { hostUid } from '../userns.js';
-import type { RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
+import type { CreateOptions, RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
 
 export interface OciDriverOptions {
   /** Host directory holding one folder per sandbox. */
@@ -68,7 +68,7 @@ export class OciDriver implements RuntimeDriver {
     return ['--root', this.opts.stateDir];
   }
 
-  async create(spec: SandboxRuntimeSpec): Promise<void> {
+  async create(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<void> {
     const dir = this.dir(spec.id);
     const p = (...s: string[]) => join(dir, ...s);
     await mkdir(p('bundle', 'rootfs'), { recursive: true, mode: 0o711 });
@@ -114,6 +114,7 @@ export class OciDriver implements RuntimeDriver {
 
     // A container left over from a crash would make `run` fail on the id.
     await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
+    await opts.ready;
     await this.startContainer(spec.id, p('bundle'), p('log'));
     await this.waitReady(spec.id);
   }

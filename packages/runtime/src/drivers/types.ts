@@ -19,6 +19,11 @@ export interface SandboxRuntimeSpec {
   netnsPath?: string;
 }
 
+export interface CreateOptions {
+  /** Awaited just before the sandbox starts, so the caller's own preparation (its network) overlaps the driver's. */
+  ready?: Promise<unknown>;
+}
+
 export type RuntimeState = 'running' | 'paused' | 'stopped' | 'missing';
 
 export interface RuntimeDriver {
@@ -26,7 +31,7 @@ export interface RuntimeDriver {
   /** Throws an Error that says what to install when the runtime cannot work on this host. */
   check(): Promise<void>;
   /** Start the sandbox; reuses its disks when they exist (a restart after a crash). Resolves once exec works. */
-  create(spec: SandboxRuntimeSpec): Promise<void>;
+  create(spec: SandboxRuntimeSpec, opts?: CreateOptions): Promise<void>;
   /** Remove everything the sandbox has on the host. Idempotent. */
   destroy(id: string): Promise<void>;
   state(id: string): Promise<RuntimeState>;

@@ -273,7 +273,9 @@ export class SandboxController {
       const image = digest
         ? await this.images.byDigest(digest)
         : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
-      const net = await this.network.attach(uid);
+      // The network is made while the driver prepares the disks; the sandbox starts once both are done.
+      const attaching = this.network.attach(uid);
+      attaching.catch(() => {});
       const spec: SandboxRuntimeSpec = {
         id: uid,
         hostname: sandbox.metadata.name,
@@ -283,9 +285,10 @@ export class SandboxController {
         env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])) },
         workingDir: container.workingDir ?? '/',
         dataMountPath: container.volumeMounts?.[0]?.mountPath,
-        netnsPath: net.netnsPath,
+        netnsPath: this.network.netnsPath(uid),
       };
-      await this.driverFor(sandbox).create(spec);
+      await this.driverFor(sandbox).create(spec, { ready: attaching });
+      const net = await attaching;
       if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted meanwhile: teardown follows
       const status: SandboxStatus = {
         ...sandbox.status,
