@@ -510,6 +510,33 @@ describe('dial', () => {
     }
   });
 
+  test('an HTTP upgrade (as for WebSockets) through dial', async () => {
+    const server = createHttpServer();
+    server.on('upgrade', (req, socket, head) => {
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${req.headers.upgrade}\r\nConnection: Upgrade\r\n\r\n`);
+      if (head.length) socket.write(head);
+      socket.pipe(socket);
+    });
+    const port = await listenLocal(server);
+    try {
+      const s = await agent.dial(port);
+      const echoed = await new Promise<string>((resolve, reject) => {
+        const req = httpRequest({ createConnection: () => s, path: '/ws', headers: { host: 'sandbox', connection: 'Upgrade', upgrade: 'echo' } });
+        req.on('upgrade', (res, socket, head) => {
+          assert.equal(res.statusCode, 101);
+          readAll(socket).then((b) => resolve(Buffer.concat([head, b]).toString()), reject);
+          socket.end('frames after the upgrade');
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(echoed, 'frames after the upgrade');
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   test('bytes that arrive together with OK are not lost', async () => {
     const srv = await tcpServer((c) => c.end('banner\n'));
     for (let i = 0; i < 50; i++) {
