@@ -20,6 +20,7 @@ function listen(server: Server, host: string): Promise<number> {
 /** An upstream on the host's loopback; sandboxes reach it only through the proxy, by a pinned name. */
 function upstream(): Server {
   return createServer((req, res) => {
+    if (req.url === '/big') return void res.end(Buffer.alloc(600_000, 'x'));
     let body = '';
     req.on('data', (d) => (body += d));
     req.on('end', () => res.end(`upstream saw ${req.method} ${req.url}${body ? ` ${body}` : ''}`));
@@ -207,6 +208,19 @@ describe('network isolation and the egress proxy', () => {
     assert.equal(reply.toString(), 'echo:hello');
     ws.close();
     await once(ws, 'close');
+  });
+
+  test("a sandbox's egressLimits throttle its downloads at the proxy", async () => {
+    const body = sandbox('slow', { mode: 'allow-list', rules: [{ action: 'allow', host: 'allowed.test' }] });
+    const spec = { ...body.spec, egressLimits: { downBytesPerSecond: 200_000 } };
+    assert.equal((await server.api(NS, { method: 'POST', json: { ...body, spec } })).status, 201);
+    await server.api(`${NS}/slow/wait?timeoutSeconds=60`);
+    const r = await sh(server, 'slow', `curl -s --max-time 20 -o /dev/null -w '%{size_download} %{time_total}' http://allowed.test:${port}/big`);
+    const [size, seconds] = r.stdout.split(' ').map(Number);
+    assert.equal(size, 600_000);
+    assert.ok(seconds! >= 1.5, `600 kB at 200 kB/s took ${seconds} s`);
+    const fast = await sh(server, 'agent', `curl -s --max-time 20 -o /dev/null -w '%{time_total}' http://allowed.test:${port}/big`);
+    assert.ok(Number(fast.stdout) < 1, `without limits it is fast (${fast.stdout} s)`);
   });
 });
 
