@@ -266,6 +266,7 @@ export class SandboxController {
     const uid = sandbox.metadata.uid;
     if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted while it waited for a start slot
     const started = Date.now();
+    let attaching: Promise<unknown> | undefined;
     try {
       const container = sandbox.spec.podTemplate.spec.containers[0]!;
       const digest = sandbox.status.image?.digest;
@@ -274,8 +275,8 @@ export class SandboxController {
         ? await this.images.byDigest(digest)
         : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
       // The network is made while the driver prepares the disks; the sandbox starts once both are done.
-      const attaching = this.network.attach(uid);
-      attaching.catch(() => {});
+      const network = this.network.attach(uid);
+      attaching = network.catch(() => {});
       const spec: SandboxRuntimeSpec = {
         id: uid,
         hostname: sandbox.metadata.name,
@@ -287,8 +288,8 @@ export class SandboxController {
         dataMountPath: container.volumeMounts?.[0]?.mountPath,
         netnsPath: this.network.netnsPath(uid),
       };
-      await this.driverFor(sandbox).create(spec, { ready: attaching });
-      const net = await attaching;
+      await this.driverFor(sandbox).create(spec, { ready: network });
+      const net = await network;
       if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted meanwhile: teardown follows
       const status: SandboxStatus = {
         ...sandbox.status,
@@ -308,6 +309,7 @@ export class SandboxController {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error({ err, sandbox: sandbox.metadata.name }, 'sandbox failed to start');
       await this.driverFor(sandbox).destroy(uid).catch(() => {});
+      await attaching; // never undo a network that is still being made
       await this.network.detach(uid).catch(() => {});
       const status = withCondition({ ...sandbox.status, phase: 'Failed' }, readyCondition('False', 'StartFailed', message));
       await this.setStatus(sandbox, status);
