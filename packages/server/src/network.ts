@@ -105,6 +105,16 @@ export class Networking {
     return proxyEnv(this.proxy.url);
   }
 
+  /**
+   * A host firewall reload that flushes the whole ruleset removes Moat's
+   * table and would leave sandboxes open to the host: put it back.
+   */
+  async ensureFirewall(log: Logger): Promise<void> {
+    if (await this.nets.installed()) return;
+    log.warn('the sandbox firewall table was removed (a host firewall reload?); installing it again');
+    await this.nets.init();
+  }
+
   async close(): Promise<void> {
     await this.proxy.close();
   }

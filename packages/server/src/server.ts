@@ -106,6 +106,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const claims = new ClaimController(store, sandboxes, templates, pools, logger);
   // Level-triggered backstop for the event-driven paths: refills after crashes, claims waiting for a template, expiry.
   const resync = async () => {
+    await network.ensureFirewall(logger);
     await pools.resync();
     await claims.resync();
   };
