@@ -7,7 +7,8 @@ import { createServer, request as httpRequest, type Server } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { networkKey } from '@moat/runtime';
+import { networkKey, run } from '@moat/runtime';
+import { until } from '../helpers/extensions.js';
 import WebSocket from 'ws';
 import { NS, TEST_NETWORK, sh, startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -221,6 +222,12 @@ describe('network isolation and the egress proxy', () => {
     assert.ok(seconds! >= 1.5, `600 kB at 200 kB/s took ${seconds} s`);
     const fast = await sh(server, 'agent', `curl -s --max-time 20 -o /dev/null -w '%{time_total}' http://allowed.test:${port}/big`);
     assert.ok(Number(fast.stdout) < 1, `without limits it is fast (${fast.stdout} s)`);
+  });
+
+  test('a host firewall flush is repaired: the table comes back and isolation holds', async () => {
+    await run('nft', ['delete', 'table', 'inet', TEST_NETWORK.name]);
+    await until('the firewall table to be back', async () => ((await run('nft', ['list', 'table', 'inet', TEST_NETWORK.name], { allowFail: true })).code === 0 ? true : undefined), 10_000);
+    assert.equal(await tcpOpen(server, 'agent', TEST_NETWORK.serviceAddress, hostPort), 'closed');
   });
 });
 
