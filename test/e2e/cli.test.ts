@@ -192,5 +192,22 @@ spec:
     r = await moat(['delete', 'pool', 'python-warmpool']);
     assert.equal(r.code, 0, r.stderr);
   });
+
+  test('sandbox create --template claims a sandbox; deleting the sandbox deletes its claim', async () => {
+    let r = await moat(['sandbox', 'create', '--template', 'base', '--name', 'from-tpl', '-e', 'A=1']);
+    assert.equal(r.code, 1, 'base does not let claims set env');
+    assert.match(r.stderr, /envVarsInjectionPolicy/);
+    r = await moat(['sandbox', 'create', '--template', 'base', '--name', 'from-tpl']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'from-tpl\n');
+    assert.equal((await moat(['exec', 'from-tpl', '--', 'hostname'])).stdout, 'from-tpl\n');
+    assert.match((await moat(['get', 'claim', 'from-tpl'])).stdout, /from-tpl\s+base\s+from-tpl\s+True/);
+    r = await moat(['sandbox', 'create', '--template', 'base', '--cpu', '2']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /resources cannot be combined with template "base"/);
+    r = await moat(['sandbox', 'delete', 'from-tpl']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await moat(['get', 'claim', 'from-tpl'])).code, 1);
+  });
 });
 

@@ -115,15 +115,18 @@ test('a sandbox that fails to start is named in the error', async () => {
 
 test('sandbox delete carries on after a failure and exits 1', async () => {
   const s = await server((req, _b, url) => {
-    if (req.method !== 'DELETE') return;
-    if (url.pathname.endsWith('/gone')) return { status: 404, body: status(404, 'NotFound', 'sandbox "gone" not found in namespace "default"') };
-    return { status: 200, body: sandbox(url.pathname.split('/').at(-1)!, { phase: 'Terminating' }) };
+    const name = url.pathname.split('/').at(-1)!;
+    if (name === 'gone') return { status: 404, body: status(404, 'NotFound', 'sandbox "gone" not found in namespace "default"') };
+    if (req.method === 'GET') return { status: 200, body: sandbox(name) };
+    if (req.method === 'DELETE') return { status: 200, body: sandbox(name, { phase: 'Terminating' }) };
   });
   const r = await run(['sandbox', 'delete', 'a', 'gone', 'b'], { env: s.env });
   assert.equal(r.code, 1);
   assert.equal(r.stdout, 'sandbox "a" deleted\nsandbox "b" deleted\n');
   assert.equal(r.stderr, 'error: sandbox "gone" not found in namespace "default"\n');
-  assert.equal(s.requests[0].url.searchParams.get('wait'), 'true');
+  const deletes = s.requests.filter((q) => q.method === 'DELETE');
+  assert.deepEqual(deletes.map((q) => q.url.pathname.split('/').at(-1)), ['a', 'b']);
+  assert.equal(deletes[0].url.searchParams.get('wait'), 'true');
   const ignoring = await run(['delete', 'sandbox', 'gone', '--ignore-not-found'], { env: s.env });
   assert.equal(ignoring.code, 0);
 });

@@ -28,7 +28,8 @@ export interface CreateSandboxOptions {
 
 /** The SandboxClaim that asks for a sandbox from a template. */
 export function claimManifest(opts: CreateSandboxOptions & { template: string }): KubeObject {
-  const fromTemplate = (['image', 'runtime', 'resources', 'command'] as const).filter((k) => opts[k] !== undefined);
+  const given = (v: unknown) => v !== undefined && !(typeof v === 'object' && v !== null && Object.values(v).every((x) => x === undefined));
+  const fromTemplate = (['image', 'runtime', 'resources', 'command'] as const).filter((k) => given(opts[k]));
   if (fromTemplate.length) {
     throw new MoatError(0, 'BadRequest', `${fromTemplate.join(', ')} cannot be combined with template "${opts.template}": the template decides them`);
   }

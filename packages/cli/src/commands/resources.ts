@@ -50,10 +50,12 @@ export async function deleteObjects(
   ctx: Context,
   targets: { kind: ResourceKind; name: string; namespace?: string }[],
   opts: { wait?: boolean; ignoreNotFound?: boolean },
+  /** How to delete one; default: DELETE on the object itself. */
+  remove?: (t: { kind: ResourceKind; name: string; namespace?: string }) => Promise<unknown>,
 ): Promise<void> {
   for (const t of targets) {
     try {
-      await (await client(ctx, t.kind, t.namespace)).delete(t.name, { wait: opts.wait });
+      await (remove ? remove(t) : (await client(ctx, t.kind, t.namespace)).delete(t.name, { wait: opts.wait }));
       ctx.out(`${t.kind.singular} "${t.name}" deleted\n`);
     } catch (err) {
       if (opts.ignoreNotFound && err instanceof MoatError && err.status === 404) continue;

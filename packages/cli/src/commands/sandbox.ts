@@ -80,17 +80,19 @@ export function registerSandbox(program: Command, ctx: Context): void {
   sandbox
     .command('delete')
     .alias('rm')
-    .description('delete sandboxes (waits until they are gone)')
+    .description('delete sandboxes (waits until they are gone); a claimed sandbox goes with its claim')
     .argument('<names...>')
     .option('--no-wait', 'return without waiting for the sandboxes to be gone')
     .option('--ignore-not-found', 'treat "not found" as success')
-    .action((names: string[], opts: { wait: boolean; ignoreNotFound?: boolean }) =>
-      deleteObjects(
+    .action(async (names: string[], opts: { wait: boolean; ignoreNotFound?: boolean }) => {
+      const moat = await ctx.moat();
+      await deleteObjects(
         ctx,
         names.map((name) => ({ kind: SANDBOX_KIND, name })),
         opts,
-      ),
-    );
+        (t) => moat.sandboxes.delete(t.name, { wait: opts.wait }),
+      );
+    });
 
   sandbox
     .command('logs')
