@@ -10,9 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Host packages: the OCI runtime, the image builder, disks for sandbox limits, sandbox networks
+# Host packages: the OCI runtimes (runc, gVisor's runsc), the image builder, disks for sandbox limits, sandbox networks
 # (namespaces, veths, the nftables firewall), a C toolchain for moat-init; curl for the network tests.
-packages=(runc mmdebstrap debian-archive-keyring e2fsprogs mount tar ca-certificates iproute2 nftables gcc make libc6-dev curl)
+packages=(runc runsc mmdebstrap debian-archive-keyring e2fsprogs mount tar ca-certificates iproute2 nftables gcc make libc6-dev curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,8 +7,16 @@ import { defaultDataDir, startServer, type NetworkOptions, type RunningServer } 
 /** The image cache shared by every test server, so `base` is built once per machine (as `moat up` does). */
 export const sharedImagesDir = () => process.env.MOAT_IMAGES_DIR ?? join(defaultDataDir(), 'images');
 
-/** Test servers' own network names and range, so a Moat server on this machine is never disturbed. */
-export const TEST_NETWORK = { name: 'moate2e', ifPrefix: 'me', subnet: '10.234.0.0/16', serviceAddress: '10.234.0.1', proxyPort: 13128 };
+/**
+ * Test servers' own network names and range, so a Moat server on this machine is never disturbed.
+ * MOAT_TEST_NET=1..9 picks another set, so two test runs on one machine do not share a firewall table.
+ */
+export const TEST_NETWORK = testNetwork(Number(process.env.MOAT_TEST_NET ?? 0));
+
+function testNetwork(i: number) {
+  if (!Number.isInteger(i) || i < 0 || i > 9) throw new Error(`MOAT_TEST_NET must be 0-9, not ${process.env.MOAT_TEST_NET}`);
+  return { name: `moate2e${i || ''}`, ifPrefix: `m${'efgijklnop'[i]}`, subnet: `10.${234 + i}.0.0/16`, serviceAddress: `10.${234 + i}.0.1`, proxyPort: 13128 + i };
+}
 
 export interface TestServer extends RunningServer {
   /** fetch against the server with the admin key. */

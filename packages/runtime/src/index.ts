@@ -2,6 +2,7 @@ export * from './agent/index.js';
 export * from './cgroups.js';
 export * from './drivers/types.js';
 export * from './drivers/runc.js';
+export * from './drivers/gvisor.js';
 export * from './images/catalog.js';
 export * from './images/store.js';
 export * from './oci/spec.js';

@@ -2,7 +2,7 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { DEFAULT_IMAGE, ImageStore, OciDriver, defaultHostnameHelper, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
+import { DEFAULT_IMAGE, GvisorDriver, ImageStore, OciDriver, defaultHostnameHelper, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
 import { buildApp } from './api/app.js';
 import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
@@ -68,7 +68,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const say = opts.log ?? (() => {});
   const dataDir = opts.dataDir ?? defaultDataDir();
   // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
-  for (const d of ['', 'sandboxes', 'runtime/runc']) {
+  for (const d of ['', 'sandboxes', 'sandboxes-gvisor', 'runtime/runc', 'runtime/gvisor']) {
     await mkdir(join(dataDir, d), { recursive: true, mode: 0o711 });
     await chmod(join(dataDir, d), 0o711);
   }
@@ -78,9 +78,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
 
   const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
+  // gVisor keeps its own sandboxes and state dirs: each driver's listIds (orphan cleanup) must see only its own.
+  const gvisor = new GvisorDriver({ sandboxesDir: join(dataDir, 'sandboxes-gvisor'), stateDir: join(dataDir, 'runtime', 'gvisor'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
   const available = new Map<string, RuntimeDriver>();
   const runtimes: ApiContext['runtimes'] = {};
-  for (const driver of [runc] as RuntimeDriver[]) {
+  for (const driver of [runc, gvisor] as RuntimeDriver[]) {
     try {
       await driver.check();
       available.set(driver.name, driver);
@@ -90,7 +92,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       say(`warning: runtime ${driver.name} unavailable: ${(err as Error).message}`);
     }
   }
-  for (const name of ['gvisor', 'microvm']) runtimes[name] ??= { available: false, reason: 'not implemented yet in this version of Moat' };
+  for (const name of ['microvm']) runtimes[name] ??= { available: false, reason: 'not implemented yet in this version of Moat' };
   const drivers: Drivers = {
     get: (name) => available.get(name),
     unavailable: (name) => (available.has(name) ? undefined : (runtimes[name]?.reason ?? 'unknown runtime')),
