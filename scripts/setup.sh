@@ -11,8 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Host packages: the OCI runtimes (runc, gVisor's runsc), the image builder, disks for sandbox limits, sandbox networks
-# (namespaces, veths, the nftables firewall), a C toolchain for moat-init; curl for the network tests.
-packages=(runc runsc mmdebstrap debian-archive-keyring e2fsprogs mount tar ca-certificates iproute2 nftables gcc make libc6-dev curl)
+# (namespaces, veths, the nftables firewall), a C toolchain for moat-init; curl for the network tests;
+# for microVMs: QEMU, busybox-static and cpio for the guest's initramfs, socat for the agent relay, kmod to
+# resolve the guest kernel's modules (the kernel itself is downloaded by apt on first use, not installed).
+packages=(runc runsc qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount tar ca-certificates iproute2 nftables gcc make libc6-dev curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +30,12 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# The published E2B SDKs the compatibility tests drive (pinned there, apart from the root workspace).
+if [ ! -f test/e2b/node_modules/.package-lock.json ] || [ test/e2b/package-lock.json -nt test/e2b/node_modules/.package-lock.json ]; then
+  say "installing the e2b SDKs for test/e2b (npm ci)"
+  npm ci --prefix test/e2b --no-audit --no-fund --loglevel=error
+fi
+
 say "building"
 make -s -C packages/agent
 node_modules/.bin/tsc -b
@@ -39,4 +47,5 @@ fi
 
 if [ "${1:-}" = "--images" ]; then
   node packages/cli/dist/main.js images build base
+  node packages/cli/dist/main.js images build code-interpreter
 fi

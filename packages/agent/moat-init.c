@@ -2,7 +2,12 @@
  * moat-init: PID 1 and exec/file agent of every Moat sandbox.
  * The wire protocol is specified in docs/agent-protocol.md.
  *
- *   moat-init [--socket PATH] [--] [CMD ARGS...]
+ *   moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]
+ *
+ * In a microVM (packages/guest) the agent listens on TCP on the VM's private
+ * control link instead of a unix socket, and the main command comes from
+ * --main-file (written by the guest's boot script from the host's config):
+ * NUL-separated fields "cwd", then argv, an empty field, then the environment.
  *
  * Process layout:
  *
@@ -25,6 +30,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -1926,6 +1932,8 @@ static __attribute__((noreturn)) void handler_main(int sock)
 /* ------------------------------------------------------------------------ */
 
 static const char *sock_path = DEFAULT_SOCKET;
+static const char *listen_tcp, *main_file;
+static const char *main_cwd;
 static int lfd = -1, sfd = -1;
 static pid_t main_pid;
 static int exit_code;
@@ -1997,7 +2005,8 @@ static void begin_shutdown(int sig)
 	if (!shutting_down && lfd >= 0) {
 		close(lfd);
 		lfd = -1;
-		unlink(sock_path);
+		if (!listen_tcp)
+			unlink(sock_path);
 	}
 	shutting_down = 1;
 }
@@ -2052,8 +2061,92 @@ static void accept_all(void)
 			nanosleep(&ts, NULL);
 			return;
 		}
+		if (listen_tcp) {
+			/* Frames are small and answered one by one: never wait for Nagle. */
+			int one = 1;
+			setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		}
 		spawn_handler(c);
 	}
+}
+
+static int listen_tcp_socket(const char *spec)
+{
+	char host[64];
+	const char *colon = strrchr(spec, ':');
+	struct sockaddr_in addr = { .sin_family = AF_INET };
+	char *end;
+	unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+	if (!colon || (size_t)(colon - spec) >= sizeof host || !port || port > 65535 || *end) {
+		logmsg("--listen-tcp wants IPV4:PORT, not %s", spec);
+		return -1;
+	}
+	memcpy(host, spec, colon - spec);
+	host[colon - spec] = 0;
+	if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+		logmsg("--listen-tcp: bad address %s", host);
+		return -1;
+	}
+	addr.sin_port = htons(port);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), one = 1;
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+	    bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(fd, 1024) < 0) {
+		logmsg("listen on %s: %s", spec, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Reads --main-file: "cwd\0arg0\0arg1\0...\0\0KEY=VAL\0...". Sets main_cwd
+ * and environ; returns argv. The file comes from the host through the guest's
+ * boot script, so a malformed one is an error, never a guess.
+ */
+static char **read_main_file(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		logmsg("%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	char *buf = NULL;
+	size_t cap = 0, len = 0;
+	for (;;) {
+		if (len == cap && !(buf = realloc(buf, cap = cap ? cap * 2 : 4096)))
+			return NULL;
+		size_t n = fread(buf + len, 1, cap - len, f);
+		if (!n)
+			break;
+		len += n;
+	}
+	fclose(f);
+	if (!len || buf[len - 1]) {
+		logmsg("%s: not NUL-terminated", path);
+		return NULL;
+	}
+	size_t fields = 0;
+	for (size_t k = 0; k < len; k++)
+		fields += !buf[k];
+	char **v = calloc(fields + 2, sizeof *v);
+	if (!v)
+		return NULL;
+	size_t nv = 0;
+	for (size_t k = 0; k < len; k += strlen(buf + k) + 1)
+		v[nv++] = buf + k;
+	/* v: cwd, argv..., "", env... */
+	size_t sep = 1;
+	while (sep < nv && *v[sep])
+		sep++;
+	if (sep == 1 || sep == nv) {
+		logmsg("%s: needs a cwd, a command and an empty field before the environment", path);
+		return NULL;
+	}
+	main_cwd = v[0];
+	v[sep] = NULL;
+	environ = v + sep + 1;
+	return v + 1;
 }
 
 static int listen_socket(const char *path)
@@ -2099,6 +2192,10 @@ static pid_t start_main(char **cmd)
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		signal(SIGPIPE, SIG_DFL);
+		if (main_cwd && chdir(main_cwd) < 0) {
+			logmsg("cannot enter %s: %s", main_cwd, strerror(errno));
+			_exit(126);
+		}
 		execvp(cmd[0], cmd);
 		int e = errno;
 		logmsg("cannot execute %s: %s", cmd[0], strerror(e));
@@ -2111,7 +2208,7 @@ static pid_t start_main(char **cmd)
 
 static void usage(int code)
 {
-	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH] [--] [CMD ARGS...]\n");
+	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]\n");
 	exit(code);
 }
 
@@ -2129,6 +2226,11 @@ int main(int argc, char **argv)
 			sock_path = argv[++i];
 		} else if (strncmp(argv[i], "--socket=", 9) == 0) {
 			sock_path = argv[i] + 9;
+		} else if (strcmp(argv[i], "--listen-tcp") == 0 || strcmp(argv[i], "--main-file") == 0) {
+			if (i + 1 >= argc)
+				usage(2);
+			*(argv[i][2] == 'l' ? &listen_tcp : &main_file) = argv[i + 1];
+			i++;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			usage(0);
 		} else if (argv[i][0] == '-' && argv[i][1]) {
@@ -2139,6 +2241,8 @@ int main(int argc, char **argv)
 		}
 	}
 	char **cmd = i < argc ? argv + i : NULL;
+	if (main_file && !(cmd = read_main_file(main_file)))
+		return 1;
 
 	/* fds 0-2 must be taken, or a pipe could land on them and dup2 would not clear its CLOEXEC. */
 	for (int fd = 0; fd < 3; fd++)
@@ -2161,7 +2265,7 @@ int main(int argc, char **argv)
 	if (getpid() != 1)
 		prctl(PR_SET_CHILD_SUBREAPER, 1);
 
-	lfd = listen_socket(sock_path);
+	lfd = listen_tcp ? listen_tcp_socket(listen_tcp) : listen_socket(sock_path);
 	if (lfd < 0)
 		return 1;
 	if (cmd)

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { runProcess } from '../helpers/run-process.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
 const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
@@ -24,16 +24,8 @@ describe('moat CLI against a real server', () => {
 
   /** Run the built CLI as a user would; resolves with its output and exit code. */
   function moat(args: string[], opts: { input?: string | Buffer; env?: Record<string, string>; via?: string[] } = {}) {
-    return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      const [cmd, ...pre] = opts.via ?? [process.execPath, CLI];
-      const child = spawn(cmd!, [...pre, ...args], { env: { ...env, ...opts.env }, cwd: work });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d) => (stdout += d));
-      child.stderr.on('data', (d) => (stderr += d));
-      child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-      child.stdin.end(opts.input ?? '');
-    });
+    const [cmd, ...pre] = opts.via ?? [process.execPath, CLI];
+    return runProcess(cmd!, [...pre, ...args], { env: { ...env, ...opts.env }, cwd: work, input: opts.input });
   }
 
   test('sandbox create blocks until Ready and prints the name', async () => {
@@ -161,7 +153,7 @@ spec:
     r = await moat(['get', 'claims']);
     assert.match(r.stdout, /my-secure-sandbox\s+my-secure-sandbox\s+True\s/);
     r = await moat(['get', 'templates', '-o', 'name']);
-    assert.match(r.stdout, /sandboxtemplate\/base\nsandboxtemplate\/python-runtime\nsandboxtemplate\/secure-datascience-template\n/);
+    assert.match(r.stdout, /sandboxtemplate\/base\nsandboxtemplate\/code-interpreter\nsandboxtemplate\/python-runtime\nsandboxtemplate\/secure-datascience-template\n/);
 
     // Scaling through apply reconciles the pool.
     const scaled = (await readFile(join(examples, 'sandbox.yaml'), 'utf8')).replace('replicas: 1', 'replicas: 2');

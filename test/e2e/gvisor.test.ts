@@ -42,6 +42,7 @@ async function createGvisor(server: TestServer, name: string, extra: Parameters<
 const runsc = (server: TestServer, ...args: string[]) =>
   run('runsc', ['--root', join(server.dataDir, 'runtime', 'gvisor'), '--platform=ptrace', ...args], { allowFail: true });
 
+/** gVisor's own mechanisms; exec, files, limits and isolation common to all runtimes are in sandbox-lifecycle and isolation. */
 describe('gvisor runtime class', () => {
   let server: TestServer;
   let uid: string;
@@ -61,28 +62,6 @@ describe('gvisor runtime class', () => {
     assert.equal((JSON.parse(st.stdout) as { status: string }).status, 'running');
     assert.ok(existsSync(join(server.dataDir, 'sandboxes-gvisor', uid)));
     assert.ok(!existsSync(join(server.dataDir, 'sandboxes', uid)), "not in runc's sandboxes dir");
-  });
-
-  test('exec: stdout, stderr, exit code, env, cwd, user and stdin', async () => {
-    const r = await sh(server, 'gv', 'echo "$GREETING $(pwd) $(id -un)"; echo err >&2; cat; exit 3', { cwd: '/tmp', user: 'user', stdin: 'from-stdin' });
-    assert.equal(r.stdout, 'hi /tmp user\nfrom-stdin');
-    assert.equal(r.stderr, 'err\n');
-    assert.equal(r.exit!.exitCode, 3);
-    const missing = await execApi(server, 'gv', { command: ['/no/such/program'] });
-    assert.equal(missing.exit!.reason, 'NotFound');
-  });
-
-  test('files: write, read, list', async () => {
-    const base = `${NS}/gv/files`;
-    const data = Buffer.from([0, 1, 2, 255, 10, 13]);
-    let res = await server.api(`${base}/content?path=/workspace/a/b.bin`, { method: 'PUT', body: data, headers: { 'content-type': 'application/octet-stream' } });
-    assert.equal(res.status, 200, await res.clone().text());
-    res = await server.api(`${base}/content?path=/workspace/a/b.bin`);
-    assert.deepEqual(Buffer.from(await res.arrayBuffer()), data);
-    res = await server.api(`${base}/list?path=/workspace/a`);
-    assert.deepEqual(((await res.json()) as any).items.map((e: any) => [e.name, e.type]), [['b.bin', 'file']]);
-    const r = await sh(server, 'gv', 'python3 -c "import os, pwd; s = os.stat(\'/workspace/a/b.bin\'); print(s.st_size, pwd.getpwuid(s.st_uid).pw_name, os.listdir(\'/workspace/a\'))"');
-    assert.equal(r.stdout, "6 root ['b.bin']\n", r.stderr);
   });
 
   test("the kernel is gVisor's, not the host's", async () => {

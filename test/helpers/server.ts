@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -61,7 +62,7 @@ export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?:
 
 export const NS = '/apis/agents.x-k8s.io/v1alpha1/namespaces/default/sandboxes';
 
-export function sandboxBody(name: string, extra: { image?: string; command?: string[]; limits?: Record<string, string>; env?: Record<string, string>; labels?: Record<string, string> } = {}) {
+export function sandboxBody(name: string, extra: { image?: string; command?: string[]; limits?: Record<string, string>; env?: Record<string, string>; labels?: Record<string, string>; runtime?: string } = {}) {
   return {
     apiVersion: 'agents.x-k8s.io/v1alpha1',
     kind: 'Sandbox',
@@ -69,6 +70,7 @@ export function sandboxBody(name: string, extra: { image?: string; command?: str
     spec: {
       podTemplate: {
         spec: {
+          ...(extra.runtime ? { runtimeClassName: extra.runtime } : {}),
           containers: [
             {
               name: 'sandbox',
@@ -88,7 +90,8 @@ export function sandboxBody(name: string, extra: { image?: string; command?: str
 export async function createReady(server: TestServer, name: string, extra: Parameters<typeof sandboxBody>[1] = {}) {
   const res = await server.api(NS, { method: 'POST', json: sandboxBody(name, extra) });
   if (res.status !== 201) throw new Error(`create ${name}: ${res.status} ${await res.text()}`);
-  const wait = await server.api(`${NS}/${name}/wait?timeoutSeconds=120`);
+  // A microVM's first start on a machine downloads its kernel and boots a snapshot (minutes under emulation).
+  const wait = await server.api(`${NS}/${name}/wait?timeoutSeconds=${extra.runtime === 'microvm' ? 900 : 120}`);
   if (wait.status !== 200) throw new Error(`wait ${name}: ${wait.status} ${await wait.text()}`);
   return (await wait.json()) as { metadata: { uid: string; name: string }; status: Record<string, unknown> };
 }
@@ -111,3 +114,19 @@ export async function execApi(server: TestServer, name: string, body: Record<str
 
 export const sh = (server: TestServer, name: string, script: string, extra: Record<string, unknown> = {}) =>
   execApi(server, name, { command: ['/bin/sh', '-c', script], ...extra });
+
+/**
+ * The runtime classes the conformance suites run over: MOAT_TEST_RUNTIMES
+ * (comma-separated) or all of them. One whose program is not installed is
+ * skipped with that reason; CI installs all three.
+ */
+export function testRuntimes(): { runtime: string; skip: string | false }[] {
+  const names = (process.env.MOAT_TEST_RUNTIMES ?? 'runc,gvisor,microvm').split(',').filter(Boolean);
+  const program: Record<string, string> = { runc: 'runc', gvisor: 'runsc', microvm: 'qemu-system-x86_64' };
+  return names.map((runtime) => {
+    const bin = program[runtime];
+    if (!bin) throw new Error(`MOAT_TEST_RUNTIMES: unknown runtime ${runtime}`);
+    const found = spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;
+    return { runtime, skip: found ? false : `${bin} is not installed` };
+  });
+}

@@ -16,15 +16,15 @@ export function parseKeyValues(pairs: string[] | undefined, what: string): Recor
   return out;
 }
 
-const UNIT_SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
+const UNIT_SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
 
 /** Seconds from "90", "90s", "1m30s", "2h" or "500ms" (rounded up to whole seconds). */
 export function parseDuration(text: string, what = 'duration'): number {
   const s = text.trim();
   if (/^\d+(\.\d+)?$/.test(s)) return Math.ceil(Number(s));
-  const parts = [...s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
+  const parts = [...s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d)/g)];
   if (!parts.length || parts.map((p) => p[0]).join('') !== s) {
-    throw new CliError(`invalid ${what} "${text}": expected seconds or a duration like 30s, 2m, 1h`);
+    throw new CliError(`invalid ${what} "${text}": expected seconds or a duration like 30s, 2m, 1h, 7d`);
   }
   return Math.ceil(parts.reduce((sum, p) => sum + Number(p[1]) * UNIT_SECONDS[p[2]], 0));
 }

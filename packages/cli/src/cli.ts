@@ -1,14 +1,19 @@
 import { Command, CommanderError } from 'commander';
 import { createRequire } from 'node:module';
 import { registerApply } from './commands/apply.js';
+import { registerAudit } from './commands/audit.js';
 import { registerConfig } from './commands/config.js';
 import { registerCp } from './commands/cp.js';
 import { registerExec } from './commands/exec.js';
 import { registerFiles } from './commands/files.js';
 import { registerEgress } from './commands/egress.js';
+import { registerGateway } from './commands/gateway.js';
 import { registerGet } from './commands/get.js';
+import { registerIdentity } from './commands/identity.js';
 import { registerImages } from './commands/images.js';
+import { registerLogin } from './commands/login.js';
 import { registerSandbox } from './commands/sandbox.js';
+import { registerSecrets } from './commands/secrets.js';
 import { registerShell } from './commands/shell.js';
 import { registerUp } from './commands/up.js';
 import { registerWait } from './commands/wait.js';
@@ -29,6 +34,7 @@ export function buildProgram(ctx: Context): Command {
     .showHelpAfterError('(run with --help for usage)');
   registerUp(program, ctx);
   registerConfig(program, ctx);
+  registerLogin(program, ctx);
   registerSandbox(program, ctx);
   registerExec(program, ctx);
   registerShell(program, ctx);
@@ -39,6 +45,10 @@ export function buildProgram(ctx: Context): Command {
   registerEgress(program, ctx);
   registerWait(program, ctx);
   registerImages(program, ctx);
+  registerIdentity(program, ctx);
+  registerAudit(program, ctx);
+  registerSecrets(program, ctx);
+  registerGateway(program, ctx);
   return program;
 }
 

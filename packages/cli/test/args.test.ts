@@ -17,6 +17,7 @@ test('durations: bare seconds, units, compound, rounded up', () => {
   assert.equal(parseDuration('2m'), 120);
   assert.equal(parseDuration('1m30s'), 90);
   assert.equal(parseDuration('1h'), 3600);
+  assert.equal(parseDuration('30d'), 30 * 86400);
   assert.equal(parseDuration('1500ms'), 2);
   assert.equal(parseDuration('2.5'), 3);
   for (const bad of ['', 'abc', '10x', '5s garbage', '-1']) assert.throws(() => parseDuration(bad, '--timeout'), /invalid --timeout/);

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { EgressLimitsSchema, EgressPolicySchema } from './egress.js';
-import { EnvVarSchema, ObjectMetaSchema, PodTemplateSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
+import { EnvVarSchema, ObjectMetaSchema, PodTemplateSchema, SecretRefSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
 
 /**
  * SandboxTemplate, SandboxClaim and SandboxWarmPool, shaped like
@@ -27,6 +27,8 @@ export const SandboxTemplateSpecSchema = Type.Object(
     volumeClaimTemplatesPolicy: Type.Optional(Policy('Disallowed', 'Allowed', 'Overrides')),
     egressPolicy: Type.Optional(EgressPolicySchema),
     egressLimits: Type.Optional(EgressLimitsSchema),
+    /** Moat: as a sandbox's `spec.secrets`. */
+    secrets: Type.Optional(Type.Array(SecretRefSchema, { maxItems: 64 })),
     /** Moat: a sandbox made from this template is deleted this long after it was claimed, unless the claim says otherwise. */
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 366 * 86400 })),
     // Kubernetes network objects have no meaning on one host; accepted so the same YAML applies.

@@ -168,6 +168,14 @@ export const PodTemplateSchema = Type.Object(
   Strict,
 );
 
+export const SecretRefSchema = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 63 }),
+    exposeAsEnv: Type.Optional(Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-z_][A-Za-z0-9_]*$' })),
+  },
+  Strict,
+);
+
 export const SandboxSpecSchema = Type.Object(
   {
     podTemplate: PodTemplateSchema,
@@ -179,6 +187,11 @@ export const SandboxSpecSchema = Type.Object(
     egressPolicy: Type.Optional(EgressPolicySchema),
     /** Moat: this sandbox's share of the egress proxy. */
     egressLimits: Type.Optional(EgressLimitsSchema),
+    /**
+     * Moat: secrets of the namespace the gateway may use for this sandbox (never
+     * placed inside it); `exposeAsEnv` opts one into its environment, audited.
+     */
+    secrets: Type.Optional(Type.Array(SecretRefSchema, { maxItems: 64 })),
   },
   Strict,
 );

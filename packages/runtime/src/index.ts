@@ -12,3 +12,5 @@ export * from './userns.js';
 export * from './paths.js';
 export * from './net/index.js';
 export * from './hostname.js';
+export * from './drivers/microvm.js';
+export { ensureGuestBoot, type GuestBoot } from './vm/boot.js';

@@ -1,7 +1,11 @@
 import { MoatError } from './errors.js';
+import { AuditApi } from './audit.js';
+import { GatewayApi } from './gateway.js';
 import { HttpClient } from './http.js';
+import { AgentsApi, KeysApi, UsersApi, type Whoami } from './identity.js';
 import { ResourceClient } from './resources.js';
 import { Sandbox } from './sandbox.js';
+import { SecretsApi } from './secrets.js';
 import { claimManifest, sandboxManifest, type CreateSandboxOptions } from './spec.js';
 import { EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Health, type Image, type KubeObject, type SandboxResource } from './types.js';
 
@@ -29,7 +33,16 @@ export class Moat {
   readonly templates: ResourceClient;
   readonly claims: ResourceClient;
   readonly warmPools: ResourceClient;
+  readonly users: UsersApi;
+  readonly agents: AgentsApi;
+  readonly keys: KeysApi;
+  readonly audit: AuditApi;
+  /** Secrets of this client's namespace. */
+  readonly secrets: SecretsApi;
+  /** API gateway settings and usage of this client's namespace. */
+  readonly gateway: GatewayApi;
   private readonly http: HttpClient;
+  private me?: Promise<Whoami>;
 
   constructor(opts: MoatOptions = {}) {
     const url = (opts.url ?? process.env.MOAT_URL ?? DEFAULT_URL).replace(/\/+$/, '');
@@ -46,6 +59,22 @@ export class Moat {
     this.warmPools = this.resources(EXTENSIONS_API_VERSION, 'sandboxwarmpools');
     this.sandboxes = new SandboxesApi(this.http, this.resources<SandboxResource>(SANDBOX_API_VERSION, 'sandboxes'), this.claims);
     this.images = new ImagesApi(this.http);
+    this.users = new UsersApi(this.http);
+    // Asked once; a failure is not remembered, so the next call tries again.
+    const me = () => (this.me ??= this.whoami().catch((err: unknown) => {
+      this.me = undefined;
+      throw err;
+    }));
+    this.agents = new AgentsApi(this.http, me);
+    this.keys = new KeysApi(this.http, me);
+    this.audit = new AuditApi(this.http);
+    this.secrets = new SecretsApi(this.http, this.namespace);
+    this.gateway = new GatewayApi(this.http, this.namespace);
+  }
+
+  /** The user, role, agent and namespaces of this client's key. */
+  whoami(): Promise<Whoami> {
+    return this.http.json<Whoami>('GET', `/apis/${MOAT_API_VERSION}/whoami`);
   }
 
   /** A generic client for any namespaced collection `/apis/{apiVersion}/namespaces/{ns}/{plural}`. */

@@ -1,5 +1,9 @@
 export { Moat, SandboxesApi, ImagesApi, DEFAULT_URL, type MoatOptions } from './client.js';
 export { Sandbox } from './sandbox.js';
+export { SecretsApi, type SecretInfo } from './secrets.js';
+export { GatewayApi, type GatewayConfig, type GatewayProvider, type GatewayUsage } from './gateway.js';
+export { AuditApi, type AuditEvent, type AuditFilter, type AuditVerifyReport } from './audit.js';
+export { UsersApi, AgentsApi, KeysApi, type Role, type Quota, type Whoami, type User, type Agent, type ApiKeyInfo, type NewApiKey } from './identity.js';
 export { Files, type FileOptions } from './files.js';
 export { Process, type SpawnOptions } from './spawn.js';
 export { ResourceClient, type WaitOptions } from './resources.js';

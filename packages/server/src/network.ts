@@ -15,6 +15,8 @@ export interface NetworkOptions {
   ifPrefix?: string;
   /** Default 3128. */
   proxyPort?: number;
+  /** The API gateway's port on the service address. Default: the proxy's port + 1. */
+  gatewayPort?: number;
   /** Operator-trusted name → address map for the proxy (like /etc/hosts); `MOAT_EGRESS_HOSTS=name=addr,...` too. */
   pinnedHosts?: Record<string, string>;
   /** Name resolution for the proxy; the system resolver by default (tests inject one). */
@@ -43,17 +45,22 @@ export class Networking {
     private readonly store: Store,
   ) {}
 
-  static async start(opts: NetworkOptions, store: Store, log: Logger): Promise<Networking> {
+  /** `audit` sees every egress decision after it is stored. */
+  static async start(opts: NetworkOptions, store: Store, log: Logger, audit: (record: EgressRecord) => Promise<void>): Promise<Networking> {
     const port = opts.proxyPort ?? 3128;
-    const nets = new SandboxNetworks({ servicePorts: [port], subnet: opts.subnet, serviceAddress: opts.serviceAddress, name: opts.name, ifPrefix: opts.ifPrefix });
+    const nets = new SandboxNetworks({ servicePorts: [port, gatewayPort(opts)], subnet: opts.subnet, serviceAddress: opts.serviceAddress, name: opts.name, ifPrefix: opts.ifPrefix });
     await nets.init();
     let self: Networking | undefined;
     const proxy = await EgressProxy.start({
       host: nets.serviceAddress,
       port,
       identify: (address) => self?.identify(address),
-      onDecision: (record: EgressRecord) => void store.addEgress(record).catch((err: unknown) => log.error({ err }, 'could not record an egress decision')),
-      pinnedHosts: { ...pinnedFromEnv(), ...opts.pinnedHosts },
+      onDecision: (record: EgressRecord) =>
+        void store
+          .addEgress(record)
+          .then(() => audit(record))
+          .catch((err: unknown) => log.error({ err }, 'could not record an egress decision')),
+      pinnedHosts: pinnedHosts(opts),
       ...(opts.lookup ? { lookup: opts.lookup } : {}),
       ...(opts.defaultLimits ? { defaultLimits: opts.defaultLimits } : {}),
     });
@@ -64,6 +71,16 @@ export class Networking {
 
   get proxyUrl(): string {
     return this.proxy.url;
+  }
+
+  /** Where sandboxes reach the egress proxy and the API gateway. */
+  get serviceAddress(): string {
+    return this.nets.serviceAddress;
+  }
+
+  /** The uid of the sandbox that holds this address, if one does. */
+  sandboxAt(address: string): string | undefined {
+    return this.byAddress.get(address);
   }
 
   /** Where a sandbox's namespace is, known before it exists. */
@@ -139,6 +156,11 @@ export class Networking {
 export function proxyEnv(url: string): Record<string, string> {
   return { HTTP_PROXY: url, HTTPS_PROXY: url, http_proxy: url, https_proxy: url, NO_PROXY: 'localhost,127.0.0.1', no_proxy: 'localhost,127.0.0.1' };
 }
+
+export const gatewayPort = (opts: NetworkOptions) => opts.gatewayPort ?? (opts.proxyPort ?? 3128) + 1;
+
+/** Operator-trusted name → address pins, for the egress proxy and the API gateway's upstreams. */
+export const pinnedHosts = (opts: NetworkOptions): Record<string, string> => ({ ...pinnedFromEnv(), ...opts.pinnedHosts });
 
 /** `MOAT_EGRESS_HOSTS=api.internal=10.1.2.3,pypi.mirror=10.1.2.4` */
 function pinnedFromEnv(): Record<string, string> {

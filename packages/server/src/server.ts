@@ -2,19 +2,32 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { DEFAULT_IMAGE, GvisorDriver, ImageStore, OciDriver, defaultHostnameHelper, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
+import { DEFAULT_IMAGE, GvisorDriver, ImageStore, MicrovmDriver, OciDriver, defaultHostnameHelper, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
 import { buildApp } from './api/app.js';
+import { auditEgress } from './audit/egress.js';
+import { AuditLog } from './audit/log.js';
+import { CheckpointSigner } from './audit/signing.js';
 import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
+import { templateAliases } from './e2b/index.js';
 import { ClaimController } from './controllers/claims.js';
 import { WarmPoolController } from './controllers/pools.js';
 import { SandboxController, type Drivers } from './controllers/sandboxes.js';
 import { TemplateController } from './controllers/templates.js';
-import { Networking, type NetworkOptions } from './network.js';
+import { BOOTSTRAP_ADMIN, Identity } from './identity/identity.js';
+import { Quotas } from './identity/quotas.js';
+import { tenancy } from './identity/tenancy.js';
+import { GatewayService } from './gateway/service.js';
+import { SandboxTokens } from './gateway/tokens.js';
+import { Networking, gatewayPort, pinnedHosts, type NetworkOptions } from './network.js';
+import { Keyring } from './secrets/keyring.js';
+import { Secrets } from './secrets/secrets.js';
 import { Store } from './store/store.js';
 
 export const VERSION = '0.1.0';
 export const DEFAULT_PORT = 6628;
+/** Sandbox tokens live this long; every exec gets a fresh one. */
+const SANDBOX_TOKEN_TTL_SECONDS = 3600;
 
 export interface ServerOptions {
   port?: number;
@@ -33,6 +46,8 @@ export interface ServerOptions {
   network?: NetworkOptions;
   /** Sandbox ports answer at `<port>-<sandbox uid>.<portDomain>` (default $MOAT_PORT_DOMAIN or sandbox.localhost). */
   portDomain?: string;
+  /** E2B template names → Moat templates (default $MOAT_E2B_TEMPLATES, `name=template,...`); see docs/e2b.md. */
+  e2bTemplates?: Record<string, string>;
 }
 
 export interface RunningServer {
@@ -48,11 +63,12 @@ export function defaultDataDir(): string {
 }
 
 /** The admin key is created on first start and kept (0600) in the data dir so later starts can print it again. */
-async function adminKey(store: Store, dataDir: string): Promise<string> {
+async function adminKey(store: Store, identity: Identity, dataDir: string): Promise<string> {
+  await identity.ensureBootstrapAdmin();
   const file = join(dataDir, 'admin-key');
   const saved = (await readFile(file, 'utf8').catch(() => '')).trim();
   if (saved) return saved;
-  const { key } = await createApiKey(store, { name: 'admin (first start)', user: 'admin', role: 'admin' });
+  const { key } = await createApiKey(store, { name: 'admin (first start)', user: BOOTSTRAP_ADMIN });
   await writeFile(file, key + '\n', { mode: 0o600 });
   await chmod(file, 0o600);
   return key;
@@ -75,14 +91,23 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const logger = opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
   const store = await Store.open(join(dataDir, 'moat.db'));
+  const identity = new Identity(store);
+  const audit = await AuditLog.open(store, await CheckpointSigner.open(join(dataDir, 'audit-signing.pem')), logger);
+  const keyring = await Keyring.load(dataDir);
+  const secrets = new Secrets(store, keyring, audit);
+  // Finishes a rotation a crash interrupted, or a restart with a new MOAT_MASTER_KEY.
+  await secrets.reseal();
+  await keyring.retire();
   const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
 
   const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
   // gVisor keeps its own sandboxes and state dirs: each driver's listIds (orphan cleanup) must see only its own.
   const gvisor = new GvisorDriver({ sandboxesDir: join(dataDir, 'sandboxes-gvisor'), stateDir: join(dataDir, 'runtime', 'gvisor'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
+  // MicroVM kernels, image disks and snapshots are per host, not per server: kept beside the image cache.
+  const microvm = new MicrovmDriver({ sandboxesDir: join(dataDir, 'sandboxes-microvm'), cacheDir: join(images.dir, 'microvm'), initBinary: defaultInitBinary(), progress: (l) => say(`microvm: ${l}`) });
   const available = new Map<string, RuntimeDriver>();
   const runtimes: ApiContext['runtimes'] = {};
-  for (const driver of [runc, gvisor] as RuntimeDriver[]) {
+  for (const driver of [runc, gvisor, microvm] as RuntimeDriver[]) {
     try {
       await driver.check();
       available.set(driver.name, driver);
@@ -92,7 +117,16 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       say(`warning: runtime ${driver.name} unavailable: ${(err as Error).message}`);
     }
   }
-  for (const name of ['microvm']) runtimes[name] ??= { available: false, reason: 'not implemented yet in this version of Moat' };
+  // The first start downloads the guest kernel and probes KVM: in the background, so the API is up meanwhile.
+  if (available.has('microvm')) {
+    microvm.prepare().then(
+      async () => {
+        const warning = await microvm.degraded();
+        if (warning) runtimes.microvm = { available: true, warning };
+      },
+      (err: Error) => say(`warning: microvm: ${err.message}`),
+    );
+  }
   const drivers: Drivers = {
     get: (name) => available.get(name),
     unavailable: (name) => (available.has(name) ? undefined : (runtimes[name]?.reason ?? 'unknown runtime')),
@@ -100,8 +134,21 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
 
   if (opts.prepareDefaultImage ?? true) await images.ensure(DEFAULT_IMAGE, say);
 
-  const network = await Networking.start(opts.network ?? {}, store, logger);
-  const sandboxes = new SandboxController(store, images, drivers, network, logger);
+  const network = await Networking.start(opts.network ?? {}, store, logger, (r) => auditEgress(audit, identity, r));
+  const gateway = await GatewayService.start({
+    store,
+    network,
+    tokens: await SandboxTokens.open(join(dataDir, 'sandbox-token.key'), SANDBOX_TOKEN_TTL_SECONDS),
+    secrets,
+    identity,
+    audit,
+    log: logger,
+    port: gatewayPort(opts.network ?? {}),
+    pinnedHosts: pinnedHosts(opts.network ?? {}),
+    ...(opts.network?.lookup ? { lookup: opts.network.lookup } : {}),
+  });
+  const tenants = tenancy(identity, new Quotas(store, identity), secrets, gateway);
+  const sandboxes = new SandboxController(store, images, drivers, network, logger, tenants);
   await sandboxes.recover();
   const templates = new TemplateController(store, sandboxes);
   const pools = new WarmPoolController(store, sandboxes, templates, logger);
@@ -111,6 +158,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     await network.ensureFirewall(logger);
     await pools.resync();
     await claims.resync();
+    await gateway.refreshTokenFiles(sandboxes);
+    await audit.flushIfStale();
   };
   await resync();
   let inflight: Promise<void> | undefined;
@@ -122,6 +171,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
 
   const ctx: ApiContext = {
     store,
+    identity,
+    audit,
+    secrets,
+    tenancy: tenants,
     images,
     sandboxes,
     templates,
@@ -131,13 +184,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     version: VERSION,
     runtimes,
     portDomain: opts.portDomain ?? process.env.MOAT_PORT_DOMAIN ?? 'sandbox.localhost',
+    e2bTemplates: opts.e2bTemplates ?? templateAliases(),
   };
   const app = await buildApp(ctx, logger);
   const host = opts.host ?? '127.0.0.1';
   await app.listen({ port: opts.port ?? DEFAULT_PORT, host });
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-  const key = await adminKey(store, dataDir);
+  const key = await adminKey(store, identity, dataDir);
   return {
     url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
     adminKey: key,
@@ -147,7 +201,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       await app.close();
       await inflight;
       await sandboxes.stop();
+      await gateway.close();
       await network.close();
+      await audit.flush();
       await store.close();
     },
   };

@@ -42,4 +42,6 @@ export interface RuntimeDriver {
   agent(id: string): AgentClient;
   usage(id: string): Promise<Usage>;
   logPath(id: string): string;
+  /** Why this runtime runs worse than it should on this host (microVMs without KVM), if it does: shown in sandbox status. */
+  degraded?(): Promise<string | undefined>;
 }

@@ -15,6 +15,13 @@ export const IMAGE_CATALOG: Record<string, ImageDefinition> = {
     suite: 'bookworm',
     packages: BASE_PACKAGES,
   },
+  // E2B's code interpreter: a Jupyter kernel (IPython) per context, with the usual data stack, all from Debian.
+  'code-interpreter': {
+    name: 'code-interpreter',
+    description: 'base plus an IPython kernel (ipykernel, jupyter-client), numpy, pandas and matplotlib',
+    suite: 'bookworm',
+    packages: [...BASE_PACKAGES, 'python3-ipykernel', 'python3-jupyter-client', 'python3-numpy', 'python3-pandas', 'python3-matplotlib'],
+  },
 };
 
 export const DEFAULT_IMAGE = 'base';

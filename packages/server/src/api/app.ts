@@ -2,15 +2,21 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
-import { authenticate, type Principal } from '../auth/keys.js';
+import { auditRequests } from '../audit/requests.js';
+import { authenticate, presentedKey, type Principal } from '../auth/keys.js';
+import { e2bRoutes, rewriteE2bRequest } from '../e2b/index.js';
 import type { ApiContext } from './context.js';
 import { errorHandler } from './errors.js';
+import { auditRoutes } from './routes/audit.js';
 import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
+import { gatewayRoutes } from './routes/gateway.js';
+import { identityRoutes } from './routes/identity.js';
 import { imageRoutes } from './routes/images.js';
 import { objectRoutes } from './routes/objects.js';
 import { portRoutes, rewritePortHost } from './routes/ports.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
+import { secretRoutes } from './routes/secrets.js';
 import { SandboxClaimSchema, SandboxTemplateSchema, SandboxWarmPoolSchema } from '@moat/core';
 
 declare module 'fastify' {
@@ -22,13 +28,14 @@ declare module 'fastify' {
 const PUBLIC = new Set(['/healthz', '/openapi.json']);
 
 export async function buildApp(ctx: ApiContext, logger: Logger): Promise<FastifyInstance> {
+  const rewritePort = rewritePortHost(ctx.portDomain);
   const app = Fastify({
     loggerInstance: logger,
     bodyLimit: 1024 * 1024,
     // Unknown fields are an error, never silently dropped.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
     logController: new LogController({ disableRequestLogging: true }), // we log one line per request ourselves
-    rewriteUrl: rewritePortHost(ctx.portDomain),
+    rewriteUrl: (req) => rewriteE2bRequest(req) ?? rewritePort(req),
   }) as unknown as FastifyInstance; // pino's Logger type is narrower than Fastify's base logger
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => {
@@ -46,9 +53,10 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
 
   app.decorateRequest('principal', null as unknown as Principal);
   app.addHook('onRequest', async (req) => {
-    if (PUBLIC.has(req.url.split('?')[0]!)) return;
-    req.principal = await authenticate(ctx.store, req.headers.authorization, req.headers['x-api-key'] as string | undefined);
+    if (PUBLIC.has(req.url.split('?')[0]!) || req.routeOptions.config.ownAuth) return;
+    req.principal = await authenticate(ctx.store, ctx.identity, presentedKey(req.headers.authorization, req.headers['x-api-key'] as string | undefined));
   });
+  auditRequests(app, ctx.audit);
   app.addHook('onResponse', async (req, reply) => {
     req.log.info({ method: req.method, url: req.url.split('?')[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, key: req.principal?.keyId }, 'request');
   });
@@ -57,12 +65,17 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   sandboxRoutes(app, ctx);
-  objectRoutes(app, ctx.templates, { plural: 'sandboxtemplates', kind: 'SandboxTemplate', body: SandboxTemplateSchema, tag: 'templates' });
-  objectRoutes(app, ctx.claims, { plural: 'sandboxclaims', kind: 'SandboxClaim', body: SandboxClaimSchema, tag: 'claims' });
-  objectRoutes(app, ctx.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
+  objectRoutes(app, ctx.identity, ctx.templates, { plural: 'sandboxtemplates', kind: 'SandboxTemplate', body: SandboxTemplateSchema, tag: 'templates' });
+  objectRoutes(app, ctx.identity, ctx.claims, { plural: 'sandboxclaims', kind: 'SandboxClaim', body: SandboxClaimSchema, tag: 'claims' });
+  objectRoutes(app, ctx.identity, ctx.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
   execRoutes(app, ctx);
   imageRoutes(app, ctx);
+  identityRoutes(app, ctx);
+  auditRoutes(app, ctx);
+  secretRoutes(app, ctx);
+  gatewayRoutes(app, ctx);
   await app.register(async (scope) => fileRoutes(scope, ctx));
   await app.register(async (scope) => portRoutes(scope, ctx));
+  await e2bRoutes(app, ctx);
   return app;
 }

@@ -1,8 +1,12 @@
 import type { ImageStore } from '@moat/runtime';
+import type { AuditLog } from '../audit/log.js';
 import type { ClaimController } from '../controllers/claims.js';
 import type { WarmPoolController } from '../controllers/pools.js';
 import type { SandboxController } from '../controllers/sandboxes.js';
 import type { TemplateController } from '../controllers/templates.js';
+import type { Identity } from '../identity/identity.js';
+import type { ApiTenancy } from '../identity/tenancy.js';
+import type { Secrets } from '../secrets/secrets.js';
 import type { Store } from '../store/store.js';
 
 export interface ServerLimits {
@@ -12,6 +16,11 @@ export interface ServerLimits {
 /** What route modules share. */
 export interface ApiContext {
   store: Store;
+  identity: Identity;
+  audit: AuditLog;
+  secrets: Secrets;
+  /** Quotas, and the environment (gateway token, exposed secrets) execs get. */
+  tenancy: ApiTenancy;
   images: ImageStore;
   sandboxes: SandboxController;
   templates: TemplateController;
@@ -19,7 +28,10 @@ export interface ApiContext {
   pools: WarmPoolController;
   limits: ServerLimits;
   version: string;
-  runtimes: Record<string, { available: boolean; reason?: string }>;
+  /** `warning`: the runtime works, but worse than it should here (microVMs without KVM). */
+  runtimes: Record<string, { available: boolean; reason?: string; warning?: string }>;
   /** Sandbox ports answer at `<port>-<sandbox uid>.<portDomain>`. */
   portDomain: string;
+  /** E2B template names → Moat templates, besides the built-in aliases (docs/e2b.md). */
+  e2bTemplates: Record<string, string>;
 }

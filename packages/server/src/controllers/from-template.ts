@@ -9,8 +9,8 @@ export interface SandboxShape {
 
 /** Identifies a template's sandbox-making parts, so pools can tell stale members (updateStrategy Recreate). */
 export function templateHash(t: SandboxTemplate): string {
-  const { podTemplate, volumeClaimTemplates } = t.spec;
-  return createHash('sha256').update(JSON.stringify({ podTemplate, volumeClaimTemplates })).digest('hex').slice(0, 16);
+  const { podTemplate, volumeClaimTemplates, secrets } = t.spec;
+  return createHash('sha256').update(JSON.stringify({ podTemplate, volumeClaimTemplates, secrets })).digest('hex').slice(0, 16);
 }
 
 /** A sandbox as the template makes it, with a claim's additions under the template's injection policies. */
@@ -23,12 +23,13 @@ export function sandboxFromTemplate(t: SandboxTemplate, claim?: SandboxClaim): S
   const annotations = { ...pod.metadata?.annotations, ...extra?.annotations };
   if (claim?.spec.env?.length) container.env = mergeEnv(t, claim);
   const volumes = claim?.spec.volumeClaimTemplates?.length ? claimVolumes(t, claim) : t.spec.volumeClaimTemplates;
-  const { egressPolicy, egressLimits } = t.spec;
+  const { egressPolicy, egressLimits, secrets } = t.spec;
   const spec: SandboxSpec = {
     podTemplate: pod,
     ...(volumes ? { volumeClaimTemplates: structuredClone(volumes) } : {}),
     ...(egressPolicy ? { egressPolicy: structuredClone(egressPolicy) } : {}),
     ...(egressLimits ? { egressLimits: { ...egressLimits } } : {}),
+    ...(secrets ? { secrets: structuredClone(secrets) } : {}),
   };
   return { labels, annotations, spec };
 }

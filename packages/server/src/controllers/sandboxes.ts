@@ -25,6 +25,14 @@ export interface CreateOptions {
   background?: boolean;
 }
 
+/** What tenancy adds to sandboxes (see identity/tenancy.ts). */
+export interface Tenancy {
+  /** Runs `insert` only if the namespace's owner may have one more sandbox like `spec` (quotas, secret references). */
+  admit<T>(namespace: string, spec: SandboxSpec, insert: () => Promise<T>): Promise<T>;
+  /** What the sandbox's processes get beyond its spec: the gateway's address and a fresh token, secrets it exposes. */
+  env(sandbox: Sandbox): Promise<Record<string, string>>;
+}
+
 export interface Drivers {
   get(name: string): RuntimeDriver | undefined;
   /** Why a runtime class cannot be used here, or undefined when it can. */
@@ -54,6 +62,7 @@ export class SandboxController {
     private readonly drivers: Drivers,
     private readonly network: Networking,
     private readonly log: Logger,
+    private readonly tenancy: Tenancy,
   ) {
     this.changes.setMaxListeners(0);
   }
@@ -92,7 +101,7 @@ export class SandboxController {
       status: { phase: 'Pending', conditions: [readyCondition('False', 'Creating', 'the sandbox is being created')], runtimeClassName: runtime },
     };
     try {
-      await this.store.insertSandbox(sandbox);
+      await this.tenancy.admit(namespace, sandbox.spec, () => this.store.insertSandbox(sandbox));
     } catch (err) {
       if (String(err).includes('UNIQUE')) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
       throw err;
@@ -283,16 +292,21 @@ export class SandboxController {
         image,
         limits: resolveLimits(sandbox.spec),
         command: [...(container.command ?? []), ...(container.args ?? [])],
-        env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])) },
+        env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
         workingDir: container.workingDir ?? '/',
         dataMountPath: container.volumeMounts?.[0]?.mountPath,
         netnsPath: this.network.netnsPath(uid),
       };
-      await this.driverFor(sandbox).create(spec, { ready: network });
+      const driver = this.driverFor(sandbox);
+      await driver.create(spec, { ready: network });
       const net = await network;
       if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted meanwhile: teardown follows
+      const degraded = await driver.degraded?.();
+      const base: SandboxStatus = degraded
+        ? withCondition(sandbox.status, { type: 'RuntimeDegraded', status: 'True', reason: 'SoftwareEmulation', message: degraded, lastTransitionTime: new Date().toISOString() })
+        : sandbox.status;
       const status: SandboxStatus = {
-        ...sandbox.status,
+        ...base,
         phase: 'Running',
         network: { address: net.address, proxy: this.network.proxyUrl },
         startTime: new Date().toISOString(),

@@ -81,4 +81,100 @@ export const migrations: Record<string, Migration> = {
       await db.schema.createIndex('egress_log_sandbox').on('egress_log').columns(['sandbox_uid', 'id']).execute();
     },
   },
+  '0004_identity': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('users')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('role', 'text', (c) => c.notNull())
+        .addColumn('quota', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('agents')
+        .addColumn('user', 'text', (c) => c.notNull().references('users.name'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('namespace', 'text', (c) => c.notNull().unique())
+        .addColumn('quota', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('agents_pk', ['user', 'name'])
+        .execute();
+      // Keys made before users existed become their user's; the first-start admin owns namespace "default".
+      await sql`INSERT INTO users (name, role, quota, created_at) SELECT "user", MIN(role), '{}', MIN(created_at) FROM api_keys GROUP BY "user"`.execute(db);
+      await sql`INSERT INTO agents ("user", name, namespace, quota, created_at) SELECT name, 'default', CASE WHEN name = 'admin' THEN 'default' ELSE name END, '{}', created_at FROM users`.execute(db);
+      await db.schema.alterTable('api_keys').addColumn('agent', 'text').execute();
+      await db.schema.alterTable('api_keys').dropColumn('role').execute();
+      await db.schema.createIndex('api_keys_user').on('api_keys').column('user').execute();
+    },
+  },
+  '0005_audit': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('audit_events')
+        .addColumn('seq', 'integer', (c) => c.primaryKey())
+        .addColumn('time', 'text', (c) => c.notNull())
+        .addColumn('actor_user', 'text')
+        .addColumn('actor_agent', 'text')
+        .addColumn('key_id', 'text')
+        .addColumn('source', 'text', (c) => c.notNull())
+        .addColumn('action', 'text', (c) => c.notNull())
+        .addColumn('namespace', 'text')
+        .addColumn('sandbox', 'text')
+        .addColumn('object', 'text')
+        .addColumn('result', 'text', (c) => c.notNull())
+        .addColumn('detail', 'text', (c) => c.notNull())
+        .addColumn('prev_hash', 'text', (c) => c.notNull())
+        .addColumn('hash', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('audit_events_time').on('audit_events').column('time').execute();
+      await db.schema.createIndex('audit_events_sandbox').on('audit_events').columns(['namespace', 'sandbox']).execute();
+      await db.schema.createIndex('audit_events_actor').on('audit_events').columns(['actor_user', 'actor_agent']).execute();
+      await db.schema.createIndex('audit_events_action').on('audit_events').column('action').execute();
+      await db.schema
+        .createTable('audit_checkpoints')
+        .addColumn('seq', 'integer', (c) => c.primaryKey())
+        .addColumn('hash', 'text', (c) => c.notNull())
+        .addColumn('signature', 'text', (c) => c.notNull())
+        .addColumn('time', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
+  '0006_secrets': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('secrets')
+        .addColumn('namespace', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('key_id', 'text', (c) => c.notNull())
+        .addColumn('nonce', 'text', (c) => c.notNull())
+        .addColumn('ciphertext', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('secrets_pk', ['namespace', 'name'])
+        .execute();
+    },
+  },
+  '0007_gateway': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('gateway_configs')
+        .addColumn('namespace', 'text', (c) => c.primaryKey())
+        .addColumn('config', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('gateway_usage')
+        .addColumn('day', 'text', (c) => c.notNull())
+        .addColumn('namespace', 'text', (c) => c.notNull())
+        .addColumn('sandbox', 'text', (c) => c.notNull())
+        .addColumn('model', 'text', (c) => c.notNull())
+        .addColumn('user', 'text', (c) => c.notNull())
+        .addColumn('agent', 'text', (c) => c.notNull())
+        .addColumn('requests', 'integer', (c) => c.notNull())
+        .addColumn('input_tokens', 'integer', (c) => c.notNull())
+        .addColumn('output_tokens', 'integer', (c) => c.notNull())
+        .addPrimaryKeyConstraint('gateway_usage_pk', ['day', 'namespace', 'sandbox', 'model'])
+        .execute();
+    },
+  },
 };

@@ -5,7 +5,8 @@ export interface ApiKeyTable {
   name: string;
   hash: string;
   user: string;
-  role: string;
+  /** Null: the key acts for the user in all their namespaces; else only in this agent's. */
+  agent: string | null;
   created_at: string;
   expires_at: string | null;
   revoked_at: string | null;
@@ -68,7 +69,89 @@ export interface EgressLogTable {
   record: string;
 }
 
+/** Quotas are JSON documents (see identity/quotas.ts); `{}` means no limit. */
+export interface UserTable {
+  name: string;
+  role: string;
+  quota: string;
+  created_at: string;
+}
+
+/** An agent of a user; its namespace holds everything the (user, agent) pair owns. */
+export interface AgentTable {
+  user: string;
+  name: string;
+  namespace: string;
+  quota: string;
+  created_at: string;
+}
+
+/** The audit chain: each event's hash covers its fields and its predecessor's hash (audit/log.ts). */
+export interface AuditEventTable {
+  seq: number;
+  time: string;
+  actor_user: string | null;
+  actor_agent: string | null;
+  key_id: string | null;
+  source: string;
+  action: string;
+  namespace: string | null;
+  sandbox: string | null;
+  object: string | null;
+  result: string;
+  /** JSON text, hashed as stored. */
+  detail: string;
+  prev_hash: string;
+  hash: string;
+}
+
+/** A signature over (seq, hash) every so often: a rewritten chain cannot match it. */
+export interface AuditCheckpointTable {
+  seq: number;
+  hash: string;
+  signature: string;
+  time: string;
+}
+
+/** Sealed with AES-256-GCM under a master key (secrets/keyring.ts); the value never leaves but to where it is used. */
+export interface SecretTable {
+  namespace: string;
+  name: string;
+  key_id: string;
+  nonce: string;
+  ciphertext: string;
+  created_at: string;
+  updated_at: string;
+}
+
+/** A namespace's gateway settings (gateway/config.ts), one JSON document. */
+export interface GatewayConfigTable {
+  namespace: string;
+  config: string;
+  updated_at: string;
+}
+
+/** LLM calls per UTC day, sandbox and model: what budgets count and usage reports show. */
+export interface GatewayUsageTable {
+  day: string;
+  namespace: string;
+  sandbox: string;
+  model: string;
+  user: string;
+  agent: string;
+  requests: number;
+  input_tokens: number;
+  output_tokens: number;
+}
+
 export interface Database {
+  gateway_configs: GatewayConfigTable;
+  gateway_usage: GatewayUsageTable;
+  secrets: SecretTable;
+  audit_events: AuditEventTable;
+  audit_checkpoints: AuditCheckpointTable;
+  users: UserTable;
+  agents: AgentTable;
   network_leases: LeaseTable;
   egress_log: EgressLogTable;
   objects: ObjectTable;

@@ -1,9 +1,10 @@
 import { PassThrough } from 'node:stream';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { MoatError } from '@moat/core';
+import { MoatError, type Sandbox } from '@moat/core';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
+import { actorOf, addAuditDetail } from '../../audit/requests.js';
 import type { ApiContext } from '../context.js';
 import { authorize } from '../authorize.js';
 import { signalNumber, startExec, type ExecRequest } from '../exec-session.js';
@@ -50,9 +51,10 @@ export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
     authorize(req.principal, namespace, 'write');
     const body = req.body as Static<typeof ExecBody>;
     const { sandbox, driver } = await ctx.sandboxes.running(namespace, name);
+    const env = { ...(await ctx.tenancy.env(sandbox, actorOf(req))), ...body.env };
     const out = new PassThrough();
     const line = (o: unknown) => out.write(JSON.stringify(o) + '\n');
-    const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, body, {
+    const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, { ...body, env }, {
       onStdout: (b) => line({ type: 'stdout', data: b.toString('base64') }),
       onStderr: (b) => line({ type: 'stderr', data: b.toString('base64') }),
     });
@@ -64,33 +66,51 @@ export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
     });
     handle.pid.then((pid) => line({ type: 'started', pid }), () => {});
     result.then(
-      (r) => out.end(JSON.stringify({ type: 'exit', ...r }) + '\n'),
+      (r) => {
+        addAuditDetail(req, { command: body.command, ...r });
+        out.end(JSON.stringify({ type: 'exit', ...r }) + '\n');
+      },
       (err) => {
         const e = toMoatError(err, req);
+        addAuditDetail(req, { command: body.command, error: e.message });
         out.end(JSON.stringify({ type: 'error', reason: e.reason, message: e.message }) + '\n');
       },
     );
     return reply.type('application/x-ndjson').send(out);
   });
 
+  // A WebSocket exec is a GET upgrade, so the request hook does not see it as a mutation: it is recorded here.
+  const auditWs = (req: FastifyRequest, sandbox: Sandbox, result: 'success' | 'failed', detail: Record<string, unknown>) =>
+    ctx.audit.record({
+      actor: actorOf(req),
+      action: 'GET sandboxes/{name}/exec/ws',
+      namespace: sandbox.metadata.namespace,
+      sandbox: sandbox.metadata.name,
+      object: `sandboxes/${sandbox.metadata.name}/exec/ws`,
+      result,
+      detail,
+    });
   // Checks run before the upgrade, so a refused exec is a plain HTTP Status response, not a closed socket.
-  const targets = new WeakMap<FastifyRequest, Awaited<ReturnType<typeof ctx.sandboxes.running>>>();
+  // The environment is made here too: once the socket is open, stdin may follow the request at once and must find its handler.
+  const targets = new WeakMap<FastifyRequest, Awaited<ReturnType<typeof ctx.sandboxes.running>> & { env: Record<string, string> }>();
   app.get(`${SANDBOXES}/:name/exec/ws`, {
     websocket: true,
     schema: { tags: ['exec'], summary: 'Interactive exec over a WebSocket (see docs/api.md)', params: NameParams },
     preHandler: async (req) => {
       const { namespace, name } = req.params as { namespace: string; name: string };
       authorize(req.principal, namespace, 'write');
-      targets.set(req, await ctx.sandboxes.running(namespace, name));
+      const target = await ctx.sandboxes.running(namespace, name);
+      targets.set(req, { ...target, env: await ctx.tenancy.env(target.sandbox, actorOf(req)) });
     },
   }, (socket: WebSocket, req) => {
-    const { sandbox, driver } = targets.get(req)!;
+    const { sandbox, driver, env: sandboxEnv } = targets.get(req)!;
     socket.once('message', async (first, isBinary) => {
       try {
         if (isBinary) throw new MoatError(400, 'BadRequest', 'the first message must be the JSON exec request');
         const body = parseWsRequest(first.toString());
+        const env = { ...sandboxEnv, ...body.env };
         const send = (tag: number) => (b: Buffer) => socket.send(Buffer.concat([Buffer.from([tag]), b]));
-        const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, body, { onStdout: send(1), onStderr: send(2) });
+        const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, { ...body, env }, { onStdout: send(1), onStderr: send(2) });
         socket.on('message', (data: Buffer, binary) => {
           try {
             if (binary) {
@@ -108,9 +128,11 @@ export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
         socket.on('close', () => handle.kill());
         handle.pid.then((pid) => socket.send(JSON.stringify({ type: 'started', pid })), () => {});
         const r = await result;
+        void auditWs(req, sandbox, 'success', { command: body.command, tty: !!body.tty, ...r });
         socket.send(JSON.stringify({ type: 'exit', ...r }));
       } catch (err) {
         const e = toMoatError(err, req);
+        void auditWs(req, sandbox, 'failed', { error: e.message });
         socket.send(JSON.stringify({ type: 'error', reason: e.reason, message: e.message }));
       }
       socket.close(1000);

@@ -56,7 +56,7 @@ export const entryJson = (e: Entry) => ({
 });
 
 /** Counts bytes through a stream and fails it past the limit, so an upload over the limit never completes. */
-class ByteLimit extends Transform {
+export class ByteLimit extends Transform {
   bytes = 0;
   constructor(private readonly max: number) {
     super();

@@ -2,7 +2,8 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { EXTENSIONS_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { AnyObject, ObjectController, ObjectInput } from '../../controllers/objects.js';
-import { authorize } from '../authorize.js';
+import type { Identity } from '../../identity/identity.js';
+import { assertOwned, authorize } from '../authorize.js';
 import { NameParams, NsParams } from './sandboxes.js';
 
 const Selector = Type.Object({ labelSelector: Type.Optional(Type.String()) }, { additionalProperties: false });
@@ -12,7 +13,7 @@ const Selector = Type.Object({ labelSelector: Type.Optional(Type.String()) }, { 
  * `/apis/extensions.agents.x-k8s.io/v1alpha1/`. Bodies may say v1alpha1 or
  * v1beta1; answers say v1alpha1.
  */
-export function objectRoutes<T extends AnyObject>(app: FastifyInstance, c: ObjectController<T>, opts: { plural: string; kind: string; body: TSchema; tag: string }) {
+export function objectRoutes<T extends AnyObject>(app: FastifyInstance, identity: Identity, c: ObjectController<T>, opts: { plural: string; kind: string; body: TSchema; tag: string }) {
   const base = `/apis/${EXTENSIONS_API_VERSION}/namespaces/:namespace/${opts.plural}`;
   const list = (items: unknown[]) => ({ apiVersion: EXTENSIONS_API_VERSION, kind: `${opts.kind}List`, metadata: {}, items });
   const tags = [opts.tag];
@@ -31,6 +32,7 @@ export function objectRoutes<T extends AnyObject>(app: FastifyInstance, c: Objec
   app.post(base, { schema: { tags, summary: `Create a ${opts.kind}`, params: NsParams, body: opts.body } }, async (req, reply) => {
     const { namespace } = req.params as { namespace: string };
     authorize(req.principal, assertName(namespace, 'namespace'), 'write');
+    await assertOwned(identity, namespace);
     return reply.status(201).send(await c.create(namespace, req.body as ObjectInput));
   });
 

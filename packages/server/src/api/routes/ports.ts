@@ -20,8 +20,8 @@ const PortParams = Type.Object({
 });
 const UidParams = Type.Object({ uid: Type.String({ pattern: '^[0-9a-f-]{36}$' }), port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) });
 
-// Hop-by-hop headers, and Moat's own credentials, which must never reach code in a sandbox.
-const DROP = new Set(['authorization', 'x-api-key', 'connection', 'keep-alive', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
+// Hop-by-hop headers, and Moat's own credentials (also as E2B's SDKs send them), which must never reach code in a sandbox.
+const DROP = new Set(['authorization', 'x-api-key', 'x-access-token', 'e2b-traffic-access-token', 'connection', 'keep-alive', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
 
 /**
  * Port exposure: HTTP and WebSocket to a port a process listens on inside a
@@ -119,7 +119,7 @@ function forwardHeaders(h: IncomingHttpHeaders, port: number): Record<string, st
   return out;
 }
 
-async function relayHttp(req: FastifyRequest, reply: FastifyReply, t: Target): Promise<void> {
+export async function relayHttp(req: FastifyRequest, reply: FastifyReply, t: Target): Promise<void> {
   const socket = await dial(t);
   reply.hijack();
   const res = reply.raw;

@@ -3,7 +3,7 @@ import { Type } from '@sinclair/typebox';
 import { SANDBOX_API_VERSION, SandboxSchema, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
-import { authorize } from '../authorize.js';
+import { assertOwned, authorize } from '../authorize.js';
 
 export const SANDBOXES = `/apis/${SANDBOX_API_VERSION}/namespaces/:namespace/sandboxes`;
 export const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) });
@@ -35,6 +35,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
   }, async (req, reply) => {
     const { namespace } = req.params as { namespace: string };
     authorize(req.principal, assertName(namespace, 'namespace'), 'write');
+    await assertOwned(ctx.identity, namespace);
     const created = await sandboxes.create(namespace, req.body as never);
     return reply.status(201).send(created);
   });

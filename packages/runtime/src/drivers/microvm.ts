@@ -1,0 +1,320 @@
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
+import { access, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { AgentClient } from '../agent/index.js';
+import { readUsage } from '../cgroups.js';
+import { createExt4 } from '../disk.js';
+import { which } from '../run.js';
+import { chooseAccel, type AccelChoice } from '../vm/accel.js';
+import { ensureBaseDisk } from '../vm/base-disk.js';
+import { ensureGuestBoot, type GuestBoot } from '../vm/boot.js';
+import { makeVmCgroup, removeVmCgroup } from '../vm/cgroup.js';
+import { IGNORE_SHARED, qemuArgs, vmFiles, type VmShape } from '../vm/machine.js';
+import { Qmp } from '../vm/qmp.js';
+import { GUEST_AGENT, plugVmNetwork } from '../vm/network.js';
+import { ensureSnapshot } from '../vm/snapshot.js';
+import type { CreateOptions, RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
+
+export interface MicrovmDriverOptions {
+  /** Host directory holding one folder per sandbox. */
+  sandboxesDir: string;
+  /** Kernels, initramfs, image disks and snapshots: shared by every sandbox (and server) on the host. */
+  cacheDir: string;
+  initBinary: string;
+  /** packages/guest/init by default. */
+  guestInit?: string;
+  readyTimeoutMs?: number;
+  /** Long first-time work (kernel download, snapshot boot) is reported here. */
+  progress?: (line: string) => void;
+}
+
+const MiB = 2 ** 20;
+/** QEMU itself beyond guest RAM: TCG's translation cache (64 MiB, see machine.ts), device emulation, I/O buffers. */
+const QEMU_OVERHEAD_BYTES = 160 * MiB;
+/** QEMU's threads (vCPUs, I/O workers): the guest's own processes are the guest kernel's business. */
+const QEMU_PIDS = 256;
+
+/**
+ * The `microvm` runtime class: one QEMU microVM per sandbox with its own
+ * (Debian) kernel. Disks: the image as a shared read-only ext4, the
+ * sandbox's writable layer and `/data` as ext4 files of their own (the same
+ * layout as the runc driver's). New VMs resume from a per-shape snapshot and
+ * then receive their identity, disks and network. moat-init is the agent
+ * in the guest too, reached over a private link through a relay in the
+ * sandbox's network namespace. See docs/microvm.md.
+ */
+export class MicrovmDriver implements RuntimeDriver {
+  readonly name = 'microvm' as const;
+  private prepared?: Promise<{ boot: GuestBoot; accel: AccelChoice }>;
+
+  constructor(private readonly opts: MicrovmDriverOptions) {}
+
+  async check(): Promise<void> {
+    const tools: [string, string][] = [
+      ['qemu-system-x86_64', 'qemu-system-x86'], ['socat', 'socat'], ['cpio', 'cpio'], ['nsenter', 'util-linux'],
+      ['tc', 'iproute2'], ['mkfs.ext4', 'e2fsprogs'], ['depmod', 'kmod'], ['dpkg-deb', 'dpkg'], ['apt-get', 'apt'],
+    ];
+    for (const [tool, pkg] of tools) if (!(await which(tool))) throw new Error(`${tool} is missing: apt-get install ${pkg}`);
+    const busybox = await readFile('/bin/busybox').catch(() => undefined);
+    // The initramfs has no libraries: only busybox-static's binary works there.
+    if (!busybox || !isStaticElf(busybox)) throw new Error('a static /bin/busybox is missing: apt-get install busybox-static');
+    await access(this.opts.initBinary).catch(() => {
+      throw new Error(`${this.opts.initBinary} is not built: run \`make -C packages/agent\``);
+    });
+  }
+
+  /** Kernel, initramfs and accelerator: found or made once (the first time, a kernel download and a test boot). */
+  prepare(): Promise<{ boot: GuestBoot; accel: AccelChoice }> {
+    this.prepared ??= (async () => {
+      const boot = await ensureGuestBoot({ cacheDir: this.opts.cacheDir, initBinary: this.opts.initBinary, guestInit: this.guestInit(), progress: this.opts.progress });
+      const accel = await chooseAccel(boot, join(this.opts.cacheDir, 'accel.json'));
+      if (accel.warning) this.opts.progress?.(`warning: ${accel.warning}`);
+      return { boot, accel };
+    })().catch((err) => {
+      this.prepared = undefined;
+      throw err;
+    });
+    return this.prepared;
+  }
+
+  dir(id: string) {
+    return join(this.opts.sandboxesDir, id);
+  }
+
+  logPath(id: string) {
+    return vmFiles(this.dir(id)).log;
+  }
+
+  agent(id: string) {
+    return new AgentClient(join(this.dir(id), 'sock', 'agent.sock'));
+  }
+
+  async create(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<void> {
+    const dir = this.dir(spec.id);
+    const p = (...s: string[]) => join(dir, ...s);
+    if (!spec.netnsPath) throw new Error('the microvm runtime needs the sandbox network (a network namespace) for its agent link');
+    await this.stopProcesses(spec.id);
+    for (const d of ['sock', 'jail']) await mkdir(p(d), { recursive: true, mode: 0o700 });
+    await writeFile(p('spec.json'), JSON.stringify(spec));
+    // Kept across restarts of the sandbox, like the runc driver's; owned by the guest's own root.
+    if (!(await exists(p('disk.img')))) await createExt4(p('disk.img'), spec.limits.diskBytes, { journal: false, rootOwner: 0 });
+    if (!(await exists(p('data.img')))) await createExt4(p('data.img'), spec.limits.dataBytes, { journal: true, rootOwner: 0 });
+
+    const { boot, accel } = await this.prepare();
+    const shape = vmShape(spec);
+    const [base, snap] = await Promise.all([
+      ensureBaseDisk(this.opts.cacheDir, spec.image, this.opts.progress),
+      ensureSnapshot(this.opts.cacheDir, boot, accel.accel, shape, this.opts.progress),
+    ]);
+    await opts.ready;
+    const guest = await plugVmNetwork(spec.netnsPath);
+    const procs = await makeVmCgroup(spec.id, { memoryBytes: shape.memoryMiB * MiB + QEMU_OVERHEAD_BYTES, cpuMillicores: spec.limits.cpuMillicores, pids: QEMU_PIDS });
+
+    await this.startRelay(spec.id, spec.netnsPath);
+    const f = vmFiles(dir);
+    const jailId = vmUid(spec.id);
+    const args = qemuArgs({
+      boot, accel: accel.accel, shape,
+      ram: { file: snap.ram, share: false },
+      disks: { base, disk: p('disk.img'), data: p('data.img') },
+      taps: true, dir, incoming: true,
+      jail: { uid: jailId, gid: jailId, chroot: p('jail') },
+    });
+    const stateFd = openSync(snap.state, 'r');
+    const logFd = openSync(p('qemu.log'), 'a');
+    // Detached, so it outlives a control-plane restart (not -daemonize: its fork is what the seccomp filter forbids).
+    // Jailed in the sandbox's network namespace plus mount, IPC and UTS namespaces of its own (not pid: its pid
+    // file must name it as the host sees it), and it joins its cgroup before exec so every byte it allocates is charged there.
+    const jail = ['--', 'unshare', '--mount', '--propagation', 'private', '--ipc', '--uts', '--'];
+    const child = spawn('nsenter', [`--net=${spec.netnsPath}`, ...jail, 'sh', '-c', 'for f in $MOAT_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"', 'sh', 'qemu-system-x86_64', ...args], {
+      detached: true,
+      stdio: ['ignore', logFd, logFd, stateFd],
+      env: { ...process.env, MOAT_CGROUP_PROCS: procs.join(' ') },
+    });
+    closeSync(stateFd);
+    closeSync(logFd);
+    let exited: string | undefined;
+    child.on('exit', (code, signal) => (exited = `exit ${code ?? signal}`));
+    child.unref();
+    while (!(await exists(f.qmp))) {
+      if (exited) throw new Error(`QEMU failed to start (${exited}): ${await this.lastLines(spec.id)}`);
+      await sleep(5);
+    }
+    await Promise.all([this.resume(f.qmp), sendConfig(f.config, configFor(spec, guest))]);
+    await this.waitReady(spec.id);
+  }
+
+  /** Loads the snapshot's state (inherited as fd 3) and runs the VM. */
+  private async resume(qmpPath: string) {
+    const qmp = await Qmp.connect(qmpPath);
+    try {
+      await qmp.execute('migrate-set-capabilities', IGNORE_SHARED);
+      await qmp.execute('migrate-incoming', { uri: 'fd:3' });
+      for (;;) {
+        const m = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+        if (m.status === 'completed') break;
+        if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`the microVM did not resume from its snapshot: ${m['error-desc'] ?? m.status}`);
+        await sleep(5);
+      }
+      const { status } = await qmp.execute<{ status: string }>('query-status');
+      if (status !== 'running') await qmp.execute('cont');
+    } finally {
+      qmp.close();
+    }
+  }
+
+  private async startRelay(id: string, netnsPath: string) {
+    const sock = join(this.dir(id), 'sock', 'agent.sock');
+    // One forked socat per connection: each agent operation keeps its own connection, as with a container's unix socket.
+    // Its only messages are refused connections while the guest starts, which the agent client reports itself.
+    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', 'socat', `UNIX-LISTEN:${sock},fork,mode=600,unlink-early`, `TCP:${GUEST_AGENT.host}:${GUEST_AGENT.port},nodelay`], {
+      detached: true,
+      stdio: 'ignore',
+    });
+    child.unref();
+    await writeFile(join(this.dir(id), 'relay.pid'), String(child.pid));
+  }
+
+  private async waitReady(id: string): Promise<void> {
+    const timeout = this.opts.readyTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeout;
+    const agent = this.agent(id);
+    for (let delay = 2; ; delay = Math.min(delay * 2, 50)) {
+      try {
+        await agent.ping(2000);
+        return;
+      } catch {
+        /* the guest is still mounting its disks */
+      }
+      if ((await this.state(id)) !== 'running') {
+        throw new Error(`the microVM stopped while starting: ${await this.lastLines(id)}`);
+      }
+      if (Date.now() > deadline) throw new Error(`the microVM's agent did not answer within ${timeout} ms: ${await this.lastLines(id)}`);
+      await sleep(delay);
+    }
+  }
+
+  private async lastLines(id: string) {
+    const f = vmFiles(this.dir(id));
+    const logs = await Promise.all([join(this.dir(id), 'qemu.log'), f.kernelLog, f.log].map((l) => readFile(l, 'utf8').catch(() => '')));
+    return logs.join('\n').trim().split('\n').slice(-6).join('\n');
+  }
+
+  async destroy(id: string): Promise<void> {
+    await this.stopProcesses(id);
+    await removeVmCgroup(id);
+    await rm(this.dir(id), { recursive: true, force: true });
+  }
+
+  async setHostname(id: string, hostname: string): Promise<void> {
+    const script = 'hostname "$1" && echo "$1" > /etc/hostname && printf "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n" "$1" > /etc/hosts';
+    let err = '';
+    const h = this.agent(id).exec({ command: ['/bin/sh', '-c', script, 'sh', hostname] }, { onStderr: (b) => (err += b.toString()) });
+    const { exitCode } = await h.done;
+    if (exitCode !== 0) throw new Error(`setting the hostname in the microVM failed (exit ${exitCode}): ${err.trim()}`);
+  }
+
+  async state(id: string): Promise<RuntimeState> {
+    if (!(await exists(this.dir(id)))) return 'missing';
+    const [qemu, relay] = await Promise.all([this.livePid(id, 'qemu.pid'), this.livePid(id, 'relay.pid')]);
+    if (!qemu || !relay) return 'stopped';
+    return 'running';
+  }
+
+  async listIds(): Promise<string[]> {
+    return readdir(this.opts.sandboxesDir).catch(() => [] as string[]);
+  }
+
+  usage(id: string) {
+    return readUsage(id);
+  }
+
+  async degraded(): Promise<string | undefined> {
+    return (await this.prepare()).accel.warning;
+  }
+
+  private guestInit() {
+    return this.opts.guestInit ?? fileURLToPath(new URL('../../../guest/init', import.meta.url));
+  }
+
+  /** The pid in the file if that process is alive and still ours (its command line names this sandbox's directory). */
+  private async livePid(id: string, file: string): Promise<number | undefined> {
+    const pid = Number((await readFile(join(this.dir(id), file), 'utf8').catch(() => '')).trim());
+    if (!Number.isInteger(pid) || pid <= 0) return undefined;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    return cmdline.includes(this.dir(id)) ? pid : undefined;
+  }
+
+  private async stopProcesses(id: string) {
+    for (const file of ['qemu.pid', 'relay.pid']) {
+      const pid = await this.livePid(id, file);
+      if (!pid) continue;
+      // The relay is a process group (socat and its per-connection children).
+      try {
+        process.kill(file === 'relay.pid' ? -pid : pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+      for (let i = 0; i < 200 && (await this.livePid(id, file)); i++) await sleep(10);
+    }
+  }
+}
+
+/** Whole MiB of RAM and whole vCPUs (at least one): a fractional CPU limit is enforced by the cgroup's quota. */
+function vmShape(spec: SandboxRuntimeSpec): VmShape {
+  return { memoryMiB: Math.ceil(spec.limits.memoryBytes / MiB), vcpus: Math.max(1, Math.ceil(spec.limits.cpuMillicores / 1000)) };
+}
+
+/** A uid of its own per VM for QEMU after start-up (2^30 + 20 bits of the id), outside every container's user namespace range. */
+function vmUid(id: string) {
+  return 2 ** 30 + (createHash('sha256').update(id).digest().readUInt32BE(0) & 0xfffff);
+}
+
+/** The config /init reads after resume (packages/guest/init): identity, clock, entropy, network and main command. */
+function configFor(spec: SandboxRuntimeSpec, guest: { address: string; gateway: string }): Buffer {
+  const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOSTNAME: spec.hostname, ...spec.env };
+  const lines = [
+    'moat-config 1',
+    `hostname ${spec.hostname}`,
+    `time ${Math.floor(Date.now() / 1000)}`,
+    `seed ${randomBytes(64).toString('hex')}`,
+    `net ${guest.address} ${guest.gateway}`,
+    `data ${spec.dataMountPath ?? '/data'}`,
+    `pids ${spec.limits.pids}`,
+  ];
+  for (const s of [spec.hostname, spec.dataMountPath ?? '/data']) if (/\s/.test(s)) throw new Error(`"${s}" cannot contain whitespace`);
+  const parts = [Buffer.from(`${lines.join('\n')}\n`)];
+  if (spec.command.length) {
+    const fields = [spec.workingDir || '/', ...spec.command, '', ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
+    if (fields.some((x) => x.includes('\0'))) throw new Error('the command and environment cannot contain NUL bytes');
+    const main = Buffer.from(fields.map((x) => `${x}\0`).join(''));
+    parts.push(Buffer.from(`main ${main.length}\n`), main);
+  }
+  parts.push(Buffer.from('end\n'));
+  return Buffer.concat(parts);
+}
+
+function sendConfig(path: string, config: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = connect(path);
+    s.on('error', (err) => reject(new Error(`cannot give the microVM its config: ${err.message}`)));
+    // Half-close only: the guest reads the config at its own pace; QEMU keeps the bytes until then.
+    s.on('connect', () => s.end(config, () => resolve()));
+  });
+}
+
+/** An ELF executable without a program interpreter (PT_INTERP) needs no dynamic loader. */
+function isStaticElf(b: Buffer): boolean {
+  if (b.length < 64 || b.readUInt32BE(0) !== 0x7f454c46 || b[4] !== 2) return false;
+  const phoff = Number(b.readBigUInt64LE(32));
+  const phentsize = b.readUInt16LE(54);
+  for (let i = 0; i < b.readUInt16LE(56); i++) if (b.readUInt32LE(phoff + i * phentsize) === 3) return false;
+  return true;
+}
+
+const exists = (p: string) => access(p).then(() => true, () => false);

@@ -1,0 +1,218 @@
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { MoatError, resolveLimits, type Sandbox, type SandboxClaim } from '@moat/core';
+import type { FastifyBaseLogger } from 'fastify';
+import { authorize, isAdmin } from '../api/authorize.js';
+import type { Principal } from '../auth/keys.js';
+import type { ClaimController } from '../controllers/claims.js';
+import type { SandboxController } from '../controllers/sandboxes.js';
+import { DEFAULT_AGENT } from '../identity/identity.js';
+
+/** Marks the claims behind E2B sandboxes; E2B's own fields live in the claim's annotations. */
+export const E2B_LABEL = 'e2b.dev/sandbox';
+const ANNOTATIONS = {
+  template: 'e2b.dev/template',
+  endAt: 'e2b.dev/end-at',
+  metadata: 'e2b.dev/metadata',
+  envVars: 'e2b.dev/env-vars',
+} as const;
+
+/** E2B ids are lowercase alphanumerics (its sandbox hosts split on '-'); 20 of them, as E2B makes. */
+const ID_ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789';
+export const E2B_ID_PATTERN = '^[a-z0-9]{1,63}$';
+const newId = () => [...randomBytes(20)].map((b) => ID_ALPHABET[b % ID_ALPHABET.length]).join('');
+
+/** Claim reasons after which the sandbox will never become ready. */
+const FATAL = new Set(['TemplateNotFound', 'ImageNotFound', 'InvalidClaim', 'InvalidTemplate', 'SandboxNameConflict', 'StartFailed']);
+const READY_TIMEOUT_MS = 120_000;
+
+/** The built-in E2B names and what they are here; `E2bOptions.templates` adds to (and overrides) them. */
+export const DEFAULT_TEMPLATE_ALIASES: Record<string, string> = {
+  base: 'base',
+  'code-interpreter-v1': 'code-interpreter',
+  'code-interpreter': 'code-interpreter',
+};
+
+export interface E2bSandbox {
+  id: string;
+  namespace: string;
+  claim: SandboxClaim;
+  /** Undefined while the claim has no sandbox (being served or gone). */
+  sandbox?: Sandbox;
+  endAt: number;
+  metadata: Record<string, string>;
+  envVars: Record<string, string>;
+}
+
+export interface CreateRequest {
+  templateID: string;
+  timeout?: number;
+  metadata?: Record<string, string>;
+  envVars?: Record<string, string>;
+}
+
+const parseJsonMap = (s: string | undefined): Record<string, string> => (s ? (JSON.parse(s) as Record<string, string>) : {});
+
+const notFoundE2b = (id: string) => new MoatError(404, 'NotFound', `sandbox "${id}" not found`);
+
+/**
+ * E2B sandboxes are SandboxClaims named by the E2B id, so a warm pool of the
+ * template serves them and deleting one removes everything. The timeout is
+ * enforced here: deadlines are kept in memory and in the claim's annotations,
+ * so they survive a restart of the server.
+ */
+export class E2bSandboxes {
+  private readonly deadlines = new Map<string, { namespace: string; id: string; endAt: number }>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly claims: ClaimController,
+    private readonly sandboxes: SandboxController,
+    private readonly aliases: Record<string, string>,
+    private readonly log: FastifyBaseLogger,
+  ) {}
+
+  async start(): Promise<void> {
+    for (const c of await this.claims.list(undefined, `${E2B_LABEL}=true`)) {
+      this.track(c.metadata.namespace, c.metadata.name, Number(c.metadata.annotations?.[ANNOTATIONS.endAt] ?? 0));
+    }
+    this.timer = setInterval(() => void this.expire(), 1000);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  moatTemplate(templateID: string): string {
+    return this.aliases[templateID] ?? templateID;
+  }
+
+  async create(p: Principal, req: CreateRequest): Promise<E2bSandbox> {
+    const namespace = homeNamespace(p);
+    authorize(p, namespace, 'write');
+    const id = newId();
+    const endAt = Date.now() + (req.timeout ?? 300) * 1000;
+    await this.claims.create(namespace, {
+      metadata: {
+        name: id,
+        labels: { [E2B_LABEL]: 'true' },
+        annotations: {
+          [ANNOTATIONS.template]: req.templateID,
+          [ANNOTATIONS.endAt]: String(endAt),
+          [ANNOTATIONS.metadata]: JSON.stringify(req.metadata ?? {}),
+          [ANNOTATIONS.envVars]: JSON.stringify(req.envVars ?? {}),
+        },
+      },
+      spec: { sandboxTemplateRef: { name: this.moatTemplate(req.templateID) } },
+    });
+    this.track(namespace, id, endAt);
+    try {
+      return await this.waitReady(namespace, id);
+    } catch (err) {
+      await this.kill(namespace, id).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** The sandbox with this id that the key may see (`verb` read) or use (write); 404 otherwise, like a missing one. */
+  async find(p: Principal, id: string, verb: 'read' | 'write' = 'read'): Promise<E2bSandbox> {
+    const namespaces = isAdmin(p) ? [...new Set((await this.claims.list(undefined, `${E2B_LABEL}=true`)).filter((c) => c.metadata.name === id).map((c) => c.metadata.namespace))] : [...p.namespaces.keys()];
+    for (const namespace of namespaces) {
+      const found = await this.get(namespace, id);
+      if (found) {
+        if (!authorize(p, namespace, verb, false)) break;
+        return found;
+      }
+    }
+    throw notFoundE2b(id);
+  }
+
+  /** Every E2B sandbox the key may see, oldest first. */
+  async list(p: Principal): Promise<E2bSandbox[]> {
+    const claims = (await this.claims.list(undefined, `${E2B_LABEL}=true`)).filter((c) => authorize(p, c.metadata.namespace, 'read', false));
+    const all = await Promise.all(claims.map((c) => this.withSandbox(c)));
+    return all.filter((s) => s.sandbox).sort((a, b) => a.sandbox!.metadata.creationTimestamp.localeCompare(b.sandbox!.metadata.creationTimestamp));
+  }
+
+  /** Sets the sandbox to end `seconds` from now (E2B's setTimeout: it may shorten it too). */
+  async setTimeout(s: E2bSandbox, seconds: number): Promise<void> {
+    const endAt = Date.now() + seconds * 1000;
+    const { metadata, spec } = s.claim;
+    await this.claims.replace(s.namespace, s.id, { metadata: { labels: metadata.labels ?? {}, annotations: { ...metadata.annotations, [ANNOTATIONS.endAt]: String(endAt) } }, spec });
+    this.track(s.namespace, s.id, endAt);
+    s.endAt = endAt;
+  }
+
+  async kill(namespace: string, id: string): Promise<void> {
+    this.deadlines.delete(`${namespace}/${id}`);
+    await this.claims.delete(namespace, id);
+  }
+
+  /** The Moat sandbox behind an E2B id, running, for exec, files and ports. */
+  async running(p: Principal, id: string) {
+    const s = await this.find(p, id, 'write');
+    return { e2b: s, ...(await this.sandboxes.running(s.namespace, id)) };
+  }
+
+  private async get(namespace: string, id: string): Promise<E2bSandbox | undefined> {
+    const claim = await this.claims.get(namespace, id).catch(() => undefined);
+    if (!claim || claim.metadata.labels?.[E2B_LABEL] !== 'true') return undefined;
+    return this.withSandbox(claim);
+  }
+
+  private async withSandbox(claim: SandboxClaim): Promise<E2bSandbox> {
+    const { namespace, name, annotations = {} } = claim.metadata;
+    const found = claim.status.sandbox?.name ? await this.sandboxes.get(namespace, claim.status.sandbox.name).catch(() => undefined) : undefined;
+    return {
+      id: name,
+      namespace,
+      claim,
+      ...(found && found.desired !== 'Deleted' ? { sandbox: found.sandbox } : {}),
+      endAt: Number(annotations[ANNOTATIONS.endAt] ?? 0),
+      metadata: parseJsonMap(annotations[ANNOTATIONS.metadata]),
+      envVars: parseJsonMap(annotations[ANNOTATIONS.envVars]),
+    };
+  }
+
+  private async waitReady(namespace: string, id: string): Promise<E2bSandbox> {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      const claim = await this.claims.get(namespace, id);
+      const ready = claim.status.conditions?.find((c) => c.type === 'Ready');
+      if (ready?.status === 'True') return this.withSandbox(claim);
+      if (ready && FATAL.has(ready.reason)) throw new MoatError(ready.reason.endsWith('NotFound') ? 404 : 400, ready.reason, ready.message);
+      if (Date.now() > deadline) throw new MoatError(504, 'Timeout', `sandbox "${id}" was not ready within ${READY_TIMEOUT_MS / 1000} s (${ready?.reason ?? 'pending'}: ${ready?.message ?? ''})`);
+      await sleep(10);
+    }
+  }
+
+  private track(namespace: string, id: string, endAt: number) {
+    this.deadlines.set(`${namespace}/${id}`, { namespace, id, endAt });
+  }
+
+  private async expire() {
+    const now = Date.now();
+    for (const d of this.deadlines.values()) {
+      if (d.endAt > now) continue;
+      this.log.info({ namespace: d.namespace, sandbox: d.id }, 'e2b sandbox timed out');
+      await this.kill(d.namespace, d.id).catch((err: unknown) => {
+        if (!(err instanceof MoatError && err.code === 404)) this.log.error({ err, sandbox: d.id }, 'e2b timeout kill failed');
+      });
+    }
+  }
+}
+
+/** Where a key's E2B sandboxes go: its agent's namespace, or its user's default agent's. */
+function homeNamespace(p: Principal): string {
+  const agent = p.agent ?? DEFAULT_AGENT;
+  const ns = [...p.namespaces].find(([, a]) => a === agent)?.[0];
+  if (!ns) throw new MoatError(403, 'Forbidden', `user "${p.user}" has no namespace for agent "${agent}" to create sandboxes in`);
+  return ns;
+}
+
+/** CPU, memory and disk as E2B reports them. */
+export function resources(s: Sandbox) {
+  const l = resolveLimits(s.spec);
+  return { cpuCount: Math.max(1, Math.round(l.cpuMillicores / 1000)), memoryMB: Math.round(l.memoryBytes / 2 ** 20), diskSizeMB: Math.round(l.diskBytes / 2 ** 20) };
+}

@@ -1,0 +1,99 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { MoatError, formatBytes, parseBytes, parseMillicores, resolveLimits, type SandboxSpec } from '@moat/core';
+import type { Store } from '../store/store.js';
+import { Serial } from '../controllers/serial.js';
+import type { Identity } from './identity.js';
+
+const Quantity = (example: string) => Type.String({ minLength: 1, maxLength: 32, examples: [example] });
+
+/** Limits for a user (over all their agents) or one agent; an absent field is unlimited. */
+export const QuotaSchema = Type.Object(
+  {
+    sandboxes: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })),
+    cpu: Type.Optional(Quantity('4')),
+    memory: Type.Optional(Quantity('8Gi')),
+    storage: Type.Optional(Quantity('50Gi')),
+  },
+  { additionalProperties: false },
+);
+export type Quota = Static<typeof QuotaSchema>;
+
+/** Rejects quantities that do not parse (422), so a stored quota always does. */
+export function checkQuota(q: Quota, field = 'quota'): Quota {
+  if (q.cpu !== undefined) parseMillicores(q.cpu, `${field}.cpu`);
+  if (q.memory !== undefined) parseBytes(q.memory, `${field}.memory`);
+  if (q.storage !== undefined) parseBytes(q.storage, `${field}.storage`);
+  return q;
+}
+
+interface Usage {
+  sandboxes: number;
+  cpuMillicores: number;
+  memoryBytes: number;
+  storageBytes: number;
+}
+
+function usageOf(spec: SandboxSpec): Usage {
+  const l = resolveLimits(spec);
+  return { sandboxes: 1, cpuMillicores: l.cpuMillicores, memoryBytes: l.memoryBytes, storageBytes: l.diskBytes + l.dataBytes };
+}
+
+const cores = (m: number) => String(m / 1000);
+
+/**
+ * Admission of new sandboxes against the owner's user and agent quotas. The
+ * check and the insert run under one lock per user, so two creates cannot
+ * both take the last slot; a refused sandbox is never stored.
+ */
+export class Quotas {
+  private readonly locks = new Serial();
+
+  constructor(
+    private readonly store: Store,
+    private readonly identity: Identity,
+  ) {}
+
+  async admit<T>(namespace: string, spec: SandboxSpec, insert: () => Promise<T>): Promise<T> {
+    const owner = await this.identity.owner(namespace);
+    if (!owner) return insert(); // only a namespace from before users existed has no owner, and no quota
+    return this.locks.run(owner.user, async () => {
+      const want = usageOf(spec);
+      const user = await this.identity.getUser(owner.user);
+      const agents = await this.identity.listAgents(owner.user);
+      const running = (await this.store.listSandboxes()).filter((s) => s.desired === 'Running');
+      const usage = (namespaces: string[]) =>
+        running.filter((s) => namespaces.includes(s.sandbox.metadata.namespace)).map((s) => usageOf(s.sandbox.spec)).reduce(add, zero());
+      const agent = agents.find((a) => a.name === owner.agent);
+      exceeds(`user "${owner.user}"`, user.quota, usage(agents.map((a) => a.namespace)), want);
+      exceeds(`agent "${owner.agent}" of user "${owner.user}"`, agent?.quota ?? {}, usage([namespace]), want);
+      return insert();
+    });
+  }
+}
+
+const zero = (): Usage => ({ sandboxes: 0, cpuMillicores: 0, memoryBytes: 0, storageBytes: 0 });
+const add = (a: Usage, b: Usage): Usage => ({
+  sandboxes: a.sandboxes + b.sandboxes,
+  cpuMillicores: a.cpuMillicores + b.cpuMillicores,
+  memoryBytes: a.memoryBytes + b.memoryBytes,
+  storageBytes: a.storageBytes + b.storageBytes,
+});
+
+function exceeds(who: string, q: Quota, used: Usage, want: Usage): void {
+  const checks: [string, number | undefined, number, number, (n: number) => string][] = [
+    ['sandboxes', q.sandboxes, used.sandboxes, want.sandboxes, String],
+    ['cpu', q.cpu === undefined ? undefined : parseMillicores(q.cpu, 'cpu'), used.cpuMillicores, want.cpuMillicores, cores],
+    ['memory', q.memory === undefined ? undefined : parseBytes(q.memory, 'memory'), used.memoryBytes, want.memoryBytes, formatBytes],
+    ['storage', q.storage === undefined ? undefined : parseBytes(q.storage, 'storage'), used.storageBytes, want.storageBytes, formatBytes],
+  ];
+  for (const [what, limit, inUse, asked, show] of checks) {
+    if (limit !== undefined && inUse + asked > limit) {
+      throw new MoatError(
+        403,
+        'QuotaExceeded',
+        `quota exceeded for ${who}: ${what} limit ${show(limit)}, ${show(inUse)} in use, this sandbox needs ${show(asked)}; delete a sandbox or ask an admin to raise the quota`,
+        { quota: what, limit: show(limit), used: show(inUse), requested: show(asked) },
+      );
+    }
+  }
+}
