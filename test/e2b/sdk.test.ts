@@ -172,11 +172,24 @@ describe('the e2b SDK against Moat', () => {
     assert.equal(await short.isRunning(), false);
   });
 
-  test('pause and resume through connect', { todo: 'Moat has no pause yet: POST /sandboxes/{id}/pause answers 501 (see docs/e2b.md)' }, async () => {
+  test('pause keeps processes and files; the paused sandbox is out of reach until connect resumes it', async () => {
+    await sbx.files.write('kept.txt', 'still here');
+    const sleeper = await sbx.commands.run('sleep 600', { background: true });
     assert.equal(await sbx.pause(), true);
+    assert.equal(await sbx.pause(), false, 'pausing a paused sandbox answers false');
+    assert.equal((await sbx.getInfo()).state, 'paused');
     assert.equal(await sbx.isRunning(), false);
-    await Sandbox.connect(sbx.sandboxId);
-    assert.equal((await sbx.commands.run('echo back')).stdout, 'back\n');
+    await assert.rejects(sbx.commands.run('true'), /paused/);
+    const paused = await Sandbox.list({ query: { state: ['paused'], metadata: { suite: 'e2b-sdk' } } }).nextItems();
+    assert.deepEqual(paused.map((s) => s.sandboxId), [sbx.sandboxId]);
+    assert.deepEqual(await Sandbox.list({ query: { state: ['running'], metadata: { suite: 'e2b-sdk' } } }).nextItems(), []);
+
+    const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 120_000 });
+    assert.equal((await again.getInfo()).state, 'running');
+    assert.equal(await again.isRunning(), true);
+    assert.equal(await again.files.read('kept.txt'), 'still here');
+    assert.ok((await again.commands.list()).some((p) => p.pid === sleeper.pid), 'the background process lived through the pause');
+    assert.equal(await again.commands.kill(sleeper.pid), true);
   });
 
   test('kill removes the sandbox', async () => {

@@ -133,6 +133,45 @@ describe(`sandbox lifecycle, exec and files (${runtime})`, { skip }, () => {
     assert.match(text, /main-started/);
   });
 
+  test('pause freezes every process, resume thaws them, and an exec resumes a paused sandbox', async () => {
+    const api = (action: string) => server.api(`${NS}/life/${action}`, { method: 'POST' });
+    // A counter in its own session, so it outlives the exec that starts it.
+    const loop = 'import time\ni = 0\nwhile True:\n    i += 1\n    open("/tmp/count.new", "w").write(str(i))\n    __import__("os").replace("/tmp/count.new", "/tmp/count")\n    time.sleep(0.01)';
+    await sh(server, 'life', `setsid python3 -c '${loop}' </dev/null >/dev/null 2>&1 &`);
+    const count = async () => Number((await sh(server, 'life', 'cat /tmp/count')).stdout);
+    await new Promise((r) => setTimeout(r, 500));
+    const t0 = Date.now();
+    const before = await count();
+
+    const paused = await api('pause');
+    assert.equal(paused.status, 200, await paused.clone().text());
+    assert.equal(((await paused.json()) as any).status.phase, 'Paused');
+    assert.equal((await api('pause')).status, 200, 'pausing a paused sandbox is a no-op');
+    const got = (await (await server.api(`${NS}/life`)).json()) as any;
+    assert.equal(got.status.phase, 'Paused');
+    assert.equal(got.status.conditions.find((c: any) => c.type === 'Ready').reason, 'Paused');
+    await new Promise((r) => setTimeout(r, 3000));
+    const resumed = await api('resume');
+    assert.equal(((await resumed.json()) as any).status.phase, 'Running');
+    const t1 = Date.now();
+    const atResume = await count();
+    await new Promise((r) => setTimeout(r, 1000));
+    const after = await count();
+    const t2 = Date.now();
+    // Running, the counter advances at its own rate; frozen for 3 of the t1 - t0 seconds, it must lag well behind it.
+    const rate = (after - atResume) / (t2 - t1);
+    assert.ok(after > atResume, `the counter goes on after resume (${atResume} → ${after})`);
+    assert.ok(atResume - before < rate * (t1 - t0 - 3000) * 1.3 + 10, `no progress while paused: ${before} → ${atResume} in ${t1 - t0} ms at ${rate.toFixed(3)}/ms`);
+
+    await api('pause');
+    const r = await sh(server, 'life', 'echo awake');
+    assert.equal(r.stdout, 'awake\n', 'exec on a paused sandbox resumes it first');
+    assert.equal(((await (await server.api(`${NS}/life`)).json()) as any).status.phase, 'Running');
+    const reasons = ((await (await server.api(`${NS}/life/events`)).json()) as any).items.map((e: any) => e.reason);
+    assert.deepEqual(reasons.filter((x: string) => x === 'Paused' || x === 'Resumed'), ['Paused', 'Resumed', 'Paused', 'Resumed']);
+    await sh(server, 'life', 'pkill -f count.new');
+  });
+
   test('delete removes the sandbox and everything it had on the host', async () => {
     const dir = join(server.dataDir, SANDBOX_DIRS[runtime]!, uid);
     await access(dir);

@@ -204,7 +204,7 @@ export const ConditionSchema = Type.Object({
   lastTransitionTime: Type.String(),
 });
 
-export const SandboxPhases = ['Pending', 'Running', 'Failed', 'Terminating'] as const;
+export const SandboxPhases = ['Pending', 'Running', 'Paused', 'Failed', 'Terminating'] as const;
 export type SandboxPhase = (typeof SandboxPhases)[number];
 
 export const SandboxStatusSchema = Type.Object({

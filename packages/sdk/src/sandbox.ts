@@ -3,7 +3,7 @@ import { Files } from './files.js';
 import type { HttpClient } from './http.js';
 import type { ResourceClient, WaitOptions } from './resources.js';
 import { Process, type SpawnOptions } from './spawn.js';
-import { CLAIM_LABEL, type EgressRecord, type ExecEvent, type ExecResult, type SandboxResource } from './types.js';
+import { CLAIM_LABEL, type EgressRecord, type SandboxEvent, type ExecEvent, type ExecResult, type SandboxResource } from './types.js';
 
 /** A handle on one sandbox. `resource` is the last Sandbox object the server returned. */
 export class Sandbox {
@@ -53,12 +53,28 @@ export class Sandbox {
     return new Process(this.http.wsUrl(`${this.path}/exec/ws`), this.http.authHeaders(), this.http.baseUrl, toArgv(cmd), opts);
   }
 
-  /** Output of the main command (and of moat-init). */
+  /** Freeze every process (memory stays allocated). Exec and file calls resume the sandbox. */
+  async pause(): Promise<this> {
+    this.resource = await this.http.json<SandboxResource>('POST', `${this.path}/pause`);
+    return this;
+  }
+
+  async resume(): Promise<this> {
+    this.resource = await this.http.json<SandboxResource>('POST', `${this.path}/resume`);
+    return this;
+  }
+
+  /** What happened to the sandbox (started, claimed, paused...), oldest first. */
+  async events(): Promise<SandboxEvent[]> {
+    return (await this.http.json<{ items: SandboxEvent[] }>('GET', `${this.path}/events`)).items;
+  }
+
   /** The egress proxy's decisions for this sandbox, oldest first (the last `limit`, default 500). */
   async egressLog(opts: { limit?: number } = {}): Promise<EgressRecord[]> {
     return (await this.http.json<{ items: EgressRecord[] }>('GET', `${this.path}/egress`, { query: { limit: opts.limit } })).items;
   }
 
+  /** Output of the main command (and of moat-init). */
   logs(opts: { tailLines?: number } = {}): Promise<string> {
     return this.http.text('GET', `${this.path}/logs`, { query: { tailLines: opts.tailLines } });
   }

@@ -65,7 +65,7 @@ export interface Condition {
   lastTransitionTime: string;
 }
 
-export type SandboxPhase = 'Pending' | 'Running' | 'Failed' | 'Terminating';
+export type SandboxPhase = 'Pending' | 'Running' | 'Paused' | 'Failed' | 'Terminating';
 
 export interface SandboxStatus {
   phase: SandboxPhase;
@@ -135,6 +135,14 @@ export interface ExecResult {
   signal: string | null;
   timedOut: boolean;
   durationMs: number;
+}
+
+/** One entry of a sandbox's event list, like a Kubernetes event. */
+export interface SandboxEvent {
+  type: 'Normal' | 'Warning';
+  reason: string;
+  message: string;
+  time: string;
 }
 
 /** Events of the NDJSON exec stream, with output already base64-decoded. */

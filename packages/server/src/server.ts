@@ -48,6 +48,8 @@ export interface ServerOptions {
   portDomain?: string;
   /** E2B template names → Moat templates (default $MOAT_E2B_TEMPLATES, `name=template,...`); see docs/e2b.md. */
   e2bTemplates?: Record<string, string>;
+  /** Exec, file and port calls to a paused sandbox resume it (default true, or $MOAT_RESUME_ON_USE); false answers them 409. */
+  resumeOnUse?: boolean;
 }
 
 export interface RunningServer {
@@ -148,7 +150,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     ...(opts.network?.lookup ? { lookup: opts.network.lookup } : {}),
   });
   const tenants = tenancy(identity, new Quotas(store, identity), secrets, gateway);
-  const sandboxes = new SandboxController(store, images, drivers, network, logger, tenants);
+  const sandboxes = new SandboxController(store, images, drivers, network, logger, tenants, opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false');
   await sandboxes.recover();
   const templates = new TemplateController(store, sandboxes);
   const pools = new WarmPoolController(store, sandboxes, templates, logger);

@@ -4,7 +4,7 @@ import { collect, parseDuration, parseIntArg, parseKeyValues } from '../args.js'
 import type { Context } from '../context.js';
 import { CliError } from '../errors.js';
 import { SANDBOX_KIND } from '../kinds.js';
-import { checkFormat, render } from '../output.js';
+import { checkFormat, formatTable, humanAge, render } from '../output.js';
 import { deleteObjects, printList, printOne } from './resources.js';
 
 interface CreateOptions {
@@ -92,6 +92,36 @@ export function registerSandbox(program: Command, ctx: Context): void {
         opts,
         (t) => moat.sandboxes.delete(t.name, { wait: opts.wait }),
       );
+    });
+
+  for (const [action, description] of [
+    ['pause', 'freeze every process of sandboxes (memory stays allocated; exec and file calls resume them)'],
+    ['resume', 'thaw paused sandboxes'],
+  ] as const) {
+    sandbox
+      .command(action)
+      .description(description)
+      .argument('<names...>')
+      .action(async (names: string[]) => {
+        const moat = await ctx.moat();
+        for (const name of names) {
+          const sbx = await (await moat.sandboxes.get(name))[action]();
+          ctx.out(`sandbox/${sbx.name} ${sbx.resource.status?.phase ?? ''}\n`);
+        }
+      });
+  }
+
+  sandbox
+    .command('events')
+    .description('what happened to a sandbox, oldest first')
+    .argument('<name>')
+    .option('-o, --output <format>', 'json or yaml (default: a table)')
+    .action(async (name: string, opts: { output?: string }) => {
+      const format = checkFormat(opts.output, ['json', 'yaml'] as const);
+      const moat = await ctx.moat();
+      const events = await (await moat.sandboxes.get(name)).events();
+      if (format) return ctx.out(render({ items: events }, format));
+      ctx.out(formatTable(['AGE', 'TYPE', 'REASON', 'MESSAGE'], events.map((e) => [humanAge(e.time), e.type, e.reason, e.message])));
     });
 
   sandbox

@@ -145,12 +145,12 @@ export class MicrovmDriver implements RuntimeDriver {
       if (exited) throw new Error(`QEMU failed to start (${exited}): ${await this.lastLines(spec.id)}`);
       await sleep(5);
     }
-    await Promise.all([this.resume(f.qmp), sendConfig(f.config, configFor(spec, guest))]);
+    await Promise.all([this.resumeFromSnapshot(f.qmp), sendConfig(f.config, configFor(spec, guest))]);
     await this.waitReady(spec.id);
   }
 
   /** Loads the snapshot's state (inherited as fd 3) and runs the VM. */
-  private async resume(qmpPath: string) {
+  private async resumeFromSnapshot(qmpPath: string) {
     const qmp = await Qmp.connect(qmpPath);
     try {
       await qmp.execute('migrate-set-capabilities', IGNORE_SHARED);
@@ -223,7 +223,27 @@ export class MicrovmDriver implements RuntimeDriver {
     if (!(await exists(this.dir(id)))) return 'missing';
     const [qemu, relay] = await Promise.all([this.livePid(id, 'qemu.pid'), this.livePid(id, 'relay.pid')]);
     if (!qemu || !relay) return 'stopped';
-    return 'running';
+    // QEMU's processes are alive: only a paused VM says so (a monitor that does not answer is not a stopped VM).
+    const status = await this.qmp(id, (q) => q.execute<{ status: string }>('query-status')).then((r) => r.status, () => 'unknown');
+    return status === 'paused' ? 'paused' : 'running';
+  }
+
+  /** QEMU stops the vCPUs; the guest's RAM and devices stay as they are. */
+  async pause(id: string): Promise<void> {
+    await this.qmp(id, (q) => q.execute('stop'));
+  }
+
+  async resume(id: string): Promise<void> {
+    await this.qmp(id, (q) => q.execute('cont'));
+  }
+
+  private async qmp<T>(id: string, use: (q: Qmp) => Promise<T>): Promise<T> {
+    const q = await Qmp.connect(vmFiles(this.dir(id)).qmp);
+    try {
+      return await use(q);
+    } finally {
+      q.close();
+    }
   }
 
   async listIds(): Promise<string[]> {

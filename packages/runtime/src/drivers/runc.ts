@@ -168,6 +168,14 @@ export class OciDriver implements RuntimeDriver {
     await rm(dir, { recursive: true, force: true });
   }
 
+  async pause(id: string): Promise<void> {
+    if ((await this.state(id)) !== 'paused') await run(this.bin, [...this.runtimeArgs(), 'pause', id]);
+  }
+
+  async resume(id: string): Promise<void> {
+    if ((await this.state(id)) === 'paused') await run(this.bin, [...this.runtimeArgs(), 'resume', id]);
+  }
+
   async setHostname(id: string, hostname: string): Promise<void> {
     // The files are bind-mounted by inode: rewrite them in place, never replace them.
     await writeHostFiles(this.dir(id), hostname);

@@ -35,6 +35,10 @@ export interface RuntimeDriver {
   /** Remove everything the sandbox has on the host. Idempotent. */
   destroy(id: string): Promise<void>;
   state(id: string): Promise<RuntimeState>;
+  /** Freeze every process of the sandbox; its memory stays allocated. Idempotent. */
+  pause(id: string): Promise<void>;
+  /** Thaw a paused sandbox. Idempotent. */
+  resume(id: string): Promise<void>;
   /** Give a running sandbox a new hostname (a pooled sandbox takes its claimer's name). */
   setHostname(id: string, hostname: string): Promise<void>;
   /** Ids of every sandbox with anything on the host, for adoption and orphan cleanup. */

@@ -32,7 +32,13 @@ export class Qmp {
       s.once('error', (e) => (clearTimeout(t), reject(e)));
     });
     const qmp = new Qmp(sock);
-    await qmp.execute('qmp_capabilities');
+    // QEMU serves one monitor client at a time: a second one waits here, not forever.
+    const t = setTimeout(() => sock.destroy(new Error(`QMP ${path}: no greeting within ${timeoutMs} ms`)), timeoutMs);
+    try {
+      await qmp.execute('qmp_capabilities');
+    } finally {
+      clearTimeout(t);
+    }
     return qmp;
   }
 

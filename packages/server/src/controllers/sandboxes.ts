@@ -63,6 +63,8 @@ export class SandboxController {
     private readonly network: Networking,
     private readonly log: Logger,
     private readonly tenancy: Tenancy,
+    /** Exec and file calls to a paused sandbox resume it first; false answers them 409 instead. */
+    private readonly resumeOnUse = true,
   ) {
     this.changes.setMaxListeners(0);
   }
@@ -200,10 +202,54 @@ export class SandboxController {
     const pool = sandbox.metadata.labels?.[LABELS.pool];
     if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}"; claim one with a SandboxClaim to use it`);
     await this.renaming.get(sandbox.metadata.uid);
+    if (sandbox.status.phase === 'Paused') {
+      if (!this.resumeOnUse) throw conflict(`sandbox "${name}" is paused: resume it first`);
+      return { sandbox: await this.resume(namespace, name), driver: this.driverFor(sandbox) };
+    }
     if (sandbox.status.phase !== 'Running') {
       throw conflict(`sandbox "${name}" is ${sandbox.status.phase}, not Running${sandbox.status.phase === 'Pending' ? ': wait for it to be Ready' : ''}`);
     }
     return { sandbox, driver: this.driverFor(sandbox) };
+  }
+
+  /** Freezes every process of a running sandbox; its memory stays allocated. Pausing a paused sandbox is a no-op. */
+  pause(namespace: string, name: string): Promise<Sandbox> {
+    return this.transition(namespace, name, 'Paused', async (sandbox, driver) => {
+      await driver.pause(sandbox.metadata.uid);
+      return withCondition({ ...sandbox.status, phase: 'Paused' }, readyCondition('False', 'Paused', 'the sandbox is paused'));
+    });
+  }
+
+  /** Thaws a paused sandbox; one with a readiness probe is Ready once the probe passes again. Resuming a running sandbox is a no-op. */
+  async resume(namespace: string, name: string): Promise<Sandbox> {
+    const resumed = await this.transition(namespace, name, 'Running', async (sandbox, driver) => {
+      await driver.resume(sandbox.metadata.uid);
+      const probe = sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe;
+      return withCondition(
+        { ...sandbox.status, phase: 'Running' },
+        probe ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass') : readyCondition('True', 'SandboxRunning', ''),
+      );
+    });
+    if (!isReady(resumed.status)) this.probeUntilReady(resumed);
+    return resumed;
+  }
+
+  /** Pause and resume: under the sandbox's lock, from the one phase to the other, with an event. */
+  private async transition(namespace: string, name: string, to: 'Paused' | 'Running', act: (s: Sandbox, d: RuntimeDriver) => Promise<SandboxStatus>): Promise<Sandbox> {
+    const from = to === 'Paused' ? 'Running' : 'Paused';
+    const uid = (await this.get(namespace, name)).sandbox.metadata.uid;
+    return this.locks.run(uid, async () => {
+      const { sandbox, desired } = await this.get(namespace, name);
+      if (desired === 'Deleted' || sandbox.metadata.uid !== uid) throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
+      const pool = sandbox.metadata.labels?.[LABELS.pool];
+      if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}": only claimed sandboxes are paused`);
+      if (sandbox.status.phase === to) return sandbox;
+      if (sandbox.status.phase !== from) throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a ${from} sandbox can be ${to === 'Paused' ? 'paused' : 'resumed'}`);
+      const started = Date.now();
+      const updated = await this.setStatus(sandbox, await act(sandbox, this.driverFor(sandbox)));
+      await this.store.addEvent(sandbox, { type: 'Normal', reason: to === 'Paused' ? 'Paused' : 'Resumed', message: `${to === 'Paused' ? 'paused' : 'resumed'} in ${Date.now() - started} ms` });
+      return updated ?? sandbox;
+    });
   }
 
   async waitFor(namespace: string, name: string, condition: string, timeoutMs: number): Promise<Sandbox> {
@@ -246,10 +292,16 @@ export class SandboxController {
       stored.map(({ sandbox, desired }) =>
         this.locks.run(sandbox.metadata.uid, async () => {
           if (desired === 'Deleted') return this.teardown(sandbox);
-          const state = await this.driverFor(sandbox).state(sandbox.metadata.uid).catch(() => 'missing' as const);
-          if (state === 'running' && sandbox.status.phase === 'Running') {
-            this.log.info({ sandbox: sandbox.metadata.name }, 're-adopted running sandbox');
-            if (!isReady(sandbox.status)) this.probeUntilReady(sandbox);
+          const driver = this.driverFor(sandbox);
+          const uid = sandbox.metadata.uid;
+          const state = await driver.state(uid).catch(() => 'missing' as const);
+          const phase = sandbox.status.phase;
+          if ((state === 'running' || state === 'paused') && (phase === 'Running' || phase === 'Paused')) {
+            // A pause or resume the crash cut short: the host follows the store.
+            if (state === 'running' && phase === 'Paused') await driver.pause(uid);
+            if (state === 'paused' && phase === 'Running') await driver.resume(uid);
+            this.log.info({ sandbox: sandbox.metadata.name, phase }, 're-adopted sandbox');
+            if (phase === 'Running' && !isReady(sandbox.status)) this.probeUntilReady(sandbox);
             return;
           }
           await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Restarting', message: `found ${state} after a control-plane restart; starting it again with its disks` });

@@ -30,6 +30,7 @@ const NewSandbox = Type.Object(
 );
 const IdParams = Type.Object({ sandboxID: Type.String({ pattern: E2B_ID_PATTERN }) });
 const ConnectBody = Type.Object({ timeout: Type.Optional(Timeout) }, { additionalProperties: false });
+const PauseBody = Type.Object({ memory: Type.Optional(Type.Boolean()) }, { additionalProperties: false });
 const TimeoutBody = Type.Object({ timeout: Timeout }, { additionalProperties: false });
 const ListQuery = Type.Object(
   {
@@ -41,8 +42,8 @@ const ListQuery = Type.Object(
   { additionalProperties: false },
 );
 
-/** `running` or `paused`, E2B's two states; Moat has no paused sandboxes yet, so a starting one counts as running. */
-const stateOf = (_s: E2bSandbox) => 'running' as const;
+/** `running` or `paused`, E2B's two states (a starting sandbox counts as running). */
+const stateOf = (s: E2bSandbox) => (s.sandbox?.status.phase === 'Paused' ? 'paused' : 'running');
 
 function listed(s: E2bSandbox) {
   return {
@@ -71,21 +72,21 @@ export function controlPlaneRoutes(scope: FastifyInstance, e2b: E2bSandboxes) {
 
   const create = async (req: FastifyRequest, reply: FastifyReply) => {
     const body = req.body as Static<typeof NewSandbox>;
-    if (body.autoPause) throw new MoatError(400, 'BadRequest', 'autoPause is not supported by this Moat server yet: sandboxes are killed at their timeout');
     const s = await e2b.create(req.principal, body);
     return reply.status(201).send(created(s, keyOf(req)));
   };
   scope.post('/sandboxes', { schema: schema('E2B: create a sandbox from a template (SDK ≤ 2.45)', { body: NewSandbox }) }, create);
   scope.post('/v2/sandboxes', { schema: schema('E2B: create a sandbox from a template', { body: NewSandbox }) }, create);
 
-  // Connect to a running sandbox (E2B's connect also resumes a paused one: none are, yet). The timeout only ever extends.
+  // Connect to a sandbox, resuming a paused one (201; 200 when it was running). A running one's timeout only ever extends.
   const connect = async (req: FastifyRequest, reply: FastifyReply) => {
     const { sandboxID } = req.params as { sandboxID: string };
     const s = await e2b.find(req.principal, sandboxID, 'write');
     if (!s.sandbox) throw new MoatError(404, 'NotFound', `sandbox "${sandboxID}" is gone`);
     const timeout = (req.body as Static<typeof ConnectBody> | undefined)?.timeout ?? 300;
-    if (Date.now() + timeout * 1000 > s.endAt) await e2b.setTimeout(s, timeout);
-    return reply.status(200).send(created(s, keyOf(req)));
+    const resumed = await e2b.resume(s);
+    if (resumed || Date.now() + timeout * 1000 > s.endAt) await e2b.setTimeout(s, timeout);
+    return reply.status(resumed ? 201 : 200).send(created(s, keyOf(req)));
   };
   scope.post('/sandboxes/:sandboxID/connect', { schema: schema('E2B: connect to a sandbox (SDK ≤ 2.45)', { params: IdParams, body: Type.Optional(ConnectBody) }) }, connect);
   scope.post('/v2/sandboxes/:sandboxID/connect', { schema: schema('E2B: connect to (or resume) a sandbox', { params: IdParams, body: Type.Optional(ConnectBody) }) }, connect);
@@ -108,9 +109,11 @@ export function controlPlaneRoutes(scope: FastifyInstance, e2b: E2bSandboxes) {
     return reply.status(204).send();
   });
 
-  scope.post('/sandboxes/:sandboxID/pause', { schema: schema('E2B: pause (not supported yet: 501)', { params: IdParams }) }, async (req) => {
-    await e2b.find(req.principal, (req.params as { sandboxID: string }).sandboxID, 'write');
-    throw new MoatError(501, 'NotImplemented', 'pause is not supported by this Moat server yet: the sandbox keeps running until its timeout or kill');
+  // Memory always stays (the processes are frozen, not checkpointed), so `memory` changes nothing.
+  scope.post('/sandboxes/:sandboxID/pause', { schema: schema('E2B: pause a sandbox (409 when it already is)', { params: IdParams, body: Type.Optional(PauseBody) }) }, async (req, reply) => {
+    const s = await e2b.find(req.principal, (req.params as { sandboxID: string }).sandboxID, 'write');
+    if (!(await e2b.pause(s))) throw new MoatError(409, 'Conflict', `sandbox "${s.id}" is already paused`);
+    return reply.status(204).send();
   });
 
   const list = async (req: FastifyRequest, reply: FastifyReply) => {

@@ -15,6 +15,7 @@ const ANNOTATIONS = {
   endAt: 'e2b.dev/end-at',
   metadata: 'e2b.dev/metadata',
   envVars: 'e2b.dev/env-vars',
+  autoPause: 'e2b.dev/auto-pause',
 } as const;
 
 /** E2B ids are lowercase alphanumerics (its sandbox hosts split on '-'); 20 of them, as E2B makes. */
@@ -49,6 +50,8 @@ export interface CreateRequest {
   timeout?: number;
   metadata?: Record<string, string>;
   envVars?: Record<string, string>;
+  /** At the timeout, pause instead of kill (E2B's `onTimeout: 'pause'`). */
+  autoPause?: boolean;
 }
 
 const parseJsonMap = (s: string | undefined): Record<string, string> => (s ? (JSON.parse(s) as Record<string, string>) : {});
@@ -102,6 +105,7 @@ export class E2bSandboxes {
           [ANNOTATIONS.endAt]: String(endAt),
           [ANNOTATIONS.metadata]: JSON.stringify(req.metadata ?? {}),
           [ANNOTATIONS.envVars]: JSON.stringify(req.envVars ?? {}),
+          ...(req.autoPause ? { [ANNOTATIONS.autoPause]: 'true' } : {}),
         },
       },
       spec: { sandboxTemplateRef: { name: this.moatTemplate(req.templateID) } },
@@ -149,9 +153,28 @@ export class E2bSandboxes {
     await this.claims.delete(namespace, id);
   }
 
+  /** E2B's pause: false when the sandbox already was paused. A paused sandbox has no timeout: it waits for connect or kill. */
+  async pause(s: E2bSandbox): Promise<boolean> {
+    if (!s.sandbox) throw notFoundE2b(s.id);
+    if (s.sandbox.status.phase === 'Paused') return false;
+    s.sandbox = await this.sandboxes.pause(s.namespace, s.sandbox.metadata.name);
+    this.deadlines.delete(`${s.namespace}/${s.id}`);
+    return true;
+  }
+
+  /** Resumes a paused sandbox (E2B's connect); false when it was running. */
+  async resume(s: E2bSandbox): Promise<boolean> {
+    if (!s.sandbox) throw notFoundE2b(s.id);
+    if (s.sandbox.status.phase !== 'Paused') return false;
+    s.sandbox = await this.sandboxes.resume(s.namespace, s.sandbox.metadata.name);
+    return true;
+  }
+
   /** The Moat sandbox behind an E2B id, running, for exec, files and ports. */
   async running(p: Principal, id: string) {
     const s = await this.find(p, id, 'write');
+    // As on E2B, a paused sandbox is out of reach until connect resumes it (Moat's own API resumes on use instead).
+    if (s.sandbox?.status.phase === 'Paused') throw new MoatError(409, 'SandboxPaused', `sandbox "${id}" is paused: Sandbox.connect() resumes it`);
     return { e2b: s, ...(await this.sandboxes.running(s.namespace, id)) };
   }
 
@@ -187,6 +210,19 @@ export class E2bSandboxes {
     }
   }
 
+  /** At its timeout a sandbox is killed, or paused when it asked for that; a paused one waits for connect or kill. */
+  private async timedOut(namespace: string, id: string) {
+    const s = await this.get(namespace, id);
+    if (s?.sandbox?.status.phase === 'Paused') return void this.deadlines.delete(`${namespace}/${id}`); // paused after a restart
+    if (s?.sandbox && s.claim.metadata.annotations?.[ANNOTATIONS.autoPause] === 'true') {
+      this.log.info({ namespace, sandbox: id }, 'e2b sandbox timed out: paused');
+      await this.pause(s);
+      return;
+    }
+    this.log.info({ namespace, sandbox: id }, 'e2b sandbox timed out');
+    await this.kill(namespace, id);
+  }
+
   private track(namespace: string, id: string, endAt: number) {
     this.deadlines.set(`${namespace}/${id}`, { namespace, id, endAt });
   }
@@ -195,9 +231,8 @@ export class E2bSandboxes {
     const now = Date.now();
     for (const d of this.deadlines.values()) {
       if (d.endAt > now) continue;
-      this.log.info({ namespace: d.namespace, sandbox: d.id }, 'e2b sandbox timed out');
-      await this.kill(d.namespace, d.id).catch((err: unknown) => {
-        if (!(err instanceof MoatError && err.code === 404)) this.log.error({ err, sandbox: d.id }, 'e2b timeout kill failed');
+      await this.timedOut(d.namespace, d.id).catch((err: unknown) => {
+        if (!(err instanceof MoatError && err.code === 404)) this.log.error({ err, sandbox: d.id }, 'e2b timeout failed');
       });
     }
   }

@@ -44,7 +44,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     const { namespace, name } = req.params as { namespace: string; name: string };
     authorize(req.principal, namespace, 'read');
     const { sandbox } = await sandboxes.get(namespace, name);
-    if (sandbox.status.phase === 'Running') {
+    if (sandbox.status.phase === 'Running' || sandbox.status.phase === 'Paused') {
       const usage = await sandboxes.driverFor(sandbox).usage(sandbox.metadata.uid).catch(() => undefined);
       if (usage) sandbox.status.resourceUsage = usage;
     }
@@ -58,6 +58,22 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     authorize(req.principal, namespace, 'write');
     return sandboxes.delete(namespace, name, (req.query as { wait?: boolean }).wait ?? false);
   });
+
+  for (const action of ['pause', 'resume'] as const) {
+    app.post(`${SANDBOXES}/:name/${action}`, {
+      schema: {
+        tags: ['sandboxes'],
+        summary: action === 'pause'
+          ? 'Freeze every process of a running sandbox (memory stays allocated); exec and file calls resume it'
+          : 'Thaw a paused sandbox',
+        params: NameParams,
+      },
+    }, async (req) => {
+      const { namespace, name } = req.params as { namespace: string; name: string };
+      authorize(req.principal, namespace, 'write');
+      return sandboxes[action](namespace, name);
+    });
+  }
 
   app.get(`${SANDBOXES}/:name/wait`, {
     schema: {
