@@ -172,6 +172,20 @@ describe('the e2b SDK against Moat', () => {
     assert.equal(await short.isRunning(), false);
   });
 
+  test("with onTimeout 'pause' the sandbox is paused at its timeout, not killed", async () => {
+    const napper = await Sandbox.create({ timeoutMs: 2_000, lifecycle: { onTimeout: 'pause' } });
+    try {
+      let state = (await napper.getInfo()).state;
+      for (let i = 0; i < 80 && state === 'running'; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        state = (await napper.getInfo()).state;
+      }
+      assert.equal(state, 'paused');
+    } finally {
+      await napper.kill();
+    }
+  });
+
   test('pause keeps processes and files; the paused sandbox is out of reach until connect resumes it', async () => {
     await sbx.files.write('kept.txt', 'still here');
     const sleeper = await sbx.commands.run('sleep 600', { background: true });
