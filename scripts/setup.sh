@@ -13,8 +13,10 @@ fi
 # Host packages: the OCI runtimes (runc, gVisor's runsc), the image builder, disks for sandbox limits, sandbox networks
 # (namespaces, veths, the nftables firewall), a C toolchain for moat-init; curl for the network tests;
 # for microVMs: QEMU, busybox-static and cpio for the guest's initramfs, socat for the agent relay, kmod to
-# resolve the guest kernel's modules (the kernel itself is downloaded by apt on first use, not installed).
-packages=(runc runsc qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount tar ca-certificates iproute2 nftables gcc make libc6-dev curl)
+# resolve the guest kernel's modules (the kernel itself is downloaded by apt on first use, not installed);
+# zstd and util-linux's fsfreeze for volume backups;
+# chromium (headless) and a font for the web portal's browser tests.
+packages=(runc runsc criu qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,6 +41,7 @@ fi
 say "building"
 make -s -C packages/agent
 node_modules/.bin/tsc -b
+npm run --silent build -w @moat/portal >/dev/null # the web portal the server serves at /
 
 # `moat` on PATH for root's shells, unless something else owns that name.
 if [ -d /usr/local/bin ] && { [ ! -e /usr/local/bin/moat ] || [ -L /usr/local/bin/moat ]; }; then

@@ -4,9 +4,10 @@ import { createInterface } from 'node:readline';
 import type { TestServer } from './server.js';
 
 /** A server in a child process: the test kills it with SIGKILL like a crash would. */
-export async function spawnServer(dataDir: string): Promise<{ child: ChildProcess; server: TestServer }> {
+export async function spawnServer(dataDir: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess; server: TestServer }> {
   const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', join(import.meta.dirname, 'server-process.ts'), dataDir], {
     stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
   });
   const line = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once('line', resolve);
@@ -27,3 +28,7 @@ export const kill = (child: ChildProcess) =>
     child.once('exit', () => resolve());
     child.kill('SIGKILL');
   });
+
+/** Resolves once the child has exited (at once if it already has): a server that killed itself at a crash point. */
+export const exited = (child: ChildProcess) =>
+  new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));

@@ -14,6 +14,8 @@ import { registerImages } from './commands/images.js';
 import { registerLogin } from './commands/login.js';
 import { registerSandbox } from './commands/sandbox.js';
 import { registerSecrets } from './commands/secrets.js';
+import { registerBackup } from './commands/backup.js';
+import { registerVolume } from './commands/volume.js';
 import { registerShell } from './commands/shell.js';
 import { registerUp } from './commands/up.js';
 import { registerWait } from './commands/wait.js';
@@ -48,6 +50,8 @@ export function buildProgram(ctx: Context): Command {
   registerIdentity(program, ctx);
   registerAudit(program, ctx);
   registerSecrets(program, ctx);
+  registerVolume(program, ctx);
+  registerBackup(program, ctx);
   registerGateway(program, ctx);
   return program;
 }

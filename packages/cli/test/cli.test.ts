@@ -30,7 +30,7 @@ test('config view shows where settings come from, never the key', async () => {
   const r = await run(['config', 'view', '-o', 'json'], { env: { MOAT_URL: 'http://h:1', MOAT_API_KEY: key, MOAT_CONFIG: '/cfg/moat.json' } });
   assert.equal(r.code, 0);
   const view = JSON.parse(r.stdout);
-  assert.deepEqual(view, { url: 'http://h:1', urlFrom: 'env', apiKeySet: true, apiKeyHint: 'moat_s…', apiKeyFrom: 'env', configFile: '/cfg/moat.json', namespace: 'default' });
+  assert.deepEqual(view, { url: 'http://h:1', urlFrom: 'env', apiKeySet: true, apiKeyHint: 'moat_s…', apiKeyFrom: 'env', configFile: '/cfg/moat.json', namespace: 'default', portalUrl: 'http://h:1/' });
   assert.ok(!r.stdout.includes(key));
 });
 

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { EgressLimitsSchema, EgressPolicySchema } from './egress.js';
-import { EnvVarSchema, ObjectMetaSchema, PodTemplateSchema, SecretRefSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
+import { EnvVarSchema, IdlePolicySchema, ObjectMetaSchema, PodTemplateSchema, SecretRefSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
 
 /**
  * SandboxTemplate, SandboxClaim and SandboxWarmPool, shaped like
@@ -31,6 +31,8 @@ export const SandboxTemplateSpecSchema = Type.Object(
     secrets: Type.Optional(Type.Array(SecretRefSchema, { maxItems: 64 })),
     /** Moat: a sandbox made from this template is deleted this long after it was claimed, unless the claim says otherwise. */
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 366 * 86400 })),
+    /** Moat: as a sandbox's `spec.idlePolicy`, for every sandbox made from the template. */
+    idlePolicy: Type.Optional(IdlePolicySchema),
     // Kubernetes network objects have no meaning on one host; accepted so the same YAML applies.
     networkPolicy: Type.Optional(Type.Unknown()),
     networkPolicyManagement: Type.Optional(Policy('Managed', 'Unmanaged')),

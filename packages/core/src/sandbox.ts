@@ -107,7 +107,7 @@ export const ContainerSchema = Type.Object(
     livenessProbe: Type.Optional(ProbeSchema),
     startupProbe: Type.Optional(ProbeSchema),
     securityContext: Type.Optional(SecurityContextSchema),
-    /** The volume of `volumeClaimTemplates` is mounted at its mountPath (default /data). */
+    /** The sandbox's one volume (of `volumeClaimTemplates`, or of `volumes` naming an existing one) is mounted at its mountPath (default /data). */
     volumeMounts: Type.Optional(
       Type.Array(
         Type.Object({ name: Type.String({ maxLength: 63 }), mountPath: Type.String({ maxLength: 4096, pattern: '^/' }), readOnly: Type.Optional(Type.Boolean()) }, Strict),
@@ -137,6 +137,19 @@ export const PodSpecSchema = Type.Object(
     containers: Type.Array(ContainerSchema, { minItems: 1, maxItems: 1 }),
     hostname: Type.Optional(Type.String({ maxLength: 63 })),
     securityContext: Type.Optional(SecurityContextSchema),
+    /** Moat: one existing named volume (`moat volume create`, a retained or restored one) instead of a volumeClaimTemplate. */
+    volumes: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            name: Type.String({ minLength: 1, maxLength: 63 }),
+            persistentVolumeClaim: Type.Object({ claimName: Type.String({ minLength: 1, maxLength: 63 }), readOnly: Type.Optional(Type.Literal(false)) }, Strict),
+          },
+          Strict,
+        ),
+        { maxItems: 1 },
+      ),
+    ),
     // Accepted for YAML portability with Kubernetes; they have no effect on one host.
     restartPolicy: Type.Optional(Type.String()),
     automountServiceAccountToken: Type.Optional(Type.Boolean()),
@@ -176,6 +189,21 @@ export const SecretRefSchema = Type.Object(
   Strict,
 );
 
+/**
+ * Moat: what happens to a sandbox nobody uses (no exec, file call or port
+ * connection): each step that many seconds after the last use. Steps given
+ * together must come in this order.
+ */
+export const IdlePolicySchema = Type.Object(
+  {
+    pauseAfterSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 366 * 86400 })),
+    hibernateAfterSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 366 * 86400 })),
+    deleteAfterSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 366 * 86400 })),
+  },
+  Strict,
+);
+export type IdlePolicy = Static<typeof IdlePolicySchema>;
+
 export const SandboxSpecSchema = Type.Object(
   {
     podTemplate: PodTemplateSchema,
@@ -183,6 +211,10 @@ export const SandboxSpecSchema = Type.Object(
     shutdownTime: Type.Optional(Type.String({ format: 'date-time' })),
     shutdownPolicy: Type.Optional(Type.Union([Type.Literal('Delete'), Type.Literal('Retain')])),
     replicas: Type.Optional(Type.Integer({ minimum: 0, maximum: 1 })),
+    /** StatefulSet's field: whether the volume made from `volumeClaimTemplates` outlives the sandbox (default Delete). */
+    persistentVolumeClaimRetentionPolicy: Type.Optional(
+      Type.Object({ whenDeleted: Type.Optional(Type.Union([Type.Literal('Retain'), Type.Literal('Delete')])), whenScaled: Type.Optional(Type.Union([Type.Literal('Retain'), Type.Literal('Delete')])) }, Strict),
+    ),
     /** Moat: where the sandbox may connect through the egress proxy (default deny-all). */
     egressPolicy: Type.Optional(EgressPolicySchema),
     /** Moat: this sandbox's share of the egress proxy. */
@@ -192,6 +224,7 @@ export const SandboxSpecSchema = Type.Object(
      * placed inside it); `exposeAsEnv` opts one into its environment, audited.
      */
     secrets: Type.Optional(Type.Array(SecretRefSchema, { maxItems: 64 })),
+    idlePolicy: Type.Optional(IdlePolicySchema),
   },
   Strict,
 );
@@ -204,7 +237,7 @@ export const ConditionSchema = Type.Object({
   lastTransitionTime: Type.String(),
 });
 
-export const SandboxPhases = ['Pending', 'Running', 'Paused', 'Failed', 'Terminating'] as const;
+export const SandboxPhases = ['Pending', 'Running', 'Paused', 'Hibernated', 'Failed', 'Terminating'] as const;
 export type SandboxPhase = (typeof SandboxPhases)[number];
 
 export const SandboxStatusSchema = Type.Object({

@@ -6,6 +6,7 @@ import { AgentsApi, KeysApi, UsersApi, type Whoami } from './identity.js';
 import { ResourceClient } from './resources.js';
 import { Sandbox } from './sandbox.js';
 import { SecretsApi } from './secrets.js';
+import { BackupsApi, VolumesApi } from './volumes.js';
 import { claimManifest, sandboxManifest, type CreateSandboxOptions } from './spec.js';
 import { EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Health, type Image, type KubeObject, type SandboxResource } from './types.js';
 
@@ -39,6 +40,9 @@ export class Moat {
   readonly audit: AuditApi;
   /** Secrets of this client's namespace. */
   readonly secrets: SecretsApi;
+  /** Named volumes of this client's namespace, and their backups. */
+  readonly volumes: VolumesApi;
+  readonly backups: BackupsApi;
   /** API gateway settings and usage of this client's namespace. */
   readonly gateway: GatewayApi;
   private readonly http: HttpClient;
@@ -69,6 +73,8 @@ export class Moat {
     this.keys = new KeysApi(this.http, me);
     this.audit = new AuditApi(this.http);
     this.secrets = new SecretsApi(this.http, this.namespace);
+    this.volumes = new VolumesApi(this.http, this.namespace);
+    this.backups = new BackupsApi(this.http, this.namespace);
     this.gateway = new GatewayApi(this.http, this.namespace);
   }
 

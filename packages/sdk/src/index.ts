@@ -1,6 +1,7 @@
 export { Moat, SandboxesApi, ImagesApi, DEFAULT_URL, type MoatOptions } from './client.js';
 export { Sandbox } from './sandbox.js';
 export { SecretsApi, type SecretInfo } from './secrets.js';
+export { VolumesApi, BackupsApi, type VolumeInfo, type BackupInfo } from './volumes.js';
 export { GatewayApi, type GatewayConfig, type GatewayProvider, type GatewayUsage } from './gateway.js';
 export { AuditApi, type AuditEvent, type AuditFilter, type AuditVerifyReport } from './audit.js';
 export { UsersApi, AgentsApi, KeysApi, type Role, type Quota, type Whoami, type User, type Agent, type ApiKeyInfo, type NewApiKey } from './identity.js';

@@ -64,6 +64,29 @@ export class Sandbox {
     return this;
   }
 
+  /**
+   * Save every process and its memory to disk and free the memory. Where the
+   * runtime cannot checkpoint the workload the sandbox is stopped with its disks
+   * kept instead (the `Hibernated` condition says which). Exec, file calls and
+   * port connections wake it.
+   */
+  async hibernate(): Promise<this> {
+    this.resource = await this.http.json<SandboxResource>('POST', `${this.path}/hibernate`);
+    return this;
+  }
+
+  /** Restore a hibernated sandbox: the same processes with the same memory (or a fresh start on its disks). */
+  async wake(): Promise<this> {
+    this.resource = await this.http.json<SandboxResource>('POST', `${this.path}/wake`);
+    return this;
+  }
+
+  /** Set when the sandbox shuts down: `ttlSeconds` from now, or at `shutdownTime` (a claimed sandbox: its claim). */
+  async extend(when: { ttlSeconds: number } | { shutdownTime: string }): Promise<this> {
+    this.resource = await this.http.json<SandboxResource>('POST', `${this.path}/extend`, { json: when });
+    return this;
+  }
+
   /** What happened to the sandbox (started, claimed, paused...), oldest first. */
   async events(): Promise<SandboxEvent[]> {
     return (await this.http.json<{ items: SandboxEvent[] }>('GET', `${this.path}/events`)).items;

@@ -54,6 +54,11 @@ export interface SandboxSpec {
     metadata: { name: string };
     spec: { resources: { requests: { storage: Quantity } } };
   }[];
+  /** When the sandbox shuts down (RFC 3339), and what is kept then. */
+  shutdownTime?: string;
+  shutdownPolicy?: 'Delete' | 'Retain';
+  /** Moat: pause, hibernate and delete after this many seconds without use. */
+  idlePolicy?: { pauseAfterSeconds?: number; hibernateAfterSeconds?: number; deleteAfterSeconds?: number };
   [field: string]: unknown;
 }
 
@@ -65,7 +70,7 @@ export interface Condition {
   lastTransitionTime: string;
 }
 
-export type SandboxPhase = 'Pending' | 'Running' | 'Paused' | 'Failed' | 'Terminating';
+export type SandboxPhase = 'Pending' | 'Running' | 'Paused' | 'Hibernated' | 'Failed' | 'Terminating';
 
 export interface SandboxStatus {
   phase: SandboxPhase;

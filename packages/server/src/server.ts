@@ -11,6 +11,7 @@ import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
 import { templateAliases } from './e2b/index.js';
 import { ClaimController } from './controllers/claims.js';
+import { LifecycleController } from './controllers/lifecycle.js';
 import { WarmPoolController } from './controllers/pools.js';
 import { SandboxController, type Drivers } from './controllers/sandboxes.js';
 import { TemplateController } from './controllers/templates.js';
@@ -23,6 +24,9 @@ import { Networking, gatewayPort, pinnedHosts, type NetworkOptions } from './net
 import { Keyring } from './secrets/keyring.js';
 import { Secrets } from './secrets/secrets.js';
 import { Store } from './store/store.js';
+import { BackupService } from './backups/service.js';
+import { objectStoreFromEnv, type ObjectStore } from './backups/store.js';
+import { VolumeService } from './volumes/service.js';
 
 export const VERSION = '0.1.0';
 export const DEFAULT_PORT = 6628;
@@ -50,6 +54,8 @@ export interface ServerOptions {
   e2bTemplates?: Record<string, string>;
   /** Exec, file and port calls to a paused sandbox resume it (default true, or $MOAT_RESUME_ON_USE); false answers them 409. */
   resumeOnUse?: boolean;
+  /** Where backups go (default: S3 when $MOAT_BACKUP_S3_ENDPOINT is set, else the directory $MOAT_BACKUP_DIR or `<dataDir>/backups`). */
+  backupStore?: ObjectStore;
 }
 
 export interface RunningServer {
@@ -149,17 +155,25 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     pinnedHosts: pinnedHosts(opts.network ?? {}),
     ...(opts.network?.lookup ? { lookup: opts.network.lookup } : {}),
   });
-  const tenants = tenancy(identity, new Quotas(store, identity), secrets, gateway);
+  const quotas = new Quotas(store, identity);
+  const tenants = tenancy(identity, quotas, secrets, gateway);
   const sandboxes = new SandboxController(store, images, drivers, network, logger, tenants, opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false');
+  // Named volumes and backups (docs/lifecycle.md): before recovery, which restarts sandboxes with their volumes.
+  const volumes = await VolumeService.open(store, quotas, join(dataDir, 'volumes'));
+  sandboxes.volumes = volumes;
+  const hostMounts: Record<string, string> = { runc: join(dataDir, 'sandboxes'), gvisor: join(dataDir, 'sandboxes-gvisor') };
+  const backups = await BackupService.open(store, volumes, sandboxes, opts.backupStore ?? objectStoreFromEnv(dataDir), (rt, uid) => (hostMounts[rt] ? join(hostMounts[rt], uid, 'data') : undefined), logger);
   await sandboxes.recover();
   const templates = new TemplateController(store, sandboxes);
   const pools = new WarmPoolController(store, sandboxes, templates, logger);
   const claims = new ClaimController(store, sandboxes, templates, pools, logger);
+  const lifecycle = new LifecycleController(store, sandboxes, claims, audit, logger);
   // Level-triggered backstop for the event-driven paths: refills after crashes, claims waiting for a template, expiry.
   const resync = async () => {
     await network.ensureFirewall(logger);
     await pools.resync();
     await claims.resync();
+    await lifecycle.resync();
     await gateway.refreshTokenFiles(sandboxes);
     await audit.flushIfStale();
   };
@@ -182,6 +196,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     templates,
     claims,
     pools,
+    volumes,
+    backups,
     limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
     version: VERSION,
     runtimes,

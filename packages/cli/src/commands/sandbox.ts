@@ -97,6 +97,8 @@ export function registerSandbox(program: Command, ctx: Context): void {
   for (const [action, description] of [
     ['pause', 'freeze every process of sandboxes (memory stays allocated; exec and file calls resume them)'],
     ['resume', 'thaw paused sandboxes'],
+    ['hibernate', 'save the processes and memory of sandboxes to disk and free their memory (exec, file calls and port connections wake them)'],
+    ['wake', 'restore hibernated sandboxes with their processes and memory'],
   ] as const) {
     sandbox
       .command(action)
@@ -110,6 +112,19 @@ export function registerSandbox(program: Command, ctx: Context): void {
         }
       });
   }
+
+  sandbox
+    .command('extend')
+    .description('set when a sandbox shuts down, counted from now (a claimed sandbox: its claim)')
+    .argument('<name>')
+    .requiredOption('--ttl <duration>', 'time left from now: 90s, 30m, 2h, 7d')
+    .action(async (name: string, opts: { ttl: string }) => {
+      const ttlSeconds = parseDuration(opts.ttl, '--ttl');
+      if (ttlSeconds < 1) throw new CliError('--ttl must be at least 1s');
+      const moat = await ctx.moat();
+      const sbx = await (await moat.sandboxes.get(name)).extend({ ttlSeconds });
+      ctx.out(`sandbox/${sbx.name} shuts down at ${sbx.resource.spec.shutdownTime ?? '?'}\n`);
+    });
 
   sandbox
     .command('events')

@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises';
+import { mkdir, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run, which } from '../run.js';
 import type { ociSpec } from '../oci/spec.js';
@@ -72,6 +72,29 @@ export class GvisorDriver extends OciDriver {
     delete (config.linux as { seccomp?: unknown }).seccomp;
   }
 
+  /** gVisor saves the sentry's whole state (its kernel, every process and its memory) itself: no CRIU involved. */
+  protected override async checkpoint(id: string, ck: string): Promise<string | undefined> {
+    await mkdir(join(ck, 'images'));
+    const r = await run(this.bin, [...this.runtimeArgs(), 'checkpoint', '--image-path', join(ck, 'images'), id], { allowFail: true });
+    if (r.code === 0) return undefined;
+    const out = (r.stderr || r.stdout).trim().split('\n');
+    // A failed save panics the sentry: its message, not the goroutine dump after it, says why.
+    const why = out.find((l) => /^panic:|error/i.test(l)) ?? out.slice(-2).join(' ');
+    const hostUds = /encoding error at object transport\.connectionedEndpoint/.test(why) ? /path:"([^"]*)"/.exec(why)?.[1] : undefined;
+    if (hostUds) {
+      return `runsc checkpoint failed: it cannot save the unix socket bound on the host at ${hostUds} (--host-uds=create; moat-init serves exec and files on it)`;
+    }
+    return `runsc checkpoint failed: ${why.trim().slice(0, 300)}`;
+  }
+
+  protected override async restore(id: string, ck: string): Promise<string | undefined> {
+    const dir = this.dir(id);
+    await unlink(join(dir, 'sock', 'agent.sock')).catch(() => {});
+    // The argument order is what NETNS_WORKAROUND recognises.
+    const r = await this.detached([...this.runtimeArgs(), 'restore', '--detach', '--image-path', join(ck, 'images'), '--bundle', join(dir, 'bundle'), id], this.logPath(id));
+    return r.code === 0 ? undefined : `runsc restore failed: ${r.tail}`;
+  }
+
   override async setHostname(id: string, hostname: string): Promise<void> {
     await writeHostFilesCopy(this.dir(id), hostname);
     // The sentry has its own UTS namespace, out of the host's reach: set it from inside, with the one
@@ -107,6 +130,17 @@ if (( n >= 5 )) && [[ \${args[n-5]} == run && \${args[n-4]} == --detach && \${ar
     nsenter --net="$netns" unshare --mount --propagation private sh -c \\
       'caller=$1; shift; mount -t tmpfs -o size=4k,mode=555 moat-gvisor-10704 /proc/sys/net/core && exec nsenter --net="/proc/$caller/ns/net" "$0" "$@"' \\
       "$0" $$ "\${globals[@]}" start "$id"
+    exit
+  fi
+fi
+if (( n >= 7 )) && [[ \${args[n-7]} == restore && \${args[n-6]} == --detach && \${args[n-5]} == --image-path && \${args[n-3]} == --bundle ]]; then
+  bundle=\${args[n-2]}
+  netns=$(sed -n 's/.*"type":"network","path":"\\([^"]*\\)".*/\\1/p' "$bundle/config.json")
+  if [[ -n $netns ]] && nsenter --net="$netns" test -e /proc/sys/net/core/rmem_default; then
+    # A restore sets the network up as start does: the whole (short-lived) restore runs under the cover.
+    nsenter --net="$netns" unshare --mount --propagation private sh -c \\
+      'caller=$1; shift; mount -t tmpfs -o size=4k,mode=555 moat-gvisor-10704 /proc/sys/net/core && exec nsenter --net="/proc/$caller/ns/net" "$0" "$@"' \\
+      "$0" $$ "\${args[@]}"
     exit
   fi
 fi

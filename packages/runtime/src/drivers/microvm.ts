@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync } from 'node:fs';
-import { access, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { closeSync, createWriteStream, openSync } from 'node:fs';
+import { access, chmod, mkdir, readFile, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +18,8 @@ import { IGNORE_SHARED, qemuArgs, vmFiles, type VmShape } from '../vm/machine.js
 import { Qmp } from '../vm/qmp.js';
 import { GUEST_AGENT, plugVmNetwork } from '../vm/network.js';
 import { ensureSnapshot } from '../vm/snapshot.js';
-import type { CreateOptions, RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
+import { checkpointDir, clearCheckpoint, completeCheckpoint, readCheckpoint, startCheckpoint } from '../checkpoint/index.js';
+import type { CreateOptions, HibernateResult, RuntimeDriver, RuntimeState, SandboxRuntimeSpec, WakeResult } from './types.js';
 
 export interface MicrovmDriverOptions {
   /** Host directory holding one folder per sandbox. */
@@ -95,6 +96,17 @@ export class MicrovmDriver implements RuntimeDriver {
   }
 
   async create(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<void> {
+    // A fresh start: a hibernate's saved machine no longer matches the disks once this runs.
+    await clearCheckpoint(this.dir(spec.id));
+    await this.launch(spec, opts);
+  }
+
+  /**
+   * Starts QEMU on the sandbox's disks and network and loads a migration
+   * stream: the shape's snapshot (a new VM, which then receives its config), or
+   * this VM's own hibernated state (RAM included: it is already configured).
+   */
+  private async launch(spec: SandboxRuntimeSpec, opts: CreateOptions, hibernated?: string): Promise<void> {
     const dir = this.dir(spec.id);
     const p = (...s: string[]) => join(dir, ...s);
     if (!spec.netnsPath) throw new Error('the microvm runtime needs the sandbox network (a network namespace) for its agent link');
@@ -103,7 +115,8 @@ export class MicrovmDriver implements RuntimeDriver {
     await writeFile(p('spec.json'), JSON.stringify(spec));
     // Kept across restarts of the sandbox, like the runc driver's; owned by the guest's own root.
     if (!(await exists(p('disk.img')))) await createExt4(p('disk.img'), spec.limits.diskBytes, { journal: false, rootOwner: 0 });
-    if (!(await exists(p('data.img')))) await createExt4(p('data.img'), spec.limits.dataBytes, { journal: true, rootOwner: 0 });
+    const data = spec.dataImage ?? p('data.img'); // a named volume's image lives outside the sandbox's dir
+    if (!(await exists(data))) await createExt4(data, spec.limits.dataBytes, { journal: true, rootOwner: 0 });
 
     const { boot, accel } = await this.prepare();
     const shape = vmShape(spec);
@@ -121,11 +134,13 @@ export class MicrovmDriver implements RuntimeDriver {
     const args = qemuArgs({
       boot, accel: accel.accel, shape,
       ram: { file: snap.ram, share: false },
-      disks: { base, disk: p('disk.img'), data: p('data.img') },
+      disks: { base, disk: p('disk.img'), data },
       taps: true, dir, incoming: true,
       jail: { uid: jailId, gid: jailId, chroot: p('jail') },
     });
-    const stateFd = openSync(snap.state, 'r');
+    // Sockets of an earlier QEMU (a hibernated or crashed one) would be taken for this one's.
+    await Promise.all([f.qmp, f.config].map((x) => unlink(x).catch(() => {})));
+    const stateFd = openSync(hibernated ?? snap.state, 'r');
     const logFd = openSync(p('qemu.log'), 'a');
     // Detached, so it outlives a control-plane restart (not -daemonize: its fork is what the seccomp filter forbids).
     // Jailed in the sandbox's network namespace plus mount, IPC and UTS namespaces of its own (not pid: its pid
@@ -145,8 +160,107 @@ export class MicrovmDriver implements RuntimeDriver {
       if (exited) throw new Error(`QEMU failed to start (${exited}): ${await this.lastLines(spec.id)}`);
       await sleep(5);
     }
-    await Promise.all([this.resumeFromSnapshot(f.qmp), sendConfig(f.config, configFor(spec, guest))]);
+    if (hibernated) {
+      await this.resumeFromSnapshot(f.qmp);
+    } else {
+      await Promise.all([this.resumeFromSnapshot(f.qmp), sendConfig(f.config, configFor(spec, guest))]);
+    }
     await this.waitReady(spec.id);
+  }
+
+  async hibernated(id: string): Promise<boolean> {
+    return (await readCheckpoint(this.dir(id))) !== undefined;
+  }
+
+  /**
+   * Stops the vCPUs, migrates the whole machine (device state and every page
+   * of guest RAM: the VM maps its shape's snapshot file privately, so what it
+   * changed lives only in its own memory) into `checkpoint/machine`, then
+   * quits QEMU. QEMU is jailed (chroot, own uid, no exec): it streams to a
+   * unix socket in its chroot that this process writes to the file.
+   */
+  async hibernate(id: string): Promise<HibernateResult> {
+    const dir = this.dir(id);
+    const state = await this.state(id);
+    if (state !== 'running' && state !== 'paused') {
+      const info = await readCheckpoint(dir);
+      if (info) return { checkpointed: true, bytes: info.bytes };
+      return { checkpointed: false, reason: `the microVM was ${state}` };
+    }
+    const ck = await startCheckpoint(dir);
+    try {
+      await this.migrateToFile(id, join(ck, 'machine'));
+    } catch (err) {
+      await clearCheckpoint(dir).catch(() => {});
+      await this.stopProcesses(id);
+      await removeVmCgroup(id).catch(() => {});
+      return { checkpointed: false, reason: `QEMU could not save the machine: ${(err as Error).message}` };
+    }
+    await this.qmp(id, (q) => q.execute('quit')).catch(() => {});
+    await this.stopProcesses(id);
+    await removeVmCgroup(id).catch(() => {});
+    return { checkpointed: true, bytes: (await completeCheckpoint(dir, this.name)).bytes };
+  }
+
+  private async migrateToFile(id: string, file: string): Promise<void> {
+    const jail = join(this.dir(id), 'jail');
+    const sock = join(jail, 'hibernate.sock');
+    await unlink(sock).catch(() => {});
+    const out = createWriteStream(file, { mode: 0o600 });
+    let received: Promise<void> = Promise.reject(new Error('QEMU never connected'));
+    received.catch(() => {});
+    const server = createServer({ allowHalfOpen: false }, (conn) => {
+      received = new Promise<void>((resolve, reject) => {
+        conn.pipe(out);
+        out.on('finish', resolve);
+        out.on('error', reject);
+        conn.on('error', reject);
+      });
+      server.close();
+    });
+    await new Promise<void>((resolve, reject) => server.listen(sock, resolve).on('error', reject));
+    try {
+      // QEMU runs as the VM's own uid, chrooted in `jail`: it needs to reach the socket at /hibernate.sock.
+      await chmod(jail, 0o711);
+      await chmod(sock, 0o777);
+      await this.qmp(id, async (q) => {
+        await q.execute('stop');
+        await q.execute('migrate-set-capabilities', IGNORE_SHARED);
+        // The default (32 MiB/s) is for live migration over a network; this is a stopped VM going to a local file.
+        await q.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 2 ** 30 });
+        await q.execute('migrate', { uri: 'unix:/hibernate.sock' });
+        for (;;) {
+          const m = await q.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+          if (m.status === 'completed') break;
+          if (m.status === 'failed' || m.status === 'cancelled') throw new Error(m['error-desc'] ?? m.status);
+          await sleep(10);
+        }
+      });
+      await received;
+    } finally {
+      server.close();
+      await chmod(jail, 0o700).catch(() => {});
+      await unlink(sock).catch(() => {});
+    }
+    if ((await stat(file)).size === 0) throw new Error('the saved machine is empty');
+  }
+
+  async wake(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<WakeResult> {
+    const dir = this.dir(spec.id);
+    if (!(await this.hibernated(spec.id))) {
+      await this.create(spec, opts);
+      return { restored: false, reason: 'no saved machine: started again on its disks' };
+    }
+    try {
+      await this.launch(spec, opts, join(checkpointDir(dir), 'machine'));
+    } catch (err) {
+      await this.create(spec, opts);
+      return { restored: false, reason: `the saved machine could not be restored (${(err as Error).message}): started again on its disks` };
+    }
+    await clearCheckpoint(dir);
+    // The guest's clock stood still while it was on disk: give it the host's time (best effort; busybox/coreutils date).
+    await this.agent(spec.id).exec({ command: ['/bin/sh', '-c', 'date -s "@$1" >/dev/null 2>&1 || true', 'sh', String(Math.floor(Date.now() / 1000))] }).done.catch(() => {});
+    return { restored: true };
   }
 
   /** Loads the snapshot's state (inherited as fd 3) and runs the VM. */

@@ -10,7 +10,8 @@ import { ociSpec } from '../oci/spec.js';
 import { run, which } from '../run.js';
 import { HostnameSetter } from '../hostname.js';
 import { hostUid } from '../userns.js';
-import type { CreateOptions, RuntimeDriver, RuntimeState, SandboxRuntimeSpec } from './types.js';
+import { checkpointDir, clearCheckpoint, completeCheckpoint, criuErrors, readCheckpoint, startCheckpoint } from '../checkpoint/index.js';
+import type { CreateOptions, HibernateResult, RuntimeDriver, RuntimeState, SandboxRuntimeSpec, WakeResult } from './types.js';
 
 export interface OciDriverOptions {
   /** Host directory holding one folder per sandbox. */
@@ -71,6 +72,21 @@ export class OciDriver implements RuntimeDriver {
   async create(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<void> {
     const dir = this.dir(spec.id);
     const p = (...s: string[]) => join(dir, ...s);
+    // A fresh start: saved processes (a hibernate's checkpoint) no longer match the disks once this runs.
+    await clearCheckpoint(dir);
+    await this.mountDisks(spec);
+    await this.writeBundle(spec);
+    // A container left over from a crash would make `run` fail on the id.
+    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
+    await opts.ready;
+    await this.startContainer(spec.id, p('bundle'), p('log'));
+    await this.waitReady(spec.id);
+  }
+
+  /** The sandbox's disks and rootfs overlay, made once and mounted (idempotent). */
+  private async mountDisks(spec: SandboxRuntimeSpec): Promise<void> {
+    const dir = this.dir(spec.id);
+    const p = (...s: string[]) => join(dir, ...s);
     await mkdir(p('bundle', 'rootfs'), { recursive: true, mode: 0o711 });
     await chmod(dir, 0o711);
     await writeFile(p('spec.json'), JSON.stringify(spec));
@@ -83,10 +99,18 @@ export class OciDriver implements RuntimeDriver {
       await mkdir(p('disk', d), { recursive: true });
     }
     await chown(p('disk', 'upper'), root, root);
-    if (!(await exists(p('data.img')))) await createExt4(p('data.img'), spec.limits.dataBytes, { journal: true, rootOwner: root });
-    await mountLoop(p('data.img'), p('data'));
+    const data = spec.dataImage ?? p('data.img');
+    if (!(await exists(data))) await createExt4(data, spec.limits.dataBytes, { journal: true, rootOwner: root });
+    await mountLoop(data, p('data'));
+    // A named volume may have been made for another runtime: its root belongs to this sandbox's root.
+    if (spec.dataImage) await chown(p('data'), root, root);
     await mountOverlay(spec.image.rootfs, p('disk', 'upper'), p('disk', 'work'), p('bundle', 'rootfs'));
+  }
 
+  private async writeBundle(spec: SandboxRuntimeSpec): Promise<void> {
+    const dir = this.dir(spec.id);
+    const p = (...s: string[]) => join(dir, ...s);
+    const root = hostUid(0);
     await mkdir(p('sock'), { recursive: true });
     await chown(p('sock'), root, root);
     await unlink(p('sock', 'agent.sock')).catch(() => {});
@@ -111,16 +135,24 @@ export class OciDriver implements RuntimeDriver {
     });
     await this.adjustSpec(config);
     await writeFile(p('bundle', 'config.json'), JSON.stringify(config));
-
-    // A container left over from a crash would make `run` fail on the id.
-    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
-    await opts.ready;
-    await this.startContainer(spec.id, p('bundle'), p('log'));
-    await this.waitReady(spec.id);
   }
 
   /** Hook for runtimes that share the bundle format but need a different spec (gVisor). */
   protected async adjustSpec(_config: ReturnType<typeof ociSpec>): Promise<void> {}
+
+  /** Runs a runtime command whose container outlives it: stdio goes to the sandbox log (a pipe would be held open). */
+  protected detached(args: string[], log: string): Promise<{ code: number | null; tail: string }> {
+    const logFd = openSync(log, 'a');
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.bin, args, { stdio: ['ignore', logFd, logFd] });
+      closeSync(logFd);
+      child.on('error', reject);
+      child.on('exit', async (code) => {
+        const tail = code === 0 ? '' : (await readFile(log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('\n');
+        resolve({ code, tail });
+      });
+    });
+  }
 
   private startContainer(id: string, bundle: string, log: string): Promise<void> {
     // Detached: the container outlives this process, so a control-plane restart leaves it running.
@@ -174,6 +206,105 @@ export class OciDriver implements RuntimeDriver {
 
   async resume(id: string): Promise<void> {
     if ((await this.state(id)) === 'paused') await run(this.bin, [...this.runtimeArgs(), 'resume', id]);
+  }
+
+  async hibernated(id: string): Promise<boolean> {
+    return (await readCheckpoint(this.dir(id))) !== undefined;
+  }
+
+  /**
+   * Checkpoints the container (CRIU through `<runtime> checkpoint`), which
+   * stops it; its mounts stay (they hold no memory). When the checkpoint
+   * fails the container is killed, its disks kept, and the reason returned.
+   */
+  async hibernate(id: string): Promise<HibernateResult> {
+    const dir = this.dir(id);
+    const state = await this.state(id);
+    if (state !== 'running' && state !== 'paused') {
+      if (await this.hibernated(id)) {
+        const info = await readCheckpoint(dir);
+        return { checkpointed: true, bytes: info!.bytes };
+      }
+      return { checkpointed: false, reason: `the container was ${state}` };
+    }
+    const ck = await startCheckpoint(dir);
+    const failure = await this.checkpoint(id, ck, state === 'paused');
+    if (!failure) {
+      // runc removes a checkpointed container itself; runsc leaves a stopped one behind.
+      await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', id], { allowFail: true });
+      return { checkpointed: true, bytes: (await completeCheckpoint(dir, this.name)).bytes };
+    }
+    await clearCheckpoint(dir).catch(() => {});
+    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', id], { allowFail: true });
+    return { checkpointed: false, reason: failure };
+  }
+
+  /** Runs the runtime's checkpoint into `ck`; returns why it failed, or undefined on success. */
+  protected async checkpoint(id: string, ck: string, _paused: boolean): Promise<string | undefined> {
+    await mkdir(join(ck, 'images'));
+    await mkdir(join(ck, 'work'));
+    const r = await run(this.bin, [
+      ...this.runtimeArgs(), 'checkpoint',
+      '--image-path', join(ck, 'images'),
+      '--work-path', join(ck, 'work'),
+      // The agent's listening socket and any connection through it are reached from the host by path.
+      '--ext-unix-sk',
+      '--tcp-established',
+      '--file-locks',
+      id,
+    ], { allowFail: true });
+    if (r.code === 0) return undefined;
+    const detail = await criuErrors(join(ck, 'work', 'dump.log'));
+    const hint = /vDSO area bounds|vdso symtable/.test(detail)
+      ? ' (CRIU releases before 4.1 cannot read the vDSO layout of Linux 6.13 and later, which adds a [vvar_vclock] mapping: checkpoint-restore/criu#2532)'
+      : '';
+    return `runc checkpoint (CRIU) failed: ${detail || (r.stderr || r.stdout).trim().split('\n').slice(-2).join(' ')}${hint}`;
+  }
+
+  /** Restores from the checkpoint; returns why it failed, or undefined once the container runs again. */
+  protected async restore(id: string, ck: string): Promise<string | undefined> {
+    const dir = this.dir(id);
+    await unlink(join(dir, 'sock', 'agent.sock')).catch(() => {});
+    const r = await this.detached([
+      ...this.runtimeArgs(), 'restore', '--detach',
+      '--image-path', join(ck, 'images'),
+      '--work-path', join(ck, 'work'),
+      '--bundle', join(dir, 'bundle'),
+      '--ext-unix-sk',
+      '--tcp-established',
+      '--file-locks',
+      id,
+    ], this.logPath(id));
+    if (r.code === 0) return undefined;
+    const detail = await criuErrors(join(ck, 'work', 'restore.log'));
+    return `runc restore (CRIU) failed: ${detail || r.tail}`;
+  }
+
+  async wake(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<WakeResult> {
+    const dir = this.dir(spec.id);
+    if (!(await this.hibernated(spec.id))) {
+      await this.create(spec, opts);
+      return { restored: false, reason: 'no saved processes: started again on its disks' };
+    }
+    // The bundle the checkpoint was taken from is reused as it is (same mounts, same config).
+    await this.mountDisks(spec);
+    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
+    await opts.ready;
+    const failure = await this.restore(spec.id, checkpointDir(dir));
+    if (!failure) {
+      try {
+        await this.waitReady(spec.id);
+        await clearCheckpoint(dir);
+        return { restored: true };
+      } catch (err) {
+        await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
+        await this.create(spec, opts);
+        return { restored: false, reason: `restored processes did not answer (${(err as Error).message}): started again on its disks` };
+      }
+    }
+    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
+    await this.create(spec, opts);
+    return { restored: false, reason: `${failure}: started again on its disks` };
   }
 
   async setHostname(id: string, hostname: string): Promise<void> {

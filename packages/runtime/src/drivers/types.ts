@@ -15,6 +15,8 @@ export interface SandboxRuntimeSpec {
   workingDir: string;
   /** Where the persistent volume appears inside; /data unless the spec mounts it elsewhere. */
   dataMountPath?: string;
+  /** A named volume's ext4 image to use for /data instead of the sandbox's own `data.img`; never deleted by destroy. */
+  dataImage?: string;
   /** A network namespace made for the sandbox (see net/); without it the sandbox has loopback only. */
   netnsPath?: string;
 }
@@ -25,6 +27,14 @@ export interface CreateOptions {
 }
 
 export type RuntimeState = 'running' | 'paused' | 'stopped' | 'missing';
+
+/** What `hibernate` kept: the processes and their memory, or (when they cannot be saved) only the disks. */
+export type HibernateResult =
+  | { checkpointed: true; /** Size of the saved state on disk. */ bytes: number }
+  | { checkpointed: false; /** Why the processes could not be saved; the sandbox was stopped with its disks kept. */ reason: string };
+
+/** What `wake` did: restored the saved processes, or started the sandbox again on its disks (and why). */
+export type WakeResult = { restored: true } | { restored: false; reason: string };
 
 export interface RuntimeDriver {
   readonly name: RuntimeClassName;
@@ -39,6 +49,16 @@ export interface RuntimeDriver {
   pause(id: string): Promise<void>;
   /** Thaw a paused sandbox. Idempotent. */
   resume(id: string): Promise<void>;
+  /**
+   * Save every process and its memory under the sandbox's directory and stop it, freeing its memory
+   * (the network namespace is left alone). When the runtime cannot checkpoint the workload, stop it
+   * keeping its disks instead. The saved state survives a control-plane restart (see `hibernated`).
+   */
+  hibernate(id: string): Promise<HibernateResult>;
+  /** Restore a hibernated sandbox from its saved state; without one (or when it cannot be restored), start it on its kept disks. */
+  wake(spec: SandboxRuntimeSpec, opts?: CreateOptions): Promise<WakeResult>;
+  /** Whether a complete saved state (checkpoint) is on the host for this sandbox. */
+  hibernated(id: string): Promise<boolean>;
   /** Give a running sandbox a new hostname (a pooled sandbox takes its claimer's name). */
   setHostname(id: string, hostname: string): Promise<void>;
   /** Ids of every sandbox with anything on the host, for adoption and orphan cleanup. */

@@ -1,4 +1,5 @@
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
@@ -14,9 +15,13 @@ import { gatewayRoutes } from './routes/gateway.js';
 import { identityRoutes } from './routes/identity.js';
 import { imageRoutes } from './routes/images.js';
 import { objectRoutes } from './routes/objects.js';
+import { portalRoutes } from './routes/portal.js';
 import { portRoutes, rewritePortHost } from './routes/ports.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { secretRoutes } from './routes/secrets.js';
+import { backupRoutes } from './routes/backups.js';
+import { volumeRoutes } from './routes/volumes.js';
+import { PortalSessions, sessionRoutes } from './routes/session.js';
 import { SandboxClaimSchema, SandboxTemplateSchema, SandboxWarmPoolSchema } from '@moat/core';
 
 declare module 'fastify' {
@@ -51,10 +56,13 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
   });
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
 
+  await app.register(cookie);
+  const sessions = new PortalSessions(ctx); // the web portal's cookie sessions, checked like keys (routes/session.ts)
   app.decorateRequest('principal', null as unknown as Principal);
   app.addHook('onRequest', async (req) => {
     if (PUBLIC.has(req.url.split('?')[0]!) || req.routeOptions.config.ownAuth) return;
-    req.principal = await authenticate(ctx.store, ctx.identity, presentedKey(req.headers.authorization, req.headers['x-api-key'] as string | undefined));
+    const key = presentedKey(req.headers.authorization, req.headers['x-api-key'] as string | undefined);
+    req.principal = (await sessions.authenticate(req, key !== undefined)) ?? (await authenticate(ctx.store, ctx.identity, key));
   });
   auditRequests(app, ctx.audit);
   app.addHook('onResponse', async (req, reply) => {
@@ -73,7 +81,11 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
   identityRoutes(app, ctx);
   auditRoutes(app, ctx);
   secretRoutes(app, ctx);
+  volumeRoutes(app, ctx);
+  backupRoutes(app, ctx);
   gatewayRoutes(app, ctx);
+  sessionRoutes(app, ctx, sessions);
+  await portalRoutes(app, ctx);
   await app.register(async (scope) => fileRoutes(scope, ctx));
   await app.register(async (scope) => portRoutes(scope, ctx));
   await e2bRoutes(app, ctx);

@@ -1,5 +1,6 @@
 import type { ImageStore } from '@moat/runtime';
 import type { AuditLog } from '../audit/log.js';
+import type { BackupService } from '../backups/service.js';
 import type { ClaimController } from '../controllers/claims.js';
 import type { WarmPoolController } from '../controllers/pools.js';
 import type { SandboxController } from '../controllers/sandboxes.js';
@@ -8,6 +9,7 @@ import type { Identity } from '../identity/identity.js';
 import type { ApiTenancy } from '../identity/tenancy.js';
 import type { Secrets } from '../secrets/secrets.js';
 import type { Store } from '../store/store.js';
+import type { VolumeService } from '../volumes/service.js';
 
 export interface ServerLimits {
   maxUploadBytes: number;
@@ -26,6 +28,9 @@ export interface ApiContext {
   templates: TemplateController;
   claims: ClaimController;
   pools: WarmPoolController;
+  /** Named volumes and their backups (docs/lifecycle.md). */
+  volumes: VolumeService;
+  backups: BackupService;
   limits: ServerLimits;
   version: string;
   /** `warning`: the runtime works, but worse than it should here (microVMs without KVM). */

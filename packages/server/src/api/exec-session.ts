@@ -2,6 +2,7 @@ import { constants } from 'node:os';
 import { MoatError, type Sandbox } from '@moat/core';
 import { proxyEnv } from '../network.js';
 import { AgentError, type AgentClient, type ExecHandle, type ExecRequest as AgentExecRequest } from '@moat/runtime';
+import { hold } from '../controllers/activity.js';
 
 export interface ExecRequest extends AgentExecRequest {
   /** Absent or 0: no timeout. */
@@ -48,6 +49,7 @@ export function startExec(
 ): { handle: ExecHandle; result: Promise<ExecResult> } {
   const started = performance.now();
   const { timeoutSeconds, ...request } = req;
+  const release = hold(sandbox.metadata.uid); // a running command keeps the sandbox from idling
   const handle = agent.exec({ ...request, env: execEnv(sandbox, req.env) }, out);
   let timedOut = false;
   const timer = timeoutSeconds
@@ -70,6 +72,9 @@ export function startExec(
           ? new MoatError(502, 'SandboxUnavailable', `the sandbox did not answer: ${err.message}`)
           : err;
     })
-    .finally(() => clearTimeout(timer));
+    .finally(() => {
+      clearTimeout(timer);
+      release();
+    });
   return { handle, result };
 }

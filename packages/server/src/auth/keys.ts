@@ -82,7 +82,16 @@ export function presentedKey(authorization: string | undefined, apiKeyHeader: st
 
 export async function authenticate(store: Store, identity: Identity, key: string | undefined): Promise<Principal> {
   if (!key) throw unauthorized('missing API key: send "Authorization: Bearer <key>" (the key `moat up` printed)');
-  const row = await store.keyByHash(hashKey(key));
+  return principalOfKey(identity, await store.keyByHash(hashKey(key)));
+}
+
+/** The principal of the key with this id: how a portal session, which holds the key's id, is checked on every request. */
+export async function authenticateKeyId(store: Store, identity: Identity, id: string): Promise<Principal> {
+  return principalOfKey(identity, await store.db.selectFrom('api_keys').selectAll().where('id', '=', id).executeTakeFirst());
+}
+
+/** A stored key's principal; a revoked or expired key, or one whose user is gone, is refused. */
+async function principalOfKey(identity: Identity, row: ApiKeyTable | undefined): Promise<Principal> {
   if (!row || row.revoked_at) throw unauthorized('invalid API key');
   if (row.expires_at && Date.parse(row.expires_at) < Date.now()) throw unauthorized(`API key ${row.id} expired at ${row.expires_at}`);
   const user = await identity.findUser(row.user);

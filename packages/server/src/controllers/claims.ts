@@ -86,6 +86,20 @@ export class ClaimController extends ObjectController<SandboxClaim> {
     return { ...claim, status };
   }
 
+  /** Moves the claim's shutdown (and its sandbox's, which shows it) to `shutdownTime`. */
+  async extend(namespace: string, name: string, shutdownTime: string): Promise<void> {
+    const found = await this.find(namespace, name);
+    if (!found) throw new MoatError(404, 'NotFound', `sandbox claim "${name}" not found in namespace "${namespace}"`);
+    await this.serial.run(found.metadata.uid, async () => {
+      const claim = await this.find(namespace, name);
+      if (!claim || claim.metadata.uid !== found.metadata.uid) return;
+      const status = claim.status as ClaimStatus;
+      if (status.expired) throw conflict(`sandbox claim "${name}" expired at ${status.shutdownTime}; its sandbox is gone`);
+      await this.setStatus(claim, { ...status, shutdownTime } as ClaimStatus);
+      if (status.sandbox?.name) await this.sandboxes.setShutdownTime(namespace, status.sandbox.name, shutdownTime);
+    });
+  }
+
   protected override async deleting(claim: SandboxClaim, wait: boolean): Promise<void> {
     await this.serial.run(claim.metadata.uid, () => this.deleteSandbox(claim, wait));
   }
@@ -183,6 +197,8 @@ export class ClaimController extends ObjectController<SandboxClaim> {
       ...(shutdownTime ? { shutdownTime } : {}),
     };
     await this.setStatus(claim, status);
+    // Shown on the sandbox too; the claim's own time is the one enforced.
+    if (shutdownTime) await this.sandboxes.setShutdownTime(sandbox.metadata.namespace, sandbox.metadata.name, shutdownTime);
   }
 
   /** shutdownPolicy Delete removes the claim with its sandbox; Retain (the default) keeps the claim, marked expired. */

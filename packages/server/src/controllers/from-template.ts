@@ -23,13 +23,14 @@ export function sandboxFromTemplate(t: SandboxTemplate, claim?: SandboxClaim): S
   const annotations = { ...pod.metadata?.annotations, ...extra?.annotations };
   if (claim?.spec.env?.length) container.env = mergeEnv(t, claim);
   const volumes = claim?.spec.volumeClaimTemplates?.length ? claimVolumes(t, claim) : t.spec.volumeClaimTemplates;
-  const { egressPolicy, egressLimits, secrets } = t.spec;
+  const { egressPolicy, egressLimits, secrets, idlePolicy } = t.spec;
   const spec: SandboxSpec = {
     podTemplate: pod,
     ...(volumes ? { volumeClaimTemplates: structuredClone(volumes) } : {}),
     ...(egressPolicy ? { egressPolicy: structuredClone(egressPolicy) } : {}),
     ...(egressLimits ? { egressLimits: { ...egressLimits } } : {}),
     ...(secrets ? { secrets: structuredClone(secrets) } : {}),
+    ...(idlePolicy ? { idlePolicy: { ...idlePolicy } } : {}),
   };
   return { labels, annotations, spec };
 }

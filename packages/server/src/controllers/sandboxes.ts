@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   LABELS, MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
   randomSuffix, resolveLimits, sandboxPath, validateEgressPolicy, timeout, type Sandbox, type SandboxInput, type SandboxSpec, type SandboxStatus,
 } from '@moat/core';
-import type { ImageStore, RuntimeDriver, SandboxRuntimeSpec } from '@moat/runtime';
+import type { AgentClient, ImageStore, RuntimeDriver, SandboxRuntimeSpec } from '@moat/runtime';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import type { Networking } from '../network.js';
@@ -14,6 +15,9 @@ import { isReady, readyCondition, withCondition } from './conditions.js';
 import { portNumber, runProbe } from './probes.js';
 import { parseSelector } from './selector.js';
 import { Serial } from './serial.js';
+import { crashPoint } from '../faults.js';
+import { forget, touch } from './activity.js';
+import { checkIdlePolicy } from './lifecycle.js';
 
 /** Labels only Moat's controllers may set: they decide pool membership and ownership. */
 const RESERVED_LABELS = [LABELS.pool, LABELS.claim, LABELS.adoptedFrom];
@@ -31,6 +35,15 @@ export interface Tenancy {
   admit<T>(namespace: string, spec: SandboxSpec, insert: () => Promise<T>): Promise<T>;
   /** What the sandbox's processes get beyond its spec: the gateway's address and a fresh token, secrets it exposes. */
   env(sandbox: Sandbox): Promise<Record<string, string>>;
+}
+
+/** Named volumes (volumes/service.ts): attached when a sandbox is created, its /data at start, released at teardown. */
+export interface SandboxVolumes {
+  bind(sandbox: Sandbox): Promise<void>;
+  forSandbox(sandboxUid: string): Promise<{ path: string; sizeBytes: number } | undefined>;
+  release(sandboxUid: string): Promise<void>;
+  /** Best effort, bounded: `sync` inside a sandbox that may still run. */
+  flush(agent: AgentClient): Promise<void>;
 }
 
 export interface Drivers {
@@ -55,6 +68,8 @@ export class SandboxController {
   /** Adopted sandboxes whose hostname is being changed. */
   private readonly renaming = new Map<string, Promise<void>>();
   private stopped = false;
+  /** Set by the server once its volume service exists; without it every sandbox has its own /data only. */
+  volumes?: SandboxVolumes;
 
   constructor(
     private readonly store: Store,
@@ -103,11 +118,19 @@ export class SandboxController {
       status: { phase: 'Pending', conditions: [readyCondition('False', 'Creating', 'the sandbox is being created')], runtimeClassName: runtime },
     };
     try {
-      await this.tenancy.admit(namespace, sandbox.spec, () => this.store.insertSandbox(sandbox));
+      await this.tenancy.admit(namespace, sandbox.spec, async () => {
+        await this.store.insertSandbox(sandbox);
+        // Its named volume, made or attached now so a conflict (attached elsewhere) is the create's answer.
+        await this.volumes?.bind(sandbox).catch(async (err: unknown) => {
+          await this.store.deleteSandbox(sandbox.metadata.uid);
+          throw err;
+        });
+      });
     } catch (err) {
       if (String(err).includes('UNIQUE')) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
       throw err;
     }
+    crashPoint('create.inserted');
     const queue = opts.background ? this.backgroundStarts : this.starts;
     void this.locks.run(sandbox.metadata.uid, () => queue.add(() => this.start(sandbox)));
     return sandbox;
@@ -167,6 +190,7 @@ export class SandboxController {
     if (spec.egressPolicy) validateEgressPolicy(spec.egressPolicy, 'spec.egressPolicy');
     checkProbe(spec);
     checkVolumeMount(spec);
+    if (spec.idlePolicy) checkIdlePolicy(spec.idlePolicy, 'spec.idlePolicy');
     return runtime;
   }
 
@@ -185,6 +209,7 @@ export class SandboxController {
     const { sandbox } = await this.get(namespace, name);
     const uid = sandbox.metadata.uid;
     await this.store.setDesired(uid, 'Deleted');
+    crashPoint('delete.marked');
     const terminating = await this.setStatus(sandbox, {
       ...sandbox.status,
       phase: 'Terminating',
@@ -202,9 +227,14 @@ export class SandboxController {
     const pool = sandbox.metadata.labels?.[LABELS.pool];
     if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}"; claim one with a SandboxClaim to use it`);
     await this.renaming.get(sandbox.metadata.uid);
+    touch(sandbox.metadata.uid);
     if (sandbox.status.phase === 'Paused') {
       if (!this.resumeOnUse) throw conflict(`sandbox "${name}" is paused: resume it first`);
       return { sandbox: await this.resume(namespace, name), driver: this.driverFor(sandbox) };
+    }
+    if (sandbox.status.phase === 'Hibernated') {
+      if (!this.resumeOnUse) throw conflict(`sandbox "${name}" is hibernated: wake it first`);
+      return { sandbox: await this.wake(namespace, name), driver: this.driverFor(sandbox) };
     }
     if (sandbox.status.phase !== 'Running') {
       throw conflict(`sandbox "${name}" is ${sandbox.status.phase}, not Running${sandbox.status.phase === 'Pending' ? ': wait for it to be Ready' : ''}`);
@@ -234,22 +264,155 @@ export class SandboxController {
     return resumed;
   }
 
-  /** Pause and resume: under the sandbox's lock, from the one phase to the other, with an event. */
-  private async transition(namespace: string, name: string, to: 'Paused' | 'Running', act: (s: Sandbox, d: RuntimeDriver) => Promise<SandboxStatus>): Promise<Sandbox> {
-    const from = to === 'Paused' ? 'Running' : 'Paused';
+  /**
+   * Saves the processes and memory of a running or paused sandbox to disk and
+   * frees its memory; where the runtime cannot checkpoint the workload, stops it
+   * keeping its disks (condition Hibernated, reason StoppedWithDisks). The
+   * network namespace (and so the address) is kept. Hibernating a hibernated sandbox is a no-op.
+   */
+  async hibernate(namespace: string, name: string): Promise<Sandbox> {
+    return this.lockedFor(namespace, name, 'hibernated', async (sandbox) => {
+      if (sandbox.status.phase === 'Hibernated') return sandbox;
+      if (sandbox.status.phase !== 'Running' && sandbox.status.phase !== 'Paused') {
+        throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a Running or Paused sandbox can be hibernated`);
+      }
+      const started = Date.now();
+      const r = await this.driverFor(sandbox).hibernate(sandbox.metadata.uid);
+      crashPoint('hibernate.saved');
+      const ms = Date.now() - started;
+      const now = new Date().toISOString();
+      const condition = r.checkpointed
+        ? { type: 'Hibernated', status: 'True' as const, reason: 'Checkpointed', message: `processes and memory saved to disk (${r.bytes} bytes)`, lastTransitionTime: now }
+        : { type: 'Hibernated', status: 'True' as const, reason: 'StoppedWithDisks', message: `stopped with its disks kept; memory was not saved: ${r.reason}`, lastTransitionTime: now };
+      const status = withCondition(
+        withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', 'Hibernated', 'the sandbox is hibernated: exec, file calls and port connections wake it')),
+        condition,
+      );
+      const updated = await this.setStatus(sandbox, status);
+      await this.store.addEvent(
+        sandbox,
+        r.checkpointed
+          ? { type: 'Normal', reason: 'Hibernated', message: `hibernated in ${ms} ms: ${r.bytes} bytes of processes and memory saved` }
+          : { type: 'Warning', reason: 'HibernatedWithoutMemory', message: `stopped in ${ms} ms with its disks kept; memory not saved: ${r.reason}` },
+      );
+      return updated ?? sandbox;
+    });
+  }
+
+  /**
+   * shutdownPolicy Retain at the shutdownTime: the sandbox is hibernated (its
+   * memory freed, its disks and record kept) and stays so until an extend.
+   */
+  async expire(namespace: string, name: string): Promise<Sandbox> {
+    const { sandbox } = await this.get(namespace, name);
+    if (sandbox.status.phase === 'Running' || sandbox.status.phase === 'Paused') await this.hibernate(namespace, name);
+    return this.lockedFor(namespace, name, 'expired', async (s) => {
+      const expired = withCondition(
+        withCondition(s.status, { type: 'Expired', status: 'True', reason: 'ShutdownTimeReached', message: `shut down at ${s.spec.shutdownTime}; extend it to use it again`, lastTransitionTime: new Date().toISOString() }),
+        readyCondition('False', 'SandboxExpired', `the sandbox expired at ${s.spec.shutdownTime}`),
+      );
+      return (await this.setStatus(s, expired)) ?? s;
+    });
+  }
+
+  /** An extend of an expired sandbox: it wakes again. */
+  async revive(namespace: string, name: string): Promise<Sandbox> {
+    const revived = await this.lockedFor(namespace, name, 'revived', async (s) => {
+      if (!isExpired(s)) return s;
+      const status = withCondition(s.status, { type: 'Expired', status: 'False', reason: 'Extended', message: `extended to ${s.spec.shutdownTime}`, lastTransitionTime: new Date().toISOString() });
+      return (await this.setStatus(s, status)) ?? s;
+    });
+    return revived.status.phase === 'Hibernated' ? this.wake(namespace, name) : revived;
+  }
+
+  /** Restores a hibernated sandbox (its processes and memory, or a fresh start on its disks). Waking a running sandbox is a no-op. */
+  async wake(namespace: string, name: string): Promise<Sandbox> {
+    const woken = await this.lockedFor(namespace, name, 'woken', async (sandbox) => {
+      if (sandbox.status.phase === 'Running') return sandbox;
+      if (sandbox.status.phase !== 'Hibernated') throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a Hibernated sandbox can be woken`);
+      if (isExpired(sandbox)) throw conflict(`sandbox "${name}" shut down at its shutdownTime ${sandbox.spec.shutdownTime}: extend it (\`moat sandbox extend ${name} --ttl 1h\`) to use it again`);
+      const uid = sandbox.metadata.uid;
+      const started = Date.now();
+      // The namespace outlives a hibernation; only a host reboot loses it (then it is made again, with the same lease).
+      const network = existsSync(this.network.netnsPath(uid)) ? Promise.resolve() : this.network.attach(uid);
+      const r = await this.driverFor(sandbox).wake(await this.wakeSpec(sandbox), { ready: network });
+      crashPoint('wake.restored');
+      const ms = Date.now() - started;
+      const probe = sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe;
+      const now = new Date().toISOString();
+      const status = withCondition(
+        withCondition(
+          { ...sandbox.status, phase: 'Running' },
+          probe ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass') : readyCondition('True', 'SandboxRunning', ''),
+        ),
+        r.restored
+          ? { type: 'Hibernated', status: 'False', reason: 'Restored', message: 'woken with its processes and memory', lastTransitionTime: now }
+          : { type: 'Hibernated', status: 'False', reason: 'Restarted', message: r.reason, lastTransitionTime: now },
+      );
+      const updated = await this.setStatus(sandbox, status);
+      await this.store.addEvent(sandbox, {
+        type: r.restored ? 'Normal' : 'Warning',
+        reason: 'Woken',
+        message: r.restored ? `woken in ${ms} ms with its processes and memory` : `woken in ${ms} ms without its memory: ${r.reason}`,
+      });
+      return updated ?? sandbox;
+    });
+    if (!isReady(woken.status)) this.probeUntilReady(woken);
+    return woken;
+  }
+
+  /** Runs `act` under the sandbox's lock once it is known to exist, not deleted and not a pool member. */
+  private async lockedFor(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<Sandbox>): Promise<Sandbox> {
     const uid = (await this.get(namespace, name)).sandbox.metadata.uid;
     return this.locks.run(uid, async () => {
       const { sandbox, desired } = await this.get(namespace, name);
       if (desired === 'Deleted' || sandbox.metadata.uid !== uid) throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
       const pool = sandbox.metadata.labels?.[LABELS.pool];
-      if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}": only claimed sandboxes are paused`);
+      if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}": only claimed sandboxes are ${verb}`);
+      return act(sandbox);
+    });
+  }
+
+  /** The runtime spec a hibernated sandbox wakes with: the same one a start would build (a restore uses the saved one). */
+  private async wakeSpec(sandbox: Sandbox): Promise<SandboxRuntimeSpec> {
+    const uid = sandbox.metadata.uid;
+    const container = sandbox.spec.podTemplate.spec.containers[0]!;
+    const digest = sandbox.status.image?.digest;
+    const image = digest ? await this.images.byDigest(digest) : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
+    return {
+      id: uid,
+      hostname: sandbox.metadata.name,
+      image,
+      limits: resolveLimits(sandbox.spec),
+      command: [...(container.command ?? []), ...(container.args ?? [])],
+      env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
+      workingDir: container.workingDir ?? '/',
+      dataMountPath: container.volumeMounts?.[0]?.mountPath,
+      netnsPath: this.network.netnsPath(uid),
+    };
+  }
+
+  /** Pause and resume: under the sandbox's lock, from the one phase to the other, with an event. */
+  private transition(namespace: string, name: string, to: 'Paused' | 'Running', act: (s: Sandbox, d: RuntimeDriver) => Promise<SandboxStatus>): Promise<Sandbox> {
+    const [from, verb] = to === 'Paused' ? ['Running', 'paused'] : ['Paused', 'resumed'];
+    return this.lockedFor(namespace, name, verb, async (sandbox) => {
       if (sandbox.status.phase === to) return sandbox;
-      if (sandbox.status.phase !== from) throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a ${from} sandbox can be ${to === 'Paused' ? 'paused' : 'resumed'}`);
+      if (sandbox.status.phase !== from) throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a ${from} sandbox can be ${verb}`);
       const started = Date.now();
       const updated = await this.setStatus(sandbox, await act(sandbox, this.driverFor(sandbox)));
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: to === 'Paused' ? 'Paused' : 'Resumed', message: `${to === 'Paused' ? 'paused' : 'resumed'} in ${Date.now() - started} ms` });
+      await this.store.addEvent(sandbox, { type: 'Normal', reason: to === 'Paused' ? 'Paused' : 'Resumed', message: `${verb} in ${Date.now() - started} ms` });
       return updated ?? sandbox;
     });
+  }
+
+  /** Sets when the sandbox shuts down (the lifecycle controller acts on it). Not under the lock: a start may hold it for long. */
+  async setShutdownTime(namespace: string, name: string, shutdownTime: string): Promise<Sandbox> {
+    const { sandbox, desired } = await this.get(namespace, name);
+    if (desired === 'Deleted') throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
+    const updated = await this.store.updateSandboxSpec(sandbox.metadata.uid, (spec) => ({ ...spec, shutdownTime }));
+    if (!updated) throw notFound(`sandbox "${name}" not found in namespace "${namespace}"`, { name, kind: 'sandboxes' });
+    this.changes.emit(sandbox.metadata.uid);
+    return updated;
   }
 
   async waitFor(namespace: string, name: string, condition: string, timeoutMs: number): Promise<Sandbox> {
@@ -296,6 +459,9 @@ export class SandboxController {
           const uid = sandbox.metadata.uid;
           const state = await driver.state(uid).catch(() => 'missing' as const);
           const phase = sandbox.status.phase;
+          if (phase === 'Hibernated' || ((phase === 'Running' || phase === 'Paused') && state !== 'running' && state !== 'paused' && (await driver.hibernated(uid)))) {
+            return this.recoverHibernated(sandbox, driver, state);
+          }
           if ((state === 'running' || state === 'paused') && (phase === 'Running' || phase === 'Paused')) {
             // A pause or resume the crash cut short: the host follows the store.
             if (state === 'running' && phase === 'Paused') await driver.pause(uid);
@@ -321,6 +487,31 @@ export class SandboxController {
     await this.network.cleanup([...known]);
   }
 
+  /**
+   * A hibernated sandbox after a restart: stopped, it stays hibernated. Running
+   * again, a wake was cut short after the restore: it is Running. A complete
+   * checkpoint under a Running or Paused record is a hibernate cut short after
+   * the save: the record follows the host (Hibernated).
+   */
+  private async recoverHibernated(sandbox: Sandbox, driver: RuntimeDriver, state: string): Promise<void> {
+    const uid = sandbox.metadata.uid;
+    if (state === 'running' || state === 'paused') {
+      if (state === 'paused') await driver.resume(uid);
+      await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Running' }, readyCondition('True', 'SandboxRunning', '')));
+      await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Woken', message: 'found running after a control-plane restart (a wake was cut short)' });
+      return;
+    }
+    if (sandbox.status.phase !== 'Hibernated') {
+      const status = withCondition(
+        withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', 'Hibernated', 'the sandbox is hibernated: exec, file calls and port connections wake it')),
+        { type: 'Hibernated', status: 'True', reason: 'Checkpointed', message: 'processes and memory saved to disk (found after a control-plane restart)', lastTransitionTime: new Date().toISOString() },
+      );
+      await this.setStatus(sandbox, status);
+      await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Hibernated', message: 'a hibernate cut short by a control-plane restart had saved the sandbox: it stays hibernated' });
+    }
+    this.log.info({ sandbox: sandbox.metadata.name }, 'sandbox stays hibernated');
+  }
+
   // --- internals
 
   private async start(sandbox: Sandbox): Promise<void> {
@@ -338,11 +529,13 @@ export class SandboxController {
       // The network is made while the driver prepares the disks; the sandbox starts once both are done.
       const network = this.network.attach(uid);
       attaching = network.catch(() => {});
+      const volume = await this.volumes?.forSandbox(uid);
       const spec: SandboxRuntimeSpec = {
         id: uid,
         hostname: sandbox.metadata.name,
         image,
-        limits: resolveLimits(sandbox.spec),
+        limits: { ...resolveLimits(sandbox.spec), ...(volume ? { dataBytes: volume.sizeBytes } : {}) },
+        ...(volume ? { dataImage: volume.path } : {}),
         command: [...(container.command ?? []), ...(container.args ?? [])],
         env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
         workingDir: container.workingDir ?? '/',
@@ -351,6 +544,7 @@ export class SandboxController {
       };
       const driver = this.driverFor(sandbox);
       await driver.create(spec, { ready: network });
+      crashPoint('start.created');
       const net = await network;
       if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted meanwhile: teardown follows
       const degraded = await driver.degraded?.();
@@ -427,9 +621,16 @@ export class SandboxController {
   }
 
   private async teardown(sandbox: Sandbox): Promise<void> {
+    // A named volume may outlive the sandbox: what was written must reach its image first (a microVM's guest cache).
+    const uid = sandbox.metadata.uid;
+    if ((await this.volumes?.forSandbox(uid)) && (await this.driverFor(sandbox).state(uid).catch(() => 'missing')) === 'running') await this.volumes!.flush(this.driverFor(sandbox).agent(uid));
     await this.driverFor(sandbox).destroy(sandbox.metadata.uid);
+    crashPoint('teardown.destroyed');
+    await this.volumes?.release(sandbox.metadata.uid); // kept or deleted by its retention policy, once nothing mounts it
     await this.network.detach(sandbox.metadata.uid);
+    crashPoint('teardown.detached');
     await this.store.deleteSandbox(sandbox.metadata.uid);
+    forget(sandbox.metadata.uid);
     this.changes.emit(sandbox.metadata.uid);
   }
 
@@ -454,6 +655,9 @@ export class SandboxController {
 
 }
 
+/** Shut down at its shutdownTime under shutdownPolicy Retain, and not extended since. */
+export const isExpired = (s: Sandbox) => s.status.conditions.some((c) => c.type === 'Expired' && c.status === 'True');
+
 function checkProbe(spec: SandboxSpec): void {
   const c = spec.podTemplate.spec.containers[0]!;
   const probe = c.readinessProbe;
@@ -473,12 +677,17 @@ function checkProbe(spec: SandboxSpec): void {
   }
 }
 
-/** The one volume (volumeClaimTemplates[0]) may be mounted at another path than /data. */
+/** The one volume (volumeClaimTemplates[0], or a named one in volumes[0]) may be mounted at another path than /data. */
 function checkVolumeMount(spec: SandboxSpec): void {
+  const claim = spec.podTemplate.spec.volumes?.[0];
+  if (claim && spec.volumeClaimTemplates?.length) throw invalid('spec: give volumeClaimTemplates or podTemplate.spec.volumes, not both: a sandbox has one volume');
+  if (claim) assertName(claim.persistentVolumeClaim.claimName, 'spec.podTemplate.spec.volumes[0].persistentVolumeClaim.claimName');
+  const template = spec.volumeClaimTemplates?.[0]?.metadata.name;
+  if (template) assertName(template, 'spec.volumeClaimTemplates[0].metadata.name');
   const mount = spec.podTemplate.spec.containers[0]!.volumeMounts?.[0];
   if (!mount) return;
   const field = 'spec.podTemplate.spec.containers[0].volumeMounts[0]';
-  const volume = spec.volumeClaimTemplates?.[0]?.metadata.name;
+  const volume = spec.volumeClaimTemplates?.[0]?.metadata.name ?? spec.podTemplate.spec.volumes?.[0]?.name;
   if (mount.name !== volume) throw invalid(`${field}: no volumeClaimTemplate is named "${mount.name}"${volume ? ` (the sandbox's volume is "${volume}")` : ''}`);
   sandboxPath(mount.mountPath, `${field}.mountPath`);
   if (['/', '/proc', '/sys', '/dev', '/tmp', '/.moat', '/etc', '/usr', '/bin', '/lib'].some((p) => mount.mountPath === p || mount.mountPath.startsWith('/.moat/'))) {

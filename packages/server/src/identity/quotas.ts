@@ -33,9 +33,22 @@ interface Usage {
   storageBytes: number;
 }
 
+/**
+ * A sandbox's own storage: its writable layer, and its /data unless that is a
+ * named volume (a volumeClaimTemplate's or a claimed one), which counts as a
+ * volume instead (volumeBytes) for as long as it exists.
+ */
 function usageOf(spec: SandboxSpec): Usage {
   const l = resolveLimits(spec);
-  return { sandboxes: 1, cpuMillicores: l.cpuMillicores, memoryBytes: l.memoryBytes, storageBytes: l.diskBytes + l.dataBytes };
+  const ownData = spec.volumeClaimTemplates?.length || spec.podTemplate.spec.volumes?.length ? 0 : l.dataBytes;
+  return { sandboxes: 1, cpuMillicores: l.cpuMillicores, memoryBytes: l.memoryBytes, storageBytes: l.diskBytes + ownData };
+}
+
+/** What a new sandbox adds: a volumeClaimTemplate makes a volume (taking back a retained one is counted again, to be safe). */
+function wantOf(spec: SandboxSpec): Usage {
+  const u = usageOf(spec);
+  if (spec.volumeClaimTemplates?.length && !spec.podTemplate.spec.volumes?.length) u.storageBytes += resolveLimits(spec).dataBytes;
+  return u;
 }
 
 const cores = (m: number) => String(m / 1000);
@@ -53,19 +66,31 @@ export class Quotas {
     private readonly identity: Identity,
   ) {}
 
-  async admit<T>(namespace: string, spec: SandboxSpec, insert: () => Promise<T>): Promise<T> {
+  admit<T>(namespace: string, spec: SandboxSpec, insert: () => Promise<T>): Promise<T> {
+    return this.check(namespace, wantOf(spec), 'this sandbox', insert);
+  }
+
+  /** A named volume (created or restored) against the owner's storage quota. */
+  admitStorage<T>(namespace: string, bytes: number, what: string, insert: () => Promise<T>): Promise<T> {
+    return this.check(namespace, { ...zero(), storageBytes: bytes }, what, insert);
+  }
+
+  private async check<T>(namespace: string, want: Usage, what: string, insert: () => Promise<T>): Promise<T> {
     const owner = await this.identity.owner(namespace);
     if (!owner) return insert(); // only a namespace from before users existed has no owner, and no quota
     return this.locks.run(owner.user, async () => {
-      const want = usageOf(spec);
       const user = await this.identity.getUser(owner.user);
       const agents = await this.identity.listAgents(owner.user);
       const running = (await this.store.listSandboxes()).filter((s) => s.desired === 'Running');
-      const usage = (namespaces: string[]) =>
-        running.filter((s) => namespaces.includes(s.sandbox.metadata.namespace)).map((s) => usageOf(s.sandbox.spec)).reduce(add, zero());
+      const volumes = await this.store.db.selectFrom('volumes').select(['namespace', 'size_bytes']).execute();
+      const usage = (namespaces: string[]) => {
+        const u = running.filter((s) => namespaces.includes(s.sandbox.metadata.namespace)).map((s) => usageOf(s.sandbox.spec)).reduce(add, zero());
+        u.storageBytes += volumes.filter((v) => namespaces.includes(v.namespace)).reduce((n, v) => n + v.size_bytes, 0);
+        return u;
+      };
       const agent = agents.find((a) => a.name === owner.agent);
-      exceeds(`user "${owner.user}"`, user.quota, usage(agents.map((a) => a.namespace)), want);
-      exceeds(`agent "${owner.agent}" of user "${owner.user}"`, agent?.quota ?? {}, usage([namespace]), want);
+      exceeds(`user "${owner.user}"`, user.quota, usage(agents.map((a) => a.namespace)), want, what);
+      exceeds(`agent "${owner.agent}" of user "${owner.user}"`, agent?.quota ?? {}, usage([namespace]), want, what);
       return insert();
     });
   }
@@ -79,7 +104,7 @@ const add = (a: Usage, b: Usage): Usage => ({
   storageBytes: a.storageBytes + b.storageBytes,
 });
 
-function exceeds(who: string, q: Quota, used: Usage, want: Usage): void {
+function exceeds(who: string, q: Quota, used: Usage, want: Usage, subject: string): void {
   const checks: [string, number | undefined, number, number, (n: number) => string][] = [
     ['sandboxes', q.sandboxes, used.sandboxes, want.sandboxes, String],
     ['cpu', q.cpu === undefined ? undefined : parseMillicores(q.cpu, 'cpu'), used.cpuMillicores, want.cpuMillicores, cores],
@@ -91,7 +116,7 @@ function exceeds(who: string, q: Quota, used: Usage, want: Usage): void {
       throw new MoatError(
         403,
         'QuotaExceeded',
-        `quota exceeded for ${who}: ${what} limit ${show(limit)}, ${show(inUse)} in use, this sandbox needs ${show(asked)}; delete a sandbox or ask an admin to raise the quota`,
+        `quota exceeded for ${who}: ${what} limit ${show(limit)}, ${show(inUse)} in use, ${subject} needs ${show(asked)}; delete a sandbox${subject.startsWith('volume') ? ' or volume' : ''} or ask an admin to raise the quota`,
         { quota: what, limit: show(limit), used: show(inUse), requested: show(asked) },
       );
     }

@@ -177,4 +177,49 @@ export const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0008_portal_sessions': {
+    async up(db: Kysely<unknown>) {
+      // The web portal's sign-ins: the cookie holds a random id, only its hash is kept; every request rechecks the key.
+      await db.schema
+        .createTable('portal_sessions')
+        .addColumn('id_hash', 'text', (c) => c.primaryKey())
+        .addColumn('key_id', 'text', (c) => c.notNull())
+        .addColumn('csrf', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('portal_sessions_key').on('portal_sessions').column('key_id').execute();
+    },
+  },
+  '0009_volumes_backups': {
+    async up(db: Kysely<unknown>) {
+      // Named volumes (attached to at most one sandbox) and their backups in the object store.
+      await db.schema
+        .createTable('volumes')
+        .addColumn('uid', 'text', (c) => c.primaryKey())
+        .addColumn('namespace', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('size_bytes', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('sandbox_uid', 'text')
+        .addColumn('retain', 'integer', (c) => c.notNull())
+        .addUniqueConstraint('volumes_name', ['namespace', 'name'])
+        .execute();
+      await db.schema.createIndex('volumes_sandbox').on('volumes').column('sandbox_uid').unique().execute();
+      await db.schema
+        .createTable('backups')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('namespace', 'text', (c) => c.notNull())
+        .addColumn('volume', 'text', (c) => c.notNull())
+        .addColumn('volume_uid', 'text', (c) => c.notNull())
+        .addColumn('size_bytes', 'integer', (c) => c.notNull())
+        .addColumn('compressed_bytes', 'integer', (c) => c.notNull())
+        .addColumn('sha256', 'text', (c) => c.notNull())
+        .addColumn('store', 'text', (c) => c.notNull())
+        .addColumn('key', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('backups_namespace').on('backups').columns(['namespace', 'created_at']).execute();
+    },
+  },
 };

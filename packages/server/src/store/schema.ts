@@ -144,7 +144,48 @@ export interface GatewayUsageTable {
   output_tokens: number;
 }
 
+export interface PortalSessionTable {
+  /** SHA-256 of the cookie's session id. */
+  id_hash: string;
+  key_id: string;
+  csrf: string;
+  created_at: string;
+  expires_at: string;
+}
+
+/** A named volume: an ext4 image at `<dataDir>/volumes/<uid>.img` (volumes/service.ts). */
+export interface VolumeTable {
+  uid: string;
+  namespace: string;
+  name: string;
+  size_bytes: number;
+  created_at: string;
+  /** The sandbox it is attached to; one at a time. */
+  sandbox_uid: string | null;
+  /** 1: outlives its sandbox; 0: deleted with it (a volumeClaimTemplate's under the Delete policy). */
+  retain: number;
+}
+
+/** A volume's snapshot in the backup object store (backups/service.ts). */
+export interface BackupTable {
+  id: string;
+  namespace: string;
+  volume: string;
+  volume_uid: string;
+  /** Size of the volume (the image restored). */
+  size_bytes: number;
+  compressed_bytes: number;
+  /** SHA-256 of the stored (zstd) object. */
+  sha256: string;
+  store: string;
+  key: string;
+  created_at: string;
+}
+
 export interface Database {
+  volumes: VolumeTable;
+  backups: BackupTable;
+  portal_sessions: PortalSessionTable;
   gateway_configs: GatewayConfigTable;
   gateway_usage: GatewayUsageTable;
   secrets: SecretTable;

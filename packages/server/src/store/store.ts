@@ -109,6 +109,25 @@ export class Store {
     return row && fromRow(row).sandbox;
   }
 
+  /**
+   * Change the spec (shutdownTime after an extend) and bump resourceVersion.
+   * Optimistic: a concurrent change (an adoption) makes it read and apply again.
+   */
+  async updateSandboxSpec(uid: string, change: (spec: SandboxSpec) => SandboxSpec): Promise<Sandbox | undefined> {
+    for (;;) {
+      const current = await this.db.selectFrom('sandboxes').select(['spec', 'resource_version']).where('uid', '=', uid).executeTakeFirst();
+      if (!current) return undefined;
+      const row = await this.db
+        .updateTable('sandboxes')
+        .set({ spec: JSON.stringify(change(JSON.parse(current.spec) as SandboxSpec)), resource_version: current.resource_version + 1 })
+        .where('uid', '=', uid)
+        .where('resource_version', '=', current.resource_version)
+        .returningAll()
+        .executeTakeFirst();
+      if (row) return fromRow(row).sandbox;
+    }
+  }
+
   async setDesired(uid: string, desired: Desired): Promise<void> {
     await this.db.updateTable('sandboxes').set({ desired }).where('uid', '=', uid).execute();
   }

@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import WebSocket from 'ws';
 import type { ApiContext } from '../context.js';
 import { authorize } from '../authorize.js';
+import { hold } from '../../controllers/activity.js';
 import { SANDBOXES } from './sandboxes.js';
 
 /** `8888-<sandbox uid>.<domain>` → the by-uid route below. */
@@ -104,7 +105,9 @@ export function rewritePortHost(domain: string): (req: { url?: string; headers: 
 
 async function dial(t: Target): Promise<Socket> {
   try {
-    return await t.driver.agent(t.sandbox.metadata.uid).dial(t.port, { timeoutMs: 10_000 });
+    const socket = await t.driver.agent(t.sandbox.metadata.uid).dial(t.port, { timeoutMs: 10_000 });
+    socket.once('close', hold(t.sandbox.metadata.uid)); // an open connection keeps the sandbox from idling
+    return socket;
   } catch (err) {
     if (err instanceof AgentError && err.code === 'ECONNREFUSED') {
       throw new MoatError(502, 'BadGateway', `nothing listens on port ${t.port} in sandbox "${t.sandbox.metadata.name}"`);

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { Type } from '@sinclair/typebox';
-import { SANDBOX_API_VERSION, SandboxSchema, assertName } from '@moat/core';
+import { LABELS, SANDBOX_API_VERSION, SandboxSchema, assertName, badRequest } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
 import { assertOwned, authorize } from '../authorize.js';
@@ -8,6 +8,9 @@ import { assertOwned, authorize } from '../authorize.js';
 export const SANDBOXES = `/apis/${SANDBOX_API_VERSION}/namespaces/:namespace/sandboxes`;
 export const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) });
 export const NameParams = Type.Object({ namespace: Type.String({ maxLength: 63 }), name: Type.String({ maxLength: 253 }) });
+
+/** The longest a sandbox may be given to live from now. */
+const MAX_TTL_SECONDS = 366 * 86400;
 
 const list = (items: unknown[]) => ({ apiVersion: SANDBOX_API_VERSION, kind: 'SandboxList', metadata: {}, items });
 
@@ -59,13 +62,17 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     return sandboxes.delete(namespace, name, (req.query as { wait?: boolean }).wait ?? false);
   });
 
-  for (const action of ['pause', 'resume'] as const) {
+  const summaries = {
+    pause: 'Freeze every process of a running sandbox (memory stays allocated); exec and file calls resume it',
+    resume: 'Thaw a paused sandbox',
+    hibernate: 'Save the processes and memory of a running or paused sandbox to disk and free its memory (or stop it keeping its disks when it cannot be checkpointed); exec, file calls and port connections wake it',
+    wake: 'Restore a hibernated sandbox with its processes and memory (or start it again on its disks)',
+  };
+  for (const action of ['pause', 'resume', 'hibernate', 'wake'] as const) {
     app.post(`${SANDBOXES}/:name/${action}`, {
       schema: {
         tags: ['sandboxes'],
-        summary: action === 'pause'
-          ? 'Freeze every process of a running sandbox (memory stays allocated); exec and file calls resume it'
-          : 'Thaw a paused sandbox',
+        summary: summaries[action],
         params: NameParams,
       },
     }, async (req) => {
@@ -74,6 +81,31 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
       return sandboxes[action](namespace, name);
     });
   }
+
+  app.post(`${SANDBOXES}/:name/extend`, {
+    schema: {
+      tags: ['sandboxes'],
+      summary: 'Set when the sandbox shuts down: ttlSeconds from now, or a shutdownTime (a claimed sandbox: its claim\'s)',
+      params: NameParams,
+      body: Type.Object(
+        { ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_TTL_SECONDS })), shutdownTime: Type.Optional(Type.String({ format: 'date-time' })) },
+        { additionalProperties: false },
+      ),
+    },
+  }, async (req) => {
+    const { namespace, name } = req.params as { namespace: string; name: string };
+    const body = req.body as { ttlSeconds?: number; shutdownTime?: string };
+    authorize(req.principal, namespace, 'write');
+    if ((body.ttlSeconds === undefined) === (body.shutdownTime === undefined)) throw badRequest('give exactly one of ttlSeconds and shutdownTime');
+    const when = body.shutdownTime ? Date.parse(body.shutdownTime) : Date.now() + body.ttlSeconds! * 1000;
+    if (when > Date.now() + MAX_TTL_SECONDS * 1000) throw badRequest(`shutdownTime must be within ${MAX_TTL_SECONDS / 86400} days`);
+    const shutdownTime = new Date(when).toISOString();
+    const { sandbox } = await sandboxes.get(namespace, name);
+    const claim = sandbox.metadata.labels?.[LABELS.claim];
+    if (claim) await ctx.claims.extend(namespace, claim, shutdownTime);
+    else await sandboxes.setShutdownTime(namespace, name, shutdownTime);
+    return sandboxes.revive(namespace, name);
+  });
 
   app.get(`${SANDBOXES}/:name/wait`, {
     schema: {
