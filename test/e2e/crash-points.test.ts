@@ -123,4 +123,34 @@ describe(`crash points (${runtime})`, { skip }, () => {
       await assertAgreement(live.server, dataDir, seen);
     });
   }
+
+  // Backups of a named volume: an object written before the crash, with or without its record, is removed at start,
+  // a frozen filesystem is thawed, and a restore cut short leaves no volume and no image behind.
+  for (const point of ['backup.writing', 'backup.stored', 'restore.written']) {
+    test(`backup and restore, killed at ${point}: nothing half-made remains and the volume works`, async () => {
+      const name = `b-${point.replace('.', '-')}`;
+      const body = sandboxBody(name, { runtime });
+      Object.assign(body.spec, { volumeClaimTemplates: [{ metadata: { name: 'data' }, spec: { resources: { requests: { storage: '64Mi' } } } }] });
+      live = await spawnServer(dataDir);
+      const res = await live.server.api(NS, { method: 'POST', json: body });
+      assert.equal(res.status, 201, await res.clone().text());
+      await ready(live.server, name);
+      const sum = (await sh(live.server, name, 'head -c 2000000 /dev/urandom > /data/blob; sha256sum /data/blob')).stdout;
+      const backups = '/apis/moat.dev/v1/namespaces/default/backups';
+      const listBackups = async (server: TestServer) => ((await (await server.api(backups)).json()) as { items: { id: string }[] }).items;
+      const kept = point === 'restore.written' ? await (await live.server.api(backups, { method: 'POST', json: { volume: `data-${name}` } })).json() as { id: string } : undefined;
+      await kill(live.child);
+      live = await crashAt(dataDir, point, (s) =>
+        kept ? s.api(`${backups}/${kept.id}/restore`, { method: 'POST', json: { volume: `restored-${name}` } }) : s.api(backups, { method: 'POST', json: { volume: `data-${name}` } }),
+      );
+      assert.deepEqual((await listBackups(live.server)).map((b) => b.id), kept ? [kept.id] : [], 'only complete backups are listed');
+      const objects = (await readdir(join(dataDir, 'backups', 'default')).catch(() => [] as string[])).sort();
+      assert.deepEqual(objects, kept ? [`${kept.id}.img.zst`] : [], 'no object without a complete record');
+      if (kept) assert.equal((await live.server.api(`/apis/moat.dev/v1/namespaces/default/volumes/restored-${name}`)).status, 404);
+      const volumes = ((await (await live.server.api('/apis/moat.dev/v1/namespaces/default/volumes')).json()) as { items: { uid: string }[] }).items;
+      assert.deepEqual((await readdir(join(dataDir, 'volumes'))).sort(), volumes.map((v) => `${v.uid}.img`).sort(), 'an image for each volume and no other');
+      assert.equal((await sh(live.server, name, 'echo more > /data/after && sha256sum /data/blob')).stdout, sum, 'the volume is thawed and whole');
+      await assertAgreement(live.server, dataDir, seen);
+    });
+  }
 });

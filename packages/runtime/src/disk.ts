@@ -7,7 +7,7 @@ import { run } from './run.js';
  * a full disk inside a sandbox is ENOSPC for that sandbox only.
  */
 export async function createExt4(file: string, sizeBytes: number, opts: { journal: boolean; rootOwner: number }): Promise<void> {
-  const fh = await open(file, 'wx');
+  const fh = await open(file, 'wx', 0o600); // a sandbox's data: only root on the host reads the image
   try {
     await fh.truncate(sizeBytes);
   } finally {

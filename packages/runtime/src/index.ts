@@ -12,5 +12,6 @@ export * from './userns.js';
 export * from './paths.js';
 export * from './net/index.js';
 export * from './hostname.js';
+export { createExt4 } from './disk.js';
 export * from './drivers/microvm.js';
 export { ensureGuestBoot, type GuestBoot } from './vm/boot.js';

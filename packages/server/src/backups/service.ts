@@ -57,11 +57,21 @@ export class BackupService {
     await objects.cleanup();
     const s = new BackupService(store, volumes, sandboxes, objects, hostMount, log);
     await s.thawLeftovers();
+    await s.dropIncomplete();
     return s;
   }
 
+  /** Backups a crash cut short, being written or deleted: their objects and records go. */
+  private async dropIncomplete(): Promise<void> {
+    for (const r of await this.store.db.selectFrom('backups').selectAll().where('complete', '=', 0).execute()) {
+      this.log.warn({ backup: r.id }, 'removing a backup a crash cut short');
+      await this.objects.delete(r.key);
+      await this.store.db.deleteFrom('backups').where('id', '=', r.id).execute();
+    }
+  }
+
   async list(namespace: string, volume?: string): Promise<BackupInfo[]> {
-    let q = this.store.db.selectFrom('backups').selectAll().where('namespace', '=', namespace);
+    let q = this.store.db.selectFrom('backups').selectAll().where('namespace', '=', namespace).where('complete', '=', 1);
     if (volume) q = q.where('volume', '=', volume);
     return (await q.orderBy('created_at').execute()).map(info);
   }
@@ -71,7 +81,7 @@ export class BackupService {
   }
 
   private async row(namespace: string, id: string): Promise<BackupTable> {
-    const r = await this.store.db.selectFrom('backups').selectAll().where('namespace', '=', namespace).where('id', '=', assertBackupId(id)).executeTakeFirst();
+    const r = await this.store.db.selectFrom('backups').selectAll().where('namespace', '=', namespace).where('id', '=', assertBackupId(id)).where('complete', '=', 1).executeTakeFirst();
     if (!r) throw notFound(`backup "${id}" not found in namespace "${namespace}"`, { kind: 'backups', name: id });
     return r;
   }
@@ -90,26 +100,30 @@ export class BackupService {
       const v = await this.store.db.selectFrom('volumes').selectAll().where('uid', '=', first.uid).executeTakeFirst();
       if (!v) throw notFound(`volume "${volume}" not found in namespace "${namespace}"`, { kind: 'volumes', name: volume });
       const id = `bk-${randomBytes(8).toString('hex')}`;
-      const key = `${namespace}/${id}.img.zst`;
       const started = Date.now();
-      const { sha256, bytes } = await this.consistent(v, () => this.upload(this.volumes.path(v.uid), key));
-      crashPoint('backup.stored'); // an object without its record: never listed, never restored
+      // The record comes first, incomplete, so an object written before a crash always has one (see dropIncomplete).
       const row: BackupTable = {
         id,
         namespace,
         volume: v.name,
         volume_uid: v.uid,
         size_bytes: v.size_bytes,
-        compressed_bytes: bytes,
-        sha256,
+        compressed_bytes: 0,
+        sha256: '',
         store: this.objects.name,
-        key,
+        key: `${namespace}/${id}.img.zst`,
         created_at: new Date().toISOString(),
+        complete: 0,
       };
+      await this.store.db.insertInto('backups').values(row).execute();
       try {
-        await this.store.db.insertInto('backups').values(row).execute();
+        const { sha256, bytes } = await this.consistent(v, () => this.upload(this.volumes.path(v.uid), row.key));
+        crashPoint('backup.stored');
+        Object.assign(row, { sha256, compressed_bytes: bytes, complete: 1 });
+        await this.store.db.updateTable('backups').set({ sha256, compressed_bytes: bytes, complete: 1 }).where('id', '=', id).execute();
       } catch (err) {
-        await this.objects.delete(key).catch(() => {});
+        await this.objects.delete(row.key).catch(() => {});
+        await this.store.db.deleteFrom('backups').where('id', '=', id).execute();
         throw err;
       }
       return { ...info(row), durationMs: Date.now() - started };
@@ -118,6 +132,7 @@ export class BackupService {
 
   async delete(namespace: string, id: string): Promise<void> {
     const r = await this.row(namespace, id);
+    await this.store.db.updateTable('backups').set({ complete: 0 }).where('id', '=', r.id).execute(); // finished at the next start if a crash comes first
     await this.objects.delete(r.key);
     await this.store.db.deleteFrom('backups').where('id', '=', r.id).execute();
   }

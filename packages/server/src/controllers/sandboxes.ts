@@ -335,7 +335,7 @@ export class SandboxController {
       const started = Date.now();
       // The namespace outlives a hibernation; only a host reboot loses it (then it is made again, with the same lease).
       const network = existsSync(this.network.netnsPath(uid)) ? Promise.resolve() : this.network.attach(uid);
-      const r = await this.driverFor(sandbox).wake(await this.wakeSpec(sandbox), { ready: network });
+      const r = await this.driverFor(sandbox).wake(await this.runtimeSpec(sandbox), { ready: network });
       crashPoint('wake.restored');
       const ms = Date.now() - started;
       const probe = sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe;
@@ -373,17 +373,19 @@ export class SandboxController {
     });
   }
 
-  /** The runtime spec a hibernated sandbox wakes with: the same one a start would build (a restore uses the saved one). */
-  private async wakeSpec(sandbox: Sandbox): Promise<SandboxRuntimeSpec> {
+  /** What the driver needs to start (or wake) the sandbox. A restart reuses the exact image it was created from. */
+  private async runtimeSpec(sandbox: Sandbox): Promise<SandboxRuntimeSpec> {
     const uid = sandbox.metadata.uid;
     const container = sandbox.spec.podTemplate.spec.containers[0]!;
     const digest = sandbox.status.image?.digest;
     const image = digest ? await this.images.byDigest(digest) : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
+    const volume = await this.volumes?.forSandbox(uid);
     return {
       id: uid,
       hostname: sandbox.metadata.name,
       image,
-      limits: resolveLimits(sandbox.spec),
+      limits: { ...resolveLimits(sandbox.spec), ...(volume ? { dataBytes: volume.sizeBytes } : {}) },
+      ...(volume ? { dataImage: volume.path } : {}),
       command: [...(container.command ?? []), ...(container.args ?? [])],
       env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
       workingDir: container.workingDir ?? '/',
@@ -520,28 +522,12 @@ export class SandboxController {
     const started = Date.now();
     let attaching: Promise<unknown> | undefined;
     try {
-      const container = sandbox.spec.podTemplate.spec.containers[0]!;
-      const digest = sandbox.status.image?.digest;
-      // A restart reuses the exact image the sandbox was created from.
-      const image = digest
-        ? await this.images.byDigest(digest)
-        : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
-      // The network is made while the driver prepares the disks; the sandbox starts once both are done.
+      // The network is made while the image is found and the driver prepares the disks; the sandbox starts once both are done.
       const network = this.network.attach(uid);
       attaching = network.catch(() => {});
-      const volume = await this.volumes?.forSandbox(uid);
-      const spec: SandboxRuntimeSpec = {
-        id: uid,
-        hostname: sandbox.metadata.name,
-        image,
-        limits: { ...resolveLimits(sandbox.spec), ...(volume ? { dataBytes: volume.sizeBytes } : {}) },
-        ...(volume ? { dataImage: volume.path } : {}),
-        command: [...(container.command ?? []), ...(container.args ?? [])],
-        env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
-        workingDir: container.workingDir ?? '/',
-        dataMountPath: container.volumeMounts?.[0]?.mountPath,
-        netnsPath: this.network.netnsPath(uid),
-      };
+      const spec = await this.runtimeSpec(sandbox);
+      const image = spec.image;
+      const container = sandbox.spec.podTemplate.spec.containers[0]!;
       const driver = this.driverFor(sandbox);
       await driver.create(spec, { ready: network });
       crashPoint('start.created');

@@ -218,6 +218,8 @@ export const migrations: Record<string, Migration> = {
         .addColumn('store', 'text', (c) => c.notNull())
         .addColumn('key', 'text', (c) => c.notNull())
         .addColumn('created_at', 'text', (c) => c.notNull())
+        // 0 while the object is being written or deleted: such a row is never listed, and a start removes it with its object.
+        .addColumn('complete', 'integer', (c) => c.notNull())
         .execute();
       await db.schema.createIndex('backups_namespace').on('backups').columns(['namespace', 'created_at']).execute();
     },

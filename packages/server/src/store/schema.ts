@@ -180,6 +180,8 @@ export interface BackupTable {
   store: string;
   key: string;
   created_at: string;
+  /** 0 while the object is written or deleted (see migration 0009). */
+  complete: number;
 }
 
 export interface Database {

@@ -1,8 +1,8 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MoatError, alreadyExists, assertName, conflict, formatBytes, invalid, notFound, parseBytes, type Sandbox, type SandboxSpec } from '@moat/core';
-import { run, type AgentClient } from '@moat/runtime';
+import { createExt4, type AgentClient } from '@moat/runtime';
 import { Serial } from '../controllers/serial.js';
 import type { Quotas } from '../identity/quotas.js';
 import type { VolumeTable } from '../store/schema.js';
@@ -122,7 +122,8 @@ export class VolumeService {
     assertName(name, 'volume name');
     const row = await this.insert(namespace, name, sizeBytes, { retain: true });
     try {
-      await createExt4(this.path(row.uid), sizeBytes);
+      // Root-owned: runc and gVisor give its root to the sandbox's root when they mount it.
+      await createExt4(this.path(row.uid), sizeBytes, { journal: true, rootOwner: 0 });
     } catch (err) {
       await this.drop(row);
       throw err;
@@ -250,17 +251,6 @@ export class VolumeService {
       retain: r.retain === 1,
     };
   }
-}
-
-/** An empty volume: a sparse ext4 image, root-owned (runc and gVisor give its root to the sandbox's root when they mount it). */
-async function createExt4(file: string, sizeBytes: number): Promise<void> {
-  const fh = await open(file, 'wx', 0o600);
-  try {
-    await fh.truncate(sizeBytes);
-  } finally {
-    await fh.close();
-  }
-  await run('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', file]);
 }
 
 export const insufficientStorage = (msg: string) => new MoatError(507, 'InsufficientStorage', msg);
