@@ -1,6 +1,9 @@
-// Hibernate and wake, per runtime, for a sandbox whose main command is a Python process holding 200 MiB:
+// Pause/resume, hibernate and wake, per runtime, for a sandbox whose main command is a Python process holding 200 MiB:
+// pause and resume latency (API call; for runc also raw `runc pause`/`resume` of the same container as the baseline),
 // hibernate latency (API call), wake latency (hibernated → first exec result), host memory freed, saved state size.
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { run } from '@moat/runtime';
 import { NS, execApi, sandboxBody, startTestServer, type TestServer } from '../test/helpers/server.js';
 import { row, time } from './stats.js';
 
@@ -42,6 +45,10 @@ async function ask(server: TestServer, name: string, timeoutMs: number): Promise
 }
 
 async function benchOne(server: TestServer, runtime: string) {
+  const pause: number[] = [];
+  const resume: number[] = [];
+  const rawPause: number[] = [];
+  const rawResume: number[] = [];
   const hib: number[] = [];
   const wake: number[] = [];
   const freed: number[] = [];
@@ -57,6 +64,19 @@ async function benchOne(server: TestServer, runtime: string) {
     const before = await ask(server, name, 120_000);
     await new Promise((r) => setTimeout(r, 500));
     const used = await hostMemory(uid);
+
+    const post = async (action: string) => {
+      const res = await server.api(`${NS}/${name}/${action}`, { method: 'POST' });
+      if (res.status !== 200) throw new Error(`${action}: ${await res.text()}`);
+      return res.json();
+    };
+    pause.push(await time(() => post('pause')));
+    resume.push(await time(() => post('resume')));
+    if (runtime === 'runc') {
+      const runc = (cmd: string) => run('runc', ['--root', join(server.dataDir, 'runtime', 'runc'), cmd, uid]);
+      rawPause.push(await time(() => runc('pause')));
+      rawResume.push(await time(() => runc('resume')));
+    }
 
     let status: any;
     hib.push(await time(async () => {
@@ -79,6 +99,12 @@ async function benchOne(server: TestServer, runtime: string) {
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   console.log(`\n${runtime}: ${mode}; same process and memory after wake in ${kept}/${N}`);
+  row('pause (API call)', pause, rawPause.length ? rawPause : undefined);
+  row('resume (API call)', resume, rawResume.length ? rawResume : undefined);
+  if (rawPause.length) {
+    row('baseline: raw runc pause', rawPause);
+    row('baseline: raw runc resume', rawResume);
+  }
   row('hibernate (API call)', hib);
   row('wake (hibernated → first exec result)', wake);
   console.log(`  host memory freed by hibernate                mean ${mean(freed).toFixed(1)} MiB (min ${Math.min(...freed).toFixed(1)})`);

@@ -17,6 +17,9 @@ const V1 = '/apis/moat.dev/v1';
 const SBX = (ns: string) => `/apis/agents.x-k8s.io/v1alpha1/namespaces/${ns}/sandboxes`;
 const SECRETS = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/secrets`;
 const GATEWAY = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/gateway`;
+const VOLUMES = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/volumes`;
+const BACKUPS = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/backups`;
+const NO_BACKUP = 'bk-0000000000000000';
 const EXT = (ns: string, plural: string) => `/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${ns}/${plural}`;
 
 type Reply = { status: number; body: any };
@@ -71,6 +74,20 @@ const ACTIONS: Action[] = [
   { route: 'GET sandboxes/{name}/files/archive', verb: 'read', run: (c, ns) => c('GET', files(ns, '/archive?path=/etc/default')), allowed: ok(200) },
   { route: 'PUT sandboxes/{name}/files/archive', verb: 'write', run: (c, ns) => c('PUT', files(ns, '/archive?path=/tmp'), emptyTar), allowed: ok(200) },
   { route: 'GET sandboxes/{name}/ports/{port}', verb: 'write', run: (c, ns) => c('GET', `${SBX(ns)}/box/ports/9/`), allowed: ok(502) },
+  ...(['pause', 'resume', 'hibernate', 'wake'] as const).map((a): Action => ({
+    route: `POST sandboxes/{name}/${a}`, verb: 'write', run: (c, ns) => c('POST', `${SBX(ns)}/ghost/${a}`), allowed: missing(/sandbox "ghost" not found/),
+  })),
+  { route: 'POST sandboxes/{name}/extend', verb: 'write', run: (c, ns) => c('POST', `${SBX(ns)}/ghost/extend`, { ttlSeconds: 60 }), allowed: missing(/sandbox "ghost" not found/) },
+  { route: 'GET volumes', verb: 'read', run: (c, ns) => c('GET', VOLUMES(ns)), allowed: ok(200) },
+  { route: 'POST volumes', verb: 'write', run: (c, ns) => c('POST', VOLUMES(ns), { name: `v-${Math.random().toString(36).slice(2, 8)}`, size: '16Mi' }), allowed: ok(201) },
+  { route: 'GET volumes/{name}', verb: 'read', run: (c, ns) => c('GET', `${VOLUMES(ns)}/vol`), allowed: ok(200) },
+  { route: 'DELETE volumes/{name}', verb: 'write', run: (c, ns) => c('DELETE', `${VOLUMES(ns)}/ghost`), allowed: missing(/volume "ghost" not found/) },
+  { route: 'GET backups', verb: 'read', run: (c, ns) => c('GET', BACKUPS(ns)), allowed: ok(200) },
+  { route: 'POST backups', verb: 'write', run: (c, ns) => c('POST', BACKUPS(ns), { volume: 'ghost' }), allowed: missing(/volume "ghost" not found/) },
+  { route: 'POST volumes/{name}/backups', verb: 'write', run: (c, ns) => c('POST', `${VOLUMES(ns)}/ghost/backups`), allowed: missing(/volume "ghost" not found/) },
+  { route: 'GET backups/{id}', verb: 'read', run: (c, ns) => c('GET', `${BACKUPS(ns)}/${NO_BACKUP}`), allowed: missing(/backup "bk-0+" not found/) },
+  { route: 'DELETE backups/{id}', verb: 'write', run: (c, ns) => c('DELETE', `${BACKUPS(ns)}/${NO_BACKUP}`), allowed: missing(/backup "bk-0+" not found/) },
+  { route: 'POST backups/{id}/restore', verb: 'write', run: (c, ns) => c('POST', `${BACKUPS(ns)}/${NO_BACKUP}/restore`, { volume: 'r' }), allowed: missing(/backup "bk-0+" not found/) },
   { route: 'GET secrets', verb: 'read', run: (c, ns) => c('GET', SECRETS(ns)), allowed: ok(200) },
   { route: 'POST secrets', verb: 'write', run: (c, ns) => c('POST', SECRETS(ns), { name: `s-${Math.random().toString(36).slice(2, 8)}`, value: 'v' }), allowed: ok(201) },
   { route: 'GET secrets/{name}', verb: 'read', run: (c, ns) => c('GET', `${SECRETS(ns)}/sec`), allowed: ok(200) },
@@ -159,6 +176,7 @@ describe('identity, tenancy and authorization', () => {
         await must(admin, 'POST', EXT(ns, 'sandboxwarmpools'), poolBody('pool', 'tpl', 0), 201);
         await must(admin, 'POST', SECRETS(ns), { name: 'sec', value: 'v' }, 201);
         await must(admin, 'PUT', GATEWAY(ns), { models: ['m'] }, 200);
+        await must(admin, 'POST', VOLUMES(ns), { name: 'vol', size: '16Mi' }, 201);
         await must(admin, 'GET', `${SBX(ns)}/box/wait?timeoutSeconds=120`, undefined, 200);
       }),
     );
