@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useId, useRef, useState, type ReactNode } from 'react';
+import { useCallback, useEffect, useId, useRef, useState, type ReactNode, type TableHTMLAttributes } from 'react';
 import { errorText } from './api.js';
 
 /** The route is the URL's hash (`#/sandboxes/ns/name`), so no server path is ever shadowed. */
@@ -161,5 +161,26 @@ export function Tabs({ tabs, current, base }: { tabs: [string, string][]; curren
         </a>
       ))}
     </nav>
+  );
+}
+
+/** A table that scrolls sideways on small screens: column headers, an optional caption for screen readers, rows as children. */
+export function Table({ headers, caption, children, ...rest }: { headers: string[]; caption?: ReactNode; children: ReactNode } & TableHTMLAttributes<HTMLTableElement>) {
+  return (
+    <div className="table-wrap">
+      <table {...rest}>
+        {caption ? <caption className="sr-only">{caption}</caption> : null}
+        <thead>
+          <tr>
+            {headers.map((h) => (
+              <th scope="col" key={h}>
+                {h}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>{children}</tbody>
+      </table>
+    </div>
   );
 }

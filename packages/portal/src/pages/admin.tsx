@@ -1,6 +1,6 @@
 import { useState, type FormEvent, type ReactNode } from 'react';
 import { MOAT_API, api, bytes, errorText, type Me } from '../api.js';
-import { ConfirmButton, ErrorBox, Field, usePoll } from '../ui.js';
+import { ConfirmButton, ErrorBox, Field, Table, usePoll } from '../ui.js';
 
 interface Quota {
   sandboxes?: number;
@@ -139,38 +139,26 @@ function UserPanel({ user, onChanged, onSecret }: { user: User; onChanged: () =>
 
       <h3>Agents</h3>
       <ErrorBox error={agents.error} />
-      <div className="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">Agent</th>
-              <th scope="col">Namespace</th>
-              <th scope="col">Quota</th>
-              <th scope="col">Actions</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(agents.data ?? []).map((a) => (
-              <tr key={a.name}>
-                <th scope="row">{a.name}</th>
-                <td>{a.namespace}</td>
-                <td>{quotaText(a.quota)}</td>
-                <td className="actions">
-                  <button type="button" onClick={() => setAgentQuota({ agent: a.name, quota: a.quota })} aria-label={`Edit the quota of agent ${a.name}`}>
-                    Quota
-                  </button>
-                  <ConfirmButton
-                    label="Delete"
-                    danger
-                    question={`Delete agent "${a.name}" and its keys? Its namespace must be empty.`}
-                    onConfirm={async () => (await api(`${base}/agents/${encodeURIComponent(a.name)}`, { method: 'DELETE' }), agents.reload(), keys.reload())}
-                  />
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table headers={['Agent', 'Namespace', 'Quota', 'Actions']}>
+        {(agents.data ?? []).map((a) => (
+          <tr key={a.name}>
+            <th scope="row">{a.name}</th>
+            <td>{a.namespace}</td>
+            <td>{quotaText(a.quota)}</td>
+            <td className="actions">
+              <button type="button" onClick={() => setAgentQuota({ agent: a.name, quota: a.quota })} aria-label={`Edit the quota of agent ${a.name}`}>
+                Quota
+              </button>
+              <ConfirmButton
+                label="Delete"
+                danger
+                question={`Delete agent "${a.name}" and its keys? Its namespace must be empty.`}
+                onConfirm={async () => (await api(`${base}/agents/${encodeURIComponent(a.name)}`, { method: 'DELETE' }), agents.reload(), keys.reload())}
+              />
+            </td>
+          </tr>
+        ))}
+      </Table>
       {agentQuota ? (
         <Form
           label={`Save quota of ${agentQuota.agent}`}
@@ -189,43 +177,29 @@ function UserPanel({ user, onChanged, onSecret }: { user: User; onChanged: () =>
 
       <h3>API keys</h3>
       <ErrorBox error={keys.error} />
-      <div className="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">ID</th>
-              <th scope="col">Name</th>
-              <th scope="col">Agent</th>
-              <th scope="col">Created</th>
-              <th scope="col">State</th>
-              <th scope="col">Actions</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(keys.data ?? []).map((k) => (
-              <tr key={k.id}>
-                <th scope="row" className="mono">
-                  {k.id}
-                </th>
-                <td>{k.name}</td>
-                <td>{k.agent ?? '(user key)'}</td>
-                <td>{new Date(k.createdAt).toLocaleString()}</td>
-                <td>{k.revokedAt ? <span className="bad">revoked</span> : k.expiresAt ? `expires ${new Date(k.expiresAt).toLocaleString()}` : <span className="ok">active</span>}</td>
-                <td>
-                  {k.revokedAt ? null : (
-                    <ConfirmButton
-                      label="Revoke"
-                      danger
-                      question={`Revoke key ${k.id} ("${k.name}")? Everything using it, portal sessions too, stops working at once.`}
-                      onConfirm={async () => (await api(`${base}/keys/${k.id}`, { method: 'DELETE' }), keys.reload())}
-                    />
-                  )}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table headers={['ID', 'Name', 'Agent', 'Created', 'State', 'Actions']}>
+        {(keys.data ?? []).map((k) => (
+          <tr key={k.id}>
+            <th scope="row" className="mono">
+              {k.id}
+            </th>
+            <td>{k.name}</td>
+            <td>{k.agent ?? '(user key)'}</td>
+            <td>{new Date(k.createdAt).toLocaleString()}</td>
+            <td>{k.revokedAt ? <span className="bad">revoked</span> : k.expiresAt ? `expires ${new Date(k.expiresAt).toLocaleString()}` : <span className="ok">active</span>}</td>
+            <td>
+              {k.revokedAt ? null : (
+                <ConfirmButton
+                  label="Revoke"
+                  danger
+                  question={`Revoke key ${k.id} ("${k.name}")? Everything using it, portal sessions too, stops working at once.`}
+                  onConfirm={async () => (await api(`${base}/keys/${k.id}`, { method: 'DELETE' }), keys.reload())}
+                />
+              )}
+            </td>
+          </tr>
+        ))}
+      </Table>
       <Form
         label="Create key"
         onSubmit={async () => {
@@ -322,41 +296,29 @@ export default function Admin({ me }: { me: Me }) {
         <section className="card" aria-labelledby="users-title">
           <h2 id="users-title">Users</h2>
           <ErrorBox error={users.error} />
-          <div className="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th scope="col">User</th>
-                  <th scope="col">Role</th>
-                  <th scope="col">Quota</th>
-                  <th scope="col">Actions</th>
-                </tr>
-              </thead>
-              <tbody>
-                {(users.data ?? []).map((u) => (
-                  <tr key={u.name} aria-selected={u.name === selected}>
-                    <th scope="row">
-                      <button type="button" className="link" onClick={() => setSelected(u.name)} aria-pressed={u.name === selected}>
-                        {u.name}
-                      </button>
-                    </th>
-                    <td>{u.role}</td>
-                    <td>{quotaText(u.quota)}</td>
-                    <td>
-                      {u.name === me.user ? null : (
-                        <ConfirmButton
-                          label="Delete"
-                          danger
-                          question={`Delete user "${u.name}" and their keys? They must own nothing any more.`}
-                          onConfirm={async () => (await api(`${USERS}/${encodeURIComponent(u.name)}`, { method: 'DELETE' }), users.reload())}
-                        />
-                      )}
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
+          <Table headers={['User', 'Role', 'Quota', 'Actions']}>
+            {(users.data ?? []).map((u) => (
+              <tr key={u.name} aria-selected={u.name === selected}>
+                <th scope="row">
+                  <button type="button" className="link" onClick={() => setSelected(u.name)} aria-pressed={u.name === selected}>
+                    {u.name}
+                  </button>
+                </th>
+                <td>{u.role}</td>
+                <td>{quotaText(u.quota)}</td>
+                <td>
+                  {u.name === me.user ? null : (
+                    <ConfirmButton
+                      label="Delete"
+                      danger
+                      question={`Delete user "${u.name}" and their keys? They must own nothing any more.`}
+                      onConfirm={async () => (await api(`${USERS}/${encodeURIComponent(u.name)}`, { method: 'DELETE' }), users.reload())}
+                    />
+                  )}
+                </td>
+              </tr>
+            ))}
+          </Table>
           <Form
             label="Create user"
             onSubmit={async () => {

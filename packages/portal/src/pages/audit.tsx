@@ -1,6 +1,6 @@
 import { useState, type FormEvent } from 'react';
 import { MOAT_API, api, type Me } from '../api.js';
-import { ErrorBox, Field, usePoll } from '../ui.js';
+import { ErrorBox, Field, Table, usePoll } from '../ui.js';
 
 interface AuditEvent {
   seq: number;
@@ -118,43 +118,27 @@ export default function Audit({ me }: { me: Me }) {
       <p className="muted">
         {rows.length} event{rows.length === 1 ? '' : 's'}, newest first.
       </p>
-      <div className="table-wrap">
-        <table className="audit">
-          <thead>
-            <tr>
-              <th scope="col">#</th>
-              <th scope="col">Time</th>
-              <th scope="col">Actor</th>
-              <th scope="col">Action</th>
-              <th scope="col">Namespace</th>
-              <th scope="col">Object</th>
-              <th scope="col">Result</th>
-              <th scope="col">Detail</th>
-            </tr>
-          </thead>
-          <tbody>
-            {rows.slice(0, shown).map((e) => (
-              <tr key={e.seq} data-action={e.action} data-sandbox={e.sandbox ?? ''}>
-                <td>{e.seq}</td>
-                <td>
-                  <time dateTime={e.time}>{new Date(e.time).toLocaleString()}</time>
-                </td>
-                <td>
-                  {e.actor.user ?? '—'}
-                  {e.actor.agent ? `/${e.actor.agent}` : ''} <small className="muted">{e.actor.source}</small>
-                </td>
-                <td className="mono">{e.action}</td>
-                <td>{e.namespace ?? '—'}</td>
-                <td className="mono">{e.object ?? '—'}</td>
-                <td>
-                  <span className={e.result === 'success' ? 'ok' : 'bad'}>{e.result}</span>
-                </td>
-                <td className="mono detail">{Object.keys(e.detail).length ? JSON.stringify(e.detail) : ''}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table headers={['#', 'Time', 'Actor', 'Action', 'Namespace', 'Object', 'Result', 'Detail']} className="audit">
+        {rows.slice(0, shown).map((e) => (
+          <tr key={e.seq} data-action={e.action} data-sandbox={e.sandbox ?? ''}>
+            <td>{e.seq}</td>
+            <td>
+              <time dateTime={e.time}>{new Date(e.time).toLocaleString()}</time>
+            </td>
+            <td>
+              {e.actor.user ?? '—'}
+              {e.actor.agent ? `/${e.actor.agent}` : ''} <small className="muted">{e.actor.source}</small>
+            </td>
+            <td className="mono">{e.action}</td>
+            <td>{e.namespace ?? '—'}</td>
+            <td className="mono">{e.object ?? '—'}</td>
+            <td>
+              <span className={e.result === 'success' ? 'ok' : 'bad'}>{e.result}</span>
+            </td>
+            <td className="mono detail">{Object.keys(e.detail).length ? JSON.stringify(e.detail) : ''}</td>
+          </tr>
+        ))}
+      </Table>
       {rows.length > shown ? (
         <button type="button" onClick={() => setShown(shown + PAGE)}>
           Show more

@@ -1,6 +1,6 @@
 import { useRef, useState } from 'react';
 import { api, bytes, errorText, request, sandboxPath, type Me } from '../api.js';
-import { ConfirmButton, ErrorBox, Field, usePoll } from '../ui.js';
+import { ConfirmButton, ErrorBox, Field, usePoll, Table } from '../ui.js';
 import { canWrite } from './sandboxes.js';
 
 interface Entry {
@@ -96,64 +96,50 @@ export function Files({ me, namespace, name }: { me: Me; namespace: string; name
         {status}
       </p>
       <ErrorBox error={error ?? list.error} />
-      <div className="table-wrap">
-        <table>
-          <caption className="sr-only">Contents of {dir}</caption>
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">Size</th>
-              <th scope="col">Mode</th>
-              <th scope="col">Modified</th>
-              <th scope="col">Actions</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(list.data ?? []).map((e) => (
-              <tr key={e.path} data-path={e.path}>
-                <th scope="row">
-                  <button type="button" className="link" onClick={() => void open(e)} aria-label={e.type === 'dir' ? `Open folder ${e.name}` : `View ${e.name}`}>
-                    {e.type === 'dir' ? '📁 ' : ''}
-                    {e.name}
-                    {e.type === 'symlink' ? ` → ${e.target ?? ''}` : ''}
-                  </button>
-                </th>
-                <td>{e.type === 'dir' ? '—' : bytes(e.size)}</td>
-                <td className="mono">{e.mode}</td>
-                <td>
-                  <time dateTime={e.mtime}>{new Date(e.mtime).toLocaleString()}</time>
-                </td>
-                <td className="actions">
-                  {e.type === 'file' ? (
-                    <a className="button" href={contentUrl(e.path)} download={e.name} aria-label={`Download ${e.name}`}>
-                      Download
-                    </a>
-                  ) : null}
-                  {writable ? (
-                    <ConfirmButton
-                      label="Delete"
-                      danger
-                      question={`Delete ${e.path}${e.type === 'dir' ? ' and everything under it' : ''}?`}
-                      onConfirm={async () => {
-                        await request(`${base}?path=${encodeURIComponent(e.path)}&recursive=${e.type === 'dir'}`, { method: 'DELETE' });
-                        if (view?.path === e.path) setView(undefined);
-                        list.reload();
-                      }}
-                    />
-                  ) : null}
-                </td>
-              </tr>
-            ))}
-            {list.data && !list.data.length ? (
-              <tr>
-                <td colSpan={5} className="muted">
-                  Empty folder.
-                </td>
-              </tr>
-            ) : null}
-          </tbody>
-        </table>
-      </div>
+      <Table headers={['Name', 'Size', 'Mode', 'Modified', 'Actions']} caption={<>Contents of {dir}</>}>
+        {(list.data ?? []).map((e) => (
+          <tr key={e.path} data-path={e.path}>
+            <th scope="row">
+              <button type="button" className="link" onClick={() => void open(e)} aria-label={e.type === 'dir' ? `Open folder ${e.name}` : `View ${e.name}`}>
+                {e.type === 'dir' ? '📁 ' : ''}
+                {e.name}
+                {e.type === 'symlink' ? ` → ${e.target ?? ''}` : ''}
+              </button>
+            </th>
+            <td>{e.type === 'dir' ? '—' : bytes(e.size)}</td>
+            <td className="mono">{e.mode}</td>
+            <td>
+              <time dateTime={e.mtime}>{new Date(e.mtime).toLocaleString()}</time>
+            </td>
+            <td className="actions">
+              {e.type === 'file' ? (
+                <a className="button" href={contentUrl(e.path)} download={e.name} aria-label={`Download ${e.name}`}>
+                  Download
+                </a>
+              ) : null}
+              {writable ? (
+                <ConfirmButton
+                  label="Delete"
+                  danger
+                  question={`Delete ${e.path}${e.type === 'dir' ? ' and everything under it' : ''}?`}
+                  onConfirm={async () => {
+                    await request(`${base}?path=${encodeURIComponent(e.path)}&recursive=${e.type === 'dir'}`, { method: 'DELETE' });
+                    if (view?.path === e.path) setView(undefined);
+                    list.reload();
+                  }}
+                />
+              ) : null}
+            </td>
+          </tr>
+        ))}
+        {list.data && !list.data.length ? (
+          <tr>
+            <td colSpan={5} className="muted">
+              Empty folder.
+            </td>
+          </tr>
+        ) : null}
+      </Table>
       {view ? (
         <section aria-labelledby="viewer-title" className="viewer">
           <div className="row spread">

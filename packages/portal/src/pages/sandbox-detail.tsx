@@ -1,6 +1,6 @@
 import { Suspense, lazy, useRef, useState } from 'react';
 import { LABEL_TEMPLATE, api, bytes, duration, sandboxPath, type Me, type Sandbox } from '../api.js';
-import { Chart, ErrorBox, Phase, Tabs, href, useNow, usePoll } from '../ui.js';
+import { Chart, ErrorBox, href, Phase, Table, Tabs, useNow, usePoll } from '../ui.js';
 import { Files } from './files.js';
 import { SandboxActions, canWrite } from './sandboxes.js';
 
@@ -84,30 +84,18 @@ function Overview({ sandbox, samples }: { sandbox: Sandbox; samples: Sample[] })
       <section className="card wide" aria-labelledby="events-title">
         <h2 id="events-title">Events</h2>
         <ErrorBox error={events.error} />
-        <div className="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">Time</th>
-                <th scope="col">Type</th>
-                <th scope="col">Reason</th>
-                <th scope="col">Message</th>
-              </tr>
-            </thead>
-            <tbody>
-              {(events.data ?? []).map((e, i) => (
-                <tr key={i}>
-                  <td>
-                    <time dateTime={e.time}>{new Date(e.time).toLocaleTimeString()}</time>
-                  </td>
-                  <td>{e.type}</td>
-                  <td>{e.reason}</td>
-                  <td>{e.message}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table headers={['Time', 'Type', 'Reason', 'Message']}>
+          {(events.data ?? []).map((e, i) => (
+            <tr key={i}>
+              <td>
+                <time dateTime={e.time}>{new Date(e.time).toLocaleTimeString()}</time>
+              </td>
+              <td>{e.type}</td>
+              <td>{e.reason}</td>
+              <td>{e.message}</td>
+            </tr>
+          ))}
+        </Table>
       </section>
     </div>
   );
@@ -120,44 +108,31 @@ function Egress({ sandbox }: { sandbox: Sandbox }) {
       <h2 id="egress-title">Egress log</h2>
       <p className="muted">Every connection the sandbox asked its egress proxy for, newest last.</p>
       <ErrorBox error={log.error} />
-      <div className="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">Time</th>
-              <th scope="col">Request</th>
-              <th scope="col">Decision</th>
-              <th scope="col">Status</th>
-              <th scope="col">Up / down</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(log.data ?? []).map((e, i) => (
-              <tr key={i}>
-                <td>
-                  <time dateTime={e.time}>{new Date(e.time).toLocaleTimeString()}</time>
-                </td>
-                <td className="mono">
-                  {e.method} {e.host}:{e.port}
-                  {e.path ?? ''}
-                </td>
-                <td>{e.allowed ? <span className="ok">allowed</span> : <span className="bad">denied{e.reason ? `: ${e.reason}` : ''}</span>}</td>
-                <td>{e.status ?? '—'}</td>
-                <td>
-                  {bytes(e.bytesUp)} / {bytes(e.bytesDown)}
-                </td>
-              </tr>
-            ))}
-            {log.data && !log.data.length ? (
-              <tr>
-                <td colSpan={5} className="muted">
-                  No egress yet.
-                </td>
-              </tr>
-            ) : null}
-          </tbody>
-        </table>
-      </div>
+      <Table headers={['Time', 'Request', 'Decision', 'Status', 'Up / down']}>
+        {(log.data ?? []).map((e, i) => (
+          <tr key={i}>
+            <td>
+              <time dateTime={e.time}>{new Date(e.time).toLocaleTimeString()}</time>
+            </td>
+            <td className="mono">
+              {e.method} {e.host}:{e.port}
+              {e.path ?? ''}
+            </td>
+            <td>{e.allowed ? <span className="ok">allowed</span> : <span className="bad">denied{e.reason ? `: ${e.reason}` : ''}</span>}</td>
+            <td>{e.status ?? '—'}</td>
+            <td>
+              {bytes(e.bytesUp)} / {bytes(e.bytesDown)}
+            </td>
+          </tr>
+        ))}
+        {log.data && !log.data.length ? (
+          <tr>
+            <td colSpan={5} className="muted">
+              No egress yet.
+            </td>
+          </tr>
+        ) : null}
+      </Table>
     </section>
   );
 }

@@ -1,6 +1,6 @@
 import { useRef, useState, type FormEvent } from 'react';
 import { LABEL_POOL, LABEL_TEMPLATE, MOAT_API, SANDBOX_API, api, bytes, condition, duration, errorText, objectPath, sandboxPath, type KObject, type Me, type Sandbox, type Usage } from '../api.js';
-import { ConfirmButton, ErrorBox, Field, Phase, href, useNow, usePoll } from '../ui.js';
+import { ConfirmButton, ErrorBox, Field, Phase, href, useNow, usePoll, Table } from '../ui.js';
 
 interface UsageItem {
   namespace: string;
@@ -155,67 +155,47 @@ export function SandboxList({ me }: { me: Me }) {
       </div>
       <CreateSandbox me={me} onCreated={(ns, name) => (window.location.hash = href('sandboxes', ns, name))} />
       <ErrorBox error={list.error} />
-      <div className="table-wrap">
-        <table aria-busy={!list.data}>
-          <caption className="sr-only">Sandboxes you can see, updated every two seconds</caption>
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">Namespace</th>
-              <th scope="col">Status</th>
-              <th scope="col">Runtime</th>
-              <th scope="col">Template</th>
-              <th scope="col">Owner</th>
-              <th scope="col">Age</th>
-              <th scope="col">CPU</th>
-              <th scope="col">Memory</th>
-              <th scope="col">TTL</th>
-              <th scope="col">Actions</th>
+      <Table headers={['Name', 'Namespace', 'Status', 'Runtime', 'Template', 'Owner', 'Age', 'CPU', 'Memory', 'TTL', 'Actions']} caption="Sandboxes you can see, updated every two seconds" aria-busy={!list.data}>
+        {items.map((s) => {
+          const key = `${s.metadata.namespace}/${s.metadata.name}`;
+          const u = list.data?.usage.get(key);
+          const ready = condition(s);
+          const c = cpu.current.get(key);
+          const created = s.metadata.creationTimestamp ? Date.parse(s.metadata.creationTimestamp) : undefined;
+          return (
+            <tr key={key} data-sandbox={key}>
+              <th scope="row">
+                <a href={href('sandboxes', s.metadata.namespace, s.metadata.name)}>{s.metadata.name}</a>
+                {s.metadata.labels?.[LABEL_POOL] ? <span className="badge" title="waiting unclaimed in a warm pool">pool</span> : null}
+              </th>
+              <td>{s.metadata.namespace}</td>
+              <td>
+                <Phase phase={s.status.phase} />
+                {ready && ready.status !== 'True' && s.status.phase !== 'Paused' ? <small className="muted"> {ready.reason}</small> : null}
+              </td>
+              <td>{s.status.runtimeClassName ?? s.spec.podTemplate.spec.runtimeClassName ?? 'runc'}</td>
+              <td>{s.metadata.labels?.[LABEL_TEMPLATE] ?? <span className="muted">—</span>}</td>
+              <td>{u?.owner ? `${u.owner.user}/${u.owner.agent}` : '—'}</td>
+              <td>{created ? duration(now - created) : '—'}</td>
+              <td>{u?.usage && c !== undefined ? `${c.toFixed(1)}%` : '—'}</td>
+              <td>{bytes(u?.usage?.memoryBytes)}</td>
+              <td>
+                <Ttl shutdownTime={s.spec.shutdownTime} now={now} />
+              </td>
+              <td>
+                <SandboxActions me={me} sandbox={s} onChange={list.reload} />
+              </td>
             </tr>
-          </thead>
-          <tbody>
-            {items.map((s) => {
-              const key = `${s.metadata.namespace}/${s.metadata.name}`;
-              const u = list.data?.usage.get(key);
-              const ready = condition(s);
-              const c = cpu.current.get(key);
-              const created = s.metadata.creationTimestamp ? Date.parse(s.metadata.creationTimestamp) : undefined;
-              return (
-                <tr key={key} data-sandbox={key}>
-                  <th scope="row">
-                    <a href={href('sandboxes', s.metadata.namespace, s.metadata.name)}>{s.metadata.name}</a>
-                    {s.metadata.labels?.[LABEL_POOL] ? <span className="badge" title="waiting unclaimed in a warm pool">pool</span> : null}
-                  </th>
-                  <td>{s.metadata.namespace}</td>
-                  <td>
-                    <Phase phase={s.status.phase} />
-                    {ready && ready.status !== 'True' && s.status.phase !== 'Paused' ? <small className="muted"> {ready.reason}</small> : null}
-                  </td>
-                  <td>{s.status.runtimeClassName ?? s.spec.podTemplate.spec.runtimeClassName ?? 'runc'}</td>
-                  <td>{s.metadata.labels?.[LABEL_TEMPLATE] ?? <span className="muted">—</span>}</td>
-                  <td>{u?.owner ? `${u.owner.user}/${u.owner.agent}` : '—'}</td>
-                  <td>{created ? duration(now - created) : '—'}</td>
-                  <td>{u?.usage && c !== undefined ? `${c.toFixed(1)}%` : '—'}</td>
-                  <td>{bytes(u?.usage?.memoryBytes)}</td>
-                  <td>
-                    <Ttl shutdownTime={s.spec.shutdownTime} now={now} />
-                  </td>
-                  <td>
-                    <SandboxActions me={me} sandbox={s} onChange={list.reload} />
-                  </td>
-                </tr>
-              );
-            })}
-            {list.data && !items.length ? (
-              <tr>
-                <td colSpan={11} className="muted">
-                  No sandboxes{filter ? ' match' : ' yet'}.
-                </td>
-              </tr>
-            ) : null}
-          </tbody>
-        </table>
-      </div>
+          );
+        })}
+        {list.data && !items.length ? (
+          <tr>
+            <td colSpan={11} className="muted">
+              No sandboxes{filter ? ' match' : ' yet'}.
+            </td>
+          </tr>
+        ) : null}
+      </Table>
     </section>
   );
 }

@@ -1,7 +1,7 @@
 import { useId, useState } from 'react';
 import { YAMLParseError, parse, stringify } from 'yaml';
 import { EXT_API, ApiError, api, condition, errorText, objectPath, type KObject, type Me } from '../api.js';
-import { ConfirmButton, ErrorBox, Field, usePoll } from '../ui.js';
+import { ConfirmButton, ErrorBox, Field, Table, usePoll } from '../ui.js';
 import { canWrite } from './sandboxes.js';
 
 const BUILTIN = 'moat.dev/builtin';
@@ -164,48 +164,35 @@ export default function Templates({ me }: { me: Me }) {
             New template
           </button>
         </div>
-        <div className="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">Namespace</th>
-                <th scope="col">Image</th>
-                <th scope="col">Runtime</th>
-                <th scope="col">Actions</th>
+        <Table headers={['Name', 'Namespace', 'Image', 'Runtime', 'Actions']}>
+          {(data.data?.templates ?? []).map((t) => {
+            const pod = (t.spec?.podTemplate as { spec?: { runtimeClassName?: string; containers?: { image?: string }[] } } | undefined)?.spec;
+            const builtin = t.metadata.labels?.[BUILTIN] === 'true';
+            return (
+              <tr key={`${t.metadata.namespace}/${t.metadata.name}`}>
+                <th scope="row">
+                  {t.metadata.name} {builtin ? <span className="badge">built in</span> : null}
+                </th>
+                <td>{t.metadata.namespace}</td>
+                <td>{pod?.containers?.[0]?.image ?? '—'}</td>
+                <td>{pod?.runtimeClassName ?? 'runc'}</td>
+                <td className="actions">
+                  <button type="button" onClick={() => edit('SandboxTemplate', t)}>
+                    {canWrite(me, t.metadata.namespace) ? 'View / edit YAML' : 'View YAML'}
+                  </button>
+                  {!builtin && canWrite(me, t.metadata.namespace) ? (
+                    <ConfirmButton
+                      label="Delete"
+                      danger
+                      question={`Delete template "${t.metadata.name}"? Sandboxes made from it stay.`}
+                      onConfirm={async () => (await api(objectPath('sandboxtemplates', t.metadata.namespace, t.metadata.name), { method: 'DELETE' }), data.reload())}
+                    />
+                  ) : null}
+                </td>
               </tr>
-            </thead>
-            <tbody>
-              {(data.data?.templates ?? []).map((t) => {
-                const pod = (t.spec?.podTemplate as { spec?: { runtimeClassName?: string; containers?: { image?: string }[] } } | undefined)?.spec;
-                const builtin = t.metadata.labels?.[BUILTIN] === 'true';
-                return (
-                  <tr key={`${t.metadata.namespace}/${t.metadata.name}`}>
-                    <th scope="row">
-                      {t.metadata.name} {builtin ? <span className="badge">built in</span> : null}
-                    </th>
-                    <td>{t.metadata.namespace}</td>
-                    <td>{pod?.containers?.[0]?.image ?? '—'}</td>
-                    <td>{pod?.runtimeClassName ?? 'runc'}</td>
-                    <td className="actions">
-                      <button type="button" onClick={() => edit('SandboxTemplate', t)}>
-                        {canWrite(me, t.metadata.namespace) ? 'View / edit YAML' : 'View YAML'}
-                      </button>
-                      {!builtin && canWrite(me, t.metadata.namespace) ? (
-                        <ConfirmButton
-                          label="Delete"
-                          danger
-                          question={`Delete template "${t.metadata.name}"? Sandboxes made from it stay.`}
-                          onConfirm={async () => (await api(objectPath('sandboxtemplates', t.metadata.namespace, t.metadata.name), { method: 'DELETE' }), data.reload())}
-                        />
-                      ) : null}
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+        </Table>
       </section>
       <section className="card" aria-labelledby="pools-title">
         <div className="row spread">
@@ -214,58 +201,44 @@ export default function Templates({ me }: { me: Me }) {
             New pool
           </button>
         </div>
-        <div className="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">Namespace</th>
-                <th scope="col">Template</th>
-                <th scope="col">Fill level</th>
-                <th scope="col">State</th>
-                <th scope="col">Actions</th>
+        <Table headers={['Name', 'Namespace', 'Template', 'Fill level', 'State', 'Actions']}>
+          {(data.data?.pools ?? []).map((p) => {
+            const want = Number(p.spec?.replicas ?? 0);
+            const ready = Number(p.status?.readyReplicas ?? 0);
+            const c = condition(p);
+            return (
+              <tr key={`${p.metadata.namespace}/${p.metadata.name}`}>
+                <th scope="row">{p.metadata.name}</th>
+                <td>{p.metadata.namespace}</td>
+                <td>{(p.spec?.sandboxTemplateRef as { name?: string } | undefined)?.name ?? '—'}</td>
+                <td>
+                  <meter min={0} max={Math.max(want, 1)} value={ready} aria-label={`${p.metadata.name}: ${ready} of ${want} ready`} /> {ready}/{want} ready
+                </td>
+                <td>{c ? `${c.reason ?? c.status}${c.message ? `: ${c.message}` : ''}` : '—'}</td>
+                <td className="actions">
+                  <button type="button" onClick={() => edit('SandboxWarmPool', p)}>
+                    {canWrite(me, p.metadata.namespace) ? 'View / edit YAML' : 'View YAML'}
+                  </button>
+                  {canWrite(me, p.metadata.namespace) ? (
+                    <ConfirmButton
+                      label="Delete"
+                      danger
+                      question={`Delete warm pool "${p.metadata.name}" and its idle sandboxes?`}
+                      onConfirm={async () => (await api(objectPath('sandboxwarmpools', p.metadata.namespace, p.metadata.name), { method: 'DELETE' }), data.reload())}
+                    />
+                  ) : null}
+                </td>
               </tr>
-            </thead>
-            <tbody>
-              {(data.data?.pools ?? []).map((p) => {
-                const want = Number(p.spec?.replicas ?? 0);
-                const ready = Number(p.status?.readyReplicas ?? 0);
-                const c = condition(p);
-                return (
-                  <tr key={`${p.metadata.namespace}/${p.metadata.name}`}>
-                    <th scope="row">{p.metadata.name}</th>
-                    <td>{p.metadata.namespace}</td>
-                    <td>{(p.spec?.sandboxTemplateRef as { name?: string } | undefined)?.name ?? '—'}</td>
-                    <td>
-                      <meter min={0} max={Math.max(want, 1)} value={ready} aria-label={`${p.metadata.name}: ${ready} of ${want} ready`} /> {ready}/{want} ready
-                    </td>
-                    <td>{c ? `${c.reason ?? c.status}${c.message ? `: ${c.message}` : ''}` : '—'}</td>
-                    <td className="actions">
-                      <button type="button" onClick={() => edit('SandboxWarmPool', p)}>
-                        {canWrite(me, p.metadata.namespace) ? 'View / edit YAML' : 'View YAML'}
-                      </button>
-                      {canWrite(me, p.metadata.namespace) ? (
-                        <ConfirmButton
-                          label="Delete"
-                          danger
-                          question={`Delete warm pool "${p.metadata.name}" and its idle sandboxes?`}
-                          onConfirm={async () => (await api(objectPath('sandboxwarmpools', p.metadata.namespace, p.metadata.name), { method: 'DELETE' }), data.reload())}
-                        />
-                      ) : null}
-                    </td>
-                  </tr>
-                );
-              })}
-              {data.data && !data.data.pools.length ? (
-                <tr>
-                  <td colSpan={6} className="muted">
-                    No warm pools.
-                  </td>
-                </tr>
-              ) : null}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+          {data.data && !data.data.pools.length ? (
+            <tr>
+              <td colSpan={6} className="muted">
+                No warm pools.
+              </td>
+            </tr>
+          ) : null}
+        </Table>
       </section>
     </>
   );

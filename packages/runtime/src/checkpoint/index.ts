@@ -1,5 +1,6 @@
 import { readdir, readFile, rm, stat, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { HibernateResult } from '../drivers/types.js';
 
 /**
  * A hibernated sandbox's saved state lives in `<sandbox dir>/checkpoint/`;
@@ -32,6 +33,12 @@ export async function completeCheckpoint(sandboxDir: string, runtime: string): P
 export async function readCheckpoint(sandboxDir: string): Promise<CheckpointInfo | undefined> {
   const text = await readFile(join(checkpointDir(sandboxDir), 'complete.json'), 'utf8').catch(() => undefined);
   return text ? (JSON.parse(text) as CheckpointInfo) : undefined;
+}
+
+/** A hibernate asked of a sandbox that is not running: saved already (asked again after a crash), or there is nothing to save. */
+export async function savedBefore(sandboxDir: string, state: string, what: string): Promise<HibernateResult> {
+  const info = await readCheckpoint(sandboxDir);
+  return info ? { checkpointed: true, bytes: info.bytes } : { checkpointed: false, reason: `the ${what} was ${state}` };
 }
 
 export async function clearCheckpoint(sandboxDir: string): Promise<void> {

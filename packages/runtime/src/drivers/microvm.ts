@@ -18,7 +18,7 @@ import { IGNORE_SHARED, qemuArgs, vmFiles, type VmShape } from '../vm/machine.js
 import { Qmp } from '../vm/qmp.js';
 import { GUEST_AGENT, plugVmNetwork } from '../vm/network.js';
 import { ensureSnapshot } from '../vm/snapshot.js';
-import { checkpointDir, clearCheckpoint, completeCheckpoint, readCheckpoint, startCheckpoint } from '../checkpoint/index.js';
+import { checkpointDir, clearCheckpoint, completeCheckpoint, readCheckpoint, savedBefore, startCheckpoint } from '../checkpoint/index.js';
 import type { CreateOptions, HibernateResult, RuntimeDriver, RuntimeState, SandboxRuntimeSpec, WakeResult } from './types.js';
 
 export interface MicrovmDriverOptions {
@@ -182,11 +182,7 @@ export class MicrovmDriver implements RuntimeDriver {
   async hibernate(id: string): Promise<HibernateResult> {
     const dir = this.dir(id);
     const state = await this.state(id);
-    if (state !== 'running' && state !== 'paused') {
-      const info = await readCheckpoint(dir);
-      if (info) return { checkpointed: true, bytes: info.bytes };
-      return { checkpointed: false, reason: `the microVM was ${state}` };
-    }
+    if (state !== 'running' && state !== 'paused') return savedBefore(dir, state, 'microVM');
     const ck = await startCheckpoint(dir);
     try {
       await this.migrateToFile(id, join(ck, 'machine'));

@@ -10,7 +10,7 @@ import { ociSpec } from '../oci/spec.js';
 import { run, which } from '../run.js';
 import { HostnameSetter } from '../hostname.js';
 import { hostUid } from '../userns.js';
-import { checkpointDir, clearCheckpoint, completeCheckpoint, criuErrors, readCheckpoint, startCheckpoint } from '../checkpoint/index.js';
+import { checkpointDir, clearCheckpoint, completeCheckpoint, criuErrors, readCheckpoint, savedBefore, startCheckpoint } from '../checkpoint/index.js';
 import type { CreateOptions, HibernateResult, RuntimeDriver, RuntimeState, SandboxRuntimeSpec, WakeResult } from './types.js';
 
 export interface OciDriverOptions {
@@ -226,13 +226,7 @@ export class OciDriver implements RuntimeDriver {
   async hibernate(id: string): Promise<HibernateResult> {
     const dir = this.dir(id);
     const state = await this.state(id);
-    if (state !== 'running' && state !== 'paused') {
-      if (await this.hibernated(id)) {
-        const info = await readCheckpoint(dir);
-        return { checkpointed: true, bytes: info!.bytes };
-      }
-      return { checkpointed: false, reason: `the container was ${state}` };
-    }
+    if (state !== 'running' && state !== 'paused') return savedBefore(dir, state, 'container');
     const ck = await startCheckpoint(dir);
     const failure = await this.checkpoint(id, ck, state === 'paused');
     if (!failure) {
