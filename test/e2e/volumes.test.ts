@@ -163,10 +163,10 @@ describe('named volumes', () => {
 
         // Attached by name to another sandbox, mounted elsewhere.
         const other = `reuse-${runtime}`;
-        await ready(server, withClaim(other, runtime, vol, '/work'), runtime);
-        assert.equal((await run(server, other, 'cat /work/note')).trim(), 'kept-across-sandboxes');
-        assert.equal((await run(server, other, 'wc -l < /work/d/nums')).trim(), '1000');
-        await run(server, other, 'echo more >> /work/note'); // writable by the new sandbox's root
+        await ready(server, withClaim(other, runtime, vol, '/srv/shared'), runtime);
+        assert.equal((await run(server, other, 'cat /srv/shared/note')).trim(), 'kept-across-sandboxes');
+        assert.equal((await run(server, other, 'wc -l < /srv/shared/d/nums')).trim(), '1000');
+        await run(server, other, 'echo more >> /srv/shared/note'); // writable by the new sandbox's root
         assert.equal((await volume(server, vol))?.sandbox, other);
 
         // One attachment at a time.
