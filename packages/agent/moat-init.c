@@ -3,6 +3,7 @@
  * The wire protocol is specified in docs/agent-protocol.md.
  *
  *   moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]
+ *   moat-init --seed-rng HEX     (a microVM's boot script: see seed_rng)
  *
  * In a microVM (packages/guest) the agent listens on TCP on the VM's private
  * control link instead of a unix socket, and the main command comes from
@@ -30,6 +31,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/random.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -2206,6 +2208,36 @@ static pid_t start_main(char **cmd)
 	return pid > 0 ? pid : 0;
 }
 
+/*
+ * --seed-rng HEX: a microVM's boot script, right after a resume from a
+ * snapshot. VMs of one snapshot share the kernel's RNG state; crediting the
+ * host's seed and forcing a reseed makes each VM's random numbers its own at
+ * once, not at the kernel's next periodic reseed.
+ */
+static int seed_rng(const char *hex)
+{
+	size_t n = strlen(hex) / 2;
+	if (n == 0 || n > 512 || strlen(hex) % 2)
+		return fprintf(stderr, "moat-init: --seed-rng wants 2 to 1024 hex digits\n"), 2;
+	struct rand_pool_info *info = malloc(sizeof(*info) + n);
+	if (!info)
+		return 1;
+	for (size_t k = 0; k < n; k++) {
+		unsigned v;
+		if (sscanf(hex + 2 * k, "%2x", &v) != 1)
+			return fprintf(stderr, "moat-init: --seed-rng: not hex\n"), 2;
+		((unsigned char *)info->buf)[k] = (unsigned char)v;
+	}
+	info->entropy_count = (int)(n * 8);
+	info->buf_size = (int)n;
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || ioctl(fd, RNDADDENTROPY, info) < 0 || ioctl(fd, RNDRESEEDCRNG) < 0)
+		return fprintf(stderr, "moat-init: --seed-rng: %s\n", strerror(errno)), 1;
+	close(fd);
+	free(info);
+	return 0;
+}
+
 static void usage(int code)
 {
 	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]\n");
@@ -2231,6 +2263,8 @@ int main(int argc, char **argv)
 				usage(2);
 			*(argv[i][2] == 'l' ? &listen_tcp : &main_file) = argv[i + 1];
 			i++;
+		} else if (strcmp(argv[i], "--seed-rng") == 0) {
+			return i + 1 < argc ? seed_rng(argv[i + 1]) : 2;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			usage(0);
 		} else if (argv[i][0] == '-' && argv[i][1]) {

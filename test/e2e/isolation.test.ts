@@ -115,6 +115,16 @@ for host in ('127.0.0.1', '${TEST_NETWORK.serviceAddress}'):
     assert.equal((await sh(server, 'iso', 'mount -t tmpfs none /mnt && echo mounted && umount /mnt')).stdout, 'mounted\n');
   });
 
+  test('microVMs resumed from one snapshot each have their own identity: hostname, machine-id, random numbers', only('microvm'), async () => {
+    await createReady(server, 'iso-twin', { runtime, limits: { memory: '128Mi' } });
+    // Read at once after the resume: the kernel's periodic reseed must not be what tells them apart.
+    const probe = 'hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d " "; python3 -c "import random; print(random.getrandbits(64))"';
+    const [a, b] = await Promise.all(['iso', 'iso-twin'].map(async (n) => (await sh(server, n, probe)).stdout.trim().split('\n')));
+    assert.deepEqual([a![0], b![0]], ['iso', 'iso-twin']);
+    for (let i = 1; i < 4; i++) assert.notEqual(a![i], b![i], `line ${i} of ${JSON.stringify(a)} and ${JSON.stringify(b)} differ`);
+    assert.match(a![1]!, /^[0-9a-f]{32}$/);
+  });
+
   test('QEMU itself runs jailed: its own uid, seccomp, namespaces, chroot and the sandbox cgroup', only('microvm'), async () => {
     const pid = (await readFile(join(server.dataDir, 'sandboxes-microvm', uid, 'qemu.pid'), 'utf8')).trim();
     const status = await readFile(`/proc/${pid}/status`, 'utf8');
