@@ -206,6 +206,16 @@ describe('the e2b SDK against Moat', () => {
     assert.equal(await again.commands.kill(sleeper.pid), true);
   });
 
+  test('a sandbox Moat hibernated (as idle reclaim does) is paused to the SDK; connect wakes it', async () => {
+    const res = await server.api(`/apis/agents.x-k8s.io/v1alpha1/namespaces/default/sandboxes/${sbx.sandboxId}/hibernate`, { method: 'POST' });
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal((await sbx.getInfo()).state, 'paused');
+    assert.equal(await sbx.isRunning(), false);
+    const again = await Sandbox.connect(sbx.sandboxId);
+    assert.equal((await again.commands.run('cat kept.txt')).stdout, 'still here', 'the disk was kept');
+    assert.equal((await again.getInfo()).state, 'running');
+  });
+
   test('kill removes the sandbox', async () => {
     const other = await Sandbox.create();
     await other.kill();

@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { MoatError } from '@moat/core';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { presentedKey } from '../auth/keys.js';
-import { E2B_ID_PATTERN, resources, type E2bSandbox, type E2bSandboxes } from './sandboxes.js';
+import { E2B_ID_PATTERN, isPaused, resources, type E2bSandbox, type E2bSandboxes } from './sandboxes.js';
 
 /**
  * The envd version Moat's envd speaks, as the SDK reads it to pick features:
@@ -43,7 +43,7 @@ const ListQuery = Type.Object(
 );
 
 /** `running` or `paused`, E2B's two states (a starting sandbox counts as running). */
-const stateOf = (s: E2bSandbox) => (s.sandbox?.status.phase === 'Paused' ? 'paused' : 'running');
+const stateOf = (s: E2bSandbox) => (isPaused(s) ? 'paused' : 'running');
 
 function listed(s: E2bSandbox) {
   return {

@@ -156,17 +156,18 @@ export class E2bSandboxes {
   /** E2B's pause: false when the sandbox already was paused. A paused sandbox has no timeout: it waits for connect or kill. */
   async pause(s: E2bSandbox): Promise<boolean> {
     if (!s.sandbox) throw notFoundE2b(s.id);
-    if (s.sandbox.status.phase === 'Paused') return false;
+    if (isPaused(s)) return false;
     s.sandbox = await this.sandboxes.pause(s.namespace, s.sandbox.metadata.name);
     this.deadlines.delete(`${s.namespace}/${s.id}`);
     return true;
   }
 
-  /** Resumes a paused sandbox (E2B's connect); false when it was running. */
+  /** Resumes a paused (or wakes a hibernated) sandbox: E2B's connect; false when it was running. */
   async resume(s: E2bSandbox): Promise<boolean> {
     if (!s.sandbox) throw notFoundE2b(s.id);
-    if (s.sandbox.status.phase !== 'Paused') return false;
-    s.sandbox = await this.sandboxes.resume(s.namespace, s.sandbox.metadata.name);
+    if (!isPaused(s)) return false;
+    const { name } = s.sandbox.metadata;
+    s.sandbox = await (s.sandbox.status.phase === 'Paused' ? this.sandboxes.resume(s.namespace, name) : this.sandboxes.wake(s.namespace, name));
     return true;
   }
 
@@ -174,7 +175,7 @@ export class E2bSandboxes {
   async running(p: Principal, id: string) {
     const s = await this.find(p, id, 'write');
     // As on E2B, a paused sandbox is out of reach until connect resumes it (Moat's own API resumes on use instead).
-    if (s.sandbox?.status.phase === 'Paused') throw new MoatError(409, 'SandboxPaused', `sandbox "${id}" is paused: Sandbox.connect() resumes it`);
+    if (isPaused(s)) throw new MoatError(409, 'SandboxPaused', `sandbox "${id}" is paused: Sandbox.connect() resumes it`);
     return { e2b: s, ...(await this.sandboxes.running(s.namespace, id)) };
   }
 
@@ -213,7 +214,7 @@ export class E2bSandboxes {
   /** At its timeout a sandbox is killed, or paused when it asked for that; a paused one waits for connect or kill. */
   private async timedOut(namespace: string, id: string) {
     const s = await this.get(namespace, id);
-    if (s?.sandbox?.status.phase === 'Paused') return void this.deadlines.delete(`${namespace}/${id}`); // paused after a restart
+    if (s && isPaused(s)) return void this.deadlines.delete(`${namespace}/${id}`); // paused after a restart
     if (s?.sandbox && s.claim.metadata.annotations?.[ANNOTATIONS.autoPause] === 'true') {
       this.log.info({ namespace, sandbox: id }, 'e2b sandbox timed out: paused');
       await this.pause(s);
@@ -237,6 +238,9 @@ export class E2bSandboxes {
     }
   }
 }
+
+/** E2B knows two states: a Moat sandbox that is paused or hibernated (by idle reclaim, say) is `paused` there. */
+export const isPaused = (s: E2bSandbox) => s.sandbox?.status.phase === 'Paused' || s.sandbox?.status.phase === 'Hibernated';
 
 /** Where a key's E2B sandboxes go: its agent's namespace, or its user's default agent's. */
 function homeNamespace(p: Principal): string {
