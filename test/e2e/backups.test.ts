@@ -138,7 +138,7 @@ describe('backups (local store)', () => {
     const made = await moat('backup', 'create', '--volume', 'cli-vol');
     const id = /^backup (bk-[0-9a-f]{16}) of volume cli-vol created: /.exec(made)?.[1];
     assert.ok(id, made);
-    assert.match(await moat('backup', 'list', '--volume', 'cli-vol'), new RegExp(`^${id}\\s+cli-vol\\s`, 'm'));
+    assert.match(await moat('backup', 'list', '--volume', 'cli-vol'), new RegExp(`^${id}\\s+volume\\s+cli-vol\\s`, 'm'));
     assert.match(await moat('backup', 'restore', id, '--volume', 'cli-copy'), /^volume cli-copy \(20Mi\) restored from bk-/);
     const listed = JSON.parse(await moat('volume', 'list', '-o', 'json')) as { items: { name: string }[] };
     assert.deepEqual(listed.items.map((v) => v.name).filter((n) => n.startsWith('cli-')), ['cli-copy', 'cli-vol']);

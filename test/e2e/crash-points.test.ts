@@ -1,4 +1,4 @@
-// SIGKILL of the server at every named point of create, delete and hibernate (MOAT_CRASH_AT, see
+// SIGKILL of the server at every named point of create, delete, hibernate, backup and restore (MOAT_CRASH_AT, see
 // packages/server/src/faults.ts): after a restart the store and the host must agree and nothing may be left behind.
 import assert from 'node:assert/strict';
 import { access, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
@@ -151,6 +151,37 @@ describe(`crash points (${runtime})`, { skip }, () => {
       assert.deepEqual((await readdir(join(dataDir, 'volumes'))).sort(), volumes.map((v) => `${v.uid}.img`).sort(), 'an image for each volume and no other');
       assert.equal((await sh(live.server, name, 'echo more > /data/after && sha256sum /data/blob')).stdout, sum, 'the volume is thawed and whole');
       await assertAgreement(live.server, dataDir, seen);
+    });
+  }
+
+  // Backups of a sandbox's writable layer (rootfs), restored into a new sandbox: the same points, and restore.staged
+  // (the verified disk in the new sandbox's directory, no record yet). A disk frozen for the copy (runc, gVisor) is
+  // thawed and a microVM stopped for it continues after the restart; a restore cut short leaves no sandbox and no
+  // host directory (the orphan is removed at start).
+  for (const point of ['backup.writing', 'backup.stored', 'restore.written', 'restore.staged']) {
+    test(`rootfs backup and restore, killed at ${point}: nothing half-made remains and the sandbox works`, async () => {
+      const name = `r-${point.replace('.', '-')}`;
+      const backups = '/apis/moat.dev/v1/namespaces/default/backups';
+      const listBackups = async (server: TestServer) => ((await (await server.api(backups)).json()) as { items: { id: string }[] }).items.map((b) => b.id).sort();
+      const objects = async () => (await readdir(join(dataDir, 'backups', 'default')).catch(() => [] as string[])).sort();
+      live = await spawnServer(dataDir);
+      await create(live.server, name);
+      await ready(live.server, name);
+      const sum = (await sh(live.server, name, 'head -c 2000000 /dev/urandom > /root/blob; sha256sum /root/blob')).stdout;
+      const kept = point.startsWith('restore.')
+        ? ((await (await live.server.api(backups, { method: 'POST', json: { sandbox: name, rootfs: true } })).json()) as { id: string })
+        : undefined;
+      const [listed, stored] = [await listBackups(live.server), await objects()];
+      await kill(live.child);
+      live = await crashAt(dataDir, point, (s) =>
+        kept ? s.api(`${backups}/${kept.id}/restore`, { method: 'POST', json: { sandbox: `${name}-copy` } }) : s.api(backups, { method: 'POST', json: { sandbox: name, rootfs: true } }),
+      );
+      assert.deepEqual(await listBackups(live.server), listed, 'only complete backups are listed');
+      assert.deepEqual(await objects(), stored, 'no object without a complete record');
+      if (kept) assert.equal((await live.server.api(`${NS}/${name}-copy`)).status, 404, 'no restored sandbox');
+      assert.equal((await sh(live.server, name, 'echo more > /root/after && sha256sum /root/blob')).stdout, sum, 'the writable layer is thawed and whole');
+      await assertAgreement(live.server, dataDir, seen);
+      if (kept) assert.equal((await live.server.api(`${backups}/${kept.id}`, { method: 'DELETE' })).status, 204);
     });
   }
 });

@@ -132,13 +132,15 @@ describe('scheduled shutdown across a crash of the server', () => {
   test('a shutdownTime that passes while the server is down is acted on when it comes back', async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'moat-ttl-restart-'));
     let live = await spawnServer(dataDir);
-    await createWith(live.server, 'doomed', { shutdownTime: inSeconds(4), shutdownPolicy: 'Delete' });
-    await kill(live.child);
-    await sleep(5000);
-    live = await spawnServer(dataDir);
     try {
+      await createWith(live.server, 'doomed', { shutdownTime: inSeconds(4), shutdownPolicy: 'Delete' });
+      await kill(live.child);
+      await sleep(5000);
+      live = await spawnServer(dataDir);
       await until('deleted after the restart', async () => ((await phase(live.server, 'doomed')) === 'gone') || undefined, 20_000);
     } finally {
+      // Whatever happened, nothing of this test may outlive it.
+      await live.server.api(`${NS}/doomed?wait=true`, { method: 'DELETE' }).catch(() => {});
       await kill(live.child);
     }
   });

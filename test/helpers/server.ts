@@ -50,10 +50,11 @@ export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?:
     ...server,
     api,
     async close() {
-      const list = (await (await api('/apis/agents.x-k8s.io/v1alpha1/sandboxes')).json()) as { items: { metadata: { namespace: string; name: string } }[] };
-      await Promise.all(
-        list.items.map((s) => api(`/apis/agents.x-k8s.io/v1alpha1/namespaces/${s.metadata.namespace}/sandboxes/${s.metadata.name}?wait=true`, { method: 'DELETE' })),
-      );
+      // Pools first (they refill what is deleted), then claims (their sandboxes go with them), then the rest.
+      for (const [group, plural] of [['extensions.agents.x-k8s.io', 'sandboxwarmpools'], ['extensions.agents.x-k8s.io', 'sandboxclaims'], ['agents.x-k8s.io', 'sandboxes']]) {
+        const list = (await (await api(`/apis/${group}/v1alpha1/${plural}`)).json()) as { items: { metadata: { namespace: string; name: string } }[] };
+        await Promise.all(list.items.map((o) => api(`/apis/${group}/v1alpha1/namespaces/${o.metadata.namespace}/${plural}/${o.metadata.name}?wait=true`, { method: 'DELETE' })));
+      }
       await server.close();
       if (!opts.dataDir) await rm(dataDir, { recursive: true, force: true });
     },

@@ -23,12 +23,13 @@ export async function spawnServer(dataDir: string, env: Record<string, string> =
   return { child, server: { url, adminKey, dataDir, api, close: async () => {} } as TestServer };
 }
 
-export const kill = (child: ChildProcess) =>
-  new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  });
-
 /** Resolves once the child has exited (at once if it already has): a server that killed itself at a crash point. */
 export const exited = (child: ChildProcess) =>
   new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+
+/** SIGKILL, as a crash would; a server already gone is fine. */
+export const kill = (child: ChildProcess) => {
+  const gone = exited(child);
+  child.kill('SIGKILL');
+  return gone;
+};

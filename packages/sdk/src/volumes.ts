@@ -1,5 +1,5 @@
 import type { HttpClient } from './http.js';
-import { MOAT_API_VERSION } from './types.js';
+import { MOAT_API_VERSION, type SandboxResource } from './types.js';
 
 /** A named volume: an ext4 `/data` image that can outlive sandboxes (docs/lifecycle.md). */
 export interface VolumeInfo {
@@ -16,11 +16,18 @@ export interface VolumeInfo {
   retain: boolean;
 }
 
-/** A volume's snapshot in the server's backup store: zstd, checksummed. */
+/** A snapshot in the server's backup store, of a volume or of a sandbox's writable layer: zstd, checksummed. */
 export interface BackupInfo {
   namespace: string;
   id: string;
-  volume: string;
+  /** `volume`, or `rootfs`: a sandbox's writable layer (what it changed outside its volume). */
+  kind: 'volume' | 'rootfs';
+  /** kind volume: the volume. */
+  volume?: string;
+  /** kind rootfs: the sandbox, its runtime class and its image's digest (a restore runs the same). */
+  sandbox?: string;
+  runtimeClassName?: string;
+  imageDigest?: string;
   sizeBytes: number;
   compressedBytes: number;
   sha256: string;
@@ -64,7 +71,7 @@ export class VolumesApi {
   }
 }
 
-/** Backups of a namespace's volumes, and restores into new volumes. */
+/** Backups of a namespace's volumes and sandboxes' writable layers, and restores into new volumes and sandboxes. */
 export class BackupsApi {
   constructor(
     private readonly http: HttpClient,
@@ -83,14 +90,25 @@ export class BackupsApi {
     return this.http.json('GET', `${this.base}/${enc(id)}`);
   }
 
-  /** Back up a volume, or the volume of a sandbox: consistent (frozen while read), compressed, checksummed. */
-  create(of: { volume: string } | { sandbox: string }): Promise<BackupInfo> {
+  /**
+   * Back up a volume, the volume of a sandbox, or with `rootfs: true` a sandbox's writable layer (with its
+   * spec and image digest): consistent (frozen while read), compressed, checksummed.
+   */
+  create(of: { volume: string } | { sandbox: string; rootfs?: boolean }): Promise<BackupInfo> {
     return this.http.json('POST', this.base, { json: of });
   }
 
-  /** A new volume `volume` from the backup, its checksum verified first. */
+  /** A new volume `volume` from a volume backup, its checksum verified first. */
   restore(id: string, volume: string): Promise<VolumeInfo & { durationMs: number }> {
     return this.http.json('POST', `${this.base}/${enc(id)}/restore`, { json: { volume } });
+  }
+
+  /**
+   * A new sandbox `sandbox` from a writable-layer (rootfs) backup: the backed-up sandbox's spec and image
+   * digest, its writable layer restored (checksum verified first). It starts as any new sandbox does: wait for Ready.
+   */
+  restoreSandbox(id: string, sandbox: string): Promise<SandboxResource> {
+    return this.http.json('POST', `${this.base}/${enc(id)}/restore`, { json: { sandbox } });
   }
 
   async delete(id: string): Promise<void> {

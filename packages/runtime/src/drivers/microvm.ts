@@ -95,6 +95,11 @@ export class MicrovmDriver implements RuntimeDriver {
     return new AgentClient(join(this.dir(id), 'sock', 'agent.sock'));
   }
 
+  /** The guest's `vdb`: the host never mounts it. */
+  writableLayer(id: string) {
+    return { image: join(this.dir(id), 'disk.img') };
+  }
+
   async create(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<void> {
     // A fresh start: a hibernate's saved machine no longer matches the disks once this runs.
     await clearCheckpoint(this.dir(spec.id));

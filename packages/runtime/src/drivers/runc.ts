@@ -65,6 +65,10 @@ export class OciDriver implements RuntimeDriver {
     return new AgentClient(join(this.dir(id), 'sock', 'agent.sock'));
   }
 
+  writableLayer(id: string) {
+    return { image: join(this.dir(id), 'disk.img'), hostMount: join(this.dir(id), 'disk') };
+  }
+
   protected runtimeArgs(): string[] {
     return ['--root', this.opts.stateDir];
   }

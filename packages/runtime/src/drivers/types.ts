@@ -66,6 +66,11 @@ export interface RuntimeDriver {
   agent(id: string): AgentClient;
   usage(id: string): Promise<Usage>;
   logPath(id: string): string;
+  /**
+   * The sandbox's writable layer: its ext4 image (`disk.img`, kept across restarts; one put there before the
+   * first start is used as it is) and, where the host mounts it (runc, gVisor), the mount point.
+   */
+  writableLayer(id: string): { image: string; hostMount?: string };
   /** Why this runtime runs worse than it should on this host (microVMs without KVM), if it does: shown in sandbox status. */
   degraded?(): Promise<string | undefined>;
 }

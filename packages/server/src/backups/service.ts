@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { MoatError, assertName, badRequest, conflict, notFound, type Sandbox } from '@moat/core';
-import { run } from '@moat/runtime';
+import { MoatError, assertName, badRequest, conflict, notFound, type Sandbox, type SandboxSpec } from '@moat/core';
+import { run, type RuntimeDriver } from '@moat/runtime';
 import type { Logger } from 'pino';
 import type { SandboxController } from '../controllers/sandboxes.js';
 import { crashPoint } from '../faults.js';
@@ -16,7 +17,14 @@ import type { ObjectStore } from './store.js';
 export interface BackupInfo {
   namespace: string;
   id: string;
-  volume: string;
+  /** `volume`: a named volume; `rootfs`: a sandbox's writable layer (what it changed on top of its image). */
+  kind: 'volume' | 'rootfs';
+  /** kind volume: the volume backed up. */
+  volume?: string;
+  /** kind rootfs: the sandbox backed up, its runtime class and the digest of its image (a restore runs the same). */
+  sandbox?: string;
+  runtimeClassName?: string;
+  imageDigest?: string;
   sizeBytes: number;
   compressedBytes: number;
   /** SHA-256 of the stored object; checked before a restore uses it. */
@@ -61,18 +69,23 @@ export class BackupService {
     return s;
   }
 
-  /** Backups a crash cut short, being written or deleted: their objects and records go. */
+  /** Backups a crash cut short, being written or deleted: their objects and records go (and a writable layer frozen for one is thawed). */
   private async dropIncomplete(): Promise<void> {
     for (const r of await this.store.db.selectFrom('backups').selectAll().where('complete', '=', 0).execute()) {
       this.log.warn({ backup: r.id }, 'removing a backup a crash cut short');
+      const source = r.kind === 'rootfs' && r.sandbox_uid ? await this.store.getSandboxByUid(r.sandbox_uid) : undefined;
+      // A microVM stopped for the copy is resumed by the controller's recovery (its record says Running).
+      const mount = source ? this.sandboxes.driverFor(source.sandbox).writableLayer(r.sandbox_uid!).hostMount : undefined;
+      if (mount && (await isMountPoint(mount))) await run('fsfreeze', ['-u', mount], { allowFail: true });
       await this.objects.delete(r.key);
       await this.store.db.deleteFrom('backups').where('id', '=', r.id).execute();
     }
   }
 
+  /** Backups of the namespace, oldest first; `volume` keeps those of that volume only. */
   async list(namespace: string, volume?: string): Promise<BackupInfo[]> {
     let q = this.store.db.selectFrom('backups').selectAll().where('namespace', '=', namespace).where('complete', '=', 1);
-    if (volume) q = q.where('volume', '=', volume);
+    if (volume) q = q.where('kind', '=', 'volume').where('volume', '=', volume);
     return (await q.orderBy('created_at').execute()).map(info);
   }
 
@@ -114,20 +127,73 @@ export class BackupService {
         key: `${namespace}/${id}.img.zst`,
         created_at: new Date().toISOString(),
         complete: 0,
+        kind: 'volume',
+        sandbox: null,
+        sandbox_uid: null,
+        spec: null,
+        image_digest: null,
       };
-      await this.store.db.insertInto('backups').values(row).execute();
-      try {
-        const { sha256, bytes } = await this.consistent(v, () => this.upload(this.volumes.path(v.uid), row.key));
-        crashPoint('backup.stored');
-        Object.assign(row, { sha256, compressed_bytes: bytes, complete: 1 });
-        await this.store.db.updateTable('backups').set({ sha256, compressed_bytes: bytes, complete: 1 }).where('id', '=', id).execute();
-      } catch (err) {
-        await this.objects.delete(row.key).catch(() => {});
-        await this.store.db.deleteFrom('backups').where('id', '=', id).execute();
-        throw err;
-      }
-      return { ...info(row), durationMs: Date.now() - started };
+      return { ...(await this.record(row, () => this.consistent(v, () => this.upload(this.volumes.path(v.uid), row.key)))), durationMs: Date.now() - started };
     });
+  }
+
+  /**
+   * A backup of a sandbox's writable layer (its `disk.img`: the overlay's upper layer, everything it changed
+   * outside its volume), with its spec and image digest, taken while nothing can change it: under the
+   * sandbox's lock (no pause, hibernate or delete meanwhile), frozen (see consistentDisk).
+   */
+  async createRootfs(namespace: string, sandbox: string): Promise<BackupInfo> {
+    assertName(sandbox, 'sandbox');
+    const first = (await this.sandboxes.get(namespace, sandbox)).sandbox;
+    if (first.status.phase === 'Pending') throw conflict(`sandbox "${sandbox}" is starting: back up its writable layer once it is Running`);
+    return this.sandboxes.exclusive(namespace, sandbox, 'backed up', async (s) => {
+      const uid = s.metadata.uid;
+      const phase = s.status.phase;
+      if (phase === 'Pending' || phase === 'Failed' || phase === 'Terminating') throw conflict(`sandbox "${sandbox}" is ${phase}: only a Running, Paused or Hibernated sandbox's writable layer can be backed up`);
+      const digest = s.status.image?.digest;
+      if (!digest) throw conflict(`sandbox "${sandbox}" has not started yet: it has no writable layer`);
+      const driver = this.sandboxes.driverFor(s);
+      const layer = driver.writableLayer(uid);
+      const size = await stat(layer.image).then((x) => x.size, () => undefined);
+      if (size === undefined) throw conflict(`sandbox "${sandbox}" has no writable layer on this host`);
+      const id = `bk-${randomBytes(8).toString('hex')}`;
+      const started = Date.now();
+      const row: BackupTable = {
+        id,
+        namespace,
+        volume: '',
+        volume_uid: '',
+        size_bytes: size,
+        compressed_bytes: 0,
+        sha256: '',
+        store: this.objects.name,
+        key: `${namespace}/${id}.img.zst`,
+        created_at: new Date().toISOString(),
+        complete: 0,
+        kind: 'rootfs',
+        sandbox: s.metadata.name,
+        sandbox_uid: uid,
+        spec: JSON.stringify(s.spec),
+        image_digest: digest,
+      };
+      return { ...(await this.record(row, () => this.consistentDisk(s, driver, layer, () => this.upload(layer.image, row.key)))), durationMs: Date.now() - started };
+    });
+  }
+
+  /** The record first, incomplete, so an object written before a crash always has one (see dropIncomplete); complete once stored. */
+  private async record(row: BackupTable, write: () => Promise<{ sha256: string; bytes: number }>): Promise<BackupInfo> {
+    await this.store.db.insertInto('backups').values(row).execute();
+    try {
+      const { sha256, bytes } = await write();
+      crashPoint('backup.stored');
+      Object.assign(row, { sha256, compressed_bytes: bytes, complete: 1 });
+      await this.store.db.updateTable('backups').set({ sha256, compressed_bytes: bytes, complete: 1 }).where('id', '=', row.id).execute();
+    } catch (err) {
+      await this.objects.delete(row.key).catch(() => {});
+      await this.store.db.deleteFrom('backups').where('id', '=', row.id).execute();
+      throw err;
+    }
+    return info(row);
   }
 
   async delete(namespace: string, id: string): Promise<void> {
@@ -137,39 +203,71 @@ export class BackupService {
     await this.store.db.deleteFrom('backups').where('id', '=', r.id).execute();
   }
 
-  /** A new volume from a backup: the object is checked against its SHA-256 before the volume exists. */
+  /** A new volume from a volume backup: the object is checked against its SHA-256 before the volume exists. */
   async restore(namespace: string, id: string, volume: string): Promise<VolumeInfo & { durationMs: number }> {
     const r = await this.row(namespace, id);
     assertName(volume, 'volume');
-    if (r.store !== this.objects.name) throw conflict(`backup "${id}" is in ${r.store}, but this server's backup store is ${this.objects.name}`);
+    if (r.kind !== 'volume') throw badRequest(`backup "${id}" is of sandbox "${r.sandbox}"'s writable layer (kind rootfs), not of a volume: restore it into a new sandbox with {"sandbox": NAME}`);
+    this.sameStore(r);
     const started = Date.now();
-    const made = await this.volumes.createFrom(namespace, volume, r.size_bytes, async (path) => {
-      const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
-      try {
-        const hash = createHash('sha256');
-        const tap = new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            hash.update(chunk);
-            cb(null, chunk);
-          },
-        });
-        // --sparse: the zeros of the image's unused blocks stay holes.
-        await zstd(['-d', '-q', '-f', '--sparse', '-o', tmp], { stdin: [await this.objects.get(r.key), tap] }).catch((err: unknown) => {
-          // zstd's own frame checksums can catch a damaged object before the SHA-256 is complete.
-          if (err instanceof MoatError && err.reason === 'BackupFailed') throw new MoatError(422, 'ChecksumMismatch', `backup "${id}" is corrupt in ${r.store}: ${err.message}; nothing was restored`);
-          throw err;
-        });
-        const got = hash.digest('hex');
-        if (got !== r.sha256) throw new MoatError(422, 'ChecksumMismatch', `backup "${id}" is corrupt in ${r.store}: SHA-256 ${got}, expected ${r.sha256}; nothing was restored`);
-        const size = (await stat(tmp)).size;
-        if (size !== r.size_bytes) throw new MoatError(422, 'ChecksumMismatch', `backup "${id}" restored to ${size} bytes, expected ${r.size_bytes}; nothing was restored`);
-        crashPoint('restore.written');
-        await rename(tmp, path);
-      } finally {
-        await rm(tmp, { force: true });
-      }
-    });
+    const made = await this.volumes.createFrom(namespace, volume, r.size_bytes, (path) => this.fetchVerified(r, path));
     return { ...made, durationMs: Date.now() - started };
+  }
+
+  /**
+   * A new sandbox from a writable-layer backup: the source's spec (its name replaced; a shutdownTime already
+   * past dropped), its image by digest, and the restored layer as its `disk.img`. The object is checked
+   * against its SHA-256 before anything is made; then the sandbox goes the way of any create (quotas, start).
+   */
+  async restoreSandbox(namespace: string, id: string, sandbox: string): Promise<Sandbox> {
+    const r = await this.row(namespace, id);
+    assertName(sandbox, 'sandbox');
+    if (r.kind !== 'rootfs') throw badRequest(`backup "${id}" is of volume "${r.volume}", not of a sandbox's writable layer: restore it into a new volume with {"volume": NAME}`);
+    this.sameStore(r);
+    const spec = JSON.parse(r.spec!) as SandboxSpec;
+    if (spec.shutdownTime && Date.parse(spec.shutdownTime) <= Date.now()) delete spec.shutdownTime;
+    return this.sandboxes.create(namespace, { metadata: { name: sandbox }, spec }, {
+      restore: {
+        imageDigest: r.image_digest!,
+        disk: async (path) => {
+          await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+          await this.fetchVerified(r, path);
+          await chmod(path, 0o600);
+        },
+      },
+    });
+  }
+
+  private sameStore(r: BackupTable): void {
+    if (r.store !== this.objects.name) throw conflict(`backup "${r.id}" is in ${r.store}, but this server's backup store is ${this.objects.name}`);
+  }
+
+  /** Decompresses the backup's object to `path` (through a temporary file): only once its SHA-256, and its size, match. */
+  private async fetchVerified(r: BackupTable, path: string): Promise<void> {
+    const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      const hash = createHash('sha256');
+      const tap = new Transform({
+        transform(chunk: Buffer, _e, cb) {
+          hash.update(chunk);
+          cb(null, chunk);
+        },
+      });
+      // --sparse: the zeros of the image's unused blocks stay holes.
+      await zstd(['-d', '-q', '-f', '--sparse', '-o', tmp], { stdin: [await this.objects.get(r.key), tap] }).catch((err: unknown) => {
+        // zstd's own frame checksums can catch a damaged object before the SHA-256 is complete.
+        if (err instanceof MoatError && err.reason === 'BackupFailed') throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" is corrupt in ${r.store}: ${err.message}; nothing was restored`);
+        throw err;
+      });
+      const got = hash.digest('hex');
+      if (got !== r.sha256) throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" is corrupt in ${r.store}: SHA-256 ${got}, expected ${r.sha256}; nothing was restored`);
+      const size = (await stat(tmp)).size;
+      if (size !== r.size_bytes) throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" restored to ${size} bytes, expected ${r.size_bytes}; nothing was restored`);
+      crashPoint('restore.written');
+      await rename(tmp, path);
+    } finally {
+      await rm(tmp, { force: true });
+    }
   }
 
   /** zstd the image into the store, hashing what is stored. */
@@ -207,16 +305,20 @@ export class BackupService {
     if (runtime === 'microvm') {
       if (phase !== 'Running') throw conflict(`volume "${v.name}" is attached to microVM sandbox "${s.metadata.name}", which is ${phase}: resume it to back it up (its guest's cache must be flushed)`);
       const at = mountPathOf(s);
-      await this.guest(s, ['/bin/sh', '-c', 'sync && fsfreeze -f "$1"', 'sh', at], 'freeze');
+      await this.guest(s, ['/bin/sh', '-c', 'sync && fsfreeze -f "$1"', 'sh', at], 'freeze the volume');
       try {
         return await copy();
       } finally {
-        await this.guest(s, ['/bin/sh', '-c', 'fsfreeze -u "$1"', 'sh', at], 'thaw').catch((err: unknown) => this.log.error({ err, sandbox: s.metadata.name }, 'could not thaw a microVM volume'));
+        await this.guest(s, ['/bin/sh', '-c', 'fsfreeze -u "$1"', 'sh', at], 'thaw the volume').catch((err: unknown) => this.log.error({ err, sandbox: s.metadata.name }, 'could not thaw a microVM volume'));
       }
     }
-    const mount = this.hostMount(runtime, s.metadata.uid);
+    return this.hostFrozen(s, this.hostMount(runtime, s.metadata.uid), copy);
+  }
+
+  /** A runc or gVisor sandbox's filesystem mounted on the host at `mount`: synced inside when it runs (gVisor's own cache), frozen while `copy` reads it. */
+  private async hostFrozen<T>(s: Sandbox, mount: string | undefined, copy: () => Promise<T>): Promise<T> {
     if (!mount || !(await isMountPoint(mount))) return copy();
-    if (phase === 'Running') await this.guest(s, ['sync'], 'sync').catch(() => {}); // best effort: gVisor's cache
+    if (s.status.phase === 'Running') await this.guest(s, ['sync'], 'sync').catch(() => {}); // best effort: gVisor's cache
     await run('fsfreeze', ['-f', mount]);
     try {
       return await copy();
@@ -225,11 +327,32 @@ export class BackupService {
     }
   }
 
+  /**
+   * Runs `copy` while nothing can change a sandbox's writable layer (the caller holds the sandbox's lock).
+   * runc and gVisor: the host's loop mount of `disk.img` (`<dir>/disk`) is synced and frozen as a volume's is
+   * (a frozen cgroup would not flush the host's page cache). A microVM's root is the overlay on that disk, and
+   * freezing it in the guest would freeze the agent that must thaw it: the guest syncs, then QEMU stops the
+   * vCPUs (QMP stop, which also drains and flushes QEMU's own block I/O) while the host reads the image, and
+   * continues them after. A paused or hibernated microVM is refused: its guest's cache cannot be flushed.
+   */
+  private async consistentDisk<T>(s: Sandbox, driver: RuntimeDriver, layer: { image: string; hostMount?: string }, copy: () => Promise<T>): Promise<T> {
+    if (driver.name !== 'microvm') return this.hostFrozen(s, layer.hostMount, copy);
+    const uid = s.metadata.uid;
+    if (s.status.phase !== 'Running') throw conflict(`microVM sandbox "${s.metadata.name}" is ${s.status.phase}: resume or wake it to back up its writable layer (its guest's cache must be flushed)`);
+    await this.guest(s, ['sync'], 'sync the writable layer');
+    await driver.pause(uid);
+    try {
+      return await copy();
+    } finally {
+      await driver.resume(uid).catch((err: unknown) => this.log.error({ err, sandbox: s.metadata.name }, 'could not continue a microVM stopped for a backup'));
+    }
+  }
+
   private async guest(s: Sandbox, command: string[], what: string): Promise<void> {
     const agent = this.sandboxes.driverFor(s).agent(s.metadata.uid);
     let err = '';
     const { exitCode } = await agent.exec({ command }, { onStderr: (b: Buffer) => (err += b.toString()) }).done;
-    if (exitCode !== 0) throw new MoatError(500, 'BackupFailed', `could not ${what} the volume inside sandbox "${s.metadata.name}" (exit ${exitCode}): ${err.trim()}`);
+    if (exitCode !== 0) throw new MoatError(500, 'BackupFailed', `could not ${what} inside sandbox "${s.metadata.name}" (exit ${exitCode}): ${err.trim()}`);
   }
 
   /** A crash between freeze and thaw would leave a sandbox's /data frozen: thaw every attached volume's mount on start-up. */
@@ -243,7 +366,7 @@ export class BackupService {
       if (mount && (await isMountPoint(mount))) await run('fsfreeze', ['-u', mount], { allowFail: true });
       if (runtime === 'microvm' && s.sandbox.status.phase === 'Running') {
         // MicroVMs outlive the control plane: thaw inside (an error when it was not frozen is expected), bounded.
-        const thaw = this.guest(s.sandbox, ['/bin/sh', '-c', 'fsfreeze -u "$1" 2>/dev/null; true', 'sh', mountPathOf(s.sandbox)], 'thaw').catch(() => {});
+        const thaw = this.guest(s.sandbox, ['/bin/sh', '-c', 'fsfreeze -u "$1" 2>/dev/null; true', 'sh', mountPathOf(s.sandbox)], 'thaw the volume').catch(() => {});
         await Promise.race([thaw, new Promise((res) => setTimeout(res, 5000).unref())]);
       }
     }
@@ -294,7 +417,10 @@ async function isMountPoint(p: string): Promise<boolean> {
 const info = (r: BackupTable): BackupInfo => ({
   namespace: r.namespace,
   id: r.id,
-  volume: r.volume,
+  kind: r.kind,
+  ...(r.kind === 'rootfs'
+    ? { sandbox: r.sandbox!, runtimeClassName: (JSON.parse(r.spec!) as SandboxSpec).podTemplate.spec.runtimeClassName ?? 'runc', imageDigest: r.image_digest! }
+    : { volume: r.volume }),
   sizeBytes: r.size_bytes,
   compressedBytes: r.compressed_bytes,
   sha256: r.sha256,

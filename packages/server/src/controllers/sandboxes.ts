@@ -27,6 +27,12 @@ export interface CreateOptions {
   internal?: boolean;
   /** Pool refills: started one at a time, beside the sandboxes someone is waiting for. */
   background?: boolean;
+  /**
+   * A restore of a writable-layer backup: the sandbox runs this image digest (409 when it is no longer in the
+   * image store), and `disk` puts its writable layer at `path` (the driver's `disk.img`) before anything is
+   * stored; the first start uses it as it is. A failure there leaves nothing behind.
+   */
+  restore?: { imageDigest: string; disk: (path: string) => Promise<void> };
 }
 
 /** What tenancy adds to sandboxes (see identity/tenancy.ts). */
@@ -95,7 +101,11 @@ export class SandboxController {
     const name = meta.name ? assertName(meta.name, 'metadata.name') : assertName(`${meta.generateName}${randomSuffix()}`, 'metadata.generateName');
     const runtime = this.validateSpec(input.spec);
     const imageName = input.spec.podTemplate.spec.containers[0]!.image;
-    const known = await this.images.knownNames();
+    const digest = opts.restore?.imageDigest;
+    if (digest && !(await this.images.byDigest(digest).then(() => true, () => false))) {
+      throw conflict(`image "${imageName}" at ${digest}, which the backup was taken from, is no longer in the image store: the writable layer only fits that image, so it cannot be restored`);
+    }
+    const known = digest ? [imageName] : await this.images.knownNames();
     if (!known.includes(imageName)) {
       throw new MoatError(404, 'ImageNotFound', `image "${imageName}" not found; known images: ${known.join(', ')}`, { kind: 'images', name: imageName, known });
     }
@@ -115,8 +125,24 @@ export class SandboxController {
         ...(meta.annotations ? { annotations: meta.annotations } : {}),
       },
       spec: input.spec,
-      status: { phase: 'Pending', conditions: [readyCondition('False', 'Creating', 'the sandbox is being created')], runtimeClassName: runtime },
+      status: {
+        phase: 'Pending',
+        conditions: [readyCondition('False', 'Creating', 'the sandbox is being created')],
+        runtimeClassName: runtime,
+        // The first start takes the exact image a restored writable layer was made on (see runtimeSpec).
+        ...(digest ? { image: { name: imageName, digest } } : {}),
+      },
     };
+    if (opts.restore) {
+      // Before the record: a crash from here on leaves only a host directory, removed as an orphan at the next start.
+      try {
+        await opts.restore.disk(this.driverFor(sandbox).writableLayer(sandbox.metadata.uid).image);
+        crashPoint('restore.staged');
+      } catch (err) {
+        await this.driverFor(sandbox).destroy(sandbox.metadata.uid).catch(() => {});
+        throw err;
+      }
+    }
     try {
       await this.tenancy.admit(namespace, sandbox.spec, async () => {
         await this.store.insertSandbox(sandbox);
@@ -127,6 +153,7 @@ export class SandboxController {
         });
       });
     } catch (err) {
+      if (opts.restore) await this.driverFor(sandbox).destroy(sandbox.metadata.uid).catch(() => {});
       if (String(err).includes('UNIQUE')) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
       throw err;
     }
@@ -361,8 +388,16 @@ export class SandboxController {
     return woken;
   }
 
+  /**
+   * Runs `act` under the sandbox's lock: no start, pause, resume, hibernate, wake or delete of it meanwhile
+   * (a backup of its writable layer). Refused for a sandbox being deleted or waiting in a pool.
+   */
+  exclusive<T>(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<T>): Promise<T> {
+    return this.lockedFor(namespace, name, verb, act);
+  }
+
   /** Runs `act` under the sandbox's lock once it is known to exist, not deleted and not a pool member. */
-  private async lockedFor(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<Sandbox>): Promise<Sandbox> {
+  private async lockedFor<T>(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<T>): Promise<T> {
     const uid = (await this.get(namespace, name)).sandbox.metadata.uid;
     return this.locks.run(uid, async () => {
       const { sandbox, desired } = await this.get(namespace, name);

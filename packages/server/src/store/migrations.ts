@@ -224,4 +224,15 @@ export const migrations: Record<string, Migration> = {
       await db.schema.createIndex('backups_namespace').on('backups').columns(['namespace', 'created_at']).execute();
     },
   },
+  '0010_rootfs_backups': {
+    async up(db: Kysely<unknown>) {
+      // Backups of a sandbox's writable layer (kind 'rootfs'): the source sandbox, its spec (JSON) and image digest,
+      // which a restore makes a new sandbox from. Volume backups keep kind 'volume' and these null.
+      await db.schema.alterTable('backups').addColumn('kind', 'text', (c) => c.notNull().defaultTo('volume')).execute();
+      await db.schema.alterTable('backups').addColumn('sandbox', 'text').execute();
+      await db.schema.alterTable('backups').addColumn('sandbox_uid', 'text').execute();
+      await db.schema.alterTable('backups').addColumn('spec', 'text').execute();
+      await db.schema.alterTable('backups').addColumn('image_digest', 'text').execute();
+    },
+  },
 };

@@ -182,6 +182,13 @@ export interface BackupTable {
   created_at: string;
   /** 0 while the object is written or deleted (see migration 0009). */
   complete: number;
+  /** 'volume', or 'rootfs': a sandbox's writable layer (migration 0010); `volume` and `volume_uid` are '' then. */
+  kind: 'volume' | 'rootfs';
+  /** rootfs: the sandbox backed up, its uid, its spec (JSON) and the digest of its image. */
+  sandbox: string | null;
+  sandbox_uid: string | null;
+  spec: string | null;
+  image_digest: string | null;
 }
 
 export interface Database {
