@@ -298,7 +298,7 @@ export class SandboxController {
    * network namespace (and so the address) is kept. Hibernating a hibernated sandbox is a no-op.
    */
   async hibernate(namespace: string, name: string): Promise<Sandbox> {
-    return this.lockedFor(namespace, name, 'hibernated', async (sandbox) => {
+    return this.exclusive(namespace, name, 'hibernated', async (sandbox) => {
       if (sandbox.status.phase === 'Hibernated') return sandbox;
       if (sandbox.status.phase !== 'Running' && sandbox.status.phase !== 'Paused') {
         throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a Running or Paused sandbox can be hibernated`);
@@ -333,7 +333,7 @@ export class SandboxController {
   async expire(namespace: string, name: string): Promise<Sandbox> {
     const { sandbox } = await this.get(namespace, name);
     if (sandbox.status.phase === 'Running' || sandbox.status.phase === 'Paused') await this.hibernate(namespace, name);
-    return this.lockedFor(namespace, name, 'expired', async (s) => {
+    return this.exclusive(namespace, name, 'expired', async (s) => {
       const expired = withCondition(
         withCondition(s.status, { type: 'Expired', status: 'True', reason: 'ShutdownTimeReached', message: `shut down at ${s.spec.shutdownTime}; extend it to use it again`, lastTransitionTime: new Date().toISOString() }),
         readyCondition('False', 'SandboxExpired', `the sandbox expired at ${s.spec.shutdownTime}`),
@@ -344,7 +344,7 @@ export class SandboxController {
 
   /** An extend of an expired sandbox: it wakes again. */
   async revive(namespace: string, name: string): Promise<Sandbox> {
-    const revived = await this.lockedFor(namespace, name, 'revived', async (s) => {
+    const revived = await this.exclusive(namespace, name, 'revived', async (s) => {
       if (!isExpired(s)) return s;
       const status = withCondition(s.status, { type: 'Expired', status: 'False', reason: 'Extended', message: `extended to ${s.spec.shutdownTime}`, lastTransitionTime: new Date().toISOString() });
       return (await this.setStatus(s, status)) ?? s;
@@ -354,7 +354,7 @@ export class SandboxController {
 
   /** Restores a hibernated sandbox (its processes and memory, or a fresh start on its disks). Waking a running sandbox is a no-op. */
   async wake(namespace: string, name: string): Promise<Sandbox> {
-    const woken = await this.lockedFor(namespace, name, 'woken', async (sandbox) => {
+    const woken = await this.exclusive(namespace, name, 'woken', async (sandbox) => {
       if (sandbox.status.phase === 'Running') return sandbox;
       if (sandbox.status.phase !== 'Hibernated') throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a Hibernated sandbox can be woken`);
       if (isExpired(sandbox)) throw conflict(`sandbox "${name}" shut down at its shutdownTime ${sandbox.spec.shutdownTime}: extend it (\`moat sandbox extend ${name} --ttl 1h\`) to use it again`);
@@ -389,15 +389,10 @@ export class SandboxController {
   }
 
   /**
-   * Runs `act` under the sandbox's lock: no start, pause, resume, hibernate, wake or delete of it meanwhile
-   * (a backup of its writable layer). Refused for a sandbox being deleted or waiting in a pool.
+   * Runs `act` under the sandbox's lock once it is known to exist, not deleted and not a pool member: no start,
+   * pause, resume, hibernate, wake or delete of it meanwhile (a backup of its writable layer uses it too).
    */
-  exclusive<T>(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<T>): Promise<T> {
-    return this.lockedFor(namespace, name, verb, act);
-  }
-
-  /** Runs `act` under the sandbox's lock once it is known to exist, not deleted and not a pool member. */
-  private async lockedFor<T>(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<T>): Promise<T> {
+  async exclusive<T>(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<T>): Promise<T> {
     const uid = (await this.get(namespace, name)).sandbox.metadata.uid;
     return this.locks.run(uid, async () => {
       const { sandbox, desired } = await this.get(namespace, name);
@@ -432,7 +427,7 @@ export class SandboxController {
   /** Pause and resume: under the sandbox's lock, from the one phase to the other, with an event. */
   private transition(namespace: string, name: string, to: 'Paused' | 'Running', act: (s: Sandbox, d: RuntimeDriver) => Promise<SandboxStatus>): Promise<Sandbox> {
     const [from, verb] = to === 'Paused' ? ['Running', 'paused'] : ['Paused', 'resumed'];
-    return this.lockedFor(namespace, name, verb, async (sandbox) => {
+    return this.exclusive(namespace, name, verb, async (sandbox) => {
       if (sandbox.status.phase === to) return sandbox;
       if (sandbox.status.phase !== from) throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a ${from} sandbox can be ${verb}`);
       const started = Date.now();
