@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { runProcess } from '../helpers/run-process.js';
-import { NS, sandboxBody, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { ready, remove, run, withClaim, withTemplate } from '../helpers/volumes.js';
 
 const API = '/apis/moat.dev/v1/namespaces/default';
 
@@ -21,41 +22,6 @@ interface Backup {
   key: string;
 }
 
-type Body = ReturnType<typeof sandboxBody> & { spec: Record<string, unknown> & { podTemplate: { spec: Record<string, unknown> } } };
-
-/** A sandbox whose /data is a volumeClaimTemplate's volume (`data-<name>`). */
-function withTemplate(name: string, runtime: string, storage: string, whenDeleted?: 'Retain' | 'Delete'): Body {
-  const body = sandboxBody(name, { runtime }) as Body;
-  body.spec.volumeClaimTemplates = [{ metadata: { name: 'data' }, spec: { resources: { requests: { storage } } } }];
-  if (whenDeleted) body.spec.persistentVolumeClaimRetentionPolicy = { whenDeleted };
-  return body;
-}
-
-/** A sandbox whose /data is an existing named volume. */
-function withClaim(name: string, runtime: string, claimName: string): Body {
-  const body = sandboxBody(name, { runtime }) as Body;
-  body.spec.podTemplate.spec.volumes = [{ name: 'data', persistentVolumeClaim: { claimName } }];
-  return body;
-}
-
-async function ready(server: TestServer, body: Body, runtime: string): Promise<void> {
-  const res = await server.api(NS, { method: 'POST', json: body });
-  assert.equal(res.status, 201, await res.text());
-  const wait = await server.api(`${NS}/${body.metadata.name}/wait?timeoutSeconds=${runtime === 'microvm' ? 900 : 120}`);
-  assert.equal(wait.status, 200, await wait.text());
-}
-
-async function remove(server: TestServer, name: string): Promise<void> {
-  const res = await server.api(`${NS}/${name}?wait=true`, { method: 'DELETE' });
-  assert.equal(res.status, 200, await res.text());
-}
-
-async function run(server: TestServer, name: string, script: string): Promise<string> {
-  const r = await sh(server, name, script);
-  assert.equal(r.status, 200, JSON.stringify(r.error));
-  assert.equal(r.exit?.exitCode, 0, `${script}: ${r.stderr}`);
-  return r.stdout;
-}
 
 /** Random and repetitive files, small and large, a directory tree, a symlink: their checksums, sorted. */
 const FILL = 'cd /data && mkdir -p tree/a/b && head -c 3000000 /dev/urandom > random.bin && seq 1 200000 > tree/a/b/seq.txt && echo small > tree/small && ln -sf tree/small link && sync';

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import SQLite from 'better-sqlite3';
 import { runProcess } from '../helpers/run-process.js';
-import { NS, sandboxBody, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { NS, sandboxBody, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { remove, run, waitReady } from '../helpers/volumes.js';
 
 const API = '/apis/moat.dev/v1/namespaces/default';
 const SANDBOX_DIRS = ['sandboxes', 'sandboxes-gvisor', 'sandboxes-microvm'];
@@ -25,26 +26,6 @@ interface Backup {
 }
 interface Stored { metadata: { name: string; uid: string }; spec: { podTemplate: { spec: { runtimeClassName?: string } } }; status: { phase: string; image?: { digest: string } } }
 
-const waitSeconds = (runtime: string) => (runtime === 'microvm' ? 900 : 120);
-
-async function ready(server: TestServer, name: string, runtime: string): Promise<Stored> {
-  const wait = await server.api(`${NS}/${name}/wait?timeoutSeconds=${waitSeconds(runtime)}`);
-  const text = await wait.text();
-  assert.equal(wait.status, 200, text);
-  return JSON.parse(text) as Stored;
-}
-
-async function remove(server: TestServer, name: string): Promise<void> {
-  const res = await server.api(`${NS}/${name}?wait=true`, { method: 'DELETE' });
-  assert.equal(res.status, 200, await res.text());
-}
-
-async function run(server: TestServer, name: string, script: string): Promise<string> {
-  const r = await sh(server, name, script);
-  assert.equal(r.status, 200, JSON.stringify(r.error));
-  assert.equal(r.exit?.exitCode, 0, `${script}: ${r.stderr}`);
-  return r.stdout;
-}
 
 const post = (server: TestServer, path: string, json: unknown) => server.api(`${API}${path}`, { method: 'POST', json });
 
@@ -113,7 +94,7 @@ describe('backups of the writable layer (rootfs)', () => {
       const src = `rf-src-${runtime}`;
       const created = await server.api(NS, { method: 'POST', json: sandboxBody(src, { runtime }) });
       assert.equal(created.status, 201, await created.text());
-      const source = await ready(server, src, runtime);
+      const source = await waitReady<Stored>(server, src, runtime);
       await run(server, src, CHANGE);
       const before = await run(server, src, CHECK);
       assert.match(before, /issue-deleted\ntool-says-hi\n$/);
@@ -166,7 +147,7 @@ describe('backups of the writable layer (rootfs)', () => {
       assert.equal(restored.status, 201, await restored.clone().text());
       assert.equal(((await restored.json()) as Stored).metadata.name, dst);
       assert.equal((await post(server, `/backups/${b.id}/restore`, { sandbox: dst })).status, 409, 'the name is taken now');
-      const s = await ready(server, dst, runtime);
+      const s = await waitReady<Stored>(server, dst, runtime);
       assert.equal(s.status.image?.digest, b.imageDigest, 'the same image, by digest');
       assert.equal(s.spec.podTemplate.spec.runtimeClassName, runtime);
       assert.equal(await run(server, dst, CHECK), before);
@@ -196,7 +177,7 @@ describe('backups of the writable layer (rootfs)', () => {
     const src = 'rf-gone';
     const created = await server.api(NS, { method: 'POST', json: sandboxBody(src) });
     assert.equal(created.status, 201);
-    await ready(server, src, 'runc');
+    await waitReady(server, src, 'runc');
     const b = (await (await post(server, '/backups', { sandbox: src, rootfs: true })).json()) as Backup;
     await remove(server, src);
     // As if the image had been removed since: the record names a digest the store does not have.
@@ -225,7 +206,7 @@ describe('backups of the writable layer (rootfs)', () => {
     };
     const src = 'rf-cli';
     assert.equal((await server.api(NS, { method: 'POST', json: sandboxBody(src) })).status, 201);
-    await ready(server, src, 'runc');
+    await waitReady(server, src, 'runc');
     await run(server, src, 'echo from-cli > /root/cli.txt && sync');
     const made = await moat('backup', 'create', '--sandbox', src, '--rootfs');
     const id = /^backup (bk-[0-9a-f]{16}) of sandbox rf-cli's writable layer created: /.exec(made)?.[1];
@@ -238,7 +219,7 @@ describe('backups of the writable layer (rootfs)', () => {
     assert.notEqual(wrong.code, 0);
     assert.match(wrong.stderr, /not of a volume/);
     assert.match(await moat('backup', 'restore', id, '--sandbox', 'rf-cli-copy'), /^sandbox rf-cli-copy restored from bk-[0-9a-f]{16}: starting/);
-    await ready(server, 'rf-cli-copy', 'runc');
+    await waitReady(server, 'rf-cli-copy', 'runc');
     assert.equal(await run(server, 'rf-cli-copy', 'cat /root/cli.txt'), 'from-cli\n');
     const bad = await runProcess(process.execPath, [CLI, 'backup', 'create', '--volume', 'rf-vol', '--rootfs'], { env });
     assert.notEqual(bad.code, 0);

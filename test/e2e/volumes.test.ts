@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { EXT, create, poolReady, poolMembers, templateBody, poolBody, claimBody, until } from '../helpers/extensions.js';
-import { NS, sandboxBody, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { NS, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { ready, remove, withClaim, withTemplate } from '../helpers/volumes.js';
 
 const VOLUMES = '/apis/moat.dev/v1/namespaces/default/volumes';
 
@@ -12,35 +13,6 @@ interface Volume {
   retain: boolean;
 }
 
-type Body = ReturnType<typeof sandboxBody> & { spec: Record<string, unknown> & { podTemplate: { spec: Record<string, unknown> } } };
-
-/** A sandbox whose /data is a volumeClaimTemplate's volume (`data-<name>`). */
-function withTemplate(name: string, runtime: string, storage: string, whenDeleted?: 'Retain' | 'Delete'): Body {
-  const body = sandboxBody(name, { runtime }) as Body;
-  body.spec.volumeClaimTemplates = [{ metadata: { name: 'data' }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage } } } }];
-  if (whenDeleted) body.spec.persistentVolumeClaimRetentionPolicy = { whenDeleted };
-  return body;
-}
-
-/** A sandbox whose /data is an existing named volume. */
-function withClaim(name: string, runtime: string, claimName: string, mountPath?: string): Body {
-  const body = sandboxBody(name, { runtime }) as Body;
-  body.spec.podTemplate.spec.volumes = [{ name: 'work', persistentVolumeClaim: { claimName } }];
-  if (mountPath) (body.spec.podTemplate.spec.containers as Record<string, unknown>[])[0]!.volumeMounts = [{ name: 'work', mountPath }];
-  return body;
-}
-
-async function ready(server: TestServer, body: Body, runtime: string): Promise<void> {
-  const res = await server.api(NS, { method: 'POST', json: body });
-  assert.equal(res.status, 201, await res.text());
-  const wait = await server.api(`${NS}/${body.metadata.name}/wait?timeoutSeconds=${runtime === 'microvm' ? 900 : 120}`);
-  assert.equal(wait.status, 200, await wait.text());
-}
-
-async function remove(server: TestServer, name: string): Promise<void> {
-  const res = await server.api(`${NS}/${name}?wait=true`, { method: 'DELETE' });
-  assert.equal(res.status, 200, await res.text());
-}
 
 async function volume(server: TestServer, name: string): Promise<Volume | undefined> {
   const res = await server.api(`${VOLUMES}/${name}`);
