@@ -107,32 +107,22 @@ export class BackupService {
     return v.name;
   }
 
+  /**
+   * A new backup's record. It is stored first, incomplete, so an object written before a crash always has one
+   * (see dropIncomplete), and completed once its object is stored.
+   */
+  private newRow(namespace: string, sizeBytes: number, source: Pick<BackupTable, 'kind' | 'volume' | 'volume_uid' | 'sandbox' | 'sandbox_uid' | 'spec' | 'image_digest'>): BackupTable {
+    const id = `bk-${randomBytes(8).toString('hex')}`;
+    return { id, namespace, size_bytes: sizeBytes, compressed_bytes: 0, sha256: '', store: this.objects.name, key: `${namespace}/${id}.img.zst`, created_at: new Date().toISOString(), complete: 0, ...source };
+  }
+
   async create(namespace: string, volume: string): Promise<BackupInfo> {
     const first = await this.volumes.row(namespace, volume);
     return this.volumes.locks.run(first.uid, async () => {
       const v = await this.store.db.selectFrom('volumes').selectAll().where('uid', '=', first.uid).executeTakeFirst();
       if (!v) throw notFound(`volume "${volume}" not found in namespace "${namespace}"`, { kind: 'volumes', name: volume });
-      const id = `bk-${randomBytes(8).toString('hex')}`;
       const started = Date.now();
-      // The record comes first, incomplete, so an object written before a crash always has one (see dropIncomplete).
-      const row: BackupTable = {
-        id,
-        namespace,
-        volume: v.name,
-        volume_uid: v.uid,
-        size_bytes: v.size_bytes,
-        compressed_bytes: 0,
-        sha256: '',
-        store: this.objects.name,
-        key: `${namespace}/${id}.img.zst`,
-        created_at: new Date().toISOString(),
-        complete: 0,
-        kind: 'volume',
-        sandbox: null,
-        sandbox_uid: null,
-        spec: null,
-        image_digest: null,
-      };
+      const row = this.newRow(namespace, v.size_bytes, { kind: 'volume', volume: v.name, volume_uid: v.uid, sandbox: null, sandbox_uid: null, spec: null, image_digest: null });
       return { ...(await this.record(row, () => this.consistent(v, () => this.upload(this.volumes.path(v.uid), row.key)))), durationMs: Date.now() - started };
     });
   }
@@ -156,26 +146,8 @@ export class BackupService {
       const layer = driver.writableLayer(uid);
       const size = await stat(layer.image).then((x) => x.size, () => undefined);
       if (size === undefined) throw conflict(`sandbox "${sandbox}" has no writable layer on this host`);
-      const id = `bk-${randomBytes(8).toString('hex')}`;
       const started = Date.now();
-      const row: BackupTable = {
-        id,
-        namespace,
-        volume: '',
-        volume_uid: '',
-        size_bytes: size,
-        compressed_bytes: 0,
-        sha256: '',
-        store: this.objects.name,
-        key: `${namespace}/${id}.img.zst`,
-        created_at: new Date().toISOString(),
-        complete: 0,
-        kind: 'rootfs',
-        sandbox: s.metadata.name,
-        sandbox_uid: uid,
-        spec: JSON.stringify(s.spec),
-        image_digest: digest,
-      };
+      const row = this.newRow(namespace, size, { kind: 'rootfs', volume: '', volume_uid: '', sandbox: s.metadata.name, sandbox_uid: uid, spec: JSON.stringify(s.spec), image_digest: digest });
       return { ...(await this.record(row, () => this.consistentDisk(s, driver, layer, () => this.upload(layer.image, row.key)))), durationMs: Date.now() - started };
     });
   }
