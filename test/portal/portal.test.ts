@@ -306,7 +306,7 @@ describe('portal in Chromium', () => {
     assert.equal(await check.text(), content);
   });
 
-  test('pause, resume, hibernate and wake, each confirmed first', async () => {
+  test('pause, resume, hibernate, wake and extend, each confirmed first', async () => {
     await page.getByRole('link', { name: 'Overview' }).click();
     const header = page.getByRole('group', { name: `Actions for ${box}` });
     const phaseOf = async () => ((await (await server.api(SBX(alice.namespace, box))).json()) as { status: { phase: string } }).status.phase;
@@ -324,6 +324,9 @@ describe('portal in Chromium', () => {
     await act('Hibernate', 'its memory is freed', 'Hibernated');
     await shot(page, '06b-hibernated');
     await act('Wake', 'It is restored from disk', 'Running');
+    await act('Extend 1h', 'down one hour from now', 'Running');
+    const sbx = (await (await server.api(SBX(alice.namespace, box))).json()) as { spec: { shutdownTime: string } };
+    assert.ok(Math.abs(Date.parse(sbx.spec.shutdownTime) - (Date.now() + 3600_000)) < 60_000, sbx.spec.shutdownTime);
   });
 
   test('the audit page shows an event for each step', async () => {
@@ -331,7 +334,7 @@ describe('portal in Chromium', () => {
     await page.getByRole('heading', { name: 'Audit log' }).waitFor();
     const want = [
       'POST session', 'POST sandboxclaims', 'GET sandboxes/{name}/exec/ws', 'PUT sandboxes/{name}/files/content',
-      'POST sandboxes/{name}/pause', 'POST sandboxes/{name}/resume', 'POST sandboxes/{name}/hibernate', 'POST sandboxes/{name}/wake',
+      'POST sandboxes/{name}/pause', 'POST sandboxes/{name}/resume', 'POST sandboxes/{name}/hibernate', 'POST sandboxes/{name}/wake', 'POST sandboxes/{name}/extend',
     ];
     for (const action of want) await page.locator(`tr[data-action="${action}"]`).first().waitFor({ timeout: 15_000 });
     // Filter to the sandbox: the sign-in (which names no sandbox) drops out.

@@ -12,7 +12,7 @@ interface UsageItem {
 
 export const canWrite = (me: Me, namespace: string) => (me.role === 'admin' && !me.agent) || (me.role !== 'viewer' && me.namespaces.includes(namespace));
 
-/** Pause, resume, hibernate and delete, each asked first. */
+/** Pause, resume, hibernate, wake, extend and delete, each asked first. */
 export function SandboxActions({ me, sandbox, onChange, onDeleted }: { me: Me; sandbox: Sandbox; onChange: () => void; onDeleted?: () => void }) {
   const { namespace, name } = sandbox.metadata;
   const path = sandboxPath(namespace, name);
@@ -43,6 +43,13 @@ export function SandboxActions({ me, sandbox, onChange, onDeleted }: { me: Me; s
           onConfirm={async () => (await api(`${path}/hibernate`, { method: 'POST' }), onChange())}
         />
       )}
+      <ConfirmButton
+        label="Extend 1h"
+        question={`Shut sandbox "${name}" down one hour from now${sandbox.spec.shutdownTime ? ` instead of at ${new Date(sandbox.spec.shutdownTime).toLocaleString()}` : ''}?${phase === 'Hibernated' ? ' An expired sandbox wakes again.' : ''}`}
+        disabled={!writable || phase === 'Terminating'}
+        title={why}
+        onConfirm={async () => (await api(`${path}/extend`, { method: 'POST', json: { ttlSeconds: 3600 } }), onChange())}
+      />
       <ConfirmButton
         label="Delete"
         danger
