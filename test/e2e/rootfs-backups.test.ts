@@ -30,23 +30,23 @@ interface Stored { metadata: { name: string; uid: string }; spec: { podTemplate:
 const post = (server: TestServer, path: string, json: unknown) => server.api(`${API}${path}`, { method: 'POST', json });
 
 /**
- * Changes outside /data: a random and a text file under /root/work, an "installed" tool in /usr/local/bin,
+ * Changes outside /data: a random and a text file under /root/proj, an "installed" tool in /usr/local/bin,
  * a file of the image deleted (an overlay whiteout), an image file rewritten; and one on /data, not in the backup.
  */
 const CHANGE = [
   'set -e',
-  'mkdir -p /root/work/deep/er',
-  'head -c 3000000 /dev/urandom > /root/work/a.bin',
-  'seq 1 100000 > /root/work/deep/er/seq.txt',
+  'mkdir -p /root/proj/deep/er',
+  'head -c 3000000 /dev/urandom > /root/proj/a.bin',
+  'seq 1 100000 > /root/proj/deep/er/seq.txt',
   'printf "#!/bin/sh\\necho tool-says-hi\\n" > /usr/local/bin/mytool && chmod 755 /usr/local/bin/mytool',
   'test -e /etc/issue && rm /etc/issue',
   'echo changed > /etc/motd',
-  'ln -sf /root/work/a.bin /root/link',
+  'ln -sf /root/proj/a.bin /root/link',
   'echo on-data > /data/d',
   'sync',
 ].join('\n');
 const CHECK = [
-  'cd / && sha256sum root/work/a.bin root/work/deep/er/seq.txt usr/local/bin/mytool etc/motd',
+  'cd / && sha256sum root/proj/a.bin root/proj/deep/er/seq.txt usr/local/bin/mytool etc/motd',
   'stat -c %a /usr/local/bin/mytool',
   'readlink /root/link',
   'test -e /etc/issue && echo issue-present || echo issue-deleted',
@@ -153,7 +153,7 @@ describe('backups of the writable layer (rootfs)', () => {
       assert.equal(await run(server, dst, CHECK), before);
       assert.equal((await run(server, dst, 'test -e /root/after || echo absent; test -e /data/d || echo data-not-included')).trim(), 'absent\ndata-not-included');
       // Writable.
-      await run(server, dst, 'echo more >> /root/work/deep/er/seq.txt && sync');
+      await run(server, dst, 'echo more >> /root/proj/deep/er/seq.txt && sync');
 
       // A corrupt object: 422, and nothing made (no sandbox, no host directory).
       const file = join(server.dataDir, 'backups', b.key);
