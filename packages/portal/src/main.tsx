@@ -2,7 +2,7 @@ import { StrictMode, Suspense, lazy, useEffect, useState, type FormEvent } from 
 import { createRoot } from 'react-dom/client';
 import { errorText, session, whenSignedOut, type Me } from './api.js';
 import { SandboxList } from './pages/sandboxes.js';
-import { ErrorBox, Field, href, useRoute } from './ui.js';
+import { ErrorBox, Field, href, useAction, useRoute } from './ui.js';
 import './styles.css';
 
 // Pages off the first screen load on demand (the terminal's xterm.js and the YAML parser with them).
@@ -13,19 +13,10 @@ const Admin = lazy(() => import('./pages/admin.js'));
 
 function SignIn({ onSignedIn }: { onSignedIn: (me: Me) => void }) {
   const [key, setKey] = useState('');
-  const [error, setError] = useState<string>();
-  const [busy, setBusy] = useState(false);
-  const submit = async (e: FormEvent) => {
+  const { busy, error, run } = useAction();
+  const submit = (e: FormEvent) => {
     e.preventDefault();
-    setBusy(true);
-    setError(undefined);
-    try {
-      onSignedIn(await session.signIn(key.trim()));
-    } catch (err) {
-      setError(errorText(err));
-    } finally {
-      setBusy(false);
-    }
+    void run(async () => onSignedIn(await session.signIn(key.trim())));
   };
   return (
     <main className="signin">

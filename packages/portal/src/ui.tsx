@@ -75,31 +75,44 @@ export function Field({ label, children, hint }: { label: string; children: (id:
   );
 }
 
+/** An action a form or button runs: busy while it runs, its error kept until the next try (or `reset`). */
+export function useAction(): { busy: boolean; error: string | undefined; run: (act: () => Promise<void>) => Promise<void>; reset: () => void } {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string>();
+  const run = useCallback(async (act: () => Promise<void>) => {
+    setBusy(true);
+    setError(undefined);
+    try {
+      await act();
+    } catch (err) {
+      setError(errorText(err));
+    } finally {
+      setBusy(false);
+    }
+  }, []);
+  const reset = useCallback(() => setError(undefined), []);
+  return { busy, error, run, reset };
+}
+
 /** A button that asks first, in a modal dialog (focus moves in, Escape cancels). */
 export function ConfirmButton(props: { label: string; question: string; confirm?: string; danger?: boolean; disabled?: boolean; title?: string; onConfirm: () => Promise<void> | void }) {
   const ref = useRef<HTMLDialogElement>(null);
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<string>();
+  const { busy, error, run, reset } = useAction();
   const titleId = useId();
   return (
     <>
       <button type="button" className={props.danger ? 'danger' : ''} disabled={props.disabled || busy} title={props.title} onClick={() => ref.current?.showModal()}>
         {props.label}
       </button>
-      <dialog ref={ref} aria-labelledby={titleId} onClose={() => setError(undefined)}>
+      <dialog ref={ref} aria-labelledby={titleId} onClose={reset}>
         <form
           method="dialog"
-          onSubmit={async (e) => {
+          onSubmit={(e) => {
             e.preventDefault();
-            setBusy(true);
-            try {
+            void run(async () => {
               await props.onConfirm();
               ref.current?.close();
-            } catch (err) {
-              setError(errorText(err));
-            } finally {
-              setBusy(false);
-            }
+            });
           }}
         >
           <p id={titleId}>{props.question}</p>

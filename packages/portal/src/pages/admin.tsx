@@ -1,6 +1,6 @@
 import { useState, type FormEvent, type ReactNode } from 'react';
-import { MOAT_API, api, bytes, errorText, type Me } from '../api.js';
-import { ConfirmButton, ErrorBox, Field, Table, usePoll } from '../ui.js';
+import { MOAT_API, api, bytes, type Me } from '../api.js';
+import { ConfirmButton, ErrorBox, Field, Table, useAction, usePoll } from '../ui.js';
 
 interface Quota {
   sandboxes?: number;
@@ -65,19 +65,10 @@ function NewKey({ secret, onDismiss }: { secret: { label: string; key: string };
 }
 
 function Form({ label, onSubmit, children }: { label: string; onSubmit: () => Promise<void>; children: ReactNode }) {
-  const [error, setError] = useState<string>();
-  const [busy, setBusy] = useState(false);
-  const submit = async (e: FormEvent) => {
+  const { busy, error, run } = useAction();
+  const submit = (e: FormEvent) => {
     e.preventDefault();
-    setBusy(true);
-    setError(undefined);
-    try {
-      await onSubmit();
-    } catch (err) {
-      setError(errorText(err));
-    } finally {
-      setBusy(false);
-    }
+    void run(onSubmit);
   };
   return (
     <form onSubmit={submit} aria-label={label} className="inline-form">

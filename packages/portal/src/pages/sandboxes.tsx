@@ -1,6 +1,6 @@
 import { useRef, useState, type FormEvent } from 'react';
-import { LABEL_POOL, LABEL_TEMPLATE, MOAT_API, SANDBOX_API, api, bytes, condition, duration, errorText, objectPath, sandboxPath, type KObject, type Me, type Sandbox, type Usage } from '../api.js';
-import { ConfirmButton, ErrorBox, Field, Phase, href, useNow, usePoll, Table } from '../ui.js';
+import { LABEL_POOL, LABEL_TEMPLATE, MOAT_API, SANDBOX_API, api, bytes, condition, duration, objectPath, sandboxPath, type KObject, type Me, type Sandbox, type Usage } from '../api.js';
+import { ConfirmButton, ErrorBox, Field, Phase, Table, href, useAction, useNow, usePoll } from '../ui.js';
 
 interface UsageItem {
   namespace: string;
@@ -77,25 +77,18 @@ function CreateSandbox({ me, onCreated }: { me: Me; onCreated: (ns: string, name
   const templates = usePoll(async () => (namespace ? (await api<{ items: KObject[] }>(objectPath('sandboxtemplates', namespace))).items : []), 0, [namespace]);
   const [template, setTemplate] = useState('');
   const [name, setName] = useState('');
-  const [error, setError] = useState<string>();
-  const [busy, setBusy] = useState(false);
+  const { busy, error, run } = useAction();
   if (!writable.length) return null;
   const chosen = template || templates.data?.[0]?.metadata.name || '';
-  const submit = async (e: FormEvent) => {
+  const submit = (e: FormEvent) => {
     e.preventDefault();
-    setBusy(true);
-    setError(undefined);
-    try {
+    void run(async () => {
       // A claim gets a sandbox of its own name from the template (from a warm pool when one is ready).
       const claim = { apiVersion: 'extensions.agents.x-k8s.io/v1alpha1', kind: 'SandboxClaim', metadata: { name: name.trim() }, spec: { sandboxTemplateRef: { name: chosen } } };
       await api(objectPath('sandboxclaims', namespace), { method: 'POST', json: claim });
       onCreated(namespace, name.trim());
       setName('');
-    } catch (err) {
-      setError(errorText(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   return (
     <form className="card create" onSubmit={submit} aria-labelledby="create-title">
