@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { EgressProxy, type EgressLimits, type EgressRecord, type EgressSandbox } from '@moat/gateway';
 import { SandboxNetworks, allocateLease, networkKey, type SandboxNetwork } from '@moat/runtime';
 import type { Logger } from 'pino';
-import type { Store } from './store/store.js';
+import { isLive, type Store } from './store/store.js';
 
 export interface NetworkOptions {
   /** Sandbox /31s come from here. Default 10.200.0.0/16. */
@@ -88,6 +88,11 @@ export class Networking {
     return this.nets.netnsPath(networkKey(uid));
   }
 
+  /** Whether the sandbox's namespace exists: a hibernation keeps it, only a host reboot loses it. */
+  attached(uid: string): boolean {
+    return existsSync(this.netnsPath(uid));
+  }
+
   /**
    * The sandbox's namespace, with its lease (kept across restarts of the
    * sandbox). Rebuilt from scratch so a namespace left by a crash is not reused half-made.
@@ -139,7 +144,7 @@ export class Networking {
   private async identify(address: string): Promise<EgressSandbox | undefined> {
     const uid = this.byAddress.get(address);
     const found = uid ? await this.store.getSandboxByUid(uid) : undefined;
-    if (!found || found.desired !== 'Running') return undefined;
+    if (!found || !isLive(found.desired)) return undefined;
     const s = found.sandbox;
     return {
       uid: s.metadata.uid,

@@ -2,7 +2,7 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { DEFAULT_IMAGE, GvisorDriver, ImageStore, MicrovmDriver, OciDriver, defaultHostnameHelper, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
+import { DEFAULT_IMAGE, ImageStore } from '@moat/runtime';
 import { buildApp } from './api/app.js';
 import { auditEgress } from './audit/egress.js';
 import { AuditLog } from './audit/log.js';
@@ -10,11 +10,7 @@ import { CheckpointSigner } from './audit/signing.js';
 import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
 import { templateAliases } from './e2b/index.js';
-import { ClaimController } from './controllers/claims.js';
-import { LifecycleController } from './controllers/lifecycle.js';
-import { WarmPoolController } from './controllers/pools.js';
-import { SandboxController, type Drivers } from './controllers/sandboxes.js';
-import { TemplateController } from './controllers/templates.js';
+import { LocalBackend } from './backends/local.js';
 import { BOOTSTRAP_ADMIN, Identity } from './identity/identity.js';
 import { Quotas } from './identity/quotas.js';
 import { tenancy } from './identity/tenancy.js';
@@ -92,10 +88,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const say = opts.log ?? (() => {});
   const dataDir = opts.dataDir ?? defaultDataDir();
   // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
-  for (const d of ['', 'sandboxes', 'sandboxes-gvisor', 'runtime/runc', 'runtime/gvisor']) {
-    await mkdir(join(dataDir, d), { recursive: true, mode: 0o711 });
-    await chmod(join(dataDir, d), 0o711);
-  }
+  await mkdir(dataDir, { recursive: true, mode: 0o711 });
+  await chmod(dataDir, 0o711);
   const logger = opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
   const store = await Store.open(join(dataDir, 'moat.db'));
@@ -107,38 +101,6 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   await secrets.reseal();
   await keyring.retire();
   const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
-
-  const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
-  // gVisor keeps its own sandboxes and state dirs: each driver's listIds (orphan cleanup) must see only its own.
-  const gvisor = new GvisorDriver({ sandboxesDir: join(dataDir, 'sandboxes-gvisor'), stateDir: join(dataDir, 'runtime', 'gvisor'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
-  // MicroVM kernels, image disks and snapshots are per host, not per server: kept beside the image cache.
-  const microvm = new MicrovmDriver({ sandboxesDir: join(dataDir, 'sandboxes-microvm'), cacheDir: join(images.dir, 'microvm'), initBinary: defaultInitBinary(), progress: (l) => say(`microvm: ${l}`) });
-  const available = new Map<string, RuntimeDriver>();
-  const runtimes: ApiContext['runtimes'] = {};
-  for (const driver of [runc, gvisor, microvm] as RuntimeDriver[]) {
-    try {
-      await driver.check();
-      available.set(driver.name, driver);
-      runtimes[driver.name] = { available: true };
-    } catch (err) {
-      runtimes[driver.name] = { available: false, reason: (err as Error).message };
-      say(`warning: runtime ${driver.name} unavailable: ${(err as Error).message}`);
-    }
-  }
-  // The first start downloads the guest kernel and probes KVM: in the background, so the API is up meanwhile.
-  if (available.has('microvm')) {
-    microvm.prepare().then(
-      async () => {
-        const warning = await microvm.degraded();
-        if (warning) runtimes.microvm = { available: true, warning };
-      },
-      (err: Error) => say(`warning: microvm: ${err.message}`),
-    );
-  }
-  const drivers: Drivers = {
-    get: (name) => available.get(name),
-    unavailable: (name) => (available.has(name) ? undefined : (runtimes[name]?.reason ?? 'unknown runtime')),
-  };
 
   if (opts.prepareDefaultImage ?? true) await images.ensure(DEFAULT_IMAGE, say);
 
@@ -157,31 +119,26 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   });
   const quotas = new Quotas(store, identity);
   const tenants = tenancy(identity, quotas, secrets, gateway);
-  const sandboxes = new SandboxController(store, images, drivers, network, logger, tenants, opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false');
-  // Named volumes and backups (docs/lifecycle.md): before recovery, which restarts sandboxes with their volumes.
+  // Named volumes and backups (docs/lifecycle.md) exist before recovery, which restarts sandboxes with their volumes.
   const volumes = await VolumeService.open(store, quotas, join(dataDir, 'volumes'));
-  sandboxes.volumes = volumes;
+  const backend = await LocalBackend.open({
+    store, dataDir, images, network, tenancy: tenants, volumes, audit, log: logger, say,
+    resumeOnUse: opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false',
+  });
   const hostMounts: Record<string, string> = { runc: join(dataDir, 'sandboxes'), gvisor: join(dataDir, 'sandboxes-gvisor') };
-  const backups = await BackupService.open(store, volumes, sandboxes, opts.backupStore ?? objectStoreFromEnv(dataDir), (rt, uid) => (hostMounts[rt] ? join(hostMounts[rt], uid, 'data') : undefined), logger);
-  await sandboxes.recover();
-  const templates = new TemplateController(store, sandboxes);
-  const pools = new WarmPoolController(store, sandboxes, templates, logger);
-  const claims = new ClaimController(store, sandboxes, templates, pools, logger);
-  const lifecycle = new LifecycleController(store, sandboxes, claims, audit, logger);
-  // Level-triggered backstop for the event-driven paths: refills after crashes, claims waiting for a template, expiry.
-  const resync = async () => {
+  const backups = await BackupService.open(store, volumes, backend.sandboxes, opts.backupStore ?? objectStoreFromEnv(dataDir), (rt, uid) => (hostMounts[rt] ? join(hostMounts[rt], uid, 'data') : undefined), logger);
+  await backend.start();
+  // Host upkeep, level-triggered: the firewall after a host flush, sandbox token files, the audit log's checkpoints.
+  const upkeep = async () => {
     await network.ensureFirewall(logger);
-    await pools.resync();
-    await claims.resync();
-    await lifecycle.resync();
-    await gateway.refreshTokenFiles(sandboxes);
+    await gateway.refreshTokenFiles(backend.sandboxes);
     await audit.flushIfStale();
   };
-  await resync();
+  await upkeep();
   let inflight: Promise<void> | undefined;
-  const resyncTimer = setInterval(() => {
-    inflight ??= resync()
-      .catch((err: unknown) => logger.error({ err }, 'resync failed'))
+  const upkeepTimer = setInterval(() => {
+    inflight ??= upkeep()
+      .catch((err: unknown) => logger.error({ err }, 'upkeep failed'))
       .finally(() => (inflight = undefined));
   }, 2000);
 
@@ -192,15 +149,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     secrets,
     tenancy: tenants,
     images,
-    sandboxes,
-    templates,
-    claims,
-    pools,
+    backend,
     volumes,
     backups,
     limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
     version: VERSION,
-    runtimes,
     portDomain: opts.portDomain ?? process.env.MOAT_PORT_DOMAIN ?? 'sandbox.localhost',
     e2bTemplates: opts.e2bTemplates ?? templateAliases(),
   };
@@ -215,10 +168,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     adminKey: key,
     dataDir,
     async close() {
-      clearInterval(resyncTimer);
+      clearInterval(upkeepTimer);
       await app.close();
       await inflight;
-      await sandboxes.stop();
+      await backend.close();
       await gateway.close();
       await network.close();
       await audit.flush();

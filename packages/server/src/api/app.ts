@@ -73,9 +73,9 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   sandboxRoutes(app, ctx);
-  objectRoutes(app, ctx.identity, ctx.templates, { plural: 'sandboxtemplates', kind: 'SandboxTemplate', body: SandboxTemplateSchema, tag: 'templates' });
-  objectRoutes(app, ctx.identity, ctx.claims, { plural: 'sandboxclaims', kind: 'SandboxClaim', body: SandboxClaimSchema, tag: 'claims' });
-  objectRoutes(app, ctx.identity, ctx.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
+  objectRoutes(app, ctx.identity, ctx.backend.templates, { plural: 'sandboxtemplates', kind: 'SandboxTemplate', body: SandboxTemplateSchema, tag: 'templates' });
+  objectRoutes(app, ctx.identity, ctx.backend.claims, { plural: 'sandboxclaims', kind: 'SandboxClaim', body: SandboxClaimSchema, tag: 'claims' });
+  objectRoutes(app, ctx.identity, ctx.backend.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
   execRoutes(app, ctx);
   imageRoutes(app, ctx);
   identityRoutes(app, ctx);

@@ -1,10 +1,7 @@
 import type { ImageStore } from '@moat/runtime';
 import type { AuditLog } from '../audit/log.js';
 import type { BackupService } from '../backups/service.js';
-import type { ClaimController } from '../controllers/claims.js';
-import type { WarmPoolController } from '../controllers/pools.js';
-import type { SandboxController } from '../controllers/sandboxes.js';
-import type { TemplateController } from '../controllers/templates.js';
+import type { SandboxBackend } from '../backends/types.js';
 import type { Identity } from '../identity/identity.js';
 import type { ApiTenancy } from '../identity/tenancy.js';
 import type { Secrets } from '../secrets/secrets.js';
@@ -24,17 +21,13 @@ export interface ApiContext {
   /** Quotas, and the environment (gateway token, exposed secrets) execs get. */
   tenancy: ApiTenancy;
   images: ImageStore;
-  sandboxes: SandboxController;
-  templates: TemplateController;
-  claims: ClaimController;
-  pools: WarmPoolController;
+  /** Sandboxes, templates, claims and pools: on this host or on a cluster (backends/types.ts). */
+  backend: SandboxBackend;
   /** Named volumes and their backups (docs/lifecycle.md). */
   volumes: VolumeService;
   backups: BackupService;
   limits: ServerLimits;
   version: string;
-  /** `warning`: the runtime works, but worse than it should here (microVMs without KVM). */
-  runtimes: Record<string, { available: boolean; reason?: string; warning?: string }>;
   /** Sandbox ports answer at `<port>-<sandbox uid>.<portDomain>`. */
   portDomain: string;
   /** E2B template names → Moat templates, besides the built-in aliases (docs/e2b.md). */

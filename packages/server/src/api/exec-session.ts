@@ -1,8 +1,7 @@
 import { constants } from 'node:os';
 import { MoatError, type Sandbox } from '@moat/core';
 import { proxyEnv } from '../network.js';
-import { AgentError, type AgentClient, type ExecHandle, type ExecRequest as AgentExecRequest } from '@moat/runtime';
-import { hold } from '../controllers/activity.js';
+import { AgentError, type SandboxAgent, type ExecHandle, type ExecRequest as AgentExecRequest } from '@moat/runtime';
 
 export interface ExecRequest extends AgentExecRequest {
   /** Absent or 0: no timeout. */
@@ -42,14 +41,13 @@ function execEnv(sandbox: Sandbox, extra: Record<string, string> = {}): Record<s
  * not know about: the sandbox's environment, the timeout, and signal names.
  */
 export function startExec(
-  agent: AgentClient,
+  agent: SandboxAgent,
   sandbox: Sandbox,
   req: ExecRequest,
   out: { onStdout(b: Buffer): void; onStderr(b: Buffer): void },
 ): { handle: ExecHandle; result: Promise<ExecResult> } {
   const started = performance.now();
   const { timeoutSeconds, ...request } = req;
-  const release = hold(sandbox.metadata.uid); // a running command keeps the sandbox from idling
   const handle = agent.exec({ ...request, env: execEnv(sandbox, req.env) }, out);
   let timedOut = false;
   const timer = timeoutSeconds
@@ -72,9 +70,6 @@ export function startExec(
           ? new MoatError(502, 'SandboxUnavailable', `the sandbox did not answer: ${err.message}`)
           : err;
     })
-    .finally(() => {
-      clearTimeout(timer);
-      release();
-    });
+    .finally(() => clearTimeout(timer));
   return { handle, result };
 }

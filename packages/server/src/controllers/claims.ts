@@ -1,14 +1,14 @@
 import {
   LABELS, MoatError, alreadyExists, conflict, invalid,
-  type Condition, type Sandbox, type SandboxClaim, type SandboxClaimSpec, type SandboxClaimStatus, type SandboxTemplate, type SandboxWarmPool,
+  type Condition, type Sandbox, type SandboxClaim, type SandboxSpec, type SandboxClaimSpec, type SandboxClaimStatus, type SandboxTemplate, type SandboxWarmPool,
 } from '@moat/core';
 import type { Logger } from 'pino';
-import type { Store } from '../store/store.js';
-import { coldStartReason, sandboxFromTemplate } from './from-template.js';
+import { isLive, type Store } from '../store/store.js';
+import { Requeue } from '../util/requeue.js';
+import { coldStartReason, sandboxFromTemplate, type SandboxShape } from './from-template.js';
 import { ObjectController, type ObjectInput } from './objects.js';
-import type { WarmPoolController } from './pools.js';
-import type { SandboxController } from './sandboxes.js';
-import type { TemplateController } from './templates.js';
+import type { Templates } from './pools.js';
+import { msUntil } from './rules.js';
 
 const cond = (type: string, status: Condition['status'], reason: string, message = ''): Condition => ({
   type, status, reason, message, lastTransitionTime: new Date().toISOString(),
@@ -21,17 +21,35 @@ interface ClaimStatus extends SandboxClaimStatus {
   expired?: boolean;
 }
 
+/** What claims do to sandboxes (the sandbox controller). */
+export interface ClaimSandboxes {
+  create(namespace: string, input: ObjectInput & { spec: SandboxSpec }, opts: { internal: true }): Promise<Sandbox>;
+  delete(namespace: string, name: string, wait?: boolean): Promise<unknown>;
+  setShutdownTime(namespace: string, name: string, shutdownTime: string): Promise<unknown>;
+  list(namespace?: string, labelSelector?: string): Promise<Sandbox[]>;
+}
+
+/** The warm pools claims are served from (the warm pool controller). */
+export interface WarmPools {
+  byName(namespace: string, name: string): Promise<SandboxWarmPool | undefined>;
+  poolsFor(namespace: string, template: string): Promise<SandboxWarmPool[]>;
+  take(pool: SandboxWarmPool, target: SandboxShape & { name: string }): Promise<Sandbox | undefined>;
+}
+
 /**
  * SandboxClaims: a Sandbox of the claim's name, taken from a warm pool of the
  * template when one has a ready member, else started cold. The claim owns the
  * sandbox: deleting the claim deletes it.
  */
 export class ClaimController extends ObjectController<SandboxClaim> {
+  /** Claims are looked at again at their shutdownTime. */
+  private readonly requeue = new Requeue((uid) => this.reconcileUid(uid));
+
   constructor(
     store: Store,
-    private readonly sandboxes: SandboxController,
-    private readonly templates: TemplateController,
-    private readonly pools: WarmPoolController,
+    private readonly sandboxes: ClaimSandboxes,
+    private readonly templates: Templates,
+    private readonly pools: WarmPools,
     private readonly log: Logger,
   ) {
     super(store, 'SandboxClaim', 'sandbox claim');
@@ -96,12 +114,17 @@ export class ClaimController extends ObjectController<SandboxClaim> {
       const status = claim.status as ClaimStatus;
       if (status.expired) throw conflict(`sandbox claim "${name}" expired at ${status.shutdownTime}; its sandbox is gone`);
       await this.setStatus(claim, { ...status, shutdownTime } as ClaimStatus);
+      this.requeue.after(claim.metadata.uid, msUntil(shutdownTime, Date.now())!);
       if (status.sandbox?.name) await this.sandboxes.setShutdownTime(namespace, status.sandbox.name, shutdownTime);
     });
   }
 
   protected override async deleting(claim: SandboxClaim, wait: boolean): Promise<void> {
     await this.serial.run(claim.metadata.uid, () => this.deleteSandbox(claim, wait));
+  }
+
+  stop(): void {
+    this.requeue.stop();
   }
 
   /** Claims still waiting to be served, claims past their shutdown time, and sandboxes of deleted claims. */
@@ -118,6 +141,11 @@ export class ClaimController extends ObjectController<SandboxClaim> {
     }
   }
 
+  private async reconcileUid(uid: string): Promise<void> {
+    const claim = ((await this.store.listObjects('SandboxClaim')) as unknown as SandboxClaim[]).find((c) => c.metadata.uid === uid);
+    if (claim) await this.reconcile(claim);
+  }
+
   private async resyncNamespace(namespace: string): Promise<void> {
     for (const c of await this.store.listObjects('SandboxClaim', namespace)) await this.reconcile(c as unknown as SandboxClaim);
   }
@@ -129,8 +157,10 @@ export class ClaimController extends ObjectController<SandboxClaim> {
         if (claim?.metadata.uid !== stale.metadata.uid) return;
         const status = claim.status as ClaimStatus;
         if (status.expired) return;
-        if (status.shutdownTime && Date.parse(status.shutdownTime) <= Date.now()) return this.expire(claim);
+        if ((msUntil(status.shutdownTime, Date.now()) ?? 1) <= 0) return this.expire(claim);
         if (!status.sandbox?.name) await this.serve(claim);
+        const left = msUntil((claim.status as ClaimStatus).shutdownTime, Date.now());
+        if (left !== undefined) this.requeue.after(claim.metadata.uid, left);
       })
       .catch((err: unknown) => this.log.error({ err, claim: stale.metadata.name }, 'claim reconcile failed'));
   }
@@ -224,6 +254,6 @@ export class ClaimController extends ObjectController<SandboxClaim> {
   /** The claim's sandbox, if it still exists and still belongs to this claim. */
   private async owned(claim: SandboxClaim, name: string): Promise<Sandbox | undefined> {
     const found = await this.store.getSandbox(claim.metadata.namespace, name);
-    return found && found.desired === 'Running' && found.sandbox.metadata.labels?.[LABELS.claim] === claim.metadata.name ? found.sandbox : undefined;
+    return found && isLive(found.desired) && found.sandbox.metadata.labels?.[LABELS.claim] === claim.metadata.name ? found.sandbox : undefined;
   }
 }

@@ -1,57 +1,87 @@
-import { LABELS, invalid, type IdlePolicy, type Sandbox } from '@moat/core';
+import { LABELS, type Sandbox } from '@moat/core';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/log.js';
-import type { Store } from '../store/store.js';
-import { idleMs } from './activity.js';
-import type { ClaimController } from './claims.js';
-import { isExpired, type SandboxController } from './sandboxes.js';
+import { isLive, type Store } from '../store/store.js';
+import { Requeue } from '../util/requeue.js';
+import { Serial } from '../util/serial.js';
+import type { Activity } from './activity.js';
+import { idleStep, isExpired, msUntil, nextIdleStepIn, type IdleStep } from './rules.js';
 
-const STEPS = ['pauseAfterSeconds', 'hibernateAfterSeconds', 'deleteAfterSeconds'] as const;
-
-/** Idle steps given together must come in order: pause, then hibernate, then delete. */
-export function checkIdlePolicy(p: IdlePolicy, field: string): void {
-  const given = STEPS.filter((k) => p[k] !== undefined);
-  for (let i = 1; i < given.length; i++) {
-    const [a, b] = [given[i - 1]!, given[i]!];
-    if (p[b]! <= p[a]!) throw invalid(`${field}: ${b} (${p[b]}) must be later than ${a} (${p[a]})`);
-  }
-}
-
-type IdleStep = 'pause' | 'hibernate' | 'delete';
 type Step = IdleStep | 'expire';
 const EVENT: Record<Step, string> = { pause: 'IdlePaused', hibernate: 'IdleHibernated', expire: 'Expired', delete: 'Expired' };
+/** A step that failed is tried again this much later. */
+const RETRY_MS = 5000;
+
+/** What the lifecycle controller does to sandboxes (the sandbox controller), and to the claim that owns one. */
+export interface LifecycleActions {
+  pause(namespace: string, name: string): Promise<unknown>;
+  hibernate(namespace: string, name: string): Promise<unknown>;
+  expire(namespace: string, name: string): Promise<unknown>;
+  delete(namespace: string, name: string): Promise<unknown>;
+  deleteClaim(namespace: string, name: string): Promise<unknown>;
+}
 
 /**
  * Time-driven changes: a sandbox's `shutdownTime` (agent-sandbox's scheduled
- * shutdown) and its idle policy. Level-triggered: every resync compares each
- * sandbox with the clock, so an expiry that fell while the server was down
- * is acted on at the next start. Claimed sandboxes shut down with their
+ * shutdown) and its idle policy. Each sandbox is looked at when it changes and
+ * again when its next deadline falls (requeue-after), never by polling; at
+ * start every sandbox is looked at once, so an expiry that fell while the
+ * server was down is acted on then. Claimed sandboxes shut down with their
  * claim (the claim controller keeps its shutdownTime); idle steps apply to
  * them too, and an idle delete removes the claim with its sandbox.
  */
 export class LifecycleController {
+  private readonly serial = new Serial();
+  private readonly requeue = new Requeue((uid) => this.reconcile(uid));
+
   constructor(
     private readonly store: Store,
-    private readonly sandboxes: SandboxController,
-    private readonly claims: ClaimController,
+    private readonly actions: LifecycleActions,
+    private readonly activity: Activity,
     private readonly audit: AuditLog,
     private readonly log: Logger,
-  ) {}
-
-  async resync(now = Date.now()): Promise<void> {
-    for (const { sandbox, desired } of await this.store.listSandboxes()) {
-      if (desired !== 'Running' || sandbox.metadata.labels?.[LABELS.pool]) continue; // unclaimed pool members wait by design
-      await this.reconcile(sandbox, now).catch((err: unknown) => this.log.error({ err, sandbox: sandbox.metadata.name }, 'lifecycle step failed'));
-    }
+    /** The sandbox controller's watch: every change of a sandbox, by uid. */
+    watch: (listener: (uid: string) => void) => void,
+  ) {
+    watch((uid) => this.requeue.after(uid, 0));
   }
 
-  private async reconcile(s: Sandbox, now: number): Promise<void> {
-    const claim = s.metadata.labels?.[LABELS.claim];
-    if (!claim && !isExpired(s) && s.spec.shutdownTime && Date.parse(s.spec.shutdownTime) <= now) {
-      return this.act(s, s.spec.shutdownPolicy === 'Delete' ? 'delete' : 'expire', `its shutdownTime ${s.spec.shutdownTime} has passed`);
-    }
-    const step = idleStep(s, idleMs(s.metadata.uid, now));
-    if (step) await this.act(s, step, `unused for ${s.spec.idlePolicy![`${step}AfterSeconds`]} s or more (idlePolicy)`);
+  /** Every sandbox, once (at start). */
+  async resync(): Promise<void> {
+    for (const { sandbox } of await this.store.listSandboxes()) await this.reconcile(sandbox.metadata.uid);
+  }
+
+  stop(): void {
+    this.requeue.stop();
+  }
+
+  /** When the sandbox is next looked at (ms since the epoch), if a deadline is scheduled. */
+  nextCheck(uid: string): number | undefined {
+    return this.requeue.dueAt(uid);
+  }
+
+  reconcile(uid: string, now = Date.now()): Promise<void> {
+    return this.serial
+      .run(uid, async () => {
+        const found = await this.store.getSandboxByUid(uid);
+        if (!found || !isLive(found.desired)) return this.requeue.cancel(uid);
+        const s = found.sandbox;
+        if (s.metadata.labels?.[LABELS.pool]) return; // unclaimed pool members wait by design
+        const claim = s.metadata.labels?.[LABELS.claim];
+        const shutdownIn = !claim && !isExpired(s) ? msUntil(s.spec.shutdownTime, now) : undefined;
+        if (shutdownIn !== undefined && shutdownIn <= 0) {
+          return this.act(s, s.spec.shutdownPolicy === 'Delete' ? 'delete' : 'expire', `its shutdownTime ${s.spec.shutdownTime} has passed`);
+        }
+        const idle = this.activity.idleMs(uid, now);
+        const step = idleStep(s, idle);
+        if (step) return this.act(s, step, `unused for ${s.spec.idlePolicy![`${step}AfterSeconds`]} s or more (idlePolicy)`);
+        const next = [shutdownIn, nextIdleStepIn(s, idle)].filter((ms): ms is number => ms !== undefined);
+        if (next.length) this.requeue.after(uid, Math.min(...next));
+      })
+      .catch((err: unknown) => {
+        this.log.error({ err, uid }, 'lifecycle step failed');
+        this.requeue.after(uid, RETRY_MS);
+      });
   }
 
   private async act(s: Sandbox, step: Step, why: string): Promise<void> {
@@ -61,11 +91,11 @@ export class LifecycleController {
     await this.store.addEvent(s, { type: 'Normal', reason: EVENT[step], message: `${step}: ${why}` });
     let result: 'success' | 'failed' = 'success';
     try {
-      if (step === 'pause') await this.sandboxes.pause(namespace, name);
-      else if (step === 'hibernate') await this.sandboxes.hibernate(namespace, name);
-      else if (step === 'expire') await this.sandboxes.expire(namespace, name);
-      else if (claim) await this.claims.delete(namespace, claim);
-      else await this.sandboxes.delete(namespace, name);
+      if (step === 'pause') await this.actions.pause(namespace, name);
+      else if (step === 'hibernate') await this.actions.hibernate(namespace, name);
+      else if (step === 'expire') await this.actions.expire(namespace, name);
+      else if (claim) await this.actions.deleteClaim(namespace, claim);
+      else await this.actions.delete(namespace, name);
     } catch (err) {
       result = 'failed';
       throw err;
@@ -81,17 +111,4 @@ export class LifecycleController {
       });
     }
   }
-}
-
-/** The furthest idle step the sandbox has reached and not yet taken. */
-function idleStep(s: Sandbox, idle: number): IdleStep | undefined {
-  const p = s.spec.idlePolicy;
-  if (!p || idle <= 0) return undefined;
-  const due = (k: (typeof STEPS)[number]) => p[k] !== undefined && idle >= p[k]! * 1000;
-  const phase = s.status.phase;
-  if (due('deleteAfterSeconds')) return 'delete';
-  if (isExpired(s)) return undefined;
-  if (due('hibernateAfterSeconds') && (phase === 'Running' || phase === 'Paused')) return 'hibernate';
-  if (due('pauseAfterSeconds') && phase === 'Running') return 'pause';
-  return undefined;
 }

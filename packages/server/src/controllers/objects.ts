@@ -4,15 +4,13 @@ import {
   EXTENSIONS_API_VERSION, alreadyExists, assertName, badRequest, notFound, randomSuffix, timeout,
   type Condition, type ExtensionKind, type ExtensionObject, type ObjectMeta,
 } from '@moat/core';
+import type { ObjectInput } from '../backends/types.js';
 import type { Store, StoredObject } from '../store/store.js';
 import { parseSelector } from './selector.js';
-import { Serial } from './serial.js';
+import { Serial } from '../util/serial.js';
 
-export interface ObjectInput {
-  metadata: { name?: string; generateName?: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
-  spec: unknown;
-}
 
+export type { ObjectInput };
 export type AnyObject = ExtensionObject<string, unknown, unknown>;
 
 /**

@@ -1,11 +1,10 @@
-import { LABELS, MoatError, type Condition, type Sandbox, type SandboxWarmPool, type SandboxWarmPoolSpec } from '@moat/core';
+import { LABELS, MoatError, type Condition, type Sandbox, type SandboxSpec, type SandboxTemplate, type SandboxWarmPool, type SandboxWarmPoolSpec } from '@moat/core';
 import type { Logger } from 'pino';
 import type { Store } from '../store/store.js';
+import { Requeue } from '../util/requeue.js';
 import { isReady } from './conditions.js';
 import { adoptedSpec, sandboxFromTemplate, templateHash, type SandboxShape } from './from-template.js';
-import { ObjectController } from './objects.js';
-import type { SandboxController } from './sandboxes.js';
-import type { TemplateController } from './templates.js';
+import { ObjectController, type ObjectInput } from './objects.js';
 
 const HASH_ANNOTATION = 'moat.dev/template-hash';
 const MAX_BACKOFF_MS = 60_000;
@@ -15,6 +14,22 @@ const MAX_REFILL_DELAY_MS = 1000;
 const condition = (status: Condition['status'], reason: string, message: string): Condition => ({
   type: 'Ready', status, reason, message, lastTransitionTime: new Date().toISOString(),
 });
+
+/** What pools do to sandboxes (the sandbox controller). */
+export interface PoolSandboxes {
+  create(namespace: string, input: ObjectInput & { spec: SandboxSpec }, opts: { internal: true; background: true }): Promise<Sandbox>;
+  delete(namespace: string, name: string, wait?: boolean): Promise<unknown>;
+  list(namespace?: string, labelSelector?: string): Promise<Sandbox[]>;
+  adopt(member: Sandbox, to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec }): Promise<Sandbox | undefined>;
+  /** The watch on sandboxes: every change, by uid. */
+  onChange(listener: (uid: string) => void): void;
+}
+
+/** The templates pools and claims make sandboxes from (the template controller). */
+export interface Templates {
+  resolve(namespace: string, name: string): Promise<SandboxTemplate | undefined>;
+  onChange(listener: (t: { namespace: string; name: string }) => void): void;
+}
 
 /**
  * SandboxWarmPools: keep `replicas` ready, unclaimed sandboxes of a template.
@@ -26,15 +41,29 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
   private readonly reserved = new Set<string>();
   private readonly backoff = new Map<string, { failures: number; until: number }>();
   private readonly refills = new Map<string, { timer: NodeJS.Timeout; first: number }>();
+  /** Member uid → its pool's uid, so a member that is gone still tells which pool must refill. */
+  private readonly memberOf = new Map<string, string>();
+  /** Pools backing off after failures are looked at again when the backoff ends. */
+  private readonly requeue = new Requeue((uid) => this.reconcileUid(uid));
 
   constructor(
     store: Store,
-    private readonly sandboxes: SandboxController,
-    private readonly templates: TemplateController,
+    private readonly sandboxes: PoolSandboxes,
+    private readonly templates: Templates,
     private readonly log: Logger,
   ) {
     super(store, 'SandboxWarmPool', 'sandbox warm pool');
     templates.onChange(({ namespace, name }) => void this.reconcileWhere(namespace, (p) => p.spec.sandboxTemplateRef.name === name));
+    // A member that starts, fails, is taken or goes: its pool converges (refills, reports readiness).
+    sandboxes.onChange((uid) => {
+      const pool = this.memberOf.get(uid);
+      if (pool) void this.reconcileUid(pool);
+    });
+  }
+
+  stop(): void {
+    this.requeue.stop();
+    for (const { timer } of this.refills.values()) clearTimeout(timer);
   }
 
   protected validate(_namespace: string, spec: SandboxWarmPoolSpec): SandboxWarmPoolSpec {
@@ -140,6 +169,12 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
     }
   }
 
+  private async reconcileUid(uid: string): Promise<void> {
+    const pool = ((await this.store.listObjects('SandboxWarmPool')) as unknown as SandboxWarmPool[]).find((p) => p.metadata.uid === uid);
+    if (pool) await this.reconcile(pool);
+    else for (const [member, owner] of this.memberOf) if (owner === uid) this.memberOf.delete(member);
+  }
+
   private async reconcileWhere(namespace: string, match: (p: SandboxWarmPool) => boolean): Promise<void> {
     for (const pool of await this.list(namespace)) if (match(pool)) await this.reconcile(pool);
   }
@@ -177,7 +212,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
       const shape = sandboxFromTemplate(template);
       for (let i = members.length; i < want; i++) {
         try {
-          await this.sandboxes.create(
+          const created = await this.sandboxes.create(
             namespace,
             {
               metadata: { generateName: `${name.slice(0, 56)}-`, labels: { ...shape.labels, [LABELS.pool]: name }, annotations: { ...shape.annotations, [HASH_ANNOTATION]: hash } },
@@ -185,6 +220,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
             },
             { internal: true, background: true },
           );
+          this.memberOf.set(created.metadata.uid, uid);
         } catch (err) {
           if (!(err instanceof MoatError) || err.code >= 500) throw err;
           this.failed(uid);
@@ -213,6 +249,9 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
 
   private async members(pool: SandboxWarmPool): Promise<Sandbox[]> {
     const all = await this.sandboxes.list(pool.metadata.namespace, `${LABELS.pool}=${pool.metadata.name}`);
+    const uids = new Set(all.map((m) => m.metadata.uid));
+    for (const [member, owner] of this.memberOf) if (owner === pool.metadata.uid && !uids.has(member)) this.memberOf.delete(member);
+    for (const uid of uids) this.memberOf.set(uid, pool.metadata.uid);
     return all.filter((s) => s.status.phase !== 'Terminating');
   }
 
@@ -227,6 +266,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
     b.failures++;
     b.until = Date.now() + Math.min(1000 * 2 ** b.failures, MAX_BACKOFF_MS);
     this.backoff.set(uid, b);
+    this.requeue.after(uid, b.until - Date.now());
   }
 
   private backingOff(uid: string): boolean {

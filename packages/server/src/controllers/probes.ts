@@ -1,13 +1,13 @@
 import { request } from 'node:http';
 import type { Probe, Sandbox } from '@moat/core';
-import type { AgentClient } from '@moat/runtime';
+import type { SandboxAgent } from '@moat/runtime';
 
 /**
  * Readiness probes, run from inside the sandbox: exec through the init agent,
  * httpGet and tcpSocket through a TCP connection the agent opens in the
  * sandbox's own network namespace. No network path from the host is needed.
  */
-export async function runProbe(agent: AgentClient, sandbox: Sandbox, probe: Probe): Promise<void> {
+export async function runProbe(agent: SandboxAgent, sandbox: Sandbox, probe: Probe): Promise<void> {
   const timeoutMs = (probe.timeoutSeconds ?? 1) * 1000;
   if (probe.exec) {
     const handle = agent.exec({ command: probe.exec.command });

@@ -1,23 +1,24 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   LABELS, MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
   randomSuffix, resolveLimits, sandboxPath, validateEgressPolicy, timeout, type Sandbox, type SandboxInput, type SandboxSpec, type SandboxStatus,
 } from '@moat/core';
-import type { AgentClient, ImageStore, RuntimeDriver, SandboxRuntimeSpec } from '@moat/runtime';
+import type { Socket } from 'node:net';
+import type { DialOptions, ExecHandle, ExecHandlers, ExecRequest, Image, RuntimeDriver, SandboxAgent, SandboxRuntimeSpec, Usage } from '@moat/runtime';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import type { Networking } from '../network.js';
-import type { Store, StoredSandbox } from '../store/store.js';
+import type { Sandboxes } from '../backends/types.js';
+import { isLive, type Desired, type Store, type StoredSandbox } from '../store/store.js';
 import { isReady, readyCondition, withCondition } from './conditions.js';
 import { portNumber, runProbe } from './probes.js';
 import { parseSelector } from './selector.js';
-import { Serial } from './serial.js';
+import { Serial } from '../util/serial.js';
 import { crashPoint } from '../faults.js';
-import { forget, touch } from './activity.js';
-import { checkIdlePolicy } from './lifecycle.js';
+import type { Activity } from './activity.js';
+import { checkIdlePolicy, isExpired } from './rules.js';
 
 /** Labels only Moat's controllers may set: they decide pool membership and ownership. */
 const RESERVED_LABELS = [LABELS.pool, LABELS.claim, LABELS.adoptedFrom];
@@ -49,7 +50,28 @@ export interface SandboxVolumes {
   forSandbox(sandboxUid: string): Promise<{ path: string; sizeBytes: number } | undefined>;
   release(sandboxUid: string): Promise<void>;
   /** Best effort, bounded: `sync` inside a sandbox that may still run. */
-  flush(agent: AgentClient): Promise<void>;
+  flush(agent: SandboxAgent): Promise<void>;
+}
+
+/** The images sandboxes start from (the runtime's ImageStore). */
+export interface SandboxImages {
+  knownNames(): Promise<string[]>;
+  byDigest(digest: string): Promise<Image>;
+  ensure(name: string, progress?: (line: string) => void): Promise<Image>;
+}
+
+/** Each sandbox's own network namespace and the egress proxy it reaches (server/network.ts). */
+export interface SandboxNetwork {
+  readonly proxyUrl: string;
+  attach(uid: string): Promise<{ address: string }>;
+  detach(uid: string): Promise<void>;
+  netnsPath(uid: string): string;
+  /** Whether the sandbox's namespace exists (a hibernation keeps it; only a host reboot loses it). */
+  attached(uid: string): boolean;
+  /** What every sandbox process gets to find the proxy. */
+  env(): Record<string, string>;
+  /** Removes the namespaces of sandboxes not in `knownUids`. */
+  cleanup(knownUids: string[]): Promise<void>;
 }
 
 export interface Drivers {
@@ -59,11 +81,13 @@ export interface Drivers {
 }
 
 /**
- * Converges sandboxes: the store holds what users asked for, the runtime
- * drivers hold what runs. Every change for one sandbox is serialised, and a
- * restart re-adopts what runs and removes what no record points to.
+ * Converges sandboxes: the store holds what users asked for (the desired state: Running, Paused, Hibernated or
+ * Deleted), the runtime drivers hold what runs. One reconcile per sandbox takes the host from what it is to what
+ * is desired, serialised per sandbox; the verbs (pause, hibernate, ...) check what the caller may ask, record the
+ * desire and run that reconcile. After a restart the same reconcile re-adopts what runs, finishes what a crash
+ * cut short, and recover() removes what no record points to.
  */
-export class SandboxController {
+export class SandboxController implements Sandboxes {
   private readonly changes = new EventEmitter();
   private readonly locks = new Serial();
   /** Starts are CPU and I/O heavy: a few at a time keeps the host (and the API) responsive. */
@@ -74,20 +98,26 @@ export class SandboxController {
   /** Adopted sandboxes whose hostname is being changed. */
   private readonly renaming = new Map<string, Promise<void>>();
   private stopped = false;
-  /** Set by the server once its volume service exists; without it every sandbox has its own /data only. */
-  volumes?: SandboxVolumes;
 
   constructor(
     private readonly store: Store,
-    private readonly images: ImageStore,
+    private readonly images: SandboxImages,
     private readonly drivers: Drivers,
-    private readonly network: Networking,
+    private readonly network: SandboxNetwork,
     private readonly log: Logger,
     private readonly tenancy: Tenancy,
+    private readonly activity: Activity,
     /** Exec and file calls to a paused sandbox resume it first; false answers them 409 instead. */
     private readonly resumeOnUse = true,
+    /** Named volumes; without them every sandbox has its own /data only. */
+    private readonly volumes?: SandboxVolumes,
   ) {
     this.changes.setMaxListeners(0);
+  }
+
+  /** Whoever reacts to sandboxes (pools, lifecycle) hears of every change, by uid: a watch, not a call. */
+  onChange(listener: (uid: string) => void): void {
+    this.changes.on('change', listener);
   }
 
   async create(namespace: string, input: SandboxInput, opts: CreateOptions = {}): Promise<Sandbox> {
@@ -158,8 +188,7 @@ export class SandboxController {
       throw err;
     }
     crashPoint('create.inserted');
-    const queue = opts.background ? this.backgroundStarts : this.starts;
-    void this.locks.run(sandbox.metadata.uid, () => queue.add(() => this.start(sandbox)));
+    void this.sync(sandbox.metadata.uid);
     return sandbox;
   }
 
@@ -193,7 +222,7 @@ export class SandboxController {
       this.renaming.set(uid, renaming);
       void renaming.catch(() => {});
       void this.store.addEvent(adopted, { type: 'Normal', reason: 'Claimed', message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})` });
-      this.changes.emit(uid);
+      this.emit(uid);
       return adopted;
     });
   }
@@ -242,53 +271,69 @@ export class SandboxController {
       phase: 'Terminating',
       conditions: withCondition(sandbox.status, readyCondition('False', 'Deleting', 'the sandbox is being deleted')).conditions,
     });
-    const done = this.locks.run(uid, () => this.teardown(sandbox));
+    const done = this.sync(uid);
     if (wait) await done;
     return terminating ?? sandbox;
   }
 
-  /** The driver of a sandbox that can take exec and file calls now. */
-  async running(namespace: string, name: string): Promise<{ sandbox: Sandbox; driver: RuntimeDriver }> {
+  /** A sandbox that can take exec and file calls now, and its agent; a paused or hibernated one is resumed or woken first. */
+  async running(namespace: string, name: string): Promise<{ sandbox: Sandbox; agent: SandboxAgent }> {
     const { sandbox, desired } = await this.get(namespace, name);
-    if (desired === 'Deleted') throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
+    if (!isLive(desired)) throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
     const pool = sandbox.metadata.labels?.[LABELS.pool];
     if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}"; claim one with a SandboxClaim to use it`);
     await this.renaming.get(sandbox.metadata.uid);
-    touch(sandbox.metadata.uid);
+    this.activity.touch(sandbox.metadata.uid);
     if (sandbox.status.phase === 'Paused') {
       if (!this.resumeOnUse) throw conflict(`sandbox "${name}" is paused: resume it first`);
-      return { sandbox: await this.resume(namespace, name), driver: this.driverFor(sandbox) };
+      return { sandbox: await this.resume(namespace, name), agent: this.agent(sandbox) };
     }
     if (sandbox.status.phase === 'Hibernated') {
       if (!this.resumeOnUse) throw conflict(`sandbox "${name}" is hibernated: wake it first`);
-      return { sandbox: await this.wake(namespace, name), driver: this.driverFor(sandbox) };
+      return { sandbox: await this.wake(namespace, name), agent: this.agent(sandbox) };
     }
     if (sandbox.status.phase !== 'Running') {
       throw conflict(`sandbox "${name}" is ${sandbox.status.phase}, not Running${sandbox.status.phase === 'Pending' ? ': wait for it to be Ready' : ''}`);
     }
-    return { sandbox, driver: this.driverFor(sandbox) };
+    return { sandbox, agent: this.agent(sandbox) };
+  }
+
+  /** The sandbox's agent; a running command or an open dial counts as use (idle reclaim), for as long as it lasts. */
+  agent(sandbox: Sandbox): SandboxAgent {
+    const uid = sandbox.metadata.uid;
+    const agent = this.driverFor(sandbox).agent(uid);
+    const activity = this.activity;
+    return Object.assign(Object.create(agent) as SandboxAgent, {
+      exec(req: ExecRequest, handlers?: ExecHandlers): ExecHandle {
+        const release = activity.hold(uid);
+        const handle = agent.exec(req, handlers);
+        handle.done.then(release, release);
+        return handle;
+      },
+      async dial(port: number, opts?: DialOptions): Promise<Socket> {
+        const socket = await agent.dial(port, opts);
+        socket.once('close', activity.hold(uid));
+        return socket;
+      },
+    });
+  }
+
+  async usage(sandbox: Sandbox): Promise<Usage | undefined> {
+    return this.driverFor(sandbox).usage(sandbox.metadata.uid).catch(() => undefined);
+  }
+
+  async logs(sandbox: Sandbox): Promise<string> {
+    return readFile(this.driverFor(sandbox).logPath(sandbox.metadata.uid), 'utf8').catch(() => '');
   }
 
   /** Freezes every process of a running sandbox; its memory stays allocated. Pausing a paused sandbox is a no-op. */
   pause(namespace: string, name: string): Promise<Sandbox> {
-    return this.transition(namespace, name, 'Paused', async (sandbox, driver) => {
-      await driver.pause(sandbox.metadata.uid);
-      return withCondition({ ...sandbox.status, phase: 'Paused' }, readyCondition('False', 'Paused', 'the sandbox is paused'));
-    });
+    return this.desire(namespace, name, 'Paused', 'paused', ['Running']);
   }
 
   /** Thaws a paused sandbox; one with a readiness probe is Ready once the probe passes again. Resuming a running sandbox is a no-op. */
-  async resume(namespace: string, name: string): Promise<Sandbox> {
-    const resumed = await this.transition(namespace, name, 'Running', async (sandbox, driver) => {
-      await driver.resume(sandbox.metadata.uid);
-      const probe = sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe;
-      return withCondition(
-        { ...sandbox.status, phase: 'Running' },
-        probe ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass') : readyCondition('True', 'SandboxRunning', ''),
-      );
-    });
-    if (!isReady(resumed.status)) this.probeUntilReady(resumed);
-    return resumed;
+  resume(namespace: string, name: string): Promise<Sandbox> {
+    return this.desire(namespace, name, 'Running', 'resumed', ['Paused']);
   }
 
   /**
@@ -297,32 +342,14 @@ export class SandboxController {
    * keeping its disks (condition Hibernated, reason StoppedWithDisks). The
    * network namespace (and so the address) is kept. Hibernating a hibernated sandbox is a no-op.
    */
-  async hibernate(namespace: string, name: string): Promise<Sandbox> {
-    return this.exclusive(namespace, name, 'hibernated', async (sandbox) => {
-      if (sandbox.status.phase === 'Hibernated') return sandbox;
-      if (sandbox.status.phase !== 'Running' && sandbox.status.phase !== 'Paused') {
-        throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a Running or Paused sandbox can be hibernated`);
-      }
-      const started = Date.now();
-      const r = await this.driverFor(sandbox).hibernate(sandbox.metadata.uid);
-      crashPoint('hibernate.saved');
-      const ms = Date.now() - started;
-      const now = new Date().toISOString();
-      const condition = r.checkpointed
-        ? { type: 'Hibernated', status: 'True' as const, reason: 'Checkpointed', message: `processes and memory saved to disk (${r.bytes} bytes)`, lastTransitionTime: now }
-        : { type: 'Hibernated', status: 'True' as const, reason: 'StoppedWithDisks', message: `stopped with its disks kept; memory was not saved: ${r.reason}`, lastTransitionTime: now };
-      const status = withCondition(
-        withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', 'Hibernated', 'the sandbox is hibernated: exec, file calls and port connections wake it')),
-        condition,
-      );
-      const updated = await this.setStatus(sandbox, status);
-      await this.store.addEvent(
-        sandbox,
-        r.checkpointed
-          ? { type: 'Normal', reason: 'Hibernated', message: `hibernated in ${ms} ms: ${r.bytes} bytes of processes and memory saved` }
-          : { type: 'Warning', reason: 'HibernatedWithoutMemory', message: `stopped in ${ms} ms with its disks kept; memory not saved: ${r.reason}` },
-      );
-      return updated ?? sandbox;
+  hibernate(namespace: string, name: string): Promise<Sandbox> {
+    return this.desire(namespace, name, 'Hibernated', 'hibernated', ['Running', 'Paused']);
+  }
+
+  /** Restores a hibernated sandbox (its processes and memory, or a fresh start on its disks). Waking a running sandbox is a no-op. */
+  wake(namespace: string, name: string): Promise<Sandbox> {
+    return this.desire(namespace, name, 'Running', 'woken', ['Hibernated'], (s) => {
+      if (isExpired(s)) throw conflict(`sandbox "${name}" shut down at its shutdownTime ${s.spec.shutdownTime}: extend it (\`moat sandbox extend ${name} --ttl 1h\`) to use it again`);
     });
   }
 
@@ -331,9 +358,8 @@ export class SandboxController {
    * memory freed, its disks and record kept) and stays so until an extend.
    */
   async expire(namespace: string, name: string): Promise<Sandbox> {
-    const { sandbox } = await this.get(namespace, name);
-    if (sandbox.status.phase === 'Running' || sandbox.status.phase === 'Paused') await this.hibernate(namespace, name);
     return this.exclusive(namespace, name, 'expired', async (s) => {
+      if (s.status.phase === 'Running' || s.status.phase === 'Paused') s = await this.converge(s.metadata.uid, 'Hibernated');
       const expired = withCondition(
         withCondition(s.status, { type: 'Expired', status: 'True', reason: 'ShutdownTimeReached', message: `shut down at ${s.spec.shutdownTime}; extend it to use it again`, lastTransitionTime: new Date().toISOString() }),
         readyCondition('False', 'SandboxExpired', `the sandbox expired at ${s.spec.shutdownTime}`),
@@ -352,42 +378,6 @@ export class SandboxController {
     return revived.status.phase === 'Hibernated' ? this.wake(namespace, name) : revived;
   }
 
-  /** Restores a hibernated sandbox (its processes and memory, or a fresh start on its disks). Waking a running sandbox is a no-op. */
-  async wake(namespace: string, name: string): Promise<Sandbox> {
-    const woken = await this.exclusive(namespace, name, 'woken', async (sandbox) => {
-      if (sandbox.status.phase === 'Running') return sandbox;
-      if (sandbox.status.phase !== 'Hibernated') throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a Hibernated sandbox can be woken`);
-      if (isExpired(sandbox)) throw conflict(`sandbox "${name}" shut down at its shutdownTime ${sandbox.spec.shutdownTime}: extend it (\`moat sandbox extend ${name} --ttl 1h\`) to use it again`);
-      const uid = sandbox.metadata.uid;
-      const started = Date.now();
-      // The namespace outlives a hibernation; only a host reboot loses it (then it is made again, with the same lease).
-      const network = existsSync(this.network.netnsPath(uid)) ? Promise.resolve() : this.network.attach(uid);
-      const r = await this.driverFor(sandbox).wake(await this.runtimeSpec(sandbox), { ready: network });
-      crashPoint('wake.restored');
-      const ms = Date.now() - started;
-      const probe = sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe;
-      const now = new Date().toISOString();
-      const status = withCondition(
-        withCondition(
-          { ...sandbox.status, phase: 'Running' },
-          probe ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass') : readyCondition('True', 'SandboxRunning', ''),
-        ),
-        r.restored
-          ? { type: 'Hibernated', status: 'False', reason: 'Restored', message: 'woken with its processes and memory', lastTransitionTime: now }
-          : { type: 'Hibernated', status: 'False', reason: 'Restarted', message: r.reason, lastTransitionTime: now },
-      );
-      const updated = await this.setStatus(sandbox, status);
-      await this.store.addEvent(sandbox, {
-        type: r.restored ? 'Normal' : 'Warning',
-        reason: 'Woken',
-        message: r.restored ? `woken in ${ms} ms with its processes and memory` : `woken in ${ms} ms without its memory: ${r.reason}`,
-      });
-      return updated ?? sandbox;
-    });
-    if (!isReady(woken.status)) this.probeUntilReady(woken);
-    return woken;
-  }
-
   /**
    * Runs `act` under the sandbox's lock once it is known to exist, not deleted and not a pool member: no start,
    * pause, resume, hibernate, wake or delete of it meanwhile (a backup of its writable layer uses it too).
@@ -396,54 +386,20 @@ export class SandboxController {
     const uid = (await this.get(namespace, name)).sandbox.metadata.uid;
     return this.locks.run(uid, async () => {
       const { sandbox, desired } = await this.get(namespace, name);
-      if (desired === 'Deleted' || sandbox.metadata.uid !== uid) throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
+      if (!isLive(desired) || sandbox.metadata.uid !== uid) throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
       const pool = sandbox.metadata.labels?.[LABELS.pool];
       if (pool) throw conflict(`sandbox "${name}" waits unclaimed in warm pool "${pool}": only claimed sandboxes are ${verb}`);
       return act(sandbox);
     });
   }
 
-  /** What the driver needs to start (or wake) the sandbox. A restart reuses the exact image it was created from. */
-  private async runtimeSpec(sandbox: Sandbox): Promise<SandboxRuntimeSpec> {
-    const uid = sandbox.metadata.uid;
-    const container = sandbox.spec.podTemplate.spec.containers[0]!;
-    const digest = sandbox.status.image?.digest;
-    const image = digest ? await this.images.byDigest(digest) : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
-    const volume = await this.volumes?.forSandbox(uid);
-    return {
-      id: uid,
-      hostname: sandbox.metadata.name,
-      image,
-      limits: { ...resolveLimits(sandbox.spec), ...(volume ? { dataBytes: volume.sizeBytes } : {}) },
-      ...(volume ? { dataImage: volume.path } : {}),
-      command: [...(container.command ?? []), ...(container.args ?? [])],
-      env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
-      workingDir: container.workingDir ?? '/',
-      dataMountPath: container.volumeMounts?.[0]?.mountPath,
-      netnsPath: this.network.netnsPath(uid),
-    };
-  }
-
-  /** Pause and resume: under the sandbox's lock, from the one phase to the other, with an event. */
-  private transition(namespace: string, name: string, to: 'Paused' | 'Running', act: (s: Sandbox, d: RuntimeDriver) => Promise<SandboxStatus>): Promise<Sandbox> {
-    const [from, verb] = to === 'Paused' ? ['Running', 'paused'] : ['Paused', 'resumed'];
-    return this.exclusive(namespace, name, verb, async (sandbox) => {
-      if (sandbox.status.phase === to) return sandbox;
-      if (sandbox.status.phase !== from) throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a ${from} sandbox can be ${verb}`);
-      const started = Date.now();
-      const updated = await this.setStatus(sandbox, await act(sandbox, this.driverFor(sandbox)));
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: to === 'Paused' ? 'Paused' : 'Resumed', message: `${verb} in ${Date.now() - started} ms` });
-      return updated ?? sandbox;
-    });
-  }
-
   /** Sets when the sandbox shuts down (the lifecycle controller acts on it). Not under the lock: a start may hold it for long. */
   async setShutdownTime(namespace: string, name: string, shutdownTime: string): Promise<Sandbox> {
     const { sandbox, desired } = await this.get(namespace, name);
-    if (desired === 'Deleted') throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
+    if (!isLive(desired)) throw notFound(`sandbox "${name}" is being deleted`, { name, kind: 'sandboxes' });
     const updated = await this.store.updateSandboxSpec(sandbox.metadata.uid, (spec) => ({ ...spec, shutdownTime }));
     if (!updated) throw notFound(`sandbox "${name}" not found in namespace "${namespace}"`, { name, kind: 'sandboxes' });
-    this.changes.emit(sandbox.metadata.uid);
+    this.emit(sandbox.metadata.uid);
     return updated;
   }
 
@@ -452,7 +408,7 @@ export class SandboxController {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const found = await this.store.getSandbox(namespace, name);
-      if (!found || found.desired === 'Deleted') throw notFound(`sandbox "${name}" not found in namespace "${namespace}"`);
+      if (!found || !isLive(found.desired)) throw notFound(`sandbox "${name}" not found in namespace "${namespace}"`);
       const s = found.sandbox;
       if (isReady(s.status)) return s;
       if (s.status.phase === 'Failed') {
@@ -477,36 +433,13 @@ export class SandboxController {
   }
 
   /**
-   * After a restart: finish deletes, re-adopt running sandboxes, restart those
-   * whose processes died with the host, and remove host state nothing points to.
+   * After a restart: reconcile every sandbox against what the host has (finish deletes, re-adopt running
+   * sandboxes, restart those whose processes died with the host), then remove host state nothing points to.
    */
   async recover(): Promise<void> {
     const stored = await this.store.listSandboxes();
     const known = new Set(stored.map((s) => s.sandbox.metadata.uid));
-    await Promise.all(
-      stored.map(({ sandbox, desired }) =>
-        this.locks.run(sandbox.metadata.uid, async () => {
-          if (desired === 'Deleted') return this.teardown(sandbox);
-          const driver = this.driverFor(sandbox);
-          const uid = sandbox.metadata.uid;
-          const state = await driver.state(uid).catch(() => 'missing' as const);
-          const phase = sandbox.status.phase;
-          if (phase === 'Hibernated' || ((phase === 'Running' || phase === 'Paused') && state !== 'running' && state !== 'paused' && (await driver.hibernated(uid)))) {
-            return this.recoverHibernated(sandbox, driver, state);
-          }
-          if ((state === 'running' || state === 'paused') && (phase === 'Running' || phase === 'Paused')) {
-            // A pause or resume the crash cut short: the host follows the store.
-            if (state === 'running' && phase === 'Paused') await driver.pause(uid);
-            if (state === 'paused' && phase === 'Running') await driver.resume(uid);
-            this.log.info({ sandbox: sandbox.metadata.name, phase }, 're-adopted sandbox');
-            if (phase === 'Running' && !isReady(sandbox.status)) this.probeUntilReady(sandbox);
-            return;
-          }
-          await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Restarting', message: `found ${state} after a control-plane restart; starting it again with its disks` });
-          return this.start(sandbox);
-        }),
-      ),
-    );
+    await Promise.all(stored.map(({ sandbox }) => this.sync(sandbox.metadata.uid, { restarted: true })));
     for (const name of ['runc', 'gvisor', 'microvm']) {
       const driver = this.drivers.get(name);
       if (!driver) continue;
@@ -517,6 +450,84 @@ export class SandboxController {
       }
     }
     await this.network.cleanup([...known]);
+  }
+
+  // --- the reconcile
+
+  /** Reconciles one sandbox under its lock. */
+  private sync(uid: string, opts: { restarted?: boolean } = {}): Promise<void> {
+    return this.locks.run(uid, async () => void (await this.reconcile(uid, opts)));
+  }
+
+  /**
+   * A verb: under the lock, checks that the sandbox is in a phase the verb applies to (`to`'s phase itself is a
+   * no-op), records the desire and converges to it.
+   */
+  private desire(namespace: string, name: string, to: Exclude<Desired, 'Deleted'>, verb: string, from: SandboxStatus['phase'][], check?: (s: Sandbox) => void): Promise<Sandbox> {
+    return this.exclusive(namespace, name, verb, async (sandbox) => {
+      if (sandbox.status.phase === to) return sandbox;
+      if (!from.includes(sandbox.status.phase)) {
+        throw conflict(`sandbox "${name}" is ${sandbox.status.phase}: only a ${from.join(' or ')} sandbox can be ${verb}`);
+      }
+      check?.(sandbox);
+      return this.converge(sandbox.metadata.uid, to);
+    });
+  }
+
+  /** Under the lock: record `desired` and reconcile to it; the sandbox as it then is. */
+  private async converge(uid: string, desired: Desired): Promise<Sandbox> {
+    await this.store.setDesired(uid, desired);
+    const s = await this.reconcile(uid);
+    const now = s && (await this.store.getSandboxByUid(uid));
+    if (!now) throw notFound(`sandbox ${uid} is gone`);
+    return now.sandbox;
+  }
+
+  /**
+   * The one path that changes a sandbox on the host (under its lock): from its recorded phase (and, after a
+   * restart, what the host shows) to its desired state. Level-based and idempotent: running it again changes nothing.
+   */
+  private async reconcile(uid: string, opts: { restarted?: boolean } = {}): Promise<Sandbox | undefined> {
+    const found = await this.store.getSandboxByUid(uid);
+    if (!found) return undefined;
+    const { sandbox, desired } = found;
+    if (desired === 'Deleted') {
+      await this.teardown(sandbox);
+      return undefined;
+    }
+    if (opts.restarted) await this.observe(sandbox);
+    const phase = sandbox.status.phase;
+    if (phase === 'Pending') await (sandbox.metadata.labels?.[LABELS.pool] ? this.backgroundStarts : this.starts).add(() => this.start(sandbox));
+    else if (desired === 'Running' && phase === 'Paused') await this.resumeStep(sandbox);
+    else if (desired === 'Running' && phase === 'Hibernated' && !isExpired(sandbox)) await this.wakeStep(sandbox);
+    else if (desired === 'Paused' && phase === 'Running') await this.pauseStep(sandbox);
+    else if (desired === 'Hibernated' && (phase === 'Running' || phase === 'Paused')) await this.hibernateStep(sandbox);
+    return sandbox;
+  }
+
+  /**
+   * After a restart, the record is brought in line with the host where a crash cut a step short, and a sandbox
+   * whose processes died with the host is started again on its disks.
+   */
+  private async observe(sandbox: Sandbox): Promise<void> {
+    const driver = this.driverFor(sandbox);
+    const uid = sandbox.metadata.uid;
+    const state = await driver.state(uid).catch(() => 'missing' as const);
+    const phase = sandbox.status.phase;
+    const live = state === 'running' || state === 'paused';
+    if (phase === 'Hibernated' || ((phase === 'Running' || phase === 'Paused') && !live && (await driver.hibernated(uid)))) {
+      return this.recoverHibernated(sandbox, driver, state);
+    }
+    if (live && (phase === 'Running' || phase === 'Paused')) {
+      // A pause or resume the crash cut short: the host follows the record, then the desire.
+      if (state === 'running' && phase === 'Paused') await driver.pause(uid);
+      if (state === 'paused' && phase === 'Running') await driver.resume(uid);
+      this.log.info({ sandbox: sandbox.metadata.name, phase }, 're-adopted sandbox');
+      if (phase === 'Running' && !isReady(sandbox.status)) this.probeUntilReady(sandbox);
+      return;
+    }
+    await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Restarting', message: `found ${state} after a control-plane restart; starting it again with its disks` });
+    await this.start(sandbox);
   }
 
   /**
@@ -544,11 +555,11 @@ export class SandboxController {
     this.log.info({ sandbox: sandbox.metadata.name }, 'sandbox stays hibernated');
   }
 
-  // --- internals
+  // --- the steps a reconcile takes; each sets the status it reaches and records an event
 
   private async start(sandbox: Sandbox): Promise<void> {
     const uid = sandbox.metadata.uid;
-    if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted while it waited for a start slot
+    if (!isLive((await this.store.getSandboxByUid(uid))?.desired ?? 'Deleted')) return; // deleted while it waited for a start slot
     const started = Date.now();
     let attaching: Promise<unknown> | undefined;
     try {
@@ -562,7 +573,7 @@ export class SandboxController {
       await driver.create(spec, { ready: network });
       crashPoint('start.created');
       const net = await network;
-      if ((await this.store.getSandboxByUid(uid))?.desired !== 'Running') return; // deleted meanwhile: teardown follows
+      if (!isLive((await this.store.getSandboxByUid(uid))?.desired ?? 'Deleted')) return; // deleted meanwhile: teardown follows
       const degraded = await driver.degraded?.();
       const base: SandboxStatus = degraded
         ? withCondition(sandbox.status, { type: 'RuntimeDegraded', status: 'True', reason: 'SoftwareEmulation', message: degraded, lastTransitionTime: new Date().toISOString() })
@@ -591,6 +602,96 @@ export class SandboxController {
       await this.setStatus(sandbox, status);
       await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Failed', message });
     }
+  }
+
+  private async pauseStep(sandbox: Sandbox): Promise<void> {
+    const started = Date.now();
+    await this.driverFor(sandbox).pause(sandbox.metadata.uid);
+    await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Paused' }, readyCondition('False', 'Paused', 'the sandbox is paused')));
+    await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Paused', message: `paused in ${Date.now() - started} ms` });
+  }
+
+  private async resumeStep(sandbox: Sandbox): Promise<void> {
+    const started = Date.now();
+    await this.driverFor(sandbox).resume(sandbox.metadata.uid);
+    await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Running' }, this.runningCondition(sandbox)));
+    await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Resumed', message: `resumed in ${Date.now() - started} ms` });
+    if (!isReady(sandbox.status)) this.probeUntilReady(sandbox);
+  }
+
+  private async hibernateStep(sandbox: Sandbox): Promise<void> {
+    const started = Date.now();
+    const r = await this.driverFor(sandbox).hibernate(sandbox.metadata.uid);
+    crashPoint('hibernate.saved');
+    const ms = Date.now() - started;
+    const now = new Date().toISOString();
+    const condition = r.checkpointed
+      ? { type: 'Hibernated', status: 'True' as const, reason: 'Checkpointed', message: `processes and memory saved to disk (${r.bytes} bytes)`, lastTransitionTime: now }
+      : { type: 'Hibernated', status: 'True' as const, reason: 'StoppedWithDisks', message: `stopped with its disks kept; memory was not saved: ${r.reason}`, lastTransitionTime: now };
+    const status = withCondition(
+      withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', 'Hibernated', 'the sandbox is hibernated: exec, file calls and port connections wake it')),
+      condition,
+    );
+    await this.setStatus(sandbox, status);
+    await this.store.addEvent(
+      sandbox,
+      r.checkpointed
+        ? { type: 'Normal', reason: 'Hibernated', message: `hibernated in ${ms} ms: ${r.bytes} bytes of processes and memory saved` }
+        : { type: 'Warning', reason: 'HibernatedWithoutMemory', message: `stopped in ${ms} ms with its disks kept; memory not saved: ${r.reason}` },
+    );
+  }
+
+  private async wakeStep(sandbox: Sandbox): Promise<void> {
+    const uid = sandbox.metadata.uid;
+    const started = Date.now();
+    // The namespace outlives a hibernation; only a host reboot loses it (then it is made again, with the same lease).
+    const network = this.network.attached(uid) ? Promise.resolve() : this.network.attach(uid);
+    const r = await this.driverFor(sandbox).wake(await this.runtimeSpec(sandbox), { ready: network });
+    crashPoint('wake.restored');
+    const ms = Date.now() - started;
+    const now = new Date().toISOString();
+    const status = withCondition(
+      withCondition({ ...sandbox.status, phase: 'Running' }, this.runningCondition(sandbox)),
+      r.restored
+        ? { type: 'Hibernated', status: 'False', reason: 'Restored', message: 'woken with its processes and memory', lastTransitionTime: now }
+        : { type: 'Hibernated', status: 'False', reason: 'Restarted', message: r.reason, lastTransitionTime: now },
+    );
+    await this.setStatus(sandbox, status);
+    await this.store.addEvent(sandbox, {
+      type: r.restored ? 'Normal' : 'Warning',
+      reason: 'Woken',
+      message: r.restored ? `woken in ${ms} ms with its processes and memory` : `woken in ${ms} ms without its memory: ${r.reason}`,
+    });
+    if (!isReady(sandbox.status)) this.probeUntilReady(sandbox);
+  }
+
+  /**
+   * What the driver needs to start (or wake) the sandbox. A restart reuses the exact image it was created from. */
+  private async runtimeSpec(sandbox: Sandbox): Promise<SandboxRuntimeSpec> {
+    const uid = sandbox.metadata.uid;
+    const container = sandbox.spec.podTemplate.spec.containers[0]!;
+    const digest = sandbox.status.image?.digest;
+    const image = digest ? await this.images.byDigest(digest) : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
+    const volume = await this.volumes?.forSandbox(uid);
+    return {
+      id: uid,
+      hostname: sandbox.metadata.name,
+      image,
+      limits: { ...resolveLimits(sandbox.spec), ...(volume ? { dataBytes: volume.sizeBytes } : {}) },
+      ...(volume ? { dataImage: volume.path } : {}),
+      command: [...(container.command ?? []), ...(container.args ?? [])],
+      env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
+      workingDir: container.workingDir ?? '/',
+      dataMountPath: container.volumeMounts?.[0]?.mountPath,
+      netnsPath: this.network.netnsPath(uid),
+    };
+  }
+
+  /** Ready at once, or once its readiness probe passes. */
+  private runningCondition(sandbox: Sandbox) {
+    return sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe
+      ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass')
+      : readyCondition('True', 'SandboxRunning', '');
   }
 
   /**
@@ -646,15 +747,20 @@ export class SandboxController {
     await this.network.detach(sandbox.metadata.uid);
     crashPoint('teardown.detached');
     await this.store.deleteSandbox(sandbox.metadata.uid);
-    forget(sandbox.metadata.uid);
-    this.changes.emit(sandbox.metadata.uid);
+    this.activity.forget(sandbox.metadata.uid);
+    this.emit(sandbox.metadata.uid);
   }
 
   private async setStatus(sandbox: Sandbox, status: SandboxStatus) {
     sandbox.status = status;
     const updated = await this.store.setStatus(sandbox.metadata.uid, status);
-    this.changes.emit(sandbox.metadata.uid);
+    this.emit(sandbox.metadata.uid);
     return updated;
+  }
+
+  private emit(uid: string): void {
+    this.changes.emit(uid);
+    this.changes.emit('change', uid);
   }
 
   private nextChange(uid: string, ms: number): Promise<void> {
@@ -670,9 +776,6 @@ export class SandboxController {
   }
 
 }
-
-/** Shut down at its shutdownTime under shutdownPolicy Retain, and not extended since. */
-export const isExpired = (s: Sandbox) => s.status.conditions.some((c) => c.type === 'Expired' && c.status === 'True');
 
 function checkProbe(spec: SandboxSpec): void {
   const c = spec.podTemplate.spec.containers[0]!;

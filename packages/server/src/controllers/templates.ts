@@ -1,10 +1,9 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { Value } from '@sinclair/typebox/value';
-import { EXTENSIONS_API_VERSION, LABELS, conflict, invalid, SandboxTemplateSchema, type SandboxTemplate, type SandboxTemplateSpec } from '@moat/core';
+import { EXTENSIONS_API_VERSION, LABELS, conflict, invalid, SandboxTemplateSchema, type SandboxSpec, type SandboxTemplate, type SandboxTemplateSpec } from '@moat/core';
 import { parse } from 'yaml';
 import type { Store } from '../store/store.js';
 import { ObjectController, type ObjectInput } from './objects.js';
-import type { SandboxController } from './sandboxes.js';
 import { parseSelector } from './selector.js';
 
 const BUILTIN_DIR = new URL('../../templates/', import.meta.url);
@@ -45,14 +44,15 @@ export class TemplateController extends ObjectController<SandboxTemplate> {
 
   constructor(
     store: Store,
-    private readonly sandboxes: SandboxController,
+    /** The sandbox controller's check of a sandbox spec: a template must make sandboxes that can start. */
+    private readonly validateSpec: (spec: SandboxSpec) => unknown,
   ) {
     super(store, 'SandboxTemplate', 'sandbox template');
   }
 
   protected validate(_namespace: string, spec: SandboxTemplateSpec): SandboxTemplateSpec {
     try {
-      this.sandboxes.validateSpec({ podTemplate: spec.podTemplate, ...(spec.volumeClaimTemplates ? { volumeClaimTemplates: spec.volumeClaimTemplates } : {}) });
+      this.validateSpec({ podTemplate: spec.podTemplate, ...(spec.volumeClaimTemplates ? { volumeClaimTemplates: spec.volumeClaimTemplates } : {}) });
     } catch (err) {
       throw invalid(`invalid template: ${(err as Error).message}`);
     }

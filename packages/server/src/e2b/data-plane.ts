@@ -51,10 +51,10 @@ export function portRelayRoutes(scope: FastifyInstance, e2b: E2bSandboxes) {
   const params = Type.Object({ sandboxId: SandboxIdParams.properties.sandboxId, port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) });
   const handler = async (req: FastifyRequest, reply: Parameters<typeof relayHttp>[1]) => {
     const { sandboxId, port } = req.params as { sandboxId: string; port: number };
-    const { sandbox, driver } = await e2b.running(req.principal, sandboxId);
+    const { sandbox, agent } = await e2b.running(req.principal, sandboxId);
     const prefix = `/e2b/ports/${sandboxId}/${port}`;
     const rest = req.url.startsWith(prefix) ? req.url.slice(prefix.length) : '/';
-    return relayHttp(req, reply, { sandbox, driver, port, path: rest.startsWith('/') ? rest : `/${rest}` });
+    return relayHttp(req, reply, { sandbox, agent, port, path: rest.startsWith('/') ? rest : `/${rest}` });
   };
   for (const url of [PORTS_PREFIX, `${PORTS_PREFIX}/*`]) {
     scope.route({ method: ['GET', 'HEAD', 'DELETE', 'PATCH', 'POST', 'PUT', 'OPTIONS'], url, schema: { hide: true, params }, handler });

@@ -1,6 +1,6 @@
 import { posix } from 'node:path';
 import { Type } from '@sinclair/typebox';
-import { AgentError, type AgentClient, type Entry } from '@moat/runtime';
+import { AgentError, type SandboxAgent, type Entry } from '@moat/runtime';
 import { ConnectError, ServerStream, deadlineMs } from './connect-rpc.js';
 import type { EnvdRoutes } from './envd.js';
 
@@ -42,7 +42,7 @@ export function entryInfo(e: Entry, path = e.path) {
   };
 }
 
-async function listTree(agent: AgentClient, dir: string, depth: number, user: string): Promise<Entry[]> {
+async function listTree(agent: SandboxAgent, dir: string, depth: number, user: string): Promise<Entry[]> {
   const out: Entry[] = [];
   for (const e of await agent.list(dir, { user })) {
     const path = posix.join(dir, e.name);
@@ -52,7 +52,7 @@ async function listTree(agent: AgentClient, dir: string, depth: number, user: st
   return out;
 }
 
-async function exists(agent: AgentClient, path: string, user: string): Promise<boolean> {
+async function exists(agent: SandboxAgent, path: string, user: string): Promise<boolean> {
   return agent.stat(path, { user }).then(
     () => true,
     (err: unknown) => {

@@ -2,7 +2,7 @@ import { posix } from 'node:path';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { MoatError, sandboxPath, type Sandbox } from '@moat/core';
-import type { AgentClient } from '@moat/runtime';
+import type { SandboxAgent } from '@moat/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ApiContext } from '../api/context.js';
 import { ConnectError, ServerStream, STREAM_CONTENT_TYPE, httpStatus, readEnvelope, sendUnaryError, toConnectError } from './connect-rpc.js';
@@ -20,7 +20,7 @@ const USERNAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 export interface EnvdTarget {
   e2b: E2bSandbox;
   sandbox: Sandbox;
-  agent: AgentClient;
+  agent: SandboxAgent;
   user: string;
   resolve(path: string, what?: string): string;
 }
@@ -52,13 +52,13 @@ export function envdRoutes(scope: FastifyInstance, ctx: ApiContext, e2b: E2bSand
   const routes: EnvdRoutes = {
     async target(req, username) {
       const { sandboxId } = req.params as { sandboxId: string };
-      const { e2b: s, sandbox, driver } = await e2b.running(req.principal, sandboxId);
+      const { e2b: s, sandbox, agent } = await e2b.running(req.principal, sandboxId);
       const user = userOf(req, username);
       const home = user === 'root' ? '/root' : `/home/${user}`;
       return {
         e2b: s,
         sandbox,
-        agent: driver.agent(sandbox.metadata.uid),
+        agent,
         user,
         // `..` is folded here and everything is resolved inside the sandbox's root by its agent, so no path leaves it.
         resolve: (path, what = 'path') => sandboxPath(posix.resolve(home, path.startsWith('~/') ? path.slice(2) : path), what),

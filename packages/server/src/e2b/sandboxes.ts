@@ -4,8 +4,7 @@ import { MoatError, resolveLimits, type Sandbox, type SandboxClaim } from '@moat
 import type { FastifyBaseLogger } from 'fastify';
 import { authorize, isAdmin } from '../api/authorize.js';
 import type { Principal } from '../auth/keys.js';
-import type { ClaimController } from '../controllers/claims.js';
-import type { SandboxController } from '../controllers/sandboxes.js';
+import type { Claims, Sandboxes } from '../backends/types.js';
 import { DEFAULT_AGENT } from '../identity/identity.js';
 
 /** Marks the claims behind E2B sandboxes; E2B's own fields live in the claim's annotations. */
@@ -69,8 +68,8 @@ export class E2bSandboxes {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly claims: ClaimController,
-    private readonly sandboxes: SandboxController,
+    private readonly claims: Claims,
+    private readonly sandboxes: Sandboxes,
     private readonly aliases: Record<string, string>,
     private readonly log: FastifyBaseLogger,
   ) {}

@@ -2,11 +2,11 @@ import { ApiGateway, GatewayError, type GatewayCall, type LlmApi, type Upstream 
 import type { Sandbox } from '@moat/core';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/log.js';
-import type { SandboxController } from '../controllers/sandboxes.js';
+import type { Sandboxes } from '../backends/types.js';
 import type { Identity } from '../identity/identity.js';
 import type { Networking } from '../network.js';
 import type { Secrets } from '../secrets/secrets.js';
-import type { Store } from '../store/store.js';
+import { isLive, type Store } from '../store/store.js';
 import { getGatewayConfig, modelAllowed, type GatewayConfig } from './config.js';
 import type { SandboxTokens } from './tokens.js';
 import { addUsage, spentToday } from './usage.js';
@@ -51,7 +51,7 @@ export class GatewayService {
       if (typeof claims === 'string') throw new GatewayError(401, claims);
       if (claims.uid !== uid) throw new GatewayError(403, `this token is sandbox "${claims.namespace}/${claims.sandbox}"'s and is valid only from its own address`);
       const found = await store.getSandboxByUid(uid);
-      if (!found || found.desired !== 'Running') throw new GatewayError(401, 'the sandbox token was revoked: its sandbox is being deleted');
+      if (!found || !isLive(found.desired)) throw new GatewayError(401, 'the sandbox token was revoked: its sandbox is being deleted');
       return { sandbox: found.sandbox, user: claims.user, agent: claims.agent, address };
     }
 
@@ -171,7 +171,7 @@ export class GatewayService {
    * Rotation: every running sandbox gets a fresh token in TOKEN_FILE when a
    * third of the last one's life has passed (and soon after it starts).
    */
-  async refreshTokenFiles(sandboxes: SandboxController): Promise<void> {
+  async refreshTokenFiles(sandboxes: Pick<Sandboxes, 'list' | 'agent'>): Promise<void> {
     const live = (await sandboxes.list()).filter((s) => s.status.phase === 'Running');
     const uids = new Set(live.map((s) => s.metadata.uid));
     for (const uid of this.written.keys()) if (!uids.has(uid)) this.written.delete(uid);
@@ -180,7 +180,7 @@ export class GatewayService {
       const uid = s.metadata.uid;
       if ((this.written.get(uid) ?? 0) > due) continue;
       try {
-        const agent = sandboxes.driverFor(s).agent(uid);
+        const agent = sandboxes.agent(s);
         await agent.writeFile(`${TOKEN_FILE}.new`, (await this.env(s)).MOAT_SANDBOX_TOKEN!, { mode: 0o644 });
         await agent.rename(`${TOKEN_FILE}.new`, TOKEN_FILE);
         this.written.set(uid, Date.now());

@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { MoatError, formatBytes, parseBytes, parseMillicores, resolveLimits, type SandboxSpec } from '@moat/core';
-import type { Store } from '../store/store.js';
-import { Serial } from '../controllers/serial.js';
+import { isLive, type Store } from '../store/store.js';
+import { Serial } from '../util/serial.js';
 import type { Identity } from './identity.js';
 
 const Quantity = (example: string) => Type.String({ minLength: 1, maxLength: 32, examples: [example] });
@@ -81,7 +81,7 @@ export class Quotas {
     return this.locks.run(owner.user, async () => {
       const user = await this.identity.getUser(owner.user);
       const agents = await this.identity.listAgents(owner.user);
-      const running = (await this.store.listSandboxes()).filter((s) => s.desired === 'Running');
+      const running = (await this.store.listSandboxes()).filter((s) => isLive(s.desired));
       const volumes = await this.store.db.selectFrom('volumes').select(['namespace', 'size_bytes']).execute();
       const usage = (namespaces: string[]) => {
         const u = running.filter((s) => namespaces.includes(s.sandbox.metadata.namespace)).map((s) => usageOf(s.sandbox.spec)).reduce(add, zero());

@@ -235,4 +235,15 @@ export const migrations: Record<string, Migration> = {
       await db.schema.alterTable('backups').addColumn('image_digest', 'text').execute();
     },
   },
+  '0011_desired_phase': {
+    async up(db: Kysely<unknown>) {
+      // Pause and hibernate became desired state: a sandbox paused or hibernated before this keeps that as its desire,
+      // instead of being converged back to Running. Read and written in JS, so no SQL dialect's JSON functions are needed.
+      const d = db as Kysely<{ sandboxes: { uid: string; status: string; desired: string } }>;
+      for (const r of await d.selectFrom('sandboxes').select(['uid', 'status']).where('desired', '=', 'Running').execute()) {
+        const phase = (JSON.parse(r.status) as { phase?: string }).phase;
+        if (phase === 'Paused' || phase === 'Hibernated') await d.updateTable('sandboxes').set({ desired: phase }).where('uid', '=', r.uid).execute();
+      }
+    },
+  },
 };

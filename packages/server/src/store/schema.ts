@@ -21,7 +21,7 @@ export interface SandboxTable {
   annotations: string;
   spec: string;
   status: string;
-  /** Desired state: 'Running' or 'Deleted' (a delete in progress survives a crash). */
+  /** Desired state: 'Running', 'Paused', 'Hibernated' or 'Deleted'; the sandbox controller converges the host to it, across crashes. */
   desired: string;
   created_at: string;
   resource_version: number;

@@ -4,7 +4,10 @@ import type { ExtensionKind, ObjectMeta, Sandbox, SandboxSpec, SandboxStatus } f
 import { migrations } from './migrations.js';
 import type { ApiKeyTable, Database, ObjectTable, SandboxTable } from './schema.js';
 
-export type Desired = 'Running' | 'Deleted';
+/** What a sandbox should be (agent-sandbox's operatingMode, plus Deleted for a delete in progress). */
+export type Desired = 'Running' | 'Paused' | 'Hibernated' | 'Deleted';
+/** Not being deleted: any desire but Deleted. */
+export const isLive = (d: Desired) => d !== 'Deleted';
 export interface StoredSandbox {
   sandbox: Sandbox;
   desired: Desired;
@@ -103,7 +106,7 @@ export class Store {
       }))
       .where('uid', '=', uid)
       .where('name', '=', from)
-      .where('desired', '=', 'Running')
+      .where('desired', '=', 'Running') // a pool member never pauses; one being deleted is not taken
       .returningAll()
       .executeTakeFirst();
     return row && fromRow(row).sandbox;

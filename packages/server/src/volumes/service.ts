@@ -2,8 +2,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MoatError, alreadyExists, assertName, conflict, formatBytes, invalid, notFound, parseBytes, type Sandbox, type SandboxSpec } from '@moat/core';
-import { createExt4, type AgentClient } from '@moat/runtime';
-import { Serial } from '../controllers/serial.js';
+import { createExt4, type SandboxAgent } from '@moat/runtime';
+import { Serial } from '../util/serial.js';
 import type { Quotas } from '../identity/quotas.js';
 import type { VolumeTable } from '../store/schema.js';
 import type { Store } from '../store/store.js';
@@ -202,7 +202,7 @@ export class VolumeService {
   }
 
   /** `sync` inside a sandbox before it is destroyed, so a microVM's (or gVisor's) cached writes reach the image; bounded, errors ignored. */
-  async flush(agent: AgentClient): Promise<void> {
+  async flush(agent: SandboxAgent): Promise<void> {
     const h = agent.exec({ command: ['sync'] }, {});
     const timer = new Promise<void>((r) => setTimeout(r, 10_000).unref());
     await Promise.race([h.done.then(() => {}, () => {}), timer]);

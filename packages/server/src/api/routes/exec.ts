@@ -50,11 +50,11 @@ export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
     const { namespace, name } = req.params as { namespace: string; name: string };
     authorize(req.principal, namespace, 'write');
     const body = req.body as Static<typeof ExecBody>;
-    const { sandbox, driver } = await ctx.sandboxes.running(namespace, name);
+    const { sandbox, agent } = await ctx.backend.sandboxes.running(namespace, name);
     const env = { ...(await ctx.tenancy.env(sandbox, actorOf(req))), ...body.env };
     const out = new PassThrough();
     const line = (o: unknown) => out.write(JSON.stringify(o) + '\n');
-    const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, { ...body, env }, {
+    const { handle, result } = startExec(agent, sandbox, { ...body, env }, {
       onStdout: (b) => line({ type: 'stdout', data: b.toString('base64') }),
       onStderr: (b) => line({ type: 'stderr', data: b.toString('base64') }),
     });
@@ -92,25 +92,25 @@ export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
     });
   // Checks run before the upgrade, so a refused exec is a plain HTTP Status response, not a closed socket.
   // The environment is made here too: once the socket is open, stdin may follow the request at once and must find its handler.
-  const targets = new WeakMap<FastifyRequest, Awaited<ReturnType<typeof ctx.sandboxes.running>> & { env: Record<string, string> }>();
+  const targets = new WeakMap<FastifyRequest, Awaited<ReturnType<typeof ctx.backend.sandboxes.running>> & { env: Record<string, string> }>();
   app.get(`${SANDBOXES}/:name/exec/ws`, {
     websocket: true,
     schema: { tags: ['exec'], summary: 'Interactive exec over a WebSocket (see docs/api.md)', params: NameParams },
     preHandler: async (req) => {
       const { namespace, name } = req.params as { namespace: string; name: string };
       authorize(req.principal, namespace, 'write');
-      const target = await ctx.sandboxes.running(namespace, name);
+      const target = await ctx.backend.sandboxes.running(namespace, name);
       targets.set(req, { ...target, env: await ctx.tenancy.env(target.sandbox, actorOf(req)) });
     },
   }, (socket: WebSocket, req) => {
-    const { sandbox, driver, env: sandboxEnv } = targets.get(req)!;
+    const { sandbox, agent, env: sandboxEnv } = targets.get(req)!;
     socket.once('message', async (first, isBinary) => {
       try {
         if (isBinary) throw new MoatError(400, 'BadRequest', 'the first message must be the JSON exec request');
         const body = parseWsRequest(first.toString());
         const env = { ...sandboxEnv, ...body.env };
         const send = (tag: number) => (b: Buffer) => socket.send(Buffer.concat([Buffer.from([tag]), b]));
-        const { handle, result } = startExec(driver.agent(sandbox.metadata.uid), sandbox, { ...body, env }, { onStdout: send(1), onStderr: send(2) });
+        const { handle, result } = startExec(agent, sandbox, { ...body, env }, { onStdout: send(1), onStderr: send(2) });
         socket.on('message', (data: Buffer, binary) => {
           try {
             if (binary) {

@@ -4,7 +4,7 @@ import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import { MoatError, badRequest, sandboxPath, tooLarge } from '@moat/core';
-import { AgentError, type AgentClient, type Entry } from '@moat/runtime';
+import { AgentError, type Entry, type SandboxAgent } from '@moat/runtime';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import tar from 'tar-stream';
 import type { ApiContext } from '../context.js';
@@ -77,9 +77,9 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
   async function target(req: FastifyRequest, verb: 'read' | 'write') {
     const { namespace, name } = req.params as { namespace: string; name: string };
     authorize(req.principal, namespace, verb);
-    const { sandbox, driver } = await ctx.sandboxes.running(namespace, name);
+    const { agent } = await ctx.backend.sandboxes.running(namespace, name);
     const q = req.query as { path?: string; user?: string };
-    return { agent: driver.agent(sandbox.metadata.uid), path: q.path !== undefined ? sandboxPath(q.path) : '/', user: q.user ?? 'root' };
+    return { agent, path: q.path !== undefined ? sandboxPath(q.path) : '/', user: q.user ?? 'root' };
   }
 
   function checkLength(req: FastifyRequest) {
@@ -230,7 +230,7 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 }
 
-async function packTree(agent: AgentClient, pack: tar.Pack, base: string, root: Entry, user: string) {
+async function packTree(agent: SandboxAgent, pack: tar.Pack, base: string, root: Entry, user: string) {
   const add = async (entry: Entry, abs: string, rel: string): Promise<void> => {
     const common = { name: rel, mode: entry.mode, mtime: entry.mtime, uid: entry.uid, gid: entry.gid };
     if (entry.type === 'dir') {

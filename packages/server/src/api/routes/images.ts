@@ -8,7 +8,7 @@ export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.get('/apis/moat.dev/v1/info', { schema: { tags: ['server'], summary: 'Server version, runtimes and limits' } }, async () => ({
     version: ctx.version,
-    runtimes: ctx.runtimes,
+    runtimes: ctx.backend.runtimes,
     limits: ctx.limits,
   }));
 }

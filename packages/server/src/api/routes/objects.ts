@@ -1,7 +1,7 @@
 import { Type, type TSchema } from '@sinclair/typebox';
 import { EXTENSIONS_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
-import type { AnyObject, ObjectController, ObjectInput } from '../../controllers/objects.js';
+import type { ExtensionObjects, ObjectInput } from '../../backends/types.js';
 import type { Identity } from '../../identity/identity.js';
 import { assertOwned, authorize } from '../authorize.js';
 import { NameParams, NsParams } from './sandboxes.js';
@@ -13,7 +13,7 @@ const Selector = Type.Object({ labelSelector: Type.Optional(Type.String()) }, { 
  * `/apis/extensions.agents.x-k8s.io/v1alpha1/`. Bodies may say v1alpha1 or
  * v1beta1; answers say v1alpha1.
  */
-export function objectRoutes<T extends AnyObject>(app: FastifyInstance, identity: Identity, c: ObjectController<T>, opts: { plural: string; kind: string; body: TSchema; tag: string }) {
+export function objectRoutes<T extends { metadata: { namespace: string } }>(app: FastifyInstance, identity: Identity, c: ExtensionObjects<T>, opts: { plural: string; kind: string; body: TSchema; tag: string }) {
   const base = `/apis/${EXTENSIONS_API_VERSION}/namespaces/:namespace/${opts.plural}`;
   const list = (items: unknown[]) => ({ apiVersion: EXTENSIONS_API_VERSION, kind: `${opts.kind}List`, metadata: {}, items });
   const tags = [opts.tag];

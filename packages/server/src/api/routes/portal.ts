@@ -68,12 +68,12 @@ export async function portalRoutes(app: FastifyInstance, ctx: ApiContext, dir = 
   });
 
   app.get(`${PORTAL_API}/usage`, { schema: { tags: ['portal'], summary: "Resource usage of every running sandbox the caller may see, with each one's owner" } }, async (req) => {
-    const all = (await ctx.sandboxes.list()).filter((s) => authorize(req.principal, s.metadata.namespace, 'read', false));
+    const all = (await ctx.backend.sandboxes.list()).filter((s) => authorize(req.principal, s.metadata.namespace, 'read', false));
     const owners = new Map<string, { user: string; agent: string } | undefined>();
     for (const ns of new Set(all.map((s) => s.metadata.namespace))) owners.set(ns, await ctx.identity.owner(ns));
     const items = await Promise.all(
       all.map(async (s) => {
-        const usage = s.status.phase === 'Running' ? await ctx.sandboxes.driverFor(s).usage(s.metadata.uid).catch(() => undefined) : undefined;
+        const usage = s.status.phase === 'Running' ? await ctx.backend.sandboxes.usage(s) : undefined;
         return {
           namespace: s.metadata.namespace,
           name: s.metadata.name,
@@ -89,8 +89,8 @@ export async function portalRoutes(app: FastifyInstance, ctx: ApiContext, dir = 
   app.get(`${PORTAL_API}/capacity`, { schema: { tags: ['portal'], summary: "The host's CPU, memory and disk, and sandboxes per runtime (admin)" } }, async (req) => {
     requireAdmin(req.principal, 'see host capacity');
     const fs = await statfs(ctx.images.dir).catch(() => undefined);
-    const sandboxes = await ctx.sandboxes.list();
-    const perRuntime = Object.fromEntries(RUNTIME_CLASSES.map((r) => [r, { available: ctx.runtimes[r]?.available ?? false, total: 0, byPhase: {} as Record<string, number> }]));
+    const sandboxes = await ctx.backend.sandboxes.list();
+    const perRuntime = Object.fromEntries(RUNTIME_CLASSES.map((r) => [r, { available: ctx.backend.runtimes[r]?.available ?? false, total: 0, byPhase: {} as Record<string, number> }]));
     for (const s of sandboxes) {
       const r = (s.status.runtimeClassName ?? s.spec.podTemplate.spec.runtimeClassName ?? 'runc') as string;
       const row = (perRuntime[r] ??= { available: false, total: 0, byPhase: {} });

@@ -2,12 +2,11 @@ import { request, type IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import { Type } from '@sinclair/typebox';
 import { MoatError, type Sandbox } from '@moat/core';
-import { AgentError, type RuntimeDriver } from '@moat/runtime';
+import { AgentError, type SandboxAgent } from '@moat/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import WebSocket from 'ws';
 import type { ApiContext } from '../context.js';
 import { authorize } from '../authorize.js';
-import { hold } from '../../controllers/activity.js';
 import { SANDBOXES } from './sandboxes.js';
 
 /** `8888-<sandbox uid>.<domain>` → the by-uid route below. */
@@ -38,7 +37,7 @@ export function portRoutes(app: FastifyInstance, ctx: ApiContext) {
   const byName = async (req: FastifyRequest) => {
     const { namespace, name, port } = req.params as { namespace: string; name: string; port: number };
     authorize(req.principal, namespace, 'write');
-    const target = await ctx.sandboxes.running(namespace, name);
+    const target = await ctx.backend.sandboxes.running(namespace, name);
     return { ...target, port, path: pathOf(req, `${SANDBOXES.replace(':namespace', namespace)}/${name}/ports/${port}`) };
   };
   const byUid = async (req: FastifyRequest) => {
@@ -47,7 +46,7 @@ export function portRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (!found) throw new MoatError(404, 'NotFound', `no sandbox with uid ${uid}`);
     const { namespace, name } = found.sandbox.metadata;
     authorize(req.principal, namespace, 'write');
-    const target = await ctx.sandboxes.running(namespace, name);
+    const target = await ctx.backend.sandboxes.running(namespace, name);
     return { ...target, port, path: pathOf(req, `${PORTS_BY_UID}/${uid}/${port}`) };
   };
 
@@ -80,7 +79,7 @@ export function portRoutes(app: FastifyInstance, ctx: ApiContext) {
 
 interface Target {
   sandbox: Sandbox;
-  driver: RuntimeDriver;
+  agent: SandboxAgent;
   port: number;
   path: string;
 }
@@ -105,9 +104,7 @@ export function rewritePortHost(domain: string): (req: { url?: string; headers: 
 
 async function dial(t: Target): Promise<Socket> {
   try {
-    const socket = await t.driver.agent(t.sandbox.metadata.uid).dial(t.port, { timeoutMs: 10_000 });
-    socket.once('close', hold(t.sandbox.metadata.uid)); // an open connection keeps the sandbox from idling
-    return socket;
+    return await t.agent.dial(t.port, { timeoutMs: 10_000 }); // an open connection keeps the sandbox from idling
   } catch (err) {
     if (err instanceof AgentError && err.code === 'ECONNREFUSED') {
       throw new MoatError(502, 'BadGateway', `nothing listens on port ${t.port} in sandbox "${t.sandbox.metadata.name}"`);

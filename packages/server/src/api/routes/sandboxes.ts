@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import { Type } from '@sinclair/typebox';
 import { LABELS, SANDBOX_API_VERSION, SandboxSchema, assertName, badRequest } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
@@ -15,7 +14,7 @@ const MAX_TTL_SECONDS = 366 * 86400;
 const list = (items: unknown[]) => ({ apiVersion: SANDBOX_API_VERSION, kind: 'SandboxList', metadata: {}, items });
 
 export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
-  const { sandboxes } = ctx;
+  const { sandboxes } = ctx.backend;
 
   app.get(`/apis/${SANDBOX_API_VERSION}/sandboxes`, {
     schema: { tags: ['sandboxes'], summary: 'List sandboxes in every namespace the key may see', querystring: Type.Object({ labelSelector: Type.Optional(Type.String()) }, { additionalProperties: false }) },
@@ -48,7 +47,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     authorize(req.principal, namespace, 'read');
     const { sandbox } = await sandboxes.get(namespace, name);
     if (sandbox.status.phase === 'Running' || sandbox.status.phase === 'Paused') {
-      const usage = await sandboxes.driverFor(sandbox).usage(sandbox.metadata.uid).catch(() => undefined);
+      const usage = await sandboxes.usage(sandbox);
       if (usage) sandbox.status.resourceUsage = usage;
     }
     return sandbox;
@@ -102,7 +101,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     const shutdownTime = new Date(when).toISOString();
     const { sandbox } = await sandboxes.get(namespace, name);
     const claim = sandbox.metadata.labels?.[LABELS.claim];
-    if (claim) await ctx.claims.extend(namespace, claim, shutdownTime);
+    if (claim) await ctx.backend.claims.extend(namespace, claim, shutdownTime);
     else await sandboxes.setShutdownTime(namespace, name, shutdownTime);
     return sandboxes.revive(namespace, name);
   });
@@ -148,7 +147,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     const { namespace, name } = req.params as { namespace: string; name: string };
     authorize(req.principal, namespace, 'read');
     const { sandbox } = await sandboxes.get(namespace, name);
-    const text = await readFile(sandboxes.driverFor(sandbox).logPath(sandbox.metadata.uid), 'utf8').catch(() => '');
+    const text = await sandboxes.logs(sandbox);
     const tail = (req.query as { tailLines?: number }).tailLines;
     const out = tail === undefined ? text : text.split('\n').slice(-tail - 1).join('\n');
     return reply.type('text/plain; charset=utf-8').send(out);
