@@ -10,7 +10,7 @@ import { CheckpointSigner } from './audit/signing.js';
 import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
 import { templateAliases } from './e2b/index.js';
-import { LocalBackend } from './backends/local.js';
+import { LocalBackend } from './backends/local/index.js';
 import { BOOTSTRAP_ADMIN, Identity } from './identity/identity.js';
 import { Quotas } from './identity/quotas.js';
 import { tenancy } from './identity/tenancy.js';

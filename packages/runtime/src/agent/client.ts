@@ -316,8 +316,26 @@ async function* chunksOf(data: Buffer | string | AsyncIterable<Buffer | string> 
   for await (const c of data as AsyncIterable<Buffer | string | Uint8Array>) yield Buffer.isBuffer(c) ? c : Buffer.from(c as string);
 }
 
+/**
+ * What the control plane does inside one sandbox: exec, files and TCP dials to its own ports. The server uses
+ * only this interface, so a backend may reach the agent another way (a pod's port-forward, say) than this
+ * host's unix socket.
+ */
+export interface SandboxAgent {
+  ping(timeoutMs?: number): Promise<void>;
+  dial(port: number, opts?: DialOptions): Promise<Socket>;
+  exec(req: ExecRequest, handlers?: ExecHandlers): ExecHandle;
+  readFile(path: string, opts?: UserOpt): AsyncIterable<Buffer>;
+  writeFile(path: string, data: Buffer | string | AsyncIterable<Buffer> | Readable, opts?: UserOpt & { mode?: number; append?: boolean }): Promise<Entry>;
+  list(path: string, opts?: UserOpt): Promise<Entry[]>;
+  stat(path: string, opts?: UserOpt): Promise<Entry>;
+  mkdir(path: string, opts?: UserOpt & { parents?: boolean; mode?: number }): Promise<Entry>;
+  remove(path: string, opts?: UserOpt & { recursive?: boolean }): Promise<void>;
+  rename(from: string, to: string, opts?: UserOpt): Promise<Entry>;
+}
+
 /** Client of one sandbox's moat-init (docs/agent-protocol.md): one unix-socket connection per operation. */
-export class AgentClient {
+export class AgentClient implements SandboxAgent {
   private readonly connectTimeoutMs: number;
   private readonly maxListEntries: number;
 

@@ -8,4 +8,5 @@ export {
   type ExecHandlers,
   type ExecRequest,
   type ExecExit,
+  type SandboxAgent,
 } from './client.js';

@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { MoatError, assertName, badRequest, conflict, notFound, type Sandbox, type SandboxSpec } from '@moat/core';
 import { run, type RuntimeDriver } from '@moat/runtime';
 import type { Logger } from 'pino';
-import type { SandboxController } from '../controllers/sandboxes.js';
+import type { SandboxController } from '../backends/local/controllers/sandboxes.js';
 import { crashPoint } from '../faults.js';
 import type { BackupTable, VolumeTable } from '../store/schema.js';
 import type { Store } from '../store/store.js';

@@ -1,6 +1,6 @@
 import type { Sandbox, SandboxSpec } from '@moat/core';
 import type { Actor } from '../audit/log.js';
-import type { Tenancy } from '../controllers/sandboxes.js';
+import type { Tenancy } from '../backends/local/controllers/sandboxes.js';
 import type { GatewayService } from '../gateway/service.js';
 import type { Secrets } from '../secrets/secrets.js';
 import type { Identity } from './identity.js';

@@ -10,13 +10,13 @@ import type { Socket } from 'node:net';
 import type { DialOptions, ExecHandle, ExecHandlers, ExecRequest, Image, RuntimeDriver, SandboxAgent, SandboxRuntimeSpec, Usage } from '@moat/runtime';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import type { Sandboxes } from '../backends/types.js';
-import { isLive, type Desired, type Store, type StoredSandbox } from '../store/store.js';
+import type { Sandboxes } from '../../types.js';
+import { isLive, type Desired, type Store, type StoredSandbox } from '../../../store/store.js';
 import { isReady, readyCondition, withCondition } from './conditions.js';
 import { portNumber, runProbe } from './probes.js';
 import { parseSelector } from './selector.js';
-import { Serial } from '../util/serial.js';
-import { crashPoint } from '../faults.js';
+import { Serial } from '../../../util/serial.js';
+import { crashPoint } from '../../../faults.js';
 import type { Activity } from './activity.js';
 import { checkIdlePolicy, isExpired } from './rules.js';
 

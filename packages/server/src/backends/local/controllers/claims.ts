@@ -3,8 +3,8 @@ import {
   type Condition, type Sandbox, type SandboxClaim, type SandboxSpec, type SandboxClaimSpec, type SandboxClaimStatus, type SandboxTemplate, type SandboxWarmPool,
 } from '@moat/core';
 import type { Logger } from 'pino';
-import { isLive, type Store } from '../store/store.js';
-import { Requeue } from '../util/requeue.js';
+import { isLive, type Store } from '../../../store/store.js';
+import { Requeue } from '../../../util/requeue.js';
 import { coldStartReason, sandboxFromTemplate, type SandboxShape } from './from-template.js';
 import { ObjectController, type ObjectInput } from './objects.js';
 import type { Templates } from './pools.js';

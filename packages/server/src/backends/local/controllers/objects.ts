@@ -4,10 +4,10 @@ import {
   EXTENSIONS_API_VERSION, alreadyExists, assertName, badRequest, notFound, randomSuffix, timeout,
   type Condition, type ExtensionKind, type ExtensionObject, type ObjectMeta,
 } from '@moat/core';
-import type { ObjectInput } from '../backends/types.js';
-import type { Store, StoredObject } from '../store/store.js';
+import type { ObjectInput } from '../../types.js';
+import type { Store, StoredObject } from '../../../store/store.js';
 import { parseSelector } from './selector.js';
-import { Serial } from '../util/serial.js';
+import { Serial } from '../../../util/serial.js';
 
 
 export type { ObjectInput };

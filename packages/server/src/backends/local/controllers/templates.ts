@@ -2,11 +2,11 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { Value } from '@sinclair/typebox/value';
 import { EXTENSIONS_API_VERSION, LABELS, conflict, invalid, SandboxTemplateSchema, type SandboxSpec, type SandboxTemplate, type SandboxTemplateSpec } from '@moat/core';
 import { parse } from 'yaml';
-import type { Store } from '../store/store.js';
+import type { Store } from '../../../store/store.js';
 import { ObjectController, type ObjectInput } from './objects.js';
 import { parseSelector } from './selector.js';
 
-const BUILTIN_DIR = new URL('../../templates/', import.meta.url);
+const BUILTIN_DIR = new URL('../../../../templates/', import.meta.url);
 
 /** The templates shipped with Moat (packages/server/templates), visible in every namespace until one shadows them. */
 function loadBuiltins(): SandboxTemplate[] {

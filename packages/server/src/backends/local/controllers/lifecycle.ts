@@ -1,9 +1,9 @@
 import { LABELS, type Sandbox } from '@moat/core';
 import type { Logger } from 'pino';
-import type { AuditLog } from '../audit/log.js';
-import { isLive, type Store } from '../store/store.js';
-import { Requeue } from '../util/requeue.js';
-import { Serial } from '../util/serial.js';
+import type { AuditLog } from '../../../audit/log.js';
+import { isLive, type Store } from '../../../store/store.js';
+import { Requeue } from '../../../util/requeue.js';
+import { Serial } from '../../../util/serial.js';
 import type { Activity } from './activity.js';
 import { idleStep, isExpired, msUntil, nextIdleStepIn, type IdleStep } from './rules.js';
 

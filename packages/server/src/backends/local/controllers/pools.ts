@@ -1,7 +1,7 @@
 import { LABELS, MoatError, type Condition, type Sandbox, type SandboxSpec, type SandboxTemplate, type SandboxWarmPool, type SandboxWarmPoolSpec } from '@moat/core';
 import type { Logger } from 'pino';
-import type { Store } from '../store/store.js';
-import { Requeue } from '../util/requeue.js';
+import type { Store } from '../../../store/store.js';
+import { Requeue } from '../../../util/requeue.js';
 import { isReady } from './conditions.js';
 import { adoptedSpec, sandboxFromTemplate, templateHash, type SandboxShape } from './from-template.js';
 import { ObjectController, type ObjectInput } from './objects.js';

@@ -2,15 +2,15 @@ import { chmod, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GvisorDriver, MicrovmDriver, OciDriver, defaultHostnameHelper, defaultInitBinary, type ImageStore, type RuntimeDriver } from '@moat/runtime';
 import type { Logger } from 'pino';
-import type { AuditLog } from '../audit/log.js';
-import { Activity } from '../controllers/activity.js';
-import { ClaimController } from '../controllers/claims.js';
-import { LifecycleController } from '../controllers/lifecycle.js';
-import { WarmPoolController } from '../controllers/pools.js';
-import { SandboxController, type Drivers, type SandboxNetwork, type SandboxVolumes, type Tenancy } from '../controllers/sandboxes.js';
-import { TemplateController } from '../controllers/templates.js';
-import type { Store } from '../store/store.js';
-import type { BackendCapabilities, RuntimeInfo, SandboxBackend } from './types.js';
+import type { AuditLog } from '../../audit/log.js';
+import { Activity } from './controllers/activity.js';
+import { ClaimController } from './controllers/claims.js';
+import { LifecycleController } from './controllers/lifecycle.js';
+import { WarmPoolController } from './controllers/pools.js';
+import { SandboxController, type Drivers, type SandboxNetwork, type SandboxVolumes, type Tenancy } from './controllers/sandboxes.js';
+import { TemplateController } from './controllers/templates.js';
+import type { Store } from '../../store/store.js';
+import type { BackendCapabilities, RuntimeInfo, SandboxBackend } from '../types.js';
 
 export interface LocalBackendOptions {
   store: Store;
