@@ -4,6 +4,9 @@
  *
  * The agent runs inside the sandbox and is not trusted: everything decoded
  * here is bounded (frame size) and validated before use.
+ *
+ * The numbers are the agent's, from packages/agent/src/protocol.h;
+ * test/agent-protocol.test.ts fails unless the two agree.
  */
 
 /** Largest payload either side may send. */
