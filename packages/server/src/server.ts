@@ -9,11 +9,11 @@ import { AuditLog } from './audit/log.js';
 import { CheckpointSigner } from './audit/signing.js';
 import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
-import { templateAliases } from './e2b/index.js';
+import { e2bRoutes, rewriteE2bRequest, templateAliases } from './e2b/index.js';
 import { LocalBackend } from './backends/local/index.js';
 import { BOOTSTRAP_ADMIN, Identity } from './identity/identity.js';
 import { Quotas } from './identity/quotas.js';
-import { tenancy } from './identity/tenancy.js';
+import { tenancy } from './tenancy.js';
 import { GatewayService } from './gateway/service.js';
 import { SandboxTokens } from './gateway/tokens.js';
 import { Networking, gatewayPort, pinnedHosts, type NetworkOptions } from './network.js';
@@ -157,7 +157,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     portDomain: opts.portDomain ?? process.env.MOAT_PORT_DOMAIN ?? 'sandbox.localhost',
     e2bTemplates: opts.e2bTemplates ?? templateAliases(),
   };
-  const app = await buildApp(ctx, logger);
+  const app = await buildApp(ctx, logger, [{ rewriteUrl: rewriteE2bRequest, routes: e2bRoutes }]);
   const host = opts.host ?? '127.0.0.1';
   await app.listen({ port: opts.port ?? DEFAULT_PORT, host });
   const addr = app.server.address();

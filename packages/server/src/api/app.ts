@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from 'node:http';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
@@ -5,7 +6,6 @@ import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
 import { auditRequests } from '../audit/requests.js';
 import { authenticate, presentedKey, type Principal } from '../auth/keys.js';
-import { e2bRoutes, rewriteE2bRequest } from '../e2b/index.js';
 import type { ApiContext } from './context.js';
 import { errorHandler } from './errors.js';
 import { auditRoutes } from './routes/audit.js';
@@ -32,7 +32,16 @@ declare module 'fastify' {
 
 const PUBLIC = new Set(['/healthz', '/openapi.json']);
 
-export async function buildApp(ctx: ApiContext, logger: Logger): Promise<FastifyInstance> {
+/**
+ * Another API served beside Moat's own (the E2B layer): its URL rewrite, tried first, and its routes, which
+ * may use everything in the context. Passed in, so api/ never imports what builds on it.
+ */
+export interface ApiExtension {
+  rewriteUrl?(req: { url?: string; headers: IncomingHttpHeaders }): string | undefined;
+  routes(app: FastifyInstance, ctx: ApiContext): Promise<void>;
+}
+
+export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiExtension[] = []): Promise<FastifyInstance> {
   const rewritePort = rewritePortHost(ctx.portDomain);
   const app = Fastify({
     loggerInstance: logger,
@@ -40,7 +49,7 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
     // Unknown fields are an error, never silently dropped.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
     logController: new LogController({ disableRequestLogging: true }), // we log one line per request ourselves
-    rewriteUrl: (req) => rewriteE2bRequest(req) ?? rewritePort(req),
+    rewriteUrl: (req) => extensions.reduce<string | undefined>((url, e) => url ?? e.rewriteUrl?.(req), undefined) ?? rewritePort(req),
   }) as unknown as FastifyInstance; // pino's Logger type is narrower than Fastify's base logger
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => {
@@ -88,6 +97,6 @@ export async function buildApp(ctx: ApiContext, logger: Logger): Promise<Fastify
   await portalRoutes(app, ctx);
   await app.register(async (scope) => fileRoutes(scope, ctx));
   await app.register(async (scope) => portRoutes(scope, ctx));
-  await e2bRoutes(app, ctx);
+  for (const e of extensions) await e.routes(app, ctx);
   return app;
 }

@@ -3,7 +3,7 @@ import type { AuditLog } from '../audit/log.js';
 import type { BackupService } from '../backups/service.js';
 import type { SandboxBackend } from '../backends/types.js';
 import type { Identity } from '../identity/identity.js';
-import type { ApiTenancy } from '../identity/tenancy.js';
+import type { ApiTenancy } from '../tenancy.js';
 import type { Secrets } from '../secrets/secrets.js';
 import type { Store } from '../store/store.js';
 import type { VolumeService } from '../volumes/service.js';

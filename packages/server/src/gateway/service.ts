@@ -1,8 +1,8 @@
 import { ApiGateway, GatewayError, type GatewayCall, type LlmApi, type Upstream } from '@moat/gateway';
 import type { Sandbox } from '@moat/core';
+import type { SandboxAgent } from '@moat/runtime';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/log.js';
-import type { Sandboxes } from '../backends/types.js';
 import type { Identity } from '../identity/identity.js';
 import type { Networking } from '../network.js';
 import type { Secrets } from '../secrets/secrets.js';
@@ -171,7 +171,7 @@ export class GatewayService {
    * Rotation: every running sandbox gets a fresh token in TOKEN_FILE when a
    * third of the last one's life has passed (and soon after it starts).
    */
-  async refreshTokenFiles(sandboxes: Pick<Sandboxes, 'list' | 'agent'>): Promise<void> {
+  async refreshTokenFiles(sandboxes: { list(): Promise<Sandbox[]>; agent(s: Sandbox): Pick<SandboxAgent, 'writeFile' | 'rename'> }): Promise<void> {
     const live = (await sandboxes.list()).filter((s) => s.status.phase === 'Running');
     const uids = new Set(live.map((s) => s.metadata.uid));
     for (const uid of this.written.keys()) if (!uids.has(uid)) this.written.delete(uid);
