@@ -1,8 +1,8 @@
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { DEFAULT_IMAGE, GvisorDriver, ImageStore, MicrovmDriver, OciDriver, defaultHostnameHelper, defaultInitBinary, type RuntimeDriver } from '@moat/runtime';
+import { DEFAULT_IMAGE, ImageStore, builtinDrivers, ensureDir } from '@moat/runtime';
 import { buildApp } from './api/app.js';
 import { auditEgress } from './audit/egress.js';
 import { AuditLog } from './audit/log.js';
@@ -13,7 +13,7 @@ import { templateAliases } from './e2b/index.js';
 import { ClaimController } from './controllers/claims.js';
 import { LifecycleController } from './controllers/lifecycle.js';
 import { WarmPoolController } from './controllers/pools.js';
-import { SandboxController, type Drivers } from './controllers/sandboxes.js';
+import { SandboxController } from './controllers/sandboxes.js';
 import { TemplateController } from './controllers/templates.js';
 import { BOOTSTRAP_ADMIN, Identity } from './identity/identity.js';
 import { Quotas } from './identity/quotas.js';
@@ -21,6 +21,7 @@ import { tenancy } from './identity/tenancy.js';
 import { GatewayService } from './gateway/service.js';
 import { SandboxTokens } from './gateway/tokens.js';
 import { Networking, gatewayPort, pinnedHosts, type NetworkOptions } from './network.js';
+import { startDrivers } from './runtimes.js';
 import { Keyring } from './secrets/keyring.js';
 import { Secrets } from './secrets/secrets.js';
 import { Store } from './store/store.js';
@@ -92,10 +93,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const say = opts.log ?? (() => {});
   const dataDir = opts.dataDir ?? defaultDataDir();
   // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
-  for (const d of ['', 'sandboxes', 'sandboxes-gvisor', 'runtime/runc', 'runtime/gvisor']) {
-    await mkdir(join(dataDir, d), { recursive: true, mode: 0o711 });
-    await chmod(join(dataDir, d), 0o711);
-  }
+  await ensureDir(dataDir, 0o711);
   const logger = opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
   const store = await Store.open(join(dataDir, 'moat.db'));
@@ -108,37 +106,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   await keyring.retire();
   const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
 
-  const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
-  // gVisor keeps its own sandboxes and state dirs: each driver's listIds (orphan cleanup) must see only its own.
-  const gvisor = new GvisorDriver({ sandboxesDir: join(dataDir, 'sandboxes-gvisor'), stateDir: join(dataDir, 'runtime', 'gvisor'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
-  // MicroVM kernels, image disks and snapshots are per host, not per server: kept beside the image cache.
-  const microvm = new MicrovmDriver({ sandboxesDir: join(dataDir, 'sandboxes-microvm'), cacheDir: join(images.dir, 'microvm'), initBinary: defaultInitBinary(), progress: (l) => say(`microvm: ${l}`) });
-  const available = new Map<string, RuntimeDriver>();
-  const runtimes: ApiContext['runtimes'] = {};
-  for (const driver of [runc, gvisor, microvm] as RuntimeDriver[]) {
-    try {
-      await driver.check();
-      available.set(driver.name, driver);
-      runtimes[driver.name] = { available: true };
-    } catch (err) {
-      runtimes[driver.name] = { available: false, reason: (err as Error).message };
-      say(`warning: runtime ${driver.name} unavailable: ${(err as Error).message}`);
-    }
-  }
-  // The first start downloads the guest kernel and probes KVM: in the background, so the API is up meanwhile.
-  if (available.has('microvm')) {
-    microvm.prepare().then(
-      async () => {
-        const warning = await microvm.degraded();
-        if (warning) runtimes.microvm = { available: true, warning };
-      },
-      (err: Error) => say(`warning: microvm: ${err.message}`),
-    );
-  }
-  const drivers: Drivers = {
-    get: (name) => available.get(name),
-    unavailable: (name) => (available.has(name) ? undefined : (runtimes[name]?.reason ?? 'unknown runtime')),
-  };
+  // Each driver keeps its folders under the data dir, and its per-host caches (microVM kernels, disks, snapshots) beside the image cache.
+  const { drivers, runtimes } = await startDrivers(builtinDrivers({ root: dataDir, cacheDir: images.dir, progress: say }), say);
 
   if (opts.prepareDefaultImage ?? true) await images.ensure(DEFAULT_IMAGE, say);
 
@@ -161,8 +130,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   // Named volumes and backups (docs/lifecycle.md): before recovery, which restarts sandboxes with their volumes.
   const volumes = await VolumeService.open(store, quotas, join(dataDir, 'volumes'));
   sandboxes.volumes = volumes;
-  const hostMounts: Record<string, string> = { runc: join(dataDir, 'sandboxes'), gvisor: join(dataDir, 'sandboxes-gvisor') };
-  const backups = await BackupService.open(store, volumes, sandboxes, opts.backupStore ?? objectStoreFromEnv(dataDir), (rt, uid) => (hostMounts[rt] ? join(hostMounts[rt], uid, 'data') : undefined), logger);
+  const backups = await BackupService.open(store, volumes, sandboxes, drivers, opts.backupStore ?? objectStoreFromEnv(dataDir), logger);
   await sandboxes.recover();
   const templates = new TemplateController(store, sandboxes);
   const pools = new WarmPoolController(store, sandboxes, templates, logger);
