@@ -7,10 +7,9 @@ import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { networkKey } from '@moat/runtime';
 import { until } from '../helpers/extensions.js';
-import { NS, TEST_NETWORK, sandboxBody, sh, testRuntimes, type TestServer } from '../helpers/server.js';
+import { NS, TEST_NETWORK, hostSandboxIds, sandboxBody, sh, testRuntimes, type TestServer } from '../helpers/server.js';
 import { exited, kill, spawnServer } from '../helpers/spawn-server.js';
 
-const SANDBOX_DIRS = ['sandboxes', 'sandboxes-gvisor', 'sandboxes-microvm'];
 const exists = (p: string) => access(p).then(() => true, () => false);
 
 type Live = Awaited<ReturnType<typeof spawnServer>>;
@@ -28,8 +27,7 @@ async function assertAgreement(server: TestServer, dataDir: string, seen: Set<st
   for (const s of items) {
     if (s.status.phase === 'Running') assert.equal((await sh(server, s.metadata.name, 'echo ok')).stdout, 'ok\n', `${s.metadata.name} answers`);
   }
-  const dirs = (await Promise.all(SANDBOX_DIRS.map((d) => readdir(join(dataDir, d)).catch(() => [] as string[])))).flat();
-  assert.deepEqual(dirs.sort(), [...known].sort(), 'a host directory for each record and no other');
+  assert.deepEqual(await hostSandboxIds(dataDir), [...known].sort(), 'host state (a directory, a container) for each record and no other');
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');
   for (const uid of seen) {
     if (known.has(uid)) continue;

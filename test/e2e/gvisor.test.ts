@@ -4,8 +4,8 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { GvisorDriver, defaultHostnameHelper, defaultInitBinary, run } from '@moat/runtime';
-import { NS, execApi, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { GvisorDriver, run } from '@moat/runtime';
+import { NS, execApi, sh, sharedImagesDir, startTestServer, type TestServer } from '../helpers/server.js';
 
 /** A sandbox body with `runtimeClassName: gvisor` (sandboxBody has no runtime option). */
 function gvisorBody(name: string, extra: { limits?: Record<string, string>; env?: Record<string, string> } = {}) {
@@ -88,12 +88,7 @@ describe('gvisor runtime class', () => {
 
   test('the hostname is the sandbox name and can be changed while it runs', async () => {
     assert.equal((await sh(server, 'gv', 'hostname; cat /etc/hostname')).stdout, 'gv\ngv\n');
-    const driver = new GvisorDriver({
-      sandboxesDir: join(server.dataDir, 'sandboxes-gvisor'),
-      stateDir: join(server.dataDir, 'runtime', 'gvisor'),
-      initBinary: defaultInitBinary(),
-      hostnameHelper: defaultHostnameHelper(),
-    });
+    const driver = new GvisorDriver({ root: server.dataDir, cacheDir: sharedImagesDir() });
     await driver.setHostname(uid, 'renamed');
     assert.equal((await sh(server, 'gv', 'hostname; cat /etc/hostname; grep renamed /etc/hosts')).stdout, 'renamed\nrenamed\n127.0.1.1\trenamed\n');
     await driver.setHostname(uid, 'gv');
@@ -151,7 +146,7 @@ describe('gvisor runtime class', () => {
 
 describe('gvisor: missing runsc and unknown runtimes', () => {
   test('check() names the package to install when runsc is missing', async () => {
-    const driver = new GvisorDriver({ sandboxesDir: '/nonexistent', stateDir: '/nonexistent', initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper(), binary: 'runsc-not-installed' });
+    const driver = new GvisorDriver({ root: '/nonexistent', cacheDir: '/nonexistent', binary: 'runsc-not-installed' });
     await assert.rejects(driver.check(), /runsc-not-installed is not installed: apt-get install runsc/);
   });
 

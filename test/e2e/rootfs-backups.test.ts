@@ -1,17 +1,15 @@
 // Backups of a sandbox's writable layer (what it changed outside its volume), restored into a new sandbox.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import SQLite from 'better-sqlite3';
 import { runProcess } from '../helpers/run-process.js';
-import { NS, sandboxBody, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { NS, hostSandboxIds, sandboxBody, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
 import { remove, run, waitReady } from '../helpers/volumes.js';
 
 const API = '/apis/moat.dev/v1/namespaces/default';
-const SANDBOX_DIRS = ['sandboxes', 'sandboxes-gvisor', 'sandboxes-microvm'];
-
 interface Backup {
   id: string;
   kind: string;
@@ -52,11 +50,6 @@ const CHECK = [
   'test -e /etc/issue && echo issue-present || echo issue-deleted',
   'mytool',
 ].join('; ');
-
-/** Sandbox directories on the host: one per sandbox the server has, no half-restored one. */
-async function hostDirs(server: TestServer): Promise<string[]> {
-  return (await Promise.all(SANDBOX_DIRS.map((d) => readdir(join(server.dataDir, d)).catch(() => [] as string[])))).flat().sort();
-}
 
 describe('backups of the writable layer (rootfs)', () => {
   let server: TestServer;
@@ -160,13 +153,13 @@ describe('backups of the writable layer (rootfs)', () => {
       const bytes = await readFile(file);
       bytes[bytes.length >> 1] ^= 0xff;
       await writeFile(file, bytes);
-      const dirs = await hostDirs(server);
+      const dirs = await hostSandboxIds(server.dataDir);
       const corrupt = await post(server, `/backups/${b.id}/restore`, { sandbox: `rf-corrupt-${runtime}` });
       const corruptText = await corrupt.text();
       assert.equal(corrupt.status, 422, corruptText);
       assert.match(corruptText, /corrupt/);
       assert.equal((await server.api(`${NS}/rf-corrupt-${runtime}`)).status, 404);
-      assert.deepEqual(await hostDirs(server), dirs, 'no host directory left behind');
+      assert.deepEqual(await hostSandboxIds(server.dataDir), dirs, 'no host directory left behind');
 
       await remove(server, dst);
       assert.equal((await server.api(`${API}/backups/${b.id}`, { method: 'DELETE' })).status, 204);
@@ -187,13 +180,13 @@ describe('backups of the writable layer (rootfs)', () => {
     } finally {
       db.close();
     }
-    const dirs = await hostDirs(server);
+    const dirs = await hostSandboxIds(server.dataDir);
     const res = await post(server, `/backups/${b.id}/restore`, { sandbox: 'rf-gone-2' });
     const text = await res.text();
     assert.equal(res.status, 409, text);
     assert.match(text, /no longer in the image store/);
     assert.equal((await server.api(`${NS}/rf-gone-2`)).status, 404);
-    assert.deepEqual(await hostDirs(server), dirs);
+    assert.deepEqual(await hostSandboxIds(server.dataDir), dirs);
   });
 
   test('the CLI: moat backup create --sandbox NAME --rootfs, list shows the kind, restore --sandbox NEW', async () => {

@@ -3,6 +3,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { RUNTIME_CLASSES, type RuntimeClassName } from '@moat/core';
+import { builtinDrivers } from '@moat/runtime';
 import { defaultDataDir, startServer, type NetworkOptions, type RunningServer } from '@moat/server';
 
 /** The image cache shared by every test server, so `base` is built once per machine (as `moat up` does). */
@@ -113,19 +115,25 @@ export async function execApi(server: TestServer, name: string, body: Record<str
   return { status: 200, error: undefined, stdout, stderr, exit };
 }
 
+/** Ids of every sandbox with anything on the host under `dataDir`, of every runtime class (as the drivers' orphan cleanup sees them). */
+export async function hostSandboxIds(dataDir: string): Promise<string[]> {
+  const drivers = builtinDrivers({ root: dataDir, cacheDir: sharedImagesDir() });
+  return (await Promise.all(drivers.map((d) => d.listIds()))).flat().sort();
+}
+
 export const sh = (server: TestServer, name: string, script: string, extra: Record<string, unknown> = {}) =>
   execApi(server, name, { command: ['/bin/sh', '-c', script], ...extra });
 
 /**
  * The runtime classes the conformance suites run over: MOAT_TEST_RUNTIMES
  * (comma-separated) or all of them. One whose program is not installed is
- * skipped with that reason; CI installs all three.
+ * skipped with that reason; CI installs them all.
  */
 export function testRuntimes(): { runtime: string; skip: string | false }[] {
-  const names = (process.env.MOAT_TEST_RUNTIMES ?? 'runc,gvisor,microvm').split(',').filter(Boolean);
-  const program: Record<string, string> = { runc: 'runc', gvisor: 'runsc', microvm: 'qemu-system-x86_64' };
+  const names = process.env.MOAT_TEST_RUNTIMES?.split(',').filter(Boolean) ?? RUNTIME_CLASSES;
+  const program: Record<RuntimeClassName, string> = { runc: 'runc', gvisor: 'runsc', microvm: 'qemu-system-x86_64' };
   return names.map((runtime) => {
-    const bin = program[runtime];
+    const bin = program[runtime as RuntimeClassName];
     if (!bin) throw new Error(`MOAT_TEST_RUNTIMES: unknown runtime ${runtime}`);
     const found = spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;
     return { runtime, skip: found ? false : `${bin} is not installed` };

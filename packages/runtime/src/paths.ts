@@ -1,3 +1,4 @@
+import { chmod, mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 
 /** moat-init as built by `make -C packages/agent`; MOAT_INIT_BINARY overrides (packaged installs). */
@@ -8,4 +9,10 @@ export function defaultInitBinary(): string {
 /** The host-side helper that renames sandboxes (packages/agent/moat-hostname.c). */
 export function defaultHostnameHelper(): string {
   return process.env.MOAT_HOSTNAME_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-hostname', import.meta.url));
+}
+
+/** Makes the directory (and its parents) and gives it `mode` even when it existed (the umask, older installs). */
+export async function ensureDir(dir: string, mode: number): Promise<void> {
+  await mkdir(dir, { recursive: true, mode });
+  await chmod(dir, mode);
 }

@@ -1,8 +1,8 @@
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { DEFAULT_IMAGE, ImageStore } from '@moat/runtime';
+import { DEFAULT_IMAGE, ImageStore, ensureDir } from '@moat/runtime';
 import { buildApp } from './api/app.js';
 import { auditEgress } from './audit/egress.js';
 import { AuditLog } from './audit/log.js';
@@ -88,8 +88,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const say = opts.log ?? (() => {});
   const dataDir = opts.dataDir ?? defaultDataDir();
   // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
-  await mkdir(dataDir, { recursive: true, mode: 0o711 });
-  await chmod(dataDir, 0o711);
+  await ensureDir(dataDir, 0o711);
   const logger = opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
   const store = await Store.open(join(dataDir, 'moat.db'));
@@ -125,8 +124,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     store, dataDir, images, network, tenancy: tenants, volumes, audit, log: logger, say,
     resumeOnUse: opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false',
   });
-  const hostMounts: Record<string, string> = { runc: join(dataDir, 'sandboxes'), gvisor: join(dataDir, 'sandboxes-gvisor') };
-  const backups = await BackupService.open(store, volumes, backend.sandboxes, opts.backupStore ?? objectStoreFromEnv(dataDir), (rt, uid) => (hostMounts[rt] ? join(hostMounts[rt], uid, 'data') : undefined), logger);
+  const backups = await BackupService.open(store, volumes, backend.sandboxes, backend.drivers, opts.backupStore ?? objectStoreFromEnv(dataDir), logger);
   await backend.start();
   // Host upkeep, level-triggered: the firewall after a host flush, sandbox token files, the audit log's checkpoints.
   const upkeep = async () => {

@@ -1,10 +1,10 @@
-import { mkdir, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run, which } from '../run.js';
 import type { ociSpec } from '../oci/spec.js';
-import { OciDriver, type OciDriverOptions } from './runc.js';
+import { OciDriver, writeHostFiles, type OciDriverOptions } from './oci.js';
 
-export type GvisorDriverOptions = Omit<OciDriverOptions, 'binary'> & {
+export type GvisorDriverOptions = OciDriverOptions & {
   /** The runsc binary; `runsc` (Debian package `runsc`) by default. */
   binary?: string;
 };
@@ -16,13 +16,14 @@ export type GvisorDriverOptions = Omit<OciDriverOptions, 'binary'> & {
  * kernel (the sentry) instead of the host kernel. See docs/gvisor.md.
  */
 export class GvisorDriver extends OciDriver {
-  override readonly name = 'gvisor' as const;
+  readonly name = 'gvisor' as const;
 
   private readonly runsc: string;
 
   constructor(opts: GvisorDriverOptions) {
     // Every runsc command goes through a small bash wrapper (NETNS_WORKAROUND); it only acts on `run`.
-    super({ ...opts, binary: 'bash' });
+    // Its own sandboxes and state folders: each driver's listIds (orphan cleanup) must see only its own.
+    super(opts, 'bash', { sandboxes: 'sandboxes-gvisor', state: 'runtime/gvisor' });
     this.runsc = opts.binary ?? 'runsc';
   }
 
@@ -43,7 +44,7 @@ export class GvisorDriver extends OciDriver {
   protected override runtimeArgs(): string[] {
     return [
       '-c', NETNS_WORKAROUND, this.runsc,
-      '--root', this.opts.stateDir,
+      '--root', this.stateDir,
       // ptrace works everywhere; kvm needs /dev/kvm (and hangs where nested virtualisation is missing).
       '--platform=ptrace',
       // The sandbox's network namespace (joined by path) is handed to gVisor's own network stack.
@@ -96,7 +97,7 @@ export class GvisorDriver extends OciDriver {
   }
 
   override async setHostname(id: string, hostname: string): Promise<void> {
-    await writeHostFilesCopy(this.dir(id), hostname);
+    await writeHostFiles(this.dir(id), hostname);
     // The sentry has its own UTS namespace, out of the host's reach: set it from inside, with the one
     // capability the sandbox's processes do not have, in a short-lived process of our own.
     const r = await run(this.bin, [...this.runtimeArgs(), 'exec', '--cap', 'CAP_SYS_ADMIN', id, 'hostname', hostname], { allowFail: true });
@@ -146,11 +147,3 @@ if (( n >= 7 )) && [[ \${args[n-7]} == restore && \${args[n-6]} == --detach && \
 fi
 exec "$0" "$@"
 `;
-
-/** Same files as the runc driver writes (rewritten in place: they are bind-mounted by inode). */
-function writeHostFilesCopy(dir: string, hostname: string) {
-  return Promise.all([
-    writeFile(join(dir, 'hostname'), `${hostname}\n`),
-    writeFile(join(dir, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${hostname}\n`),
-  ]);
-}

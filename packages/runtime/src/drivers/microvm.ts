@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../agent/index.js';
 import { readUsage } from '../cgroups.js';
 import { createExt4 } from '../disk.js';
+import { defaultInitBinary, ensureDir } from '../paths.js';
 import { which } from '../run.js';
 import { chooseAccel, type AccelChoice } from '../vm/accel.js';
 import { ensureBaseDisk } from '../vm/base-disk.js';
@@ -19,19 +20,12 @@ import { Qmp } from '../vm/qmp.js';
 import { GUEST_AGENT, plugVmNetwork } from '../vm/network.js';
 import { ensureSnapshot } from '../vm/snapshot.js';
 import { checkpointDir, clearCheckpoint, completeCheckpoint, readCheckpoint, savedBefore, startCheckpoint } from '../checkpoint/index.js';
-import type { CreateOptions, HibernateResult, RuntimeDriver, RuntimeState, SandboxRuntimeSpec, WakeResult } from './types.js';
+import { QuiesceError, type CreateOptions, type DiskKind, type DriverContext, type HibernateResult, type QuiesceContext, type RuntimeDriver, type RuntimeState, type SandboxRuntimeSpec, type WakeResult } from './types.js';
 
-export interface MicrovmDriverOptions {
-  /** Host directory holding one folder per sandbox. */
-  sandboxesDir: string;
-  /** Kernels, initramfs, image disks and snapshots: shared by every sandbox (and server) on the host. */
-  cacheDir: string;
-  initBinary: string;
+export interface MicrovmDriverOptions extends DriverContext {
   /** packages/guest/init by default. */
   guestInit?: string;
   readyTimeoutMs?: number;
-  /** Long first-time work (kernel download, snapshot boot) is reported here. */
-  progress?: (line: string) => void;
 }
 
 const MiB = 2 ** 20;
@@ -52,8 +46,18 @@ const QEMU_PIDS = 256;
 export class MicrovmDriver implements RuntimeDriver {
   readonly name = 'microvm' as const;
   private prepared?: Promise<{ boot: GuestBoot; accel: AccelChoice }>;
+  private readonly sandboxesDir: string;
+  /** Kernels, initramfs, image disks and snapshots: shared by every sandbox (and server) on the host. */
+  private readonly cacheDir: string;
+  private readonly initBinary: string;
+  private readonly progress: (line: string) => void;
 
-  constructor(private readonly opts: MicrovmDriverOptions) {}
+  constructor(private readonly opts: MicrovmDriverOptions) {
+    this.sandboxesDir = join(opts.root, 'sandboxes-microvm');
+    this.cacheDir = join(opts.cacheDir, 'microvm');
+    this.initBinary = opts.initBinary ?? defaultInitBinary();
+    this.progress = (line) => opts.progress?.(`microvm: ${line}`);
+  }
 
   async check(): Promise<void> {
     const tools: [string, string][] = [
@@ -64,17 +68,19 @@ export class MicrovmDriver implements RuntimeDriver {
     const busybox = await readFile('/bin/busybox').catch(() => undefined);
     // The initramfs has no libraries: only busybox-static's binary works there.
     if (!busybox || !isStaticElf(busybox)) throw new Error('a static /bin/busybox is missing: apt-get install busybox-static');
-    await access(this.opts.initBinary).catch(() => {
-      throw new Error(`${this.opts.initBinary} is not built: run \`make -C packages/agent\``);
+    await access(this.initBinary).catch(() => {
+      throw new Error(`${this.initBinary} is not built: run \`make -C packages/agent\``);
     });
+    // Only root enters: QEMU runs chrooted in each sandbox's jail, as a uid of its own.
+    await ensureDir(this.sandboxesDir, 0o700);
   }
 
   /** Kernel, initramfs and accelerator: found or made once (the first time, a kernel download and a test boot). */
   prepare(): Promise<{ boot: GuestBoot; accel: AccelChoice }> {
     this.prepared ??= (async () => {
-      const boot = await ensureGuestBoot({ cacheDir: this.opts.cacheDir, initBinary: this.opts.initBinary, guestInit: this.guestInit(), progress: this.opts.progress });
-      const accel = await chooseAccel(boot, join(this.opts.cacheDir, 'accel.json'));
-      if (accel.warning) this.opts.progress?.(`warning: ${accel.warning}`);
+      const boot = await ensureGuestBoot({ cacheDir: this.cacheDir, initBinary: this.initBinary, guestInit: this.guestInit(), progress: this.progress });
+      const accel = await chooseAccel(boot, join(this.cacheDir, 'accel.json'));
+      if (accel.warning) this.progress(`warning: ${accel.warning}`);
       return { boot, accel };
     })().catch((err) => {
       this.prepared = undefined;
@@ -84,7 +90,7 @@ export class MicrovmDriver implements RuntimeDriver {
   }
 
   dir(id: string) {
-    return join(this.opts.sandboxesDir, id);
+    return join(this.sandboxesDir, id);
   }
 
   logPath(id: string) {
@@ -98,6 +104,55 @@ export class MicrovmDriver implements RuntimeDriver {
   /** The guest's `vdb`: the host never mounts it. */
   writableLayer(id: string) {
     return { image: join(this.dir(id), 'disk.img') };
+  }
+
+  /**
+   * The host cannot see the guest's page cache, so a microVM must run to be held still. Its volume is synced
+   * and frozen inside the guest. Its root is the overlay on the writable layer, and freezing that in the guest
+   * would freeze the agent that must thaw it: the guest syncs, then QEMU stops the vCPUs (QMP stop, which also
+   * drains and flushes QEMU's own block I/O) while the host reads the image, and continues them after.
+   */
+  async quiesce<T>(id: string, what: DiskKind, copy: () => Promise<T>, ctx: QuiesceContext): Promise<T> {
+    const flushed = "(a microVM's guest cache must be flushed)";
+    if (!ctx.running) throw new QuiesceError(what === 'data' ? `resume it to back it up ${flushed}` : `resume or wake it to back up its writable layer ${flushed}`, true);
+    if (what === 'data') {
+      await this.mustInGuest(id, ['/bin/sh', '-c', 'sync && fsfreeze -f "$1"', 'sh', ctx.dataMountPath], 'freeze the volume');
+      try {
+        return await copy();
+      } finally {
+        await this.mustInGuest(id, ['/bin/sh', '-c', 'fsfreeze -u "$1"', 'sh', ctx.dataMountPath], 'thaw the volume').catch((err: unknown) => ctx.warn(err, 'could not thaw a microVM volume'));
+      }
+    }
+    await this.mustInGuest(id, ['sync'], 'sync the writable layer');
+    await this.pause(id);
+    try {
+      return await copy();
+    } finally {
+      await this.resume(id).catch((err: unknown) => ctx.warn(err, 'could not continue a microVM stopped for a backup'));
+    }
+  }
+
+  /**
+   * Thaws a volume frozen inside a running guest. A microVM stopped for a copy of its writable layer needs
+   * nothing here: the controller's recovery continues it (its record says Running).
+   */
+  async thaw(id: string, what: DiskKind, ctx: QuiesceContext): Promise<void> {
+    if (what !== 'data' || !ctx.running) return;
+    // MicroVMs outlive the control plane: thaw inside (an error when it was not frozen is expected), bounded.
+    const thawed = this.inGuest(id, ['/bin/sh', '-c', 'fsfreeze -u "$1" 2>/dev/null; true', 'sh', ctx.dataMountPath]).catch(() => {});
+    await Promise.race([thawed, sleep(5000, undefined, { ref: false })]);
+  }
+
+  /** Runs a command in the guest: its exit code and what it wrote to stderr. */
+  private async inGuest(id: string, command: string[]): Promise<{ exitCode: number; stderr: string }> {
+    let stderr = '';
+    const { exitCode } = await this.agent(id).exec({ command }, { onStderr: (b) => (stderr += b.toString()) }).done;
+    return { exitCode, stderr: stderr.trim() };
+  }
+
+  private async mustInGuest(id: string, command: string[], what: string): Promise<void> {
+    const { exitCode, stderr } = await this.inGuest(id, command);
+    if (exitCode !== 0) throw new QuiesceError(`could not ${what} inside the microVM (exit ${exitCode}): ${stderr}`);
   }
 
   async create(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<void> {
@@ -126,8 +181,8 @@ export class MicrovmDriver implements RuntimeDriver {
     const { boot, accel } = await this.prepare();
     const shape = vmShape(spec);
     const [base, snap] = await Promise.all([
-      ensureBaseDisk(this.opts.cacheDir, spec.image, this.opts.progress),
-      ensureSnapshot(this.opts.cacheDir, boot, accel.accel, shape, this.opts.progress),
+      ensureBaseDisk(this.cacheDir, spec.image, this.progress),
+      ensureSnapshot(this.cacheDir, boot, accel.accel, shape, this.progress),
     ]);
     await opts.ready;
     const guest = await plugVmNetwork(spec.netnsPath);
@@ -328,10 +383,8 @@ export class MicrovmDriver implements RuntimeDriver {
 
   async setHostname(id: string, hostname: string): Promise<void> {
     const script = 'hostname "$1" && echo "$1" > /etc/hostname && printf "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n" "$1" > /etc/hosts';
-    let err = '';
-    const h = this.agent(id).exec({ command: ['/bin/sh', '-c', script, 'sh', hostname] }, { onStderr: (b) => (err += b.toString()) });
-    const { exitCode } = await h.done;
-    if (exitCode !== 0) throw new Error(`setting the hostname in the microVM failed (exit ${exitCode}): ${err.trim()}`);
+    const { exitCode, stderr } = await this.inGuest(id, ['/bin/sh', '-c', script, 'sh', hostname]);
+    if (exitCode !== 0) throw new Error(`setting the hostname in the microVM failed (exit ${exitCode}): ${stderr}`);
   }
 
   async state(id: string): Promise<RuntimeState> {
@@ -362,7 +415,7 @@ export class MicrovmDriver implements RuntimeDriver {
   }
 
   async listIds(): Promise<string[]> {
-    return readdir(this.opts.sandboxesDir).catch(() => [] as string[]);
+    return readdir(this.sandboxesDir).catch(() => [] as string[]);
   }
 
   usage(id: string) {

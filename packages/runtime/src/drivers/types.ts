@@ -36,10 +36,56 @@ export type HibernateResult =
 /** What `wake` did: restored the saved processes, or started the sandbox again on its disks (and why). */
 export type WakeResult = { restored: true } | { restored: false; reason: string };
 
+/**
+ * What every driver is made from. A driver derives all its folders from these roots itself (and makes
+ * them in `check`), so the server needs to know none of them.
+ */
+export interface DriverContext {
+  /** The server's data directory: each driver keeps its sandboxes and state in folders of its own under it. */
+  root: string;
+  /** Shared by every server on the host (the image cache): a driver keeps its caches in a folder of its own under it. */
+  cacheDir: string;
+  /** moat-init; `defaultInitBinary()` when not given. */
+  initBinary?: string;
+  /** moat-hostname; `defaultHostnameHelper()` when not given. */
+  hostnameHelper?: string;
+  /** Long first-time work (downloads, test boots) is reported here, one line at a time. */
+  progress?: (line: string) => void;
+}
+
+/** What a backup copies: the sandbox's data image (its volume) or its writable layer (`disk.img`). */
+export type DiskKind = 'data' | 'layer';
+
+/** What `quiesce` and `thaw` know of the sandbox from its record. */
+export interface QuiesceContext {
+  /** The sandbox is running (not paused, hibernated or stopped), as its record says. */
+  running: boolean;
+  /** Where the sandbox mounts its data image inside. */
+  dataMountPath: string;
+  /** A failure after the copy (letting the sandbox go on) does not fail the copy: it is reported here. */
+  warn(err: unknown, message: string): void;
+}
+
+/**
+ * A sandbox's disk could not be held still for a copy. `refused`: not in the state the sandbox is in; the
+ * message then says what to do ("resume it..."). Otherwise the attempt failed.
+ */
+export class QuiesceError extends Error {
+  constructor(message: string, readonly refused = false) {
+    super(message);
+    this.name = 'QuiesceError';
+  }
+}
+
 export interface RuntimeDriver {
   readonly name: RuntimeClassName;
-  /** Throws an Error that says what to install when the runtime cannot work on this host. */
+  /**
+   * Throws an Error that says what to install when the runtime cannot work on this host; otherwise makes the
+   * driver's folders under its root (so a runtime that cannot work here leaves nothing on the host).
+   */
   check(): Promise<void>;
+  /** Long first-time work (a kernel download, a test boot) the server starts in the background once `check` passed. */
+  prepare?(): Promise<unknown>;
   /** Start the sandbox; reuses its disks when they exist (a restart after a crash). Resolves once exec works. */
   create(spec: SandboxRuntimeSpec, opts?: CreateOptions): Promise<void>;
   /** Remove everything the sandbox has on the host. Idempotent. */
@@ -66,11 +112,15 @@ export interface RuntimeDriver {
   agent(id: string): AgentClient;
   usage(id: string): Promise<Usage>;
   logPath(id: string): string;
+  /** The sandbox's writable layer: its ext4 image (`disk.img`, kept across restarts; one put there before the first start is used as it is). */
+  writableLayer(id: string): { image: string };
   /**
-   * The sandbox's writable layer: its ext4 image (`disk.img`, kept across restarts; one put there before the
-   * first start is used as it is) and, where the host mounts it (runc, gVisor), the mount point.
+   * Runs `copy` (which reads the sandbox's data image or writable layer on the host) while nothing can change
+   * that image, and lets the sandbox go on after. Throws a QuiesceError when it cannot.
    */
-  writableLayer(id: string): { image: string; hostMount?: string };
+  quiesce<T>(id: string, what: DiskKind, copy: () => Promise<T>, ctx: QuiesceContext): Promise<T>;
+  /** After a crash: undoes a `quiesce` that was cut short. Idempotent, best effort and bounded. */
+  thaw(id: string, what: DiskKind, ctx: QuiesceContext): Promise<void>;
   /** Why this runtime runs worse than it should on this host (microVMs without KVM), if it does: shown in sandbox status. */
   degraded?(): Promise<string | undefined>;
 }

@@ -1,13 +1,13 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { MoatError, assertName, badRequest, conflict, notFound, type Sandbox, type SandboxSpec } from '@moat/core';
-import { run, type RuntimeDriver } from '@moat/runtime';
+import { QuiesceError, type DiskKind, type QuiesceContext } from '@moat/runtime';
 import type { Logger } from 'pino';
-import type { SandboxController } from '../backends/local/controllers/sandboxes.js';
+import type { Drivers, SandboxController } from '../backends/local/controllers/sandboxes.js';
 import { crashPoint } from '../faults.js';
 import type { BackupTable, VolumeTable } from '../store/schema.js';
 import type { Store } from '../store/store.js';
@@ -42,28 +42,25 @@ export function assertBackupId(id: string): string {
   return id;
 }
 
-/** Where a runc or gVisor sandbox's /data is mounted on the host. */
-export type HostMounts = (runtime: string, sandboxUid: string) => string | undefined;
-
 /**
- * Snapshots of named volumes into an object store: consistent (the
- * filesystem frozen while it is read: on the host for runc and gVisor, in
- * the guest for a microVM), zstd-compressed, SHA-256 checksummed, written
- * atomically. A restore makes a new volume from a backup after checking it.
+ * Snapshots of named volumes into an object store: consistent (the sandbox's
+ * driver holds the filesystem still while it is read: see `quiesce`),
+ * zstd-compressed, SHA-256 checksummed, written atomically. A restore makes a
+ * new volume from a backup after checking it.
  */
 export class BackupService {
   private constructor(
     private readonly store: Store,
     private readonly volumes: VolumeService,
     private readonly sandboxes: SandboxController,
+    private readonly drivers: Pick<Drivers, 'get'>,
     readonly objects: ObjectStore,
-    private readonly hostMount: HostMounts,
     private readonly log: Logger,
   ) {}
 
-  static async open(store: Store, volumes: VolumeService, sandboxes: SandboxController, objects: ObjectStore, hostMount: HostMounts, log: Logger): Promise<BackupService> {
+  static async open(store: Store, volumes: VolumeService, sandboxes: SandboxController, drivers: Pick<Drivers, 'get'>, objects: ObjectStore, log: Logger): Promise<BackupService> {
     await objects.cleanup();
-    const s = new BackupService(store, volumes, sandboxes, objects, hostMount, log);
+    const s = new BackupService(store, volumes, sandboxes, drivers, objects, log);
     await s.thawLeftovers();
     await s.dropIncomplete();
     return s;
@@ -74,9 +71,7 @@ export class BackupService {
     for (const r of await this.store.db.selectFrom('backups').selectAll().where('complete', '=', 0).execute()) {
       this.log.warn({ backup: r.id }, 'removing a backup a crash cut short');
       const source = r.kind === 'rootfs' && r.sandbox_uid ? await this.store.getSandboxByUid(r.sandbox_uid) : undefined;
-      // A microVM stopped for the copy is resumed by the controller's recovery (its record says Running).
-      const mount = source ? this.sandboxes.driverFor(source.sandbox).writableLayer(r.sandbox_uid!).hostMount : undefined;
-      if (mount && (await isMountPoint(mount))) await run('fsfreeze', ['-u', mount], { allowFail: true });
+      if (source) await this.thaw(source.sandbox, 'layer');
       await this.objects.delete(r.key);
       await this.store.db.deleteFrom('backups').where('id', '=', r.id).execute();
     }
@@ -130,7 +125,7 @@ export class BackupService {
   /**
    * A backup of a sandbox's writable layer (its `disk.img`: the overlay's upper layer, everything it changed
    * outside its volume), with its spec and image digest, taken while nothing can change it: under the
-   * sandbox's lock (no pause, hibernate or delete meanwhile), frozen (see consistentDisk).
+   * sandbox's lock (no pause, hibernate or delete meanwhile), held still by its driver (see quiesced).
    */
   async createRootfs(namespace: string, sandbox: string): Promise<BackupInfo> {
     assertName(sandbox, 'sandbox');
@@ -142,13 +137,12 @@ export class BackupService {
       if (phase === 'Pending' || phase === 'Failed' || phase === 'Terminating') throw conflict(`sandbox "${sandbox}" is ${phase}: only a Running, Paused or Hibernated sandbox's writable layer can be backed up`);
       const digest = s.status.image?.digest;
       if (!digest) throw conflict(`sandbox "${sandbox}" has not started yet: it has no writable layer`);
-      const driver = this.sandboxes.driverFor(s);
-      const layer = driver.writableLayer(uid);
-      const size = await stat(layer.image).then((x) => x.size, () => undefined);
+      const { image } = this.sandboxes.driverFor(s).writableLayer(uid);
+      const size = await stat(image).then((x) => x.size, () => undefined);
       if (size === undefined) throw conflict(`sandbox "${sandbox}" has no writable layer on this host`);
       const started = Date.now();
       const row = this.newRow(namespace, size, { kind: 'rootfs', volume: '', volume_uid: '', sandbox: s.metadata.name, sandbox_uid: uid, spec: JSON.stringify(s.spec), image_digest: digest });
-      return { ...(await this.record(row, () => this.consistentDisk(s, driver, layer, () => this.upload(layer.image, row.key)))), durationMs: Date.now() - started };
+      return { ...(await this.record(row, () => this.quiesced(s, 'layer', () => this.upload(image, row.key), `sandbox "${sandbox}" is ${phase}`))), durationMs: Date.now() - started };
     });
   }
 
@@ -260,10 +254,8 @@ export class BackupService {
   }
 
   /**
-   * Runs `copy` while nothing can change the volume: an unattached volume
-   * needs nothing; a runc or gVisor sandbox's mount is frozen on the host
-   * (after a sync inside, which flushes gVisor's own cache); a microVM's is
-   * synced and frozen inside the guest, whose page cache the host cannot see.
+   * Runs `copy` while nothing can change the volume: an unattached volume needs nothing, an attached one is
+   * held still by its sandbox's driver.
    */
   private async consistent<T>(v: VolumeTable, copy: () => Promise<T>): Promise<T> {
     if (!v.sandbox_uid) return copy();
@@ -271,76 +263,44 @@ export class BackupService {
     if (!found) return copy();
     const s = found.sandbox;
     const phase = s.status.phase;
-    const runtime = s.status.runtimeClassName ?? 'runc';
     if (phase === 'Pending') throw conflict(`volume "${v.name}" is attached to sandbox "${s.metadata.name}", which is starting: back it up once it is Running`);
     if (phase === 'Failed') return copy(); // its host state is gone: nothing mounts the image
-    if (runtime === 'microvm') {
-      if (phase !== 'Running') throw conflict(`volume "${v.name}" is attached to microVM sandbox "${s.metadata.name}", which is ${phase}: resume it to back it up (its guest's cache must be flushed)`);
-      const at = mountPathOf(s);
-      await this.guest(s, ['/bin/sh', '-c', 'sync && fsfreeze -f "$1"', 'sh', at], 'freeze the volume');
-      try {
-        return await copy();
-      } finally {
-        await this.guest(s, ['/bin/sh', '-c', 'fsfreeze -u "$1"', 'sh', at], 'thaw the volume').catch((err: unknown) => this.log.error({ err, sandbox: s.metadata.name }, 'could not thaw a microVM volume'));
-      }
-    }
-    return this.hostFrozen(s, this.hostMount(runtime, s.metadata.uid), copy);
-  }
-
-  /** A runc or gVisor sandbox's filesystem mounted on the host at `mount`: synced inside when it runs (gVisor's own cache), frozen while `copy` reads it. */
-  private async hostFrozen<T>(s: Sandbox, mount: string | undefined, copy: () => Promise<T>): Promise<T> {
-    if (!mount || !(await isMountPoint(mount))) return copy();
-    if (s.status.phase === 'Running') await this.guest(s, ['sync'], 'sync').catch(() => {}); // best effort: gVisor's cache
-    await run('fsfreeze', ['-f', mount]);
-    try {
-      return await copy();
-    } finally {
-      await run('fsfreeze', ['-u', mount], { allowFail: true });
-    }
+    return this.quiesced(s, 'data', copy, `volume "${v.name}" is attached to sandbox "${s.metadata.name}", which is ${phase}`);
   }
 
   /**
-   * Runs `copy` while nothing can change a sandbox's writable layer (the caller holds the sandbox's lock).
-   * runc and gVisor: the host's loop mount of `disk.img` (`<dir>/disk`) is synced and frozen as a volume's is
-   * (a frozen cgroup would not flush the host's page cache). A microVM's root is the overlay on that disk, and
-   * freezing it in the guest would freeze the agent that must thaw it: the guest syncs, then QEMU stops the
-   * vCPUs (QMP stop, which also drains and flushes QEMU's own block I/O) while the host reads the image, and
-   * continues them after. A paused or hibernated microVM is refused: its guest's cache cannot be flushed.
+   * Runs `copy` while the sandbox's driver holds the disk still (the caller holds the sandbox's or the
+   * volume's lock). A driver's refusal is a 409 (`refused` says what was refused), its failure a BackupFailed.
    */
-  private async consistentDisk<T>(s: Sandbox, driver: RuntimeDriver, layer: { image: string; hostMount?: string }, copy: () => Promise<T>): Promise<T> {
-    if (driver.name !== 'microvm') return this.hostFrozen(s, layer.hostMount, copy);
-    const uid = s.metadata.uid;
-    if (s.status.phase !== 'Running') throw conflict(`microVM sandbox "${s.metadata.name}" is ${s.status.phase}: resume or wake it to back up its writable layer (its guest's cache must be flushed)`);
-    await this.guest(s, ['sync'], 'sync the writable layer');
-    await driver.pause(uid);
+  private async quiesced<T>(s: Sandbox, what: DiskKind, copy: () => Promise<T>, refused: string): Promise<T> {
     try {
-      return await copy();
-    } finally {
-      await driver.resume(uid).catch((err: unknown) => this.log.error({ err, sandbox: s.metadata.name }, 'could not continue a microVM stopped for a backup'));
+      return await this.sandboxes.driverFor(s).quiesce(s.metadata.uid, what, copy, this.quiesceContext(s));
+    } catch (err) {
+      if (!(err instanceof QuiesceError)) throw err;
+      if (err.refused) throw conflict(`${refused}: ${err.message}`);
+      throw new MoatError(500, 'BackupFailed', `sandbox "${s.metadata.name}": ${err.message}`);
     }
   }
 
-  private async guest(s: Sandbox, command: string[], what: string): Promise<void> {
-    const agent = this.sandboxes.driverFor(s).agent(s.metadata.uid);
-    let err = '';
-    const { exitCode } = await agent.exec({ command }, { onStderr: (b: Buffer) => (err += b.toString()) }).done;
-    if (exitCode !== 0) throw new MoatError(500, 'BackupFailed', `could not ${what} inside sandbox "${s.metadata.name}" (exit ${exitCode}): ${err.trim()}`);
+  private quiesceContext(s: Sandbox): QuiesceContext {
+    return {
+      running: s.status.phase === 'Running',
+      dataMountPath: mountPathOf(s),
+      warn: (err, message) => this.log.error({ err, sandbox: s.metadata.name }, message),
+    };
   }
 
-  /** A crash between freeze and thaw would leave a sandbox's /data frozen: thaw every attached volume's mount on start-up. */
+  /** A sandbox held still for a copy when a crash came: its driver lets it go on (one not working here is skipped: recovery refuses its sandboxes anyway). */
+  private async thaw(s: Sandbox, what: DiskKind): Promise<void> {
+    await this.drivers.get(s.status.runtimeClassName ?? 'runc')?.thaw(s.metadata.uid, what, this.quiesceContext(s));
+  }
+
+  /** A crash between freeze and thaw would leave a sandbox's /data frozen: thaw every attached volume on start-up. */
   private async thawLeftovers(): Promise<void> {
     const rows = await this.store.db.selectFrom('volumes').select('sandbox_uid').where('sandbox_uid', 'is not', null).execute();
     for (const r of rows) {
       const s = await this.store.getSandboxByUid(r.sandbox_uid!);
-      if (!s) continue;
-      const runtime = s.sandbox.status.runtimeClassName ?? 'runc';
-      const mount = this.hostMount(runtime, r.sandbox_uid!);
-      if (mount && (await isMountPoint(mount))) await run('fsfreeze', ['-u', mount], { allowFail: true });
-      if (runtime === 'microvm' && s.sandbox.status.phase === 'Running') {
-        // MicroVMs outlive the control plane: thaw inside (an error when it was not frozen is expected), bounded.
-        const thaw = this.guest(s.sandbox, ['/bin/sh', '-c', 'fsfreeze -u "$1" 2>/dev/null; true', 'sh', mountPathOf(s.sandbox)], 'thaw the volume').catch(() => {});
-        await Promise.race([thaw, new Promise((res) => setTimeout(res, 5000).unref())]);
-      }
+      if (s) await this.thaw(s.sandbox, 'data');
     }
   }
 }
@@ -378,12 +338,6 @@ async function zstd(args: string[], io: { stdin?: NodeJS.ReadableStream[]; stdou
   }
   const code = await exited;
   if (code !== 0) throw new MoatError(500, 'BackupFailed', `zstd failed (exit ${code}): ${stderr.trim()}`);
-}
-
-async function isMountPoint(p: string): Promise<boolean> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const un = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return text.split('\n').some((l) => un(l.split(' ')[4] ?? '') === p);
 }
 
 const info = (r: BackupTable): BackupInfo => ({

@@ -1,6 +1,4 @@
-import { chmod, mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
-import { GvisorDriver, MicrovmDriver, OciDriver, defaultHostnameHelper, defaultInitBinary, type ImageStore, type RuntimeDriver } from '@moat/runtime';
+import { builtinDrivers, type ImageStore } from '@moat/runtime';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../../audit/log.js';
 import { Activity } from './controllers/activity.js';
@@ -9,6 +7,7 @@ import { LifecycleController } from './controllers/lifecycle.js';
 import { WarmPoolController } from './controllers/pools.js';
 import { SandboxController, type Drivers, type SandboxNetwork, type SandboxVolumes, type Tenancy } from './controllers/sandboxes.js';
 import { TemplateController } from './controllers/templates.js';
+import { startDrivers } from './drivers.js';
 import type { Store } from '../../store/store.js';
 import type { BackendCapabilities, RuntimeInfo, SandboxBackend } from '../types.js';
 
@@ -43,6 +42,8 @@ export class LocalBackend implements SandboxBackend {
 
   private constructor(
     readonly runtimes: Record<string, RuntimeInfo>,
+    /** The runtime drivers that work here: backups quiesce and copy a sandbox's disks through them. */
+    readonly drivers: Drivers,
     readonly sandboxes: SandboxController,
     readonly templates: TemplateController,
     readonly pools: WarmPoolController,
@@ -52,7 +53,8 @@ export class LocalBackend implements SandboxBackend {
   ) {}
 
   static async open(o: LocalBackendOptions): Promise<LocalBackend> {
-    const { runtimes, drivers } = await openDrivers(o);
+    // Each driver keeps its folders under the data dir, and its per-host caches (microVM kernels, disks, snapshots) beside the image cache.
+    const { drivers, runtimes } = await startDrivers(builtinDrivers({ root: o.dataDir, cacheDir: o.images.dir, progress: o.say }), o.say);
     const activity = new Activity();
     const sandboxes = new SandboxController(o.store, o.images, drivers, o.network, o.log, o.tenancy, activity, o.resumeOnUse, o.volumes);
     const templates = new TemplateController(o.store, (spec) => sandboxes.validateSpec(spec));
@@ -72,7 +74,7 @@ export class LocalBackend implements SandboxBackend {
       o.log,
       (listener) => sandboxes.onChange(listener),
     );
-    return new LocalBackend(runtimes, sandboxes, templates, pools, claims, lifecycle, o.log);
+    return new LocalBackend(runtimes, drivers, sandboxes, templates, pools, claims, lifecycle, o.log);
   }
 
   /** Recovers what a restart left (see SandboxController.recover), then starts the controllers' work. */
@@ -102,48 +104,4 @@ export class LocalBackend implements SandboxBackend {
     await this.sandboxes.stop();
     this.log.debug('local backend stopped');
   }
-}
-
-/** Every runtime driver this host has, checked; the microVM's first preparation runs in the background. */
-async function openDrivers(o: LocalBackendOptions): Promise<{ runtimes: Record<string, RuntimeInfo>; drivers: Drivers }> {
-  const { dataDir, images, say } = o;
-  // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
-  for (const d of ['sandboxes', 'sandboxes-gvisor', 'runtime/runc', 'runtime/gvisor']) {
-    await mkdir(join(dataDir, d), { recursive: true, mode: 0o711 });
-    await chmod(join(dataDir, d), 0o711);
-  }
-  const runc = new OciDriver({ sandboxesDir: join(dataDir, 'sandboxes'), stateDir: join(dataDir, 'runtime', 'runc'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
-  // gVisor keeps its own sandboxes and state dirs: each driver's listIds (orphan cleanup) must see only its own.
-  const gvisor = new GvisorDriver({ sandboxesDir: join(dataDir, 'sandboxes-gvisor'), stateDir: join(dataDir, 'runtime', 'gvisor'), initBinary: defaultInitBinary(), hostnameHelper: defaultHostnameHelper() });
-  // MicroVM kernels, image disks and snapshots are per host, not per server: kept beside the image cache.
-  const microvm = new MicrovmDriver({ sandboxesDir: join(dataDir, 'sandboxes-microvm'), cacheDir: join(images.dir, 'microvm'), initBinary: defaultInitBinary(), progress: (l) => say(`microvm: ${l}`) });
-  const available = new Map<string, RuntimeDriver>();
-  const runtimes: Record<string, RuntimeInfo> = {};
-  for (const driver of [runc, gvisor, microvm] as RuntimeDriver[]) {
-    try {
-      await driver.check();
-      available.set(driver.name, driver);
-      runtimes[driver.name] = { available: true };
-    } catch (err) {
-      runtimes[driver.name] = { available: false, reason: (err as Error).message };
-      say(`warning: runtime ${driver.name} unavailable: ${(err as Error).message}`);
-    }
-  }
-  // The first start downloads the guest kernel and probes KVM: in the background, so the API is up meanwhile.
-  if (available.has('microvm')) {
-    microvm.prepare().then(
-      async () => {
-        const warning = await microvm.degraded();
-        if (warning) runtimes.microvm = { available: true, warning };
-      },
-      (err: Error) => say(`warning: microvm: ${err.message}`),
-    );
-  }
-  return {
-    runtimes,
-    drivers: {
-      get: (name) => available.get(name),
-      unavailable: (name) => (available.has(name) ? undefined : (runtimes[name]?.reason ?? 'unknown runtime')),
-    },
-  };
 }

@@ -76,6 +76,8 @@ export interface SandboxNetwork {
 
 export interface Drivers {
   get(name: string): RuntimeDriver | undefined;
+  /** Every driver that works on this host. */
+  all(): RuntimeDriver[];
   /** Why a runtime class cannot be used here, or undefined when it can. */
   unavailable(name: string): string | undefined;
 }
@@ -440,12 +442,10 @@ export class SandboxController implements Sandboxes {
     const stored = await this.store.listSandboxes();
     const known = new Set(stored.map((s) => s.sandbox.metadata.uid));
     await Promise.all(stored.map(({ sandbox }) => this.sync(sandbox.metadata.uid, { restarted: true })));
-    for (const name of ['runc', 'gvisor', 'microvm']) {
-      const driver = this.drivers.get(name);
-      if (!driver) continue;
+    for (const driver of this.drivers.all()) {
       for (const id of await driver.listIds()) {
         if (known.has(id)) continue;
-        this.log.warn({ id, runtime: name }, 'removing orphaned sandbox state');
+        this.log.warn({ id, runtime: driver.name }, 'removing orphaned sandbox state');
         await driver.destroy(id).catch((err) => this.log.error({ err, id }, 'orphan cleanup failed'));
       }
     }
