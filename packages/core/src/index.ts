@@ -5,3 +5,4 @@ export * from './sandbox.js';
 export * from './limits.js';
 export * from './egress.js';
 export * from './extensions.js';
+export * from './conditions.js';
