@@ -1,3 +1,4 @@
+export * from './api.js';
 export * from './errors.js';
 export * from './names.js';
 export * from './quantity.js';
