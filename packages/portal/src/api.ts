@@ -37,10 +37,10 @@ export interface KObject {
   status?: { conditions?: Condition[]; replicas?: number; readyReplicas?: number } & Record<string, unknown>;
 }
 
-/** A refused or failed call: the server's Status message, word for word. */
+/** A refused or failed call: the server's Status (code, reason, message), word for word, as the SDK's MoatError. */
 export class ApiError extends Error {
   constructor(
-    readonly status: number,
+    readonly code: number,
     readonly reason: string,
     message: string,
   ) {
@@ -95,7 +95,7 @@ export const session = {
       setCsrf(me.csrfToken);
       return me;
     } catch (err) {
-      if (err instanceof ApiError && err.status === 401) return undefined;
+      if (err instanceof ApiError && err.code === 401) return undefined;
       throw err;
     }
   },

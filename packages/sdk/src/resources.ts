@@ -76,7 +76,7 @@ export class ResourceClient<T extends KubeObject = KubeObject> {
           timeoutMs: Math.max(remaining, 1) * 1000 + SERVER_TIMEOUT_SLACK_MS,
         });
       } catch (err) {
-        if (!(err instanceof MoatError) || err.status !== 408 || deadline - Date.now() < 1000) throw err;
+        if (!(err instanceof MoatError) || err.code !== 408 || deadline - Date.now() < 1000) throw err;
         await new Promise((r) => setTimeout(r, 200)); // never spin if the server answers 408 early
       }
     }

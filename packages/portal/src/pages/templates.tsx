@@ -76,7 +76,7 @@ function Editor({ editing, me, onDone }: { editing: Editing; me: Me; onDone: () 
       else await api(objectPath(PLURAL[editing.kind], namespace), { method: 'POST', json: obj });
       onDone();
     } catch (err) {
-      setError({ message: err instanceof ApiError ? `${err.status} ${err.reason}: ${err.message}` : errorText(err) });
+      setError({ message: err instanceof ApiError ? `${err.code} ${err.reason}: ${err.message}` : errorText(err) });
     } finally {
       setBusy(false);
     }
