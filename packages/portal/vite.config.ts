@@ -2,7 +2,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { brotliCompressSync, gzipSync, constants } from 'node:zlib';
 import react from '@vitejs/plugin-react';
-import { defineConfig, type Plugin } from 'vite';
+import { defaultClientConditions, defineConfig, type Plugin } from 'vite';
 
 /** Writes .br and .gz beside each text asset, which the server sends to browsers that accept them (no compression per request). */
 function precompress(): Plugin {
@@ -28,6 +28,8 @@ function precompress(): Plugin {
 export default defineConfig({
   plugins: [react(), precompress()],
   base: '/',
+  // Workspace packages (the SDK's wire constants) are bundled from their TypeScript source.
+  resolve: { conditions: ['source', ...defaultClientConditions] },
   build: { target: 'es2022', sourcemap: false, chunkSizeWarningLimit: 400, reportCompressedSize: true },
   server: { proxy: { '/apis': { target: process.env.MOAT_URL ?? 'http://127.0.0.1:6628', ws: true } } },
 });

@@ -17,7 +17,7 @@ const ALLOWED: Record<string, string[]> = {
   server: ['core', 'runtime', 'gateway'],
   sdk: [],
   cli: ['sdk', 'server'],
-  portal: [],
+  portal: ['sdk'],
 };
 
 function sources(dir: string): string[] {
@@ -82,7 +82,8 @@ function circles(graph: Map<string, Set<string>>): string[][] {
 }
 
 const packages = readdirSync(join(ROOT, 'packages')).filter((p) => statSync(join(ROOT, 'packages', p, 'src'), { throwIfNoEntry: false })?.isDirectory());
-const files = new Map(packages.map((p) => [p, sources(join(ROOT, 'packages', p, 'src'))]));
+// The TypeScript packages (packages/agent's src is C).
+const files = new Map(packages.map((p) => [p, sources(join(ROOT, 'packages', p, 'src'))] as const).filter(([, list]) => list.length > 0));
 const rel = (f: string) => relative(ROOT, f);
 
 test('every package imports only the packages below it', () => {
@@ -96,7 +97,7 @@ test('every package imports only the packages below it', () => {
       }
     }
   }
-  assert.deepEqual(wrong, [], 'imports against the direction core ← runtime, gateway ← server; server, sdk ← cli');
+  assert.deepEqual(wrong, [], 'imports against the direction core ← runtime, gateway ← server; server, sdk ← cli, portal');
 });
 
 test('no circle of imports between files', () => {

@@ -1,4 +1,7 @@
-import type { KubeObject, SandboxResource } from '@moat/sdk';
+import {
+  CONDITION, EXTENSIONS_API_VERSION, EXTENSIONS_API_VERSIONS, LABELS, SANDBOX_API_VERSION, SANDBOX_API_VERSIONS,
+  type Condition, type KubeObject, type SandboxResource,
+} from '@moat/sdk';
 import { CliError } from './errors.js';
 import { humanAge, shortDigest } from './output.js';
 
@@ -18,7 +21,7 @@ export interface ResourceKind {
   kind: string;
   /** The version the CLI talks; manifests may also carry any of `acceptedVersions`. */
   apiVersion: string;
-  acceptedVersions: string[];
+  acceptedVersions: readonly string[];
   plural: string;
   singular: string;
   aliases: string[];
@@ -38,8 +41,8 @@ const limits = (o: KubeObject) => ({ ...container(o)?.resources?.requests, ...co
 
 export const SANDBOX_KIND: ResourceKind = {
   kind: 'Sandbox',
-  apiVersion: 'agents.x-k8s.io/v1alpha1',
-  acceptedVersions: ['agents.x-k8s.io/v1alpha1', 'agents.x-k8s.io/v1beta1'],
+  apiVersion: SANDBOX_API_VERSION,
+  acceptedVersions: SANDBOX_API_VERSIONS,
   plural: 'sandboxes',
   singular: 'sandbox',
   aliases: ['sbx'],
@@ -58,16 +61,14 @@ export const SANDBOX_KIND: ResourceKind = {
   ],
 };
 
-const EXT_VERSION = 'extensions.agents.x-k8s.io/v1alpha1';
-const EXT_VERSIONS = [EXT_VERSION, 'extensions.agents.x-k8s.io/v1beta1'];
 type Loose = { spec?: any; status?: any };
 const loose = (o: KubeObject) => o as KubeObject & Loose;
-const ready = (o: KubeObject) => (loose(o).status?.conditions as { type: string; status: string; reason: string }[] | undefined)?.find((c) => c.type === 'Ready');
+const ready = (o: KubeObject) => (loose(o).status?.conditions as Condition[] | undefined)?.find((c) => c.type === CONDITION.Ready);
 
 export const TEMPLATE_KIND: ResourceKind = {
   kind: 'SandboxTemplate',
-  apiVersion: EXT_VERSION,
-  acceptedVersions: EXT_VERSIONS,
+  apiVersion: EXTENSIONS_API_VERSION,
+  acceptedVersions: EXTENSIONS_API_VERSIONS,
   plural: 'sandboxtemplates',
   singular: 'sandboxtemplate',
   aliases: ['template', 'templates'],
@@ -77,15 +78,15 @@ export const TEMPLATE_KIND: ResourceKind = {
     name,
     { header: 'IMAGE', value: (o) => loose(o).spec?.podTemplate?.spec?.containers?.[0]?.image ?? '' },
     { header: 'RUNTIME', value: (o) => loose(o).spec?.podTemplate?.spec?.runtimeClassName ?? 'runc' },
-    { header: 'BUILTIN', value: (o) => (o.metadata.labels?.['moat.dev/builtin'] === 'true' ? 'yes' : '') },
+    { header: 'BUILTIN', value: (o) => (o.metadata.labels?.[LABELS.builtin] === 'true' ? 'yes' : '') },
     age,
   ],
 };
 
 export const CLAIM_KIND: ResourceKind = {
   kind: 'SandboxClaim',
-  apiVersion: EXT_VERSION,
-  acceptedVersions: EXT_VERSIONS,
+  apiVersion: EXTENSIONS_API_VERSION,
+  acceptedVersions: EXTENSIONS_API_VERSIONS,
   plural: 'sandboxclaims',
   singular: 'sandboxclaim',
   aliases: ['claim', 'claims'],
@@ -103,8 +104,8 @@ export const CLAIM_KIND: ResourceKind = {
 
 export const POOL_KIND: ResourceKind = {
   kind: 'SandboxWarmPool',
-  apiVersion: EXT_VERSION,
-  acceptedVersions: EXT_VERSIONS,
+  apiVersion: EXTENSIONS_API_VERSION,
+  acceptedVersions: EXTENSIONS_API_VERSIONS,
   plural: 'sandboxwarmpools',
   singular: 'sandboxwarmpool',
   aliases: ['warmpool', 'warmpools', 'pool', 'pools'],

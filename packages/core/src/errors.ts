@@ -1,4 +1,4 @@
-/** An error that maps to an HTTP status and a Kubernetes-style Status reason. */
+/** An error that maps to an HTTP status (`code`) and a Kubernetes-style Status reason; the SDK's MoatError has the same fields. */
 export class MoatError extends Error {
   constructor(
     readonly code: number,

@@ -1,22 +1,15 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { EXTENSIONS_API_VERSIONS } from './api.js';
 import { EgressLimitsSchema, EgressPolicySchema } from './egress.js';
 import { EnvVarSchema, IdlePolicySchema, ObjectMetaSchema, PodTemplateSchema, SecretRefSchema, VolumeClaimTemplateSchema, type Condition } from './sandbox.js';
 
-/**
- * SandboxTemplate, SandboxClaim and SandboxWarmPool, shaped like
- * kubernetes-sigs/agent-sandbox's extensions API. Its v1alpha1 and v1beta1
- * differ only in how a claim names its source (sandboxTemplateRef vs
- * warmPoolRef), so Moat accepts both versions and both fields.
- */
-export const EXTENSIONS_GROUP = 'extensions.agents.x-k8s.io';
-export const EXTENSIONS_API_VERSION = `${EXTENSIONS_GROUP}/v1alpha1`;
-export const EXTENSIONS_API_VERSIONS = [EXTENSIONS_API_VERSION, `${EXTENSIONS_GROUP}/v1beta1`] as const;
+// SandboxTemplate, SandboxClaim and SandboxWarmPool, shaped like agent-sandbox's extensions API (its versions: api.ts).
 
 const Strict = { additionalProperties: false } as const;
 const StringMap = Type.Record(Type.String({ maxLength: 253 }), Type.String({ maxLength: 4096 }));
 const Ref = Type.Object({ name: Type.String({ minLength: 1, maxLength: 253 }) }, Strict);
 const ApiVersion = Type.Optional(Type.Union(EXTENSIONS_API_VERSIONS.map((v) => Type.Literal(v))));
-const Policy = (...values: string[]) => Type.Union(values.map((v) => Type.Literal(v)));
+const Policy = <T extends string>(...values: T[]) => Type.Union(values.map((v) => Type.Literal(v)));
 
 export const SandboxTemplateSpecSchema = Type.Object(
   {
@@ -141,15 +134,4 @@ export type SandboxTemplate = ExtensionObject<'SandboxTemplate', SandboxTemplate
 export type SandboxClaim = ExtensionObject<'SandboxClaim', SandboxClaimSpec, SandboxClaimStatus>;
 export type SandboxWarmPool = ExtensionObject<'SandboxWarmPool', SandboxWarmPoolSpec, SandboxWarmPoolStatus>;
 export type ExtensionKind = 'SandboxTemplate' | 'SandboxClaim' | 'SandboxWarmPool';
-
-/** Labels and annotations Moat sets on sandboxes it makes from templates. */
-export const LABELS = {
-  template: 'agents.x-k8s.io/sandbox-template',
-  claim: 'agents.x-k8s.io/claim',
-  /** Present only while a sandbox waits unclaimed in a pool. */
-  pool: 'agents.x-k8s.io/warm-pool',
-  /** On a claimed sandbox: which pool it came from. */
-  adoptedFrom: 'moat.dev/adopted-from-pool',
-  builtin: 'moat.dev/builtin',
-} as const;
 

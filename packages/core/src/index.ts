@@ -1,3 +1,4 @@
+export * from './api.js';
 export * from './errors.js';
 export * from './names.js';
 export * from './quantity.js';
@@ -5,3 +6,4 @@ export * from './sandbox.js';
 export * from './limits.js';
 export * from './egress.js';
 export * from './extensions.js';
+export * from './conditions.js';

@@ -1,11 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { SANDBOX_API_VERSION, SANDBOX_API_VERSIONS } from './api.js';
 import { EgressLimitsSchema, EgressPolicySchema } from './egress.js';
 
-export const SANDBOX_GROUP = 'agents.x-k8s.io';
-export const SANDBOX_VERSION = 'v1alpha1';
-export const SANDBOX_API_VERSION = `${SANDBOX_GROUP}/${SANDBOX_VERSION}`;
-/** agent-sandbox's newer version; same fields for what Moat serves, so both are accepted and served. */
-export const SANDBOX_API_VERSIONS = [SANDBOX_API_VERSION, `${SANDBOX_GROUP}/v1beta1`] as const;
 export const RUNTIME_CLASSES = ['runc', 'gvisor', 'microvm'] as const;
 export type RuntimeClassName = (typeof RUNTIME_CLASSES)[number];
 
@@ -75,7 +71,7 @@ export const ProbeSchema = Type.Object(
 export type Probe = Static<typeof ProbeSchema>;
 
 /** Accepted for YAML portability with Kubernetes; inside Moat every sandbox already runs in its own user namespace. */
-const SecurityContextSchema = Type.Object(
+export const SecurityContextSchema = Type.Object(
   {
     runAsUser: Type.Optional(Type.Integer({ minimum: 0 })),
     runAsGroup: Type.Optional(Type.Integer({ minimum: 0 })),

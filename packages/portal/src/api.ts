@@ -1,10 +1,11 @@
 /** The portal's client of the Moat API: same origin, the session cookie, and the CSRF token on every change. */
+import { CONDITION, EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Condition, type ObjectMeta as WireMeta, type SandboxSpec, type SandboxStatus } from '@moat/sdk/wire';
 
-export const SANDBOX_API = '/apis/agents.x-k8s.io/v1alpha1';
-export const EXT_API = '/apis/extensions.agents.x-k8s.io/v1alpha1';
-export const MOAT_API = '/apis/moat.dev/v1';
-export const LABEL_TEMPLATE = 'agents.x-k8s.io/sandbox-template';
-export const LABEL_POOL = 'agents.x-k8s.io/warm-pool';
+export { EXTENSIONS_API_VERSION, LABELS } from '@moat/sdk/wire';
+
+export const SANDBOX_API = `/apis/${SANDBOX_API_VERSION}`;
+export const EXT_API = `/apis/${EXTENSIONS_API_VERSION}`;
+export const MOAT_API = `/apis/${MOAT_API_VERSION}`;
 
 export interface Me {
   user: string;
@@ -17,44 +18,16 @@ export interface Me {
   expiresAt?: string;
 }
 
-export interface Condition {
-  type: string;
-  status: string;
-  reason?: string;
-  message?: string;
-  lastTransitionTime?: string;
-}
-
-export interface ObjectMeta {
-  name: string;
-  namespace: string;
-  uid?: string;
-  creationTimestamp?: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-}
+/** Metadata as served: name and namespace always set. */
+export type ObjectMeta = WireMeta & { name: string; namespace: string };
 
 export interface Sandbox {
   metadata: ObjectMeta;
-  spec: {
-    podTemplate: { spec: { runtimeClassName?: string; containers: { name: string; image: string; resources?: { limits?: Record<string, string> } }[] } };
-    shutdownTime?: string;
-    shutdownPolicy?: string;
-  };
-  status: {
-    phase: string;
-    conditions?: Condition[];
-    runtimeClassName?: string;
-    resourceUsage?: Usage;
-    network?: { address: string; proxy: string };
-  };
+  spec: SandboxSpec;
+  status: SandboxStatus;
 }
 
-export interface Usage {
-  memoryBytes: number;
-  cpuSeconds: number;
-  pids: number;
-}
+export type Usage = NonNullable<SandboxStatus['resourceUsage']>;
 
 export interface KObject {
   apiVersion?: string;
@@ -64,10 +37,10 @@ export interface KObject {
   status?: { conditions?: Condition[]; replicas?: number; readyReplicas?: number } & Record<string, unknown>;
 }
 
-/** A refused or failed call: the server's Status message, word for word. */
+/** A refused or failed call: the server's Status (code, reason, message), word for word, as the SDK's MoatError. */
 export class ApiError extends Error {
   constructor(
-    readonly status: number,
+    readonly code: number,
     readonly reason: string,
     message: string,
   ) {
@@ -122,7 +95,7 @@ export const session = {
       setCsrf(me.csrfToken);
       return me;
     } catch (err) {
-      if (err instanceof ApiError && err.status === 401) return undefined;
+      if (err instanceof ApiError && err.code === 401) return undefined;
       throw err;
     }
   },
@@ -140,7 +113,7 @@ export const session = {
 export const sandboxPath = (ns: string, name?: string) => `${SANDBOX_API}/namespaces/${encodeURIComponent(ns)}/sandboxes${name ? `/${encodeURIComponent(name)}` : ''}`;
 export const objectPath = (plural: string, ns: string, name?: string) => `${EXT_API}/namespaces/${encodeURIComponent(ns)}/${plural}${name ? `/${encodeURIComponent(name)}` : ''}`;
 
-export function condition(o: { status?: { conditions?: Condition[] } }, type = 'Ready'): Condition | undefined {
+export function condition(o: { status?: { conditions?: Condition[] } }, type: string = CONDITION.Ready): Condition | undefined {
   return o.status?.conditions?.find((c) => c.type === type);
 }
 

@@ -8,7 +8,7 @@ import { Sandbox } from './sandbox.js';
 import { SecretsApi } from './secrets.js';
 import { BackupsApi, VolumesApi } from './volumes.js';
 import { claimManifest, sandboxManifest, type CreateSandboxOptions } from './spec.js';
-import { EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Health, type Image, type KubeObject, type SandboxResource } from './types.js';
+import { CONDITION, EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Condition, type Health, type Image, type KubeObject, type SandboxResource } from './types.js';
 
 export interface MoatOptions {
   /** Default: $MOAT_URL, else the server's default address. */
@@ -119,15 +119,15 @@ export class SandboxesApi {
   }
 
   private async claim(opts: CreateSandboxOptions & { template: string }): Promise<Sandbox> {
-    type Claim = KubeObject & { status?: { sandbox?: { name?: string }; conditions?: { type: string; status: string; reason: string; message: string }[] } };
+    type Claim = KubeObject & { status?: { sandbox?: { name?: string }; conditions?: Condition[] } };
     let claim = (await this.claims.create(claimManifest(opts))) as Claim;
     const name = claim.status?.sandbox?.name;
     if (!name) {
-      const c = claim.status?.conditions?.find((x) => x.type === 'Ready');
+      const c = claim.status?.conditions?.find((x) => x.type === CONDITION.Ready);
       await this.claims.delete(claim.metadata.name!, { wait: false }).catch(() => {});
       throw new MoatError(422, c?.reason ?? 'ClaimFailed', `template "${opts.template}": ${c?.message ?? 'the claim was not served'}`);
     }
-    const ready = claim.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+    const ready = claim.status?.conditions?.some((c) => c.type === CONDITION.Ready && c.status === 'True');
     if (!ready && (opts.wait ?? true)) claim = (await this.claims.wait(claim.metadata.name!, { timeoutSeconds: opts.timeoutSeconds })) as Claim;
     return new Sandbox(this.http, this.client, await this.client.get(name), this.claims);
   }

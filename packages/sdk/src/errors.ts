@@ -1,22 +1,27 @@
 import type { StatusBody } from './types.js';
 
 /**
- * Every failure the SDK reports. `status` is the HTTP status of the response
- * (0 when no response was received), `reason` the Status reason
- * (`NotFound`, `AlreadyExists`, ...) or a client-side one
- * (`Unavailable`, `Timeout`, `NotSupported`, `ProtocolError`).
+ * Every failure the SDK reports, shaped like the server's Kubernetes Status
+ * (and core's MoatError): `code` is the HTTP status of the response (0 when
+ * no response was received), `reason` the Status reason (`NotFound`,
+ * `AlreadyExists`, ...) or a client-side one (`Unavailable`, `Timeout`,
+ * `NotSupported`, `ProtocolError`).
  */
 export class MoatError extends Error {
-  readonly status: number;
-  readonly reason: string;
-  readonly details?: Record<string, unknown>;
-
-  constructor(status: number, reason: string, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+  constructor(
+    readonly code: number,
+    readonly reason: string,
+    message: string,
+    readonly details?: Record<string, unknown>,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'MoatError';
-    this.status = status;
-    this.reason = reason;
-    this.details = details;
+  }
+
+  /** @deprecated The HTTP status is `code`, as in a Kubernetes Status. */
+  get status(): number {
+    return this.code;
   }
 }
 

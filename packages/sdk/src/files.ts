@@ -49,7 +49,7 @@ export class Files {
       await this.stat(path, opts);
       return true;
     } catch (err) {
-      if (err instanceof MoatError && err.status === 404) return false;
+      if (err instanceof MoatError && err.code === 404) return false;
       throw err;
     }
   }

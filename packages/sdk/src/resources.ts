@@ -1,6 +1,6 @@
 import { MoatError } from './errors.js';
 import type { HttpClient } from './http.js';
-import type { KubeObject, ObjectList } from './types.js';
+import { CONDITION, type KubeObject, type ObjectList } from './types.js';
 
 export interface WaitOptions {
   /** Condition type that must become "True". Default `Ready`. */
@@ -66,7 +66,7 @@ export class ResourceClient<T extends KubeObject = KubeObject> {
    * case the server caps how long one wait request may last.
    */
   async wait(name: string, opts: WaitOptions = {}): Promise<T> {
-    const condition = opts.condition ?? 'Ready';
+    const condition = opts.condition ?? CONDITION.Ready;
     const deadline = Date.now() + (opts.timeoutSeconds ?? 60) * 1000;
     for (;;) {
       const remaining = Math.ceil((deadline - Date.now()) / 1000);
@@ -76,7 +76,7 @@ export class ResourceClient<T extends KubeObject = KubeObject> {
           timeoutMs: Math.max(remaining, 1) * 1000 + SERVER_TIMEOUT_SLACK_MS,
         });
       } catch (err) {
-        if (!(err instanceof MoatError) || err.status !== 408 || deadline - Date.now() < 1000) throw err;
+        if (!(err instanceof MoatError) || err.code !== 408 || deadline - Date.now() < 1000) throw err;
         await new Promise((r) => setTimeout(r, 200)); // never spin if the server answers 408 early
       }
     }

@@ -3,7 +3,7 @@ import { Files } from './files.js';
 import type { HttpClient } from './http.js';
 import type { ResourceClient, WaitOptions } from './resources.js';
 import { Process, type SpawnOptions } from './spawn.js';
-import { CLAIM_LABEL, type EgressRecord, type SandboxEvent, type ExecEvent, type ExecResult, type SandboxResource } from './types.js';
+import { CLAIM_LABEL, CONDITION, type EgressRecord, type SandboxEvent, type ExecEvent, type ExecResult, type SandboxResource } from './types.js';
 
 /** A handle on one sandbox. `resource` is the last Sandbox object the server returned. */
 export class Sandbox {
@@ -33,7 +33,7 @@ export class Sandbox {
   }
 
   async waitReady(opts: Omit<WaitOptions, 'condition'> = {}): Promise<this> {
-    this.resource = await this.client.wait(this.name, { ...opts, condition: 'Ready' });
+    this.resource = await this.client.wait(this.name, { ...opts, condition: CONDITION.Ready });
     return this;
   }
 

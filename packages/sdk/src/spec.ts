@@ -1,5 +1,5 @@
 import { MoatError } from './errors.js';
-import { EXTENSIONS_API_VERSION, SANDBOX_API_VERSION, type Container, type KubeObject, type Quantity, type ResourceList } from './types.js';
+import { EXTENSIONS_API_VERSION, SANDBOX_API_VERSION, type Container, type KubeObject, type Quantity, type ResourceList, type SandboxClaimSpec } from './types.js';
 
 export interface CreateSandboxOptions {
   /** A Moat image name. Default `base`. */
@@ -33,7 +33,7 @@ export function claimManifest(opts: CreateSandboxOptions & { template: string })
   if (fromTemplate.length) {
     throw new MoatError(0, 'BadRequest', `${fromTemplate.join(', ')} cannot be combined with template "${opts.template}": the template decides them`);
   }
-  const spec: Record<string, unknown> = { sandboxTemplateRef: { name: opts.template } };
+  const spec: SandboxClaimSpec = { sandboxTemplateRef: { name: opts.template } };
   if (opts.env && Object.keys(opts.env).length) spec.env = Object.entries(opts.env).map(([name, value]) => ({ name, value }));
   if (opts.labels && Object.keys(opts.labels).length) spec.additionalPodMetadata = { labels: opts.labels };
   return {

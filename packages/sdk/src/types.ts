@@ -1,22 +1,12 @@
-// Wire types of the Moat REST API (docs/api.md). Declared here rather than
-// imported from @moat/core so the SDK depends on nothing but the wire format.
+// Wire types of the Moat REST API (docs/api.md). Those with a schema in
+// @moat/core, and its constants, are generated into wire.gen.ts, so the SDK
+// depends on nothing but the wire format; the rest are declared here.
+import { LABELS, type ObjectMeta, type ResourceList, type SandboxSpec, type SandboxStatus, type SANDBOX_API_VERSION } from './wire.gen.js';
 
-export const SANDBOX_API_VERSION = 'agents.x-k8s.io/v1alpha1';
-export const EXTENSIONS_API_VERSION = 'extensions.agents.x-k8s.io/v1alpha1';
+export * from './wire.gen.js';
+
 /** The label on a sandbox made for a SandboxClaim: the claim's name. */
-export const CLAIM_LABEL = 'agents.x-k8s.io/claim';
-export const MOAT_API_VERSION = 'moat.dev/v1';
-
-export interface ObjectMeta {
-  name?: string;
-  generateName?: string;
-  namespace?: string;
-  uid?: string;
-  creationTimestamp?: string;
-  resourceVersion?: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-}
+export const CLAIM_LABEL = LABELS.claim;
 
 /** Any Kubernetes-style object (used by the generic resource client). */
 export interface KubeObject {
@@ -26,60 +16,9 @@ export interface KubeObject {
   [field: string]: unknown;
 }
 
-export type Quantity = string | number;
+export type Quantity = NonNullable<ResourceList['cpu']>;
 
-export interface ResourceList {
-  cpu?: Quantity;
-  memory?: Quantity;
-  'ephemeral-storage'?: Quantity;
-  'moat.dev/pids'?: Quantity;
-}
-
-export interface Container {
-  name?: string;
-  image: string;
-  command?: string[];
-  args?: string[];
-  env?: { name: string; value?: string }[];
-  workingDir?: string;
-  resources?: { limits?: ResourceList; requests?: ResourceList };
-}
-
-export interface SandboxSpec {
-  podTemplate: {
-    metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> };
-    spec: { runtimeClassName?: string; containers: Container[]; [field: string]: unknown };
-  };
-  volumeClaimTemplates?: {
-    metadata: { name: string };
-    spec: { resources: { requests: { storage: Quantity } } };
-  }[];
-  /** When the sandbox shuts down (RFC 3339), and what is kept then. */
-  shutdownTime?: string;
-  shutdownPolicy?: 'Delete' | 'Retain';
-  /** Moat: pause, hibernate and delete after this many seconds without use. */
-  idlePolicy?: { pauseAfterSeconds?: number; hibernateAfterSeconds?: number; deleteAfterSeconds?: number };
-  [field: string]: unknown;
-}
-
-export interface Condition {
-  type: string;
-  status: 'True' | 'False' | 'Unknown';
-  reason: string;
-  message: string;
-  lastTransitionTime: string;
-}
-
-export type SandboxPhase = 'Pending' | 'Running' | 'Paused' | 'Hibernated' | 'Failed' | 'Terminating';
-
-export interface SandboxStatus {
-  phase: SandboxPhase;
-  conditions: Condition[];
-  startTime?: string;
-  runtimeClassName?: string;
-  image?: { name: string; digest: string };
-  resourceUsage?: { memoryBytes: number; cpuSeconds: number; pids: number };
-}
+export type SandboxPhase = SandboxStatus['phase'];
 
 /** A Sandbox object as served by the API. */
 export interface SandboxResource extends KubeObject {

@@ -67,7 +67,7 @@ async function applyOne(ctx: Context, m: Manifest): Promise<string> {
     try {
       live = await client.get(name);
     } catch (err) {
-      if (!(err instanceof MoatError && err.status === 404)) throw err;
+      if (!(err instanceof MoatError && err.code === 404)) throw err;
     }
     if (live) {
       if (kind.immutableSpec) {

@@ -28,7 +28,7 @@ async function remoteStat(sbx: Sandbox, path: string): Promise<Entry | undefined
   try {
     return await sbx.files.stat(path);
   } catch (err) {
-    if (err instanceof MoatError && err.status === 404) return undefined;
+    if (err instanceof MoatError && err.code === 404) return undefined;
     throw err;
   }
 }

@@ -58,7 +58,7 @@ export async function deleteObjects(
       await (remove ? remove(t) : (await client(ctx, t.kind, t.namespace)).delete(t.name, { wait: opts.wait }));
       ctx.out(`${t.kind.singular} "${t.name}" deleted\n`);
     } catch (err) {
-      if (opts.ignoreNotFound && err instanceof MoatError && err.status === 404) continue;
+      if (opts.ignoreNotFound && err instanceof MoatError && err.code === 404) continue;
       if (!(err instanceof MoatError)) throw err; // not the server saying no: a real problem, stop
       ctx.err(`error: ${err.message}\n`);
       ctx.exitCode = 1;

@@ -22,7 +22,7 @@ export function registerWait(program: Command, ctx: Context): void {
       try {
         await client.wait(name, { condition, timeoutSeconds });
       } catch (err) {
-        if (err instanceof MoatError && (err.status === 408 || err.reason === 'Timeout')) {
+        if (err instanceof MoatError && (err.code === 408 || err.reason === 'Timeout')) {
           throw new CliError(`timed out after ${opts.timeout} waiting for condition ${condition} on ${kind.singular}/${name}`);
         }
         throw err;

@@ -1,5 +1,5 @@
 import { Suspense, lazy, useRef, useState } from 'react';
-import { LABEL_TEMPLATE, api, bytes, duration, sandboxPath, type Me, type Sandbox } from '../api.js';
+import { LABELS, api, bytes, duration, sandboxPath, type Me, type Sandbox } from '../api.js';
 import { Chart, ErrorBox, href, Phase, Table, Tabs, useNow, usePoll } from '../ui.js';
 import { Files } from './files.js';
 import { SandboxActions, canWrite } from './sandboxes.js';
@@ -64,7 +64,7 @@ function Overview({ sandbox, samples }: { sandbox: Sandbox; samples: Sample[] })
           <dt>Runtime</dt>
           <dd>{sandbox.status.runtimeClassName ?? sandbox.spec.podTemplate.spec.runtimeClassName ?? 'runc'}</dd>
           <dt>Template</dt>
-          <dd>{sandbox.metadata.labels?.[LABEL_TEMPLATE] ?? '—'}</dd>
+          <dd>{sandbox.metadata.labels?.[LABELS.template] ?? '—'}</dd>
           <dt>Limits</dt>
           <dd>{Object.entries(limits).map(([k, v]) => `${k} ${v}`).join(', ') || 'defaults'}</dd>
           <dt>Address</dt>

@@ -1,5 +1,5 @@
 import { useRef, useState, type FormEvent } from 'react';
-import { LABEL_POOL, LABEL_TEMPLATE, MOAT_API, SANDBOX_API, api, bytes, condition, duration, objectPath, sandboxPath, type KObject, type Me, type Sandbox, type Usage } from '../api.js';
+import { EXTENSIONS_API_VERSION, LABELS, MOAT_API, SANDBOX_API, api, bytes, condition, duration, objectPath, sandboxPath, type KObject, type Me, type Sandbox, type Usage } from '../api.js';
 import { ConfirmButton, ErrorBox, Field, Phase, Table, href, useAction, useNow, usePoll } from '../ui.js';
 
 interface UsageItem {
@@ -84,7 +84,7 @@ function CreateSandbox({ me, onCreated }: { me: Me; onCreated: (ns: string, name
     e.preventDefault();
     void run(async () => {
       // A claim gets a sandbox of its own name from the template (from a warm pool when one is ready).
-      const claim = { apiVersion: 'extensions.agents.x-k8s.io/v1alpha1', kind: 'SandboxClaim', metadata: { name: name.trim() }, spec: { sandboxTemplateRef: { name: chosen } } };
+      const claim = { apiVersion: EXTENSIONS_API_VERSION, kind: 'SandboxClaim', metadata: { name: name.trim() }, spec: { sandboxTemplateRef: { name: chosen } } };
       await api(objectPath('sandboxclaims', namespace), { method: 'POST', json: claim });
       onCreated(namespace, name.trim());
       setName('');
@@ -166,7 +166,7 @@ export function SandboxList({ me }: { me: Me }) {
             <tr key={key} data-sandbox={key}>
               <th scope="row">
                 <a href={href('sandboxes', s.metadata.namespace, s.metadata.name)}>{s.metadata.name}</a>
-                {s.metadata.labels?.[LABEL_POOL] ? <span className="badge" title="waiting unclaimed in a warm pool">pool</span> : null}
+                {s.metadata.labels?.[LABELS.pool] ? <span className="badge" title="waiting unclaimed in a warm pool">pool</span> : null}
               </th>
               <td>{s.metadata.namespace}</td>
               <td>
@@ -174,7 +174,7 @@ export function SandboxList({ me }: { me: Me }) {
                 {ready && ready.status !== 'True' && s.status.phase !== 'Paused' ? <small className="muted"> {ready.reason}</small> : null}
               </td>
               <td>{s.status.runtimeClassName ?? s.spec.podTemplate.spec.runtimeClassName ?? 'runc'}</td>
-              <td>{s.metadata.labels?.[LABEL_TEMPLATE] ?? <span className="muted">—</span>}</td>
+              <td>{s.metadata.labels?.[LABELS.template] ?? <span className="muted">—</span>}</td>
               <td>{u?.owner ? `${u.owner.user}/${u.owner.agent}` : '—'}</td>
               <td>{created ? duration(now - created) : '—'}</td>
               <td>{u?.usage && c !== undefined ? `${c.toFixed(1)}%` : '—'}</td>

@@ -1,16 +1,14 @@
 import { useId, useState } from 'react';
 import { YAMLParseError, parse, stringify } from 'yaml';
-import { EXT_API, ApiError, api, condition, errorText, objectPath, type KObject, type Me } from '../api.js';
+import { EXTENSIONS_API_VERSION, EXT_API, LABELS, ApiError, api, condition, errorText, objectPath, type KObject, type Me } from '../api.js';
 import { ConfirmButton, ErrorBox, Field, Table, usePoll } from '../ui.js';
 import { canWrite } from './sandboxes.js';
-
-const BUILTIN = 'moat.dev/builtin';
 
 type Kind = 'SandboxTemplate' | 'SandboxWarmPool';
 const PLURAL: Record<Kind, string> = { SandboxTemplate: 'sandboxtemplates', SandboxWarmPool: 'sandboxwarmpools' };
 
 const STARTER: Record<Kind, string> = {
-  SandboxTemplate: `apiVersion: extensions.agents.x-k8s.io/v1alpha1
+  SandboxTemplate: `apiVersion: ${EXTENSIONS_API_VERSION}
 kind: SandboxTemplate
 metadata:
   name: my-template
@@ -23,7 +21,7 @@ spec:
           resources:
             limits: { cpu: "1", memory: 512Mi }
 `,
-  SandboxWarmPool: `apiVersion: extensions.agents.x-k8s.io/v1alpha1
+  SandboxWarmPool: `apiVersion: ${EXTENSIONS_API_VERSION}
 kind: SandboxWarmPool
 metadata:
   name: my-pool
@@ -40,7 +38,7 @@ function editable(o: KObject): string {
   delete (meta as Record<string, unknown>).resourceVersion;
   delete (meta as Record<string, unknown>).generation;
   const labels = { ...meta.labels };
-  delete labels[BUILTIN];
+  delete labels[LABELS.builtin];
   return stringify({ apiVersion: o.apiVersion, kind: o.kind, metadata: { ...meta, ...(Object.keys(labels).length ? { labels } : { labels: undefined }) }, spec: o.spec });
 }
 
@@ -78,7 +76,7 @@ function Editor({ editing, me, onDone }: { editing: Editing; me: Me; onDone: () 
       else await api(objectPath(PLURAL[editing.kind], namespace), { method: 'POST', json: obj });
       onDone();
     } catch (err) {
-      setError({ message: err instanceof ApiError ? `${err.status} ${err.reason}: ${err.message}` : errorText(err) });
+      setError({ message: err instanceof ApiError ? `${err.code} ${err.reason}: ${err.message}` : errorText(err) });
     } finally {
       setBusy(false);
     }
@@ -152,7 +150,7 @@ export default function Templates({ me }: { me: Me }) {
   const [editing, setEditing] = useState<Editing>();
   const ns0 = me.namespace ?? me.namespaces[0] ?? 'default';
   const edit = (kind: Kind, o: KObject) =>
-    setEditing({ kind, namespace: o.metadata.namespace, name: o.metadata.name, builtin: o.metadata.labels?.[BUILTIN] === 'true', text: editable({ ...o, apiVersion: o.apiVersion ?? 'extensions.agents.x-k8s.io/v1alpha1', kind }) });
+    setEditing({ kind, namespace: o.metadata.namespace, name: o.metadata.name, builtin: o.metadata.labels?.[LABELS.builtin] === 'true', text: editable({ ...o, apiVersion: o.apiVersion ?? EXTENSIONS_API_VERSION, kind }) });
   if (editing) return <Editor editing={editing} me={me} onDone={() => (setEditing(undefined), data.reload())} />;
   return (
     <>
@@ -167,7 +165,7 @@ export default function Templates({ me }: { me: Me }) {
         <Table headers={['Name', 'Namespace', 'Image', 'Runtime', 'Actions']}>
           {(data.data?.templates ?? []).map((t) => {
             const pod = (t.spec?.podTemplate as { spec?: { runtimeClassName?: string; containers?: { image?: string }[] } } | undefined)?.spec;
-            const builtin = t.metadata.labels?.[BUILTIN] === 'true';
+            const builtin = t.metadata.labels?.[LABELS.builtin] === 'true';
             return (
               <tr key={`${t.metadata.namespace}/${t.metadata.name}`}>
                 <th scope="row">

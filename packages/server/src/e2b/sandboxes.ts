@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { MoatError, resolveLimits, type Sandbox, type SandboxClaim } from '@moat/core';
+import { CONDITION, MoatError, REASON, resolveLimits, type Sandbox, type SandboxClaim } from '@moat/core';
 import type { FastifyBaseLogger } from 'fastify';
 import { authorize, isAdmin } from '../api/authorize.js';
 import type { Principal } from '../auth/keys.js';
@@ -23,7 +23,7 @@ export const E2B_ID_PATTERN = '^[a-z0-9]{1,63}$';
 const newId = () => [...randomBytes(20)].map((b) => ID_ALPHABET[b % ID_ALPHABET.length]).join('');
 
 /** Claim reasons after which the sandbox will never become ready. */
-const FATAL = new Set(['TemplateNotFound', 'ImageNotFound', 'InvalidClaim', 'InvalidTemplate', 'SandboxNameConflict', 'StartFailed']);
+const FATAL = new Set<string>([REASON.TemplateNotFound, REASON.ImageNotFound, REASON.InvalidClaim, REASON.InvalidTemplate, REASON.SandboxNameConflict, REASON.StartFailed]);
 const READY_TIMEOUT_MS = 120_000;
 
 /** The built-in E2B names and what they are here; `E2bOptions.templates` adds to (and overrides) them. */
@@ -202,7 +202,7 @@ export class E2bSandboxes {
     const deadline = Date.now() + READY_TIMEOUT_MS;
     for (;;) {
       const claim = await this.claims.get(namespace, id);
-      const ready = claim.status.conditions?.find((c) => c.type === 'Ready');
+      const ready = claim.status.conditions?.find((c) => c.type === CONDITION.Ready);
       if (ready?.status === 'True') return this.withSandbox(claim);
       if (ready && FATAL.has(ready.reason)) throw new MoatError(ready.reason.endsWith('NotFound') ? 404 : 400, ready.reason, ready.message);
       if (Date.now() > deadline) throw new MoatError(504, 'Timeout', `sandbox "${id}" was not ready within ${READY_TIMEOUT_MS / 1000} s (${ready?.reason ?? 'pending'}: ${ready?.message ?? ''})`);

@@ -1,7 +1,8 @@
 import { alreadyExists, assertName, conflict, invalid, isDns1123Label, notFound } from '@moat/core';
-import type { Store } from '../store/store.js';
+import { isUniqueViolation } from '../store/errors.js';
 import type { AgentTable, UserTable } from '../store/schema.js';
-import type { Quota } from './quotas.js';
+import type { Store } from '../store/store.js';
+import type { Quota } from './types.js';
 
 export const ROLES = ['admin', 'member', 'viewer'] as const;
 export type Role = (typeof ROLES)[number];
@@ -37,8 +38,6 @@ function namespaceFor(user: string, agent: string): string {
 
 const toUser = (r: UserTable): User => ({ name: r.name, role: r.role as Role, quota: JSON.parse(r.quota) as Quota, createdAt: r.created_at });
 const toAgent = (r: AgentTable): Agent => ({ user: r.user, name: r.name, namespace: r.namespace, quota: JSON.parse(r.quota) as Quota, createdAt: r.created_at });
-const isUnique = (err: unknown) => /UNIQUE|duplicate key/i.test(String(err));
-
 /** Users, their agents and the namespaces those own. Keys are in auth/keys.ts. */
 export class Identity {
   constructor(private readonly store: Store) {}
@@ -61,7 +60,7 @@ export class Identity {
         await tx.insertInto('agents').values({ user: name, name: DEFAULT_AGENT, namespace, quota: '{}', created_at: now }).execute();
       });
     } catch (err) {
-      if (isUnique(err)) throw alreadyExists(`user "${name}" or namespace "${namespace}" already exists`, { kind: 'users', name });
+      if (isUniqueViolation(err)) throw alreadyExists(`user "${name}" or namespace "${namespace}" already exists`, { kind: 'users', name });
       throw err;
     }
     return this.getUser(name);
@@ -112,7 +111,7 @@ export class Identity {
     try {
       await this.db.insertInto('agents').values({ user, name, namespace, quota: JSON.stringify(quota), created_at: new Date().toISOString() }).execute();
     } catch (err) {
-      if (isUnique(err)) throw alreadyExists(`agent "${name}" of user "${user}" or namespace "${namespace}" already exists`, { kind: 'agents', name });
+      if (isUniqueViolation(err)) throw alreadyExists(`agent "${name}" of user "${user}" or namespace "${namespace}" already exists`, { kind: 'agents', name });
       throw err;
     }
     return this.getAgent(user, name);

@@ -1,7 +1,8 @@
 import { alreadyExists, assertName, invalid, notFound, type Sandbox, type SandboxSpec } from '@moat/core';
 import type { Actor, AuditLog } from '../audit/log.js';
-import type { Store } from '../store/store.js';
+import { isUniqueViolation } from '../store/errors.js';
 import type { SecretTable } from '../store/schema.js';
+import type { Store } from '../store/store.js';
 import type { Keyring } from './keyring.js';
 
 /** What the API shows of a secret: never its value. */
@@ -45,7 +46,7 @@ export class Secrets {
     try {
       await this.db.insertInto('secrets').values({ namespace, name, ...this.keyring.seal(value, aad(namespace, name)), created_at: now, updated_at: now }).execute();
     } catch (err) {
-      if (/UNIQUE|duplicate key/i.test(String(err))) throw alreadyExists(`secret "${name}" already exists in namespace "${namespace}"`, { kind: 'secrets', name });
+      if (isUniqueViolation(err)) throw alreadyExists(`secret "${name}" already exists in namespace "${namespace}"`, { kind: 'secrets', name });
       throw err;
     }
     return this.get(namespace, name);

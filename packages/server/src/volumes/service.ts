@@ -5,6 +5,7 @@ import { MoatError, alreadyExists, assertName, conflict, formatBytes, invalid, n
 import { createExt4, type SandboxAgent } from '@moat/runtime';
 import { Serial } from '../util/serial.js';
 import type { Quotas } from '../identity/quotas.js';
+import { isUniqueViolation } from '../store/errors.js';
 import type { VolumeTable } from '../store/schema.js';
 import type { Store } from '../store/store.js';
 
@@ -224,7 +225,7 @@ export class VolumeService {
       try {
         await this.store.db.insertInto('volumes').values(row).execute();
       } catch (err) {
-        if (String(err).includes('UNIQUE')) throw alreadyExists(`volume "${name}" already exists in namespace "${namespace}"`, { kind: 'volumes', name });
+        if (isUniqueViolation(err)) throw alreadyExists(`volume "${name}" already exists in namespace "${namespace}"`, { kind: 'volumes', name });
         throw err;
       }
     };

@@ -1,11 +1,12 @@
 import { Readable } from 'node:stream';
 import { Type, type Static } from '@sinclair/typebox';
+import { MOAT_API_VERSION } from '@moat/core';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditQuery } from '../../audit/log.js';
 import { isAdmin, requireAdmin } from '../authorize.js';
 import type { ApiContext } from '../context.js';
 
-const AUDIT = '/apis/moat.dev/v1/audit';
+const AUDIT = `/apis/${MOAT_API_VERSION}/audit`;
 
 const Filters = {
   since: Type.Optional(Type.String({ format: 'date-time' })),

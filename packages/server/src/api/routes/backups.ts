@@ -1,11 +1,11 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { assertName, badRequest } from '@moat/core';
+import { MOAT_API_VERSION, assertName, badRequest } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { assertOwned, authorize } from '../authorize.js';
 import type { ApiContext } from '../context.js';
 import { assertBackupId } from '../../backups/service.js';
 
-const NS = '/apis/moat.dev/v1/namespaces/:namespace';
+const NS = `/apis/${MOAT_API_VERSION}/namespaces/:namespace`;
 const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
 const VolumeParams = Type.Object({ namespace: Type.String({ maxLength: 63 }), name: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
 const IdParams = Type.Object({ namespace: Type.String({ maxLength: 63 }), id: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
@@ -26,7 +26,7 @@ const RestoreBody = Type.Object(
 );
 const ListQuery = Type.Object({ volume: Type.Optional(Type.String({ maxLength: 63 })) }, { additionalProperties: false });
 
-const list = (items: unknown[]) => ({ apiVersion: 'moat.dev/v1', kind: 'BackupList', items });
+const list = (items: unknown[]) => ({ apiVersion: MOAT_API_VERSION, kind: 'BackupList', items });
 
 /** Backups of volumes and of sandboxes' writable layers in the object store; restores into new volumes and sandboxes (docs/lifecycle.md). */
 export function backupRoutes(app: FastifyInstance, ctx: ApiContext) {

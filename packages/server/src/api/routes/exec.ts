@@ -4,7 +4,7 @@ import { Value } from '@sinclair/typebox/value';
 import { MoatError, type Sandbox } from '@moat/core';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
-import { actorOf, addAuditDetail } from '../../audit/requests.js';
+import { actorOf, addAuditDetail } from '../audit-requests.js';
 import type { ApiContext } from '../context.js';
 import { authorize } from '../authorize.js';
 import { signalNumber, startExec, type ExecRequest } from '../exec-session.js';

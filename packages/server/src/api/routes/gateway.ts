@@ -1,12 +1,12 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { assertName, notFound } from '@moat/core';
+import { MOAT_API_VERSION, assertName, notFound } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { GatewayConfigSchema, deleteGatewayConfig, getGatewayConfig, putGatewayConfig, type GatewayConfig } from '../../gateway/config.js';
 import { today, usage } from '../../gateway/usage.js';
 import { assertOwned, authorize } from '../authorize.js';
 import type { ApiContext } from '../context.js';
 
-const GATEWAY = '/apis/moat.dev/v1/namespaces/:namespace/gateway';
+const GATEWAY = `/apis/${MOAT_API_VERSION}/namespaces/:namespace/gateway`;
 const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
 const UsageQuery = Type.Object({ day: Type.Optional(Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}$', description: 'UTC day, default today' })) }, { additionalProperties: false });
 

@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { MOAT_API_VERSION } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { createApiKey, listApiKeys, revokeApiKey } from '../../auth/keys.js';
 import { DEFAULT_AGENT, ROLES } from '../../identity/identity.js';
@@ -6,7 +7,7 @@ import { QuotaSchema, checkQuota } from '../../identity/quotas.js';
 import { authorizeUser, requireAdmin } from '../authorize.js';
 import type { ApiContext } from '../context.js';
 
-const IDENTITY = '/apis/moat.dev/v1';
+const IDENTITY = `/apis/${MOAT_API_VERSION}`;
 const USERS = `${IDENTITY}/users`;
 
 const Name = Type.String({ minLength: 1, maxLength: 63 });
@@ -28,7 +29,7 @@ const CreateKey = Type.Object(
   { additionalProperties: false },
 );
 
-const list = (kind: string, items: unknown[]) => ({ apiVersion: 'moat.dev/v1', kind: `${kind}List`, items });
+const list = (kind: string, items: unknown[]) => ({ apiVersion: MOAT_API_VERSION, kind: `${kind}List`, items });
 
 /** Users (admins only), their agents and their API keys; `whoami` for any key. */
 export function identityRoutes(app: FastifyInstance, ctx: ApiContext) {

@@ -1,12 +1,13 @@
+import { MOAT_API_VERSION } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
 
 export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
-  app.get('/apis/moat.dev/v1/images', { schema: { tags: ['images'], summary: 'Images sandboxes can start from' } }, async () => ({
+  app.get(`/apis/${MOAT_API_VERSION}/images`, { schema: { tags: ['images'], summary: 'Images sandboxes can start from' } }, async () => ({
     items: (await ctx.images.list()).map(({ rootfs: _hostPath, ...image }) => image),
   }));
 
-  app.get('/apis/moat.dev/v1/info', { schema: { tags: ['server'], summary: 'Server version, runtimes and limits' } }, async () => ({
+  app.get(`/apis/${MOAT_API_VERSION}/info`, { schema: { tags: ['server'], summary: 'Server version, runtimes and limits' } }, async () => ({
     version: ctx.version,
     runtimes: ctx.backend.runtimes,
     limits: ctx.limits,

@@ -1,5 +1,5 @@
 import { Type, type TSchema } from '@sinclair/typebox';
-import { EXTENSIONS_API_VERSION, assertName } from '@moat/core';
+import { CONDITION, EXTENSIONS_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ExtensionObjects, ObjectInput } from '../../backends/types.js';
 import type { Identity } from '../../identity/identity.js';
@@ -67,6 +67,6 @@ export function objectRoutes<T extends { metadata: { namespace: string } }>(app:
     const { namespace, name } = req.params as { namespace: string; name: string };
     const q = req.query as { condition?: string; timeoutSeconds?: number };
     authorize(req.principal, namespace, 'read');
-    return c.waitFor(namespace, name, q.condition ?? 'Ready', (q.timeoutSeconds ?? 60) * 1000);
+    return c.waitFor(namespace, name, q.condition ?? CONDITION.Ready, (q.timeoutSeconds ?? 60) * 1000);
   });
 }

@@ -4,12 +4,12 @@ import { createRequire } from 'node:module';
 import { cpus, freemem, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import fastifyStatic from '@fastify/static';
-import { LABELS, RUNTIME_CLASSES } from '@moat/core';
+import { LABELS, MOAT_API_VERSION, RUNTIME_CLASSES } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
 import { authorize, requireAdmin } from '../authorize.js';
 
-const PORTAL_API = '/apis/moat.dev/v1/portal';
+const PORTAL_API = `/apis/${MOAT_API_VERSION}/portal`;
 
 /**
  * Where the built portal is: $MOAT_PORTAL_DIR, else the `dist` folder of the

@@ -1,7 +1,7 @@
 import { request, type IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import { Type } from '@sinclair/typebox';
-import { MoatError, type Sandbox } from '@moat/core';
+import { MOAT_API_VERSION, MoatError, type Sandbox } from '@moat/core';
 import { AgentError, type SandboxAgent } from '@moat/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import WebSocket from 'ws';
@@ -10,7 +10,7 @@ import { authorize } from '../authorize.js';
 import { SANDBOXES } from './sandboxes.js';
 
 /** `8888-<sandbox uid>.<domain>` → the by-uid route below. */
-export const PORTS_BY_UID = '/apis/moat.dev/v1/sandbox-ports';
+export const PORTS_BY_UID = `/apis/${MOAT_API_VERSION}/sandbox-ports`;
 
 const PortParams = Type.Object({
   namespace: Type.String({ maxLength: 63 }),

@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import { LABELS, SANDBOX_API_VERSION, SandboxSchema, assertName, badRequest } from '@moat/core';
+import { CONDITION, LABELS, SANDBOX_API_VERSION, SandboxSchema, assertName, badRequest } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
 import { assertOwned, authorize } from '../authorize.js';
@@ -117,7 +117,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     const { namespace, name } = req.params as { namespace: string; name: string };
     const q = req.query as { condition?: string; timeoutSeconds?: number };
     authorize(req.principal, namespace, 'read');
-    return sandboxes.waitFor(namespace, name, q.condition ?? 'Ready', (q.timeoutSeconds ?? 60) * 1000);
+    return sandboxes.waitFor(namespace, name, q.condition ?? CONDITION.Ready, (q.timeoutSeconds ?? 60) * 1000);
   });
 
   app.get(`${SANDBOXES}/:name/events`, { schema: { tags: ['sandboxes'], summary: 'Events of a sandbox, oldest first', params: NameParams } }, async (req) => {

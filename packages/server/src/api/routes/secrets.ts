@@ -1,17 +1,17 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { assertName } from '@moat/core';
+import { MOAT_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { assertOwned, authorize, requireAdmin } from '../authorize.js';
 import type { ApiContext } from '../context.js';
 
-const SECRETS = '/apis/moat.dev/v1/namespaces/:namespace/secrets';
+const SECRETS = `/apis/${MOAT_API_VERSION}/namespaces/:namespace/secrets`;
 const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
 const NameParams = Type.Object({ namespace: Type.String({ maxLength: 63 }), name: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
 const Value = Type.String({ maxLength: 65536, description: 'write-only: never returned' });
 const CreateBody = Type.Object({ name: Type.String({ minLength: 1, maxLength: 63 }), value: Value }, { additionalProperties: false });
 const ReplaceBody = Type.Object({ value: Value }, { additionalProperties: false });
 
-const list = (items: unknown[]) => ({ apiVersion: 'moat.dev/v1', kind: 'SecretList', items });
+const list = (items: unknown[]) => ({ apiVersion: MOAT_API_VERSION, kind: 'SecretList', items });
 
 /** Write-only secrets: answers carry names and times, never values. */
 export function secretRoutes(app: FastifyInstance, ctx: ApiContext) {
@@ -51,7 +51,7 @@ export function secretRoutes(app: FastifyInstance, ctx: ApiContext) {
     return reply.status(204).send();
   });
 
-  app.post('/apis/moat.dev/v1/secrets/rotate-key', { schema: { tags, summary: 'Make a new master key and re-encrypt every secret with it (admin)' } }, async (req) => {
+  app.post(`/apis/${MOAT_API_VERSION}/secrets/rotate-key`, { schema: { tags, summary: 'Make a new master key and re-encrypt every secret with it (admin)' } }, async (req) => {
     requireAdmin(req.principal, 'rotate the master key');
     return { reencrypted: await secrets.rotateKey() };
   });

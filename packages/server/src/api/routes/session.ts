@@ -1,6 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Type, type Static } from '@sinclair/typebox';
-import { MoatError, unauthorized } from '@moat/core';
+import { MOAT_API_VERSION, MoatError, unauthorized } from '@moat/core';
 import type {} from '@fastify/cookie'; // its request.cookies and reply.setCookie types
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { authenticate, authenticateKeyId, type Principal } from '../../auth/keys.js';
@@ -19,7 +19,7 @@ import type { ApiContext } from '../context.js';
  * cross-site script cannot read), and any `Origin` it carries must be this
  * server's. A WebSocket upgrade (the terminal) must come from this origin.
  */
-export const SESSION_PATH = '/apis/moat.dev/v1/session';
+export const SESSION_PATH = `/apis/${MOAT_API_VERSION}/session`;
 export const SESSION_COOKIE = 'moat_session';
 export const CSRF_HEADER = 'x-moat-csrf';
 /** How long a session lasts at most; the key's own expiry and revocation end it sooner. */

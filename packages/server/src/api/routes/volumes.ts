@@ -1,11 +1,11 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { assertName } from '@moat/core';
+import { MOAT_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { assertOwned, authorize } from '../authorize.js';
 import type { ApiContext } from '../context.js';
 import { volumeSize } from '../../volumes/service.js';
 
-const VOLUMES = '/apis/moat.dev/v1/namespaces/:namespace/volumes';
+const VOLUMES = `/apis/${MOAT_API_VERSION}/namespaces/:namespace/volumes`;
 const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
 const NameParams = Type.Object({ namespace: Type.String({ maxLength: 63 }), name: Type.String({ maxLength: 63 }) }, { additionalProperties: false });
 const CreateBody = Type.Object(
@@ -16,7 +16,7 @@ const CreateBody = Type.Object(
   { additionalProperties: false },
 );
 
-const list = (items: unknown[]) => ({ apiVersion: 'moat.dev/v1', kind: 'VolumeList', items });
+const list = (items: unknown[]) => ({ apiVersion: MOAT_API_VERSION, kind: 'VolumeList', items });
 
 /** Named volumes: `/data` images that outlive sandboxes when asked (docs/lifecycle.md). */
 export function volumeRoutes(app: FastifyInstance, ctx: ApiContext) {

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { keyIdOf, presentedKey } from '../auth/keys.js';
-import { AccessDenied } from '../api/authorize.js';
-import type { Actor, AuditLog } from './log.js';
+import { AccessDenied } from './authorize.js';
+import type { Actor, AuditLog } from '../audit/log.js';
 
 const details = new WeakMap<FastifyRequest, Record<string, unknown>>();
 const denied = new WeakSet<FastifyRequest>();

@@ -1,0 +1,24 @@
+import type { Static, TSchema } from '@sinclair/typebox';
+import type { Sandbox } from '@moat/core';
+import type { SandboxAgent } from '@moat/runtime';
+import type { FastifyRequest } from 'fastify';
+import type { ServerStream } from './connect-rpc.js';
+import type { E2bSandbox } from './sandboxes.js';
+
+/** What the envd services (process, filesystem, files) get from the envd routes: kept apart so neither imports the other. */
+export interface EnvdTarget {
+  e2b: E2bSandbox;
+  sandbox: Sandbox;
+  agent: SandboxAgent;
+  user: string;
+  resolve(path: string, what?: string): string;
+}
+
+export type Handler<S extends TSchema, R> = (t: EnvdTarget, body: Static<S>, req: FastifyRequest) => Promise<R>;
+export type StreamHandler<S extends TSchema> = (t: EnvdTarget, body: Static<S>, stream: ServerStream, req: FastifyRequest) => Promise<void>;
+
+export interface EnvdRoutes {
+  unary<S extends TSchema>(method: string, schema: S, fn: Handler<S, unknown>): void;
+  stream<S extends TSchema>(method: string, schema: S, fn: StreamHandler<S>): void;
+  target(req: FastifyRequest, username?: string): Promise<EnvdTarget>;
+}
