@@ -1,6 +1,6 @@
 import {
-  LABELS, MoatError, alreadyExists, conflict, invalid,
-  type Condition, type Sandbox, type SandboxClaim, type SandboxSpec, type SandboxClaimSpec, type SandboxClaimStatus, type SandboxTemplate, type SandboxWarmPool,
+  CONDITION, LABELS, REASON, MoatError, alreadyExists, conflict, invalid,
+  type Condition, type ConditionReason, type ConditionType, type Sandbox, type SandboxClaim, type SandboxSpec, type SandboxClaimSpec, type SandboxClaimStatus, type SandboxTemplate, type SandboxWarmPool,
 } from '@moat/core';
 import type { Logger } from 'pino';
 import { isLive, type Store } from '../../../store/store.js';
@@ -10,7 +10,7 @@ import { ObjectController, type ObjectInput } from './objects.js';
 import type { Templates } from './pools.js';
 import { msUntil } from './rules.js';
 
-const cond = (type: string, status: Condition['status'], reason: string, message = ''): Condition => ({
+const cond = (type: ConditionType, status: Condition['status'], reason: ConditionReason, message = ''): Condition => ({
   type, status, reason, message, lastTransitionTime: new Date().toISOString(),
 });
 
@@ -70,7 +70,7 @@ export class ClaimController extends ObjectController<SandboxClaim> {
   }
 
   protected initialStatus(): ClaimStatus {
-    return { conditions: [cond('Ready', 'False', 'Pending', 'the claim is being served')] };
+    return { conditions: [cond(CONDITION.Ready, 'False', REASON.Pending, 'the claim is being served')] };
   }
 
   override async create(namespace: string, input: ObjectInput): Promise<SandboxClaim> {
@@ -91,15 +91,15 @@ export class ClaimController extends ObjectController<SandboxClaim> {
     const name = status.sandbox?.name;
     const sandbox = name ? await this.owned(claim, name) : undefined;
     const set = (c: Condition) => (status.conditions = [...status.conditions.filter((x) => x.type !== c.type), c]);
-    if (status.expired) set(cond('Ready', 'False', 'ClaimExpired', `the claim expired at ${status.shutdownTime}; its sandbox was deleted`));
-    else if (name && !sandbox) set(cond('Ready', 'False', 'SandboxNotFound', `sandbox "${name}" no longer exists`));
+    if (status.expired) set(cond(CONDITION.Ready, 'False', REASON.ClaimExpired, `the claim expired at ${status.shutdownTime}; its sandbox was deleted`));
+    else if (name && !sandbox) set(cond(CONDITION.Ready, 'False', REASON.SandboxNotFound, `sandbox "${name}" no longer exists`));
     else if (sandbox) {
-      const ready = sandbox.status.conditions.find((c) => c.type === 'Ready');
-      set(ready ? { ...ready } : cond('Ready', 'False', 'Creating'));
+      const ready = sandbox.status.conditions.find((c) => c.type === CONDITION.Ready);
+      set(ready ? { ...ready } : cond(CONDITION.Ready, 'False', REASON.Creating));
     }
     const templateName = claim.spec.sandboxTemplateRef?.name;
     if (sandbox && templateName && !(await this.templates.resolve(claim.metadata.namespace, templateName))) {
-      set(cond('TemplateAvailable', 'False', 'TemplateNotFound', `sandbox template "${templateName}" was deleted; this claim's sandbox keeps running`));
+      set(cond(CONDITION.TemplateAvailable, 'False', REASON.TemplateNotFound, `sandbox template "${templateName}" was deleted; this claim's sandbox keeps running`));
     }
     return { ...claim, status };
   }
@@ -167,16 +167,16 @@ export class ClaimController extends ObjectController<SandboxClaim> {
 
   private async serve(claim: SandboxClaim): Promise<void> {
     const { namespace, name } = claim.metadata;
-    const fail = (reason: string, message: string) => this.setStatus(claim, { ...claim.status, conditions: [cond('Ready', 'False', reason, message)] });
+    const fail = (reason: ConditionReason, message: string) => this.setStatus(claim, { ...claim.status, conditions: [cond(CONDITION.Ready, 'False', reason, message)] });
 
     let pools: SandboxWarmPool[] = [];
     let templateName = claim.spec.sandboxTemplateRef?.name;
     const named = claim.spec.warmPoolRef?.name ?? (claim.spec.warmpool && !['default', 'none'].includes(claim.spec.warmpool) ? claim.spec.warmpool : undefined);
     if (named) {
       const pool = await this.pools.byName(namespace, named);
-      if (!pool) return fail('WarmPoolNotFound', `sandbox warm pool "${named}" not found in namespace "${namespace}"`);
+      if (!pool) return fail(REASON.WarmPoolNotFound, `sandbox warm pool "${named}" not found in namespace "${namespace}"`);
       if (templateName && pool.spec.sandboxTemplateRef.name !== templateName) {
-        return fail('WarmPoolMismatch', `warm pool "${named}" holds sandboxes of template "${pool.spec.sandboxTemplateRef.name}", not "${templateName}"`);
+        return fail(REASON.WarmPoolMismatch, `warm pool "${named}" holds sandboxes of template "${pool.spec.sandboxTemplateRef.name}", not "${templateName}"`);
       }
       templateName = pool.spec.sandboxTemplateRef.name;
       pools = [pool];
@@ -184,35 +184,35 @@ export class ClaimController extends ObjectController<SandboxClaim> {
       pools = await this.pools.poolsFor(namespace, templateName!);
     }
     const template = await this.templates.resolve(namespace, templateName!);
-    if (!template) return fail('TemplateNotFound', `sandbox template "${templateName}" not found in namespace "${namespace}"`);
+    if (!template) return fail(REASON.TemplateNotFound, `sandbox template "${templateName}" not found in namespace "${namespace}"`);
 
     let shape;
     try {
       shape = sandboxFromTemplate(template, claim);
     } catch (err) {
-      if (err instanceof MoatError) return fail('InvalidClaim', err.message);
+      if (err instanceof MoatError) return fail(REASON.InvalidClaim, err.message);
       throw err;
     }
     const cold = coldStartReason(template, claim);
     if (!cold) {
       for (const pool of pools) {
         const adopted = await this.pools.take(pool, { ...shape, name });
-        if (adopted) return this.served(claim, template, adopted, cond('WarmPool', 'True', 'FromWarmPool', `taken from warm pool "${pool.metadata.name}"`), pool.metadata.name);
+        if (adopted) return this.served(claim, template, adopted, cond(CONDITION.WarmPool, 'True', REASON.FromWarmPool, `taken from warm pool "${pool.metadata.name}"`), pool.metadata.name);
       }
     }
     const why = cold
-      ? cond('WarmPool', 'False', 'ColdStartRequired', cold)
+      ? cond(CONDITION.WarmPool, 'False', REASON.ColdStartRequired, cold)
       : claim.spec.warmpool === 'none'
-        ? cond('WarmPool', 'False', 'WarmPoolDisabled', 'the claim asked for a fresh sandbox (warmpool: none)')
+        ? cond(CONDITION.WarmPool, 'False', REASON.WarmPoolDisabled, 'the claim asked for a fresh sandbox (warmpool: none)')
         : pools.length
-          ? cond('WarmPool', 'False', 'PoolExhausted', `no ready sandbox in warm pool${pools.length > 1 ? 's' : ''} ${pools.map((p) => `"${p.metadata.name}"`).join(', ')}; started one cold`)
-          : cond('WarmPool', 'False', 'NoWarmPool', `no warm pool holds template "${template.metadata.name}"; started one cold`);
+          ? cond(CONDITION.WarmPool, 'False', REASON.PoolExhausted, `no ready sandbox in warm pool${pools.length > 1 ? 's' : ''} ${pools.map((p) => `"${p.metadata.name}"`).join(', ')}; started one cold`)
+          : cond(CONDITION.WarmPool, 'False', REASON.NoWarmPool, `no warm pool holds template "${template.metadata.name}"; started one cold`);
     try {
       const created = await this.sandboxes.create(namespace, { metadata: { name, labels: shape.labels, annotations: shape.annotations }, spec: shape.spec }, { internal: true });
       await this.served(claim, template, created, why);
     } catch (err) {
       if (!(err instanceof MoatError) || err.code >= 500) throw err;
-      const reason = err.reason === 'ImageNotFound' ? 'ImageNotFound' : err.reason === 'AlreadyExists' ? 'SandboxNameConflict' : 'InvalidTemplate';
+      const reason = err.reason === REASON.ImageNotFound ? REASON.ImageNotFound : err.reason === 'AlreadyExists' ? REASON.SandboxNameConflict : REASON.InvalidTemplate;
       await fail(reason, err.message);
     }
   }
@@ -221,7 +221,7 @@ export class ClaimController extends ObjectController<SandboxClaim> {
     const ttl = template.spec.ttlSeconds;
     const shutdownTime = claim.spec.lifecycle?.shutdownTime ?? (ttl ? new Date(Date.now() + ttl * 1000).toISOString() : undefined);
     const status: ClaimStatus = {
-      conditions: [...claim.status.conditions.filter((c) => c.type === 'Ready'), how],
+      conditions: [...claim.status.conditions.filter((c) => c.type === CONDITION.Ready), how],
       sandbox: { name: sandbox.metadata.name },
       ...(pool ? { warmPool: pool } : {}),
       ...(shutdownTime ? { shutdownTime } : {}),

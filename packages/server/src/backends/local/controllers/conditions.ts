@@ -1,7 +1,7 @@
-import type { Condition, SandboxStatus } from '@moat/core';
+import { CONDITION, type Condition, type ConditionReason, type SandboxStatus } from '@moat/core';
 
-export function readyCondition(status: Condition['status'], reason: string, message = ''): Condition {
-  return { type: 'Ready', status, reason, message, lastTransitionTime: new Date().toISOString() };
+export function readyCondition(status: Condition['status'], reason: ConditionReason, message = ''): Condition {
+  return { type: CONDITION.Ready, status, reason, message, lastTransitionTime: new Date().toISOString() };
 }
 
 /** Set a condition, keeping lastTransitionTime when its status did not change. */
@@ -11,4 +11,4 @@ export function withCondition(s: SandboxStatus, c: Condition): SandboxStatus {
   return { ...s, conditions: [...s.conditions.filter((x) => x.type !== c.type), next] };
 }
 
-export const isReady = (s: SandboxStatus) => s.conditions.some((c) => c.type === 'Ready' && c.status === 'True');
+export const isReady = (s: SandboxStatus) => s.conditions.some((c) => c.type === CONDITION.Ready && c.status === 'True');

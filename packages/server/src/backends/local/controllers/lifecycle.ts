@@ -1,4 +1,4 @@
-import { LABELS, type Sandbox } from '@moat/core';
+import { EVENT_REASON, LABELS, type Sandbox } from '@moat/core';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../../../audit/log.js';
 import { isLive, type Store } from '../../../store/store.js';
@@ -8,7 +8,7 @@ import type { Activity } from './activity.js';
 import { idleStep, isExpired, msUntil, nextIdleStepIn, type IdleStep } from './rules.js';
 
 type Step = IdleStep | 'expire';
-const EVENT: Record<Step, string> = { pause: 'IdlePaused', hibernate: 'IdleHibernated', expire: 'Expired', delete: 'Expired' };
+const EVENT: Record<Step, string> = { pause: EVENT_REASON.IdlePaused, hibernate: EVENT_REASON.IdleHibernated, expire: EVENT_REASON.Expired, delete: EVENT_REASON.Expired };
 /** A step that failed is tried again this much later. */
 const RETRY_MS = 5000;
 

@@ -5,6 +5,7 @@ import {
   type Condition, type ExtensionKind, type ExtensionObject, type ObjectMeta,
 } from '@moat/core';
 import type { ObjectInput } from '../../types.js';
+import { isUniqueViolation } from '../../../store/errors.js';
 import type { Store, StoredObject } from '../../../store/store.js';
 import { parseSelector } from './selector.js';
 import { Serial } from '../../../util/serial.js';
@@ -67,7 +68,7 @@ export abstract class ObjectController<T extends AnyObject> {
     try {
       await this.store.insertObject(obj as StoredObject);
     } catch (err) {
-      if (String(err).includes('UNIQUE')) throw this.exists(namespace, name);
+      if (isUniqueViolation(err)) throw this.exists(namespace, name);
       throw err;
     }
     await this.changed(obj);

@@ -1,4 +1,4 @@
-import { LABELS, MoatError, type Condition, type Sandbox, type SandboxSpec, type SandboxTemplate, type SandboxWarmPool, type SandboxWarmPoolSpec } from '@moat/core';
+import { CONDITION, LABELS, MoatError, REASON, type Condition, type ConditionReason, type Sandbox, type SandboxSpec, type SandboxTemplate, type SandboxWarmPool, type SandboxWarmPoolSpec } from '@moat/core';
 import type { Logger } from 'pino';
 import type { Store } from '../../../store/store.js';
 import { Requeue } from '../../../util/requeue.js';
@@ -11,8 +11,8 @@ const MAX_BACKOFF_MS = 60_000;
 const REFILL_DELAY_MS = 100;
 const MAX_REFILL_DELAY_MS = 1000;
 
-const condition = (status: Condition['status'], reason: string, message: string): Condition => ({
-  type: 'Ready', status, reason, message, lastTransitionTime: new Date().toISOString(),
+const condition = (status: Condition['status'], reason: ConditionReason, message: string): Condition => ({
+  type: CONDITION.Ready, status, reason, message, lastTransitionTime: new Date().toISOString(),
 });
 
 /** What pools do to sandboxes (the sandbox controller). */
@@ -194,20 +194,20 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
     if (!template) {
       return this.setStatus(pool, {
         ...pool.status,
-        conditions: [condition('False', 'TemplateNotFound', `sandbox template "${pool.spec.sandboxTemplateRef.name}" not found in namespace "${namespace}"; the pool keeps its members and makes no new ones`)],
+        conditions: [condition('False', REASON.TemplateNotFound, `sandbox template "${pool.spec.sandboxTemplateRef.name}" not found in namespace "${namespace}"; the pool keeps its members and makes no new ones`)],
       });
     }
     const hash = templateHash(template);
     let members = await this.members(pool);
     const recreate = pool.spec.updateStrategy?.type === 'Recreate';
     const gone = members.filter((m) => m.status.phase === 'Failed' || (recreate && m.metadata.annotations?.[HASH_ANNOTATION] !== hash && !this.reserved.has(m.metadata.uid)));
-    const failure = members.find((m) => m.status.phase === 'Failed')?.status.conditions.find((c) => c.type === 'Ready')?.message;
+    const failure = members.find((m) => m.status.phase === 'Failed')?.status.conditions.find((c) => c.type === CONDITION.Ready)?.message;
     if (failure) this.failed(uid);
     await Promise.all(gone.map((m) => this.remove(m, false)));
     members = members.filter((m) => !gone.includes(m));
 
     const want = pool.spec.replicas;
-    let problem = failure ? { reason: 'SandboxStartFailed', message: `a member failed to start: ${failure}` } : undefined;
+    let problem: { reason: ConditionReason; message: string } | undefined = failure ? { reason: REASON.SandboxStartFailed, message: `a member failed to start: ${failure}` } : undefined;
     if (members.length < want && !this.backingOff(uid)) {
       const shape = sandboxFromTemplate(template);
       for (let i = members.length; i < want; i++) {
@@ -224,7 +224,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
         } catch (err) {
           if (!(err instanceof MoatError) || err.code >= 500) throw err;
           this.failed(uid);
-          problem = { reason: err.reason === 'ImageNotFound' ? 'ImageNotFound' : 'SandboxCreateFailed', message: err.message };
+          problem = { reason: err.reason === REASON.ImageNotFound ? REASON.ImageNotFound : REASON.SandboxCreateFailed, message: err.message };
           break;
         }
       }
@@ -241,8 +241,8 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
         problem
           ? condition('False', problem.reason, problem.message)
           : ready >= want
-            ? condition('True', 'PoolFull', `${ready} of ${want} ready`)
-            : condition('False', 'Filling', `${ready} of ${want} ready`),
+            ? condition('True', REASON.PoolFull, `${ready} of ${want} ready`)
+            : condition('False', REASON.Filling, `${ready} of ${want} ready`),
       ],
     });
   }

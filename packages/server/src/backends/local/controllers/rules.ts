@@ -1,4 +1,4 @@
-import { invalid, type IdlePolicy, type Sandbox } from '@moat/core';
+import { CONDITION, invalid, type IdlePolicy, type Sandbox } from '@moat/core';
 
 /**
  * Pure rules of the sandbox lifecycle: time arithmetic and spec checks with no
@@ -11,7 +11,7 @@ const STEPS = ['pauseAfterSeconds', 'hibernateAfterSeconds', 'deleteAfterSeconds
 export type IdleStep = 'pause' | 'hibernate' | 'delete';
 
 /** Shut down at its shutdownTime under shutdownPolicy Retain, and not extended since. */
-export const isExpired = (s: Sandbox) => s.status.conditions.some((c) => c.type === 'Expired' && c.status === 'True');
+export const isExpired = (s: Sandbox) => s.status.conditions.some((c) => c.type === CONDITION.Expired && c.status === 'True');
 
 /** Idle steps given together must come in order: pause, then hibernate, then delete. */
 export function checkIdlePolicy(p: IdlePolicy, field: string): void {

@@ -1,16 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  LABELS, MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
+  CONDITION, EVENT_REASON, LABELS, REASON, MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
   randomSuffix, resolveLimits, sandboxPath, validateEgressPolicy, timeout, type Sandbox, type SandboxInput, type SandboxSpec, type SandboxStatus,
 } from '@moat/core';
-import type { Socket } from 'node:net';
 import type { DialOptions, ExecHandle, ExecHandlers, ExecRequest, Image, RuntimeDriver, SandboxAgent, SandboxRuntimeSpec, Usage } from '@moat/runtime';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import type { Sandboxes } from '../../types.js';
+import { isUniqueViolation } from '../../../store/errors.js';
 import { isLive, type Desired, type Store, type StoredSandbox } from '../../../store/store.js';
 import { isReady, readyCondition, withCondition } from './conditions.js';
 import { portNumber, runProbe } from './probes.js';
@@ -159,7 +160,7 @@ export class SandboxController implements Sandboxes {
       spec: input.spec,
       status: {
         phase: 'Pending',
-        conditions: [readyCondition('False', 'Creating', 'the sandbox is being created')],
+        conditions: [readyCondition('False', REASON.Creating, 'the sandbox is being created')],
         runtimeClassName: runtime,
         // The first start takes the exact image a restored writable layer was made on (see runtimeSpec).
         ...(digest ? { image: { name: imageName, digest } } : {}),
@@ -186,7 +187,7 @@ export class SandboxController implements Sandboxes {
       });
     } catch (err) {
       if (opts.restore) await this.driverFor(sandbox).destroy(sandbox.metadata.uid).catch(() => {});
-      if (String(err).includes('UNIQUE')) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
+      if (isUniqueViolation(err)) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
       throw err;
     }
     crashPoint('create.inserted');
@@ -206,7 +207,7 @@ export class SandboxController implements Sandboxes {
       try {
         adopted = await this.store.adoptSandbox(uid, member.metadata.name, to);
       } catch (err) {
-        if (String(err).includes('UNIQUE')) throw alreadyExists(`a sandbox named "${to.name}" already exists in namespace "${member.metadata.namespace}"`);
+        if (isUniqueViolation(err)) throw alreadyExists(`a sandbox named "${to.name}" already exists in namespace "${member.metadata.namespace}"`);
         throw err;
       }
       if (!adopted) return undefined;
@@ -223,7 +224,7 @@ export class SandboxController implements Sandboxes {
         .finally(() => this.renaming.delete(uid));
       this.renaming.set(uid, renaming);
       void renaming.catch(() => {});
-      void this.store.addEvent(adopted, { type: 'Normal', reason: 'Claimed', message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})` });
+      void this.store.addEvent(adopted, { type: 'Normal', reason: EVENT_REASON.Claimed, message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})` });
       this.emit(uid);
       return adopted;
     });
@@ -271,7 +272,7 @@ export class SandboxController implements Sandboxes {
     const terminating = await this.setStatus(sandbox, {
       ...sandbox.status,
       phase: 'Terminating',
-      conditions: withCondition(sandbox.status, readyCondition('False', 'Deleting', 'the sandbox is being deleted')).conditions,
+      conditions: withCondition(sandbox.status, readyCondition('False', REASON.Deleting, 'the sandbox is being deleted')).conditions,
     });
     const done = this.sync(uid);
     if (wait) await done;
@@ -363,8 +364,8 @@ export class SandboxController implements Sandboxes {
     return this.exclusive(namespace, name, 'expired', async (s) => {
       if (s.status.phase === 'Running' || s.status.phase === 'Paused') s = await this.converge(s.metadata.uid, 'Hibernated');
       const expired = withCondition(
-        withCondition(s.status, { type: 'Expired', status: 'True', reason: 'ShutdownTimeReached', message: `shut down at ${s.spec.shutdownTime}; extend it to use it again`, lastTransitionTime: new Date().toISOString() }),
-        readyCondition('False', 'SandboxExpired', `the sandbox expired at ${s.spec.shutdownTime}`),
+        withCondition(s.status, { type: CONDITION.Expired, status: 'True', reason: REASON.ShutdownTimeReached, message: `shut down at ${s.spec.shutdownTime}; extend it to use it again`, lastTransitionTime: new Date().toISOString() }),
+        readyCondition('False', REASON.SandboxExpired, `the sandbox expired at ${s.spec.shutdownTime}`),
       );
       return (await this.setStatus(s, expired)) ?? s;
     });
@@ -374,7 +375,7 @@ export class SandboxController implements Sandboxes {
   async revive(namespace: string, name: string): Promise<Sandbox> {
     const revived = await this.exclusive(namespace, name, 'revived', async (s) => {
       if (!isExpired(s)) return s;
-      const status = withCondition(s.status, { type: 'Expired', status: 'False', reason: 'Extended', message: `extended to ${s.spec.shutdownTime}`, lastTransitionTime: new Date().toISOString() });
+      const status = withCondition(s.status, { type: CONDITION.Expired, status: 'False', reason: REASON.Extended, message: `extended to ${s.spec.shutdownTime}`, lastTransitionTime: new Date().toISOString() });
       return (await this.setStatus(s, status)) ?? s;
     });
     return revived.status.phase === 'Hibernated' ? this.wake(namespace, name) : revived;
@@ -406,7 +407,7 @@ export class SandboxController implements Sandboxes {
   }
 
   async waitFor(namespace: string, name: string, condition: string, timeoutMs: number): Promise<Sandbox> {
-    if (condition !== 'Ready') throw badRequest(`unknown condition "${condition}": only Ready can be waited for`);
+    if (condition !== CONDITION.Ready) throw badRequest(`unknown condition "${condition}": only Ready can be waited for`);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const found = await this.store.getSandbox(namespace, name);
@@ -414,7 +415,7 @@ export class SandboxController implements Sandboxes {
       const s = found.sandbox;
       if (isReady(s.status)) return s;
       if (s.status.phase === 'Failed') {
-        const c = s.status.conditions.find((x) => x.type === 'Ready');
+        const c = s.status.conditions.find((x) => x.type === CONDITION.Ready);
         throw new MoatError(409, 'SandboxFailed', `sandbox "${name}" failed: ${c?.message ?? 'unknown error'}`);
       }
       const left = deadline - Date.now();
@@ -526,7 +527,7 @@ export class SandboxController implements Sandboxes {
       if (phase === 'Running' && !isReady(sandbox.status)) this.probeUntilReady(sandbox);
       return;
     }
-    await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Restarting', message: `found ${state} after a control-plane restart; starting it again with its disks` });
+    await this.store.addEvent(sandbox, { type: 'Warning', reason: EVENT_REASON.Restarting, message: `found ${state} after a control-plane restart; starting it again with its disks` });
     await this.start(sandbox);
   }
 
@@ -540,17 +541,17 @@ export class SandboxController implements Sandboxes {
     const uid = sandbox.metadata.uid;
     if (state === 'running' || state === 'paused') {
       if (state === 'paused') await driver.resume(uid);
-      await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Running' }, readyCondition('True', 'SandboxRunning', '')));
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Woken', message: 'found running after a control-plane restart (a wake was cut short)' });
+      await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Running' }, readyCondition('True', REASON.SandboxRunning, '')));
+      await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Woken, message: 'found running after a control-plane restart (a wake was cut short)' });
       return;
     }
     if (sandbox.status.phase !== 'Hibernated') {
       const status = withCondition(
-        withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', 'Hibernated', 'the sandbox is hibernated: exec, file calls and port connections wake it')),
-        { type: 'Hibernated', status: 'True', reason: 'Checkpointed', message: 'processes and memory saved to disk (found after a control-plane restart)', lastTransitionTime: new Date().toISOString() },
+        withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', REASON.Hibernated, 'the sandbox is hibernated: exec, file calls and port connections wake it')),
+        { type: CONDITION.Hibernated, status: 'True', reason: REASON.Checkpointed, message: 'processes and memory saved to disk (found after a control-plane restart)', lastTransitionTime: new Date().toISOString() },
       );
       await this.setStatus(sandbox, status);
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Hibernated', message: 'a hibernate cut short by a control-plane restart had saved the sandbox: it stays hibernated' });
+      await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Hibernated, message: 'a hibernate cut short by a control-plane restart had saved the sandbox: it stays hibernated' });
     }
     this.log.info({ sandbox: sandbox.metadata.name }, 'sandbox stays hibernated');
   }
@@ -576,7 +577,7 @@ export class SandboxController implements Sandboxes {
       if (!isLive((await this.store.getSandboxByUid(uid))?.desired ?? 'Deleted')) return; // deleted meanwhile: teardown follows
       const degraded = await driver.degraded?.();
       const base: SandboxStatus = degraded
-        ? withCondition(sandbox.status, { type: 'RuntimeDegraded', status: 'True', reason: 'SoftwareEmulation', message: degraded, lastTransitionTime: new Date().toISOString() })
+        ? withCondition(sandbox.status, { type: CONDITION.RuntimeDegraded, status: 'True', reason: REASON.SoftwareEmulation, message: degraded, lastTransitionTime: new Date().toISOString() })
         : sandbox.status;
       const status: SandboxStatus = {
         ...base,
@@ -588,9 +589,9 @@ export class SandboxController implements Sandboxes {
       const probe = container.readinessProbe;
       await this.setStatus(
         sandbox,
-        withCondition(status, probe ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass') : readyCondition('True', 'SandboxRunning', '')),
+        withCondition(status, probe ? readyCondition('False', REASON.ReadinessProbePending, 'waiting for the readiness probe to pass') : readyCondition('True', REASON.SandboxRunning, '')),
       );
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Started', message: `started in ${Date.now() - started} ms from ${image.digest}` });
+      await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Started, message: `started in ${Date.now() - started} ms from ${image.digest}` });
       if (probe) this.probeUntilReady(sandbox);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
@@ -598,24 +599,24 @@ export class SandboxController implements Sandboxes {
       await this.driverFor(sandbox).destroy(uid).catch(() => {});
       await attaching; // never undo a network that is still being made
       await this.network.detach(uid).catch(() => {});
-      const status = withCondition({ ...sandbox.status, phase: 'Failed' }, readyCondition('False', 'StartFailed', message));
+      const status = withCondition({ ...sandbox.status, phase: 'Failed' }, readyCondition('False', REASON.StartFailed, message));
       await this.setStatus(sandbox, status);
-      await this.store.addEvent(sandbox, { type: 'Warning', reason: 'Failed', message });
+      await this.store.addEvent(sandbox, { type: 'Warning', reason: EVENT_REASON.Failed, message });
     }
   }
 
   private async pauseStep(sandbox: Sandbox): Promise<void> {
     const started = Date.now();
     await this.driverFor(sandbox).pause(sandbox.metadata.uid);
-    await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Paused' }, readyCondition('False', 'Paused', 'the sandbox is paused')));
-    await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Paused', message: `paused in ${Date.now() - started} ms` });
+    await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Paused' }, readyCondition('False', REASON.Paused, 'the sandbox is paused')));
+    await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Paused, message: `paused in ${Date.now() - started} ms` });
   }
 
   private async resumeStep(sandbox: Sandbox): Promise<void> {
     const started = Date.now();
     await this.driverFor(sandbox).resume(sandbox.metadata.uid);
     await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Running' }, this.runningCondition(sandbox)));
-    await this.store.addEvent(sandbox, { type: 'Normal', reason: 'Resumed', message: `resumed in ${Date.now() - started} ms` });
+    await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Resumed, message: `resumed in ${Date.now() - started} ms` });
     if (!isReady(sandbox.status)) this.probeUntilReady(sandbox);
   }
 
@@ -626,18 +627,18 @@ export class SandboxController implements Sandboxes {
     const ms = Date.now() - started;
     const now = new Date().toISOString();
     const condition = r.checkpointed
-      ? { type: 'Hibernated', status: 'True' as const, reason: 'Checkpointed', message: `processes and memory saved to disk (${r.bytes} bytes)`, lastTransitionTime: now }
-      : { type: 'Hibernated', status: 'True' as const, reason: 'StoppedWithDisks', message: `stopped with its disks kept; memory was not saved: ${r.reason}`, lastTransitionTime: now };
+      ? { type: CONDITION.Hibernated, status: 'True' as const, reason: REASON.Checkpointed, message: `processes and memory saved to disk (${r.bytes} bytes)`, lastTransitionTime: now }
+      : { type: CONDITION.Hibernated, status: 'True' as const, reason: REASON.StoppedWithDisks, message: `stopped with its disks kept; memory was not saved: ${r.reason}`, lastTransitionTime: now };
     const status = withCondition(
-      withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', 'Hibernated', 'the sandbox is hibernated: exec, file calls and port connections wake it')),
+      withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', REASON.Hibernated, 'the sandbox is hibernated: exec, file calls and port connections wake it')),
       condition,
     );
     await this.setStatus(sandbox, status);
     await this.store.addEvent(
       sandbox,
       r.checkpointed
-        ? { type: 'Normal', reason: 'Hibernated', message: `hibernated in ${ms} ms: ${r.bytes} bytes of processes and memory saved` }
-        : { type: 'Warning', reason: 'HibernatedWithoutMemory', message: `stopped in ${ms} ms with its disks kept; memory not saved: ${r.reason}` },
+        ? { type: 'Normal', reason: EVENT_REASON.Hibernated, message: `hibernated in ${ms} ms: ${r.bytes} bytes of processes and memory saved` }
+        : { type: 'Warning', reason: EVENT_REASON.HibernatedWithoutMemory, message: `stopped in ${ms} ms with its disks kept; memory not saved: ${r.reason}` },
     );
   }
 
@@ -653,13 +654,13 @@ export class SandboxController implements Sandboxes {
     const status = withCondition(
       withCondition({ ...sandbox.status, phase: 'Running' }, this.runningCondition(sandbox)),
       r.restored
-        ? { type: 'Hibernated', status: 'False', reason: 'Restored', message: 'woken with its processes and memory', lastTransitionTime: now }
-        : { type: 'Hibernated', status: 'False', reason: 'Restarted', message: r.reason, lastTransitionTime: now },
+        ? { type: CONDITION.Hibernated, status: 'False', reason: REASON.Restored, message: 'woken with its processes and memory', lastTransitionTime: now }
+        : { type: CONDITION.Hibernated, status: 'False', reason: REASON.Restarted, message: r.reason, lastTransitionTime: now },
     );
     await this.setStatus(sandbox, status);
     await this.store.addEvent(sandbox, {
       type: r.restored ? 'Normal' : 'Warning',
-      reason: 'Woken',
+      reason: EVENT_REASON.Woken,
       message: r.restored ? `woken in ${ms} ms with its processes and memory` : `woken in ${ms} ms without its memory: ${r.reason}`,
     });
     if (!isReady(sandbox.status)) this.probeUntilReady(sandbox);
@@ -690,8 +691,8 @@ export class SandboxController implements Sandboxes {
   /** Ready at once, or once its readiness probe passes. */
   private runningCondition(sandbox: Sandbox) {
     return sandbox.spec.podTemplate.spec.containers[0]!.readinessProbe
-      ? readyCondition('False', 'ReadinessProbePending', 'waiting for the readiness probe to pass')
-      : readyCondition('True', 'SandboxRunning', '');
+      ? readyCondition('False', REASON.ReadinessProbePending, 'waiting for the readiness probe to pass')
+      : readyCondition('True', REASON.SandboxRunning, '');
   }
 
   /**
@@ -717,16 +718,16 @@ export class SandboxController implements Sandboxes {
         try {
           await runProbe(this.driverFor(current).agent(uid), current, probe);
           if (++successes >= threshold) {
-            await this.setStatus(current, withCondition(current.status, readyCondition('True', 'SandboxRunning', '')));
-            await this.store.addEvent(current, { type: 'Normal', reason: 'Ready', message: 'the readiness probe passed' });
+            await this.setStatus(current, withCondition(current.status, readyCondition('True', REASON.SandboxRunning, '')));
+            await this.store.addEvent(current, { type: 'Normal', reason: EVENT_REASON.Ready, message: 'the readiness probe passed' });
             return;
           }
         } catch (err) {
           successes = 0;
           if (++failures === failureThreshold) {
             const message = `readiness probe failing: ${(err as Error).message}`;
-            await this.setStatus(current, withCondition(current.status, readyCondition('False', 'ReadinessProbeFailing', message)));
-            await this.store.addEvent(current, { type: 'Warning', reason: 'Unhealthy', message });
+            await this.setStatus(current, withCondition(current.status, readyCondition('False', REASON.ReadinessProbeFailing, message)));
+            await this.store.addEvent(current, { type: 'Warning', reason: EVENT_REASON.Unhealthy, message });
           }
         }
         // Until the first success, probe faster than the period: a warm pool wants sandboxes ready as soon as they are.
