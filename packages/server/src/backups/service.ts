@@ -5,12 +5,11 @@ import { dirname } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { MoatError, assertName, badRequest, conflict, notFound, type Sandbox, type SandboxSpec } from '@moat/core';
-import { QuiesceError, type DiskKind, type QuiesceContext } from '@moat/runtime';
+import { QuiesceError, type DiskKind, type QuiesceContext, type RuntimeDriver } from '@moat/runtime';
 import type { Logger } from 'pino';
-import type { Drivers, SandboxController } from '../backends/local/controllers/sandboxes.js';
 import { crashPoint } from '../faults.js';
 import type { BackupTable, VolumeTable } from '../store/schema.js';
-import type { Store } from '../store/store.js';
+import type { Store, StoredSandbox } from '../store/store.js';
 import type { VolumeInfo, VolumeService } from '../volumes/service.js';
 import type { ObjectStore } from './store.js';
 
@@ -43,6 +42,24 @@ export function assertBackupId(id: string): string {
 }
 
 /**
+ * What backups need of sandboxes: host disks and the drivers that hold them still (the local backend's sandbox
+ * controller, so backups of writable layers are a capability of that backend: `layerBackups`).
+ */
+export interface BackupSandboxes {
+  get(namespace: string, name: string): Promise<StoredSandbox>;
+  /** Runs `act` under the sandbox's lock: nothing else changes it meanwhile. */
+  exclusive<T>(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<T>): Promise<T>;
+  driverFor(s: Sandbox): Pick<RuntimeDriver, 'writableLayer' | 'quiesce'>;
+  /** A new sandbox on `restore.imageDigest`, whose writable layer `restore.disk` writes before anything is stored. */
+  create(namespace: string, input: { metadata: { name: string }; spec: SandboxSpec }, opts: { restore: { imageDigest: string; disk: (path: string) => Promise<void> } }): Promise<Sandbox>;
+}
+
+/** The drivers by runtime class, for the thaw after a crash. */
+export interface BackupDrivers {
+  get(name: string): Pick<RuntimeDriver, 'thaw'> | undefined;
+}
+
+/**
  * Snapshots of named volumes into an object store: consistent (the sandbox's
  * driver holds the filesystem still while it is read: see `quiesce`),
  * zstd-compressed, SHA-256 checksummed, written atomically. A restore makes a
@@ -52,13 +69,13 @@ export class BackupService {
   private constructor(
     private readonly store: Store,
     private readonly volumes: VolumeService,
-    private readonly sandboxes: SandboxController,
-    private readonly drivers: Pick<Drivers, 'get'>,
+    private readonly sandboxes: BackupSandboxes,
+    private readonly drivers: BackupDrivers,
     readonly objects: ObjectStore,
     private readonly log: Logger,
   ) {}
 
-  static async open(store: Store, volumes: VolumeService, sandboxes: SandboxController, drivers: Pick<Drivers, 'get'>, objects: ObjectStore, log: Logger): Promise<BackupService> {
+  static async open(store: Store, volumes: VolumeService, sandboxes: BackupSandboxes, drivers: BackupDrivers, objects: ObjectStore, log: Logger): Promise<BackupService> {
     await objects.cleanup();
     const s = new BackupService(store, volumes, sandboxes, drivers, objects, log);
     await s.thawLeftovers();
