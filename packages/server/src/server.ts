@@ -17,7 +17,7 @@ import { SandboxController, type Drivers } from './controllers/sandboxes.js';
 import { TemplateController } from './controllers/templates.js';
 import { BOOTSTRAP_ADMIN, Identity } from './identity/identity.js';
 import { Quotas } from './identity/quotas.js';
-import { tenancy } from './identity/tenancy.js';
+import { tenancy } from './tenancy.js';
 import { GatewayService } from './gateway/service.js';
 import { SandboxTokens } from './gateway/tokens.js';
 import { Networking, gatewayPort, pinnedHosts, type NetworkOptions } from './network.js';

@@ -6,7 +6,7 @@ import type { WarmPoolController } from '../controllers/pools.js';
 import type { SandboxController } from '../controllers/sandboxes.js';
 import type { TemplateController } from '../controllers/templates.js';
 import type { Identity } from '../identity/identity.js';
-import type { ApiTenancy } from '../identity/tenancy.js';
+import type { ApiTenancy } from '../tenancy.js';
 import type { Secrets } from '../secrets/secrets.js';
 import type { Store } from '../store/store.js';
 import type { VolumeService } from '../volumes/service.js';

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { keyIdOf, presentedKey } from '../auth/keys.js';
-import { AccessDenied } from '../api/authorize.js';
+import { AccessDenied } from '../auth/authorize.js';
 import type { Actor, AuditLog } from './log.js';
 
 const details = new WeakMap<FastifyRequest, Record<string, unknown>>();

@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ApiContext } from '../api/context.js';
 import { ByteLimit } from '../api/routes/files.js';
 import { ENVD_PREFIX, SandboxIdParams } from './data-plane.js';
-import type { EnvdRoutes } from './envd.js';
+import type { EnvdRoutes } from './envd-types.js';
 import type { E2bSandboxes } from './sandboxes.js';
 
 const FilesQuery = Type.Object(

@@ -2,7 +2,7 @@ import { posix } from 'node:path';
 import { Type } from '@sinclair/typebox';
 import { AgentError, type AgentClient, type Entry } from '@moat/runtime';
 import { ConnectError, ServerStream, deadlineMs } from './connect-rpc.js';
-import type { EnvdRoutes } from './envd.js';
+import type { EnvdRoutes } from './envd-types.js';
 
 const Path = Type.String({ minLength: 1, maxLength: 4096 });
 const PathRequest = Type.Object({ path: Path }, { additionalProperties: false });

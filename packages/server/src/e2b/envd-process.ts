@@ -5,7 +5,7 @@ import { actorOf } from '../audit/requests.js';
 import type { ApiContext } from '../api/context.js';
 import { startExec, type ExecResult } from '../api/exec-session.js';
 import { ConnectError, ServerStream, deadlineMs } from './connect-rpc.js';
-import type { EnvdRoutes, EnvdTarget } from './envd.js';
+import type { EnvdRoutes, EnvdTarget } from './envd-types.js';
 
 const Selector = Type.Object({ pid: Type.Optional(Type.Integer({ minimum: 0 })), tag: Type.Optional(Type.String({ maxLength: 256 })) }, { additionalProperties: false });
 const Pty = Type.Object({ size: Type.Optional(Type.Object({ cols: Type.Integer({ minimum: 0, maximum: 1000 }), rows: Type.Integer({ minimum: 0, maximum: 1000 }) }, { additionalProperties: false })) }, { additionalProperties: false });

@@ -1,8 +1,6 @@
 import { posix } from 'node:path';
-import type { Static, TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { MoatError, sandboxPath, type Sandbox } from '@moat/core';
-import type { AgentClient } from '@moat/runtime';
+import { MoatError, sandboxPath } from '@moat/core';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ApiContext } from '../api/context.js';
 import { ConnectError, ServerStream, STREAM_CONTENT_TYPE, httpStatus, readEnvelope, sendUnaryError, toConnectError } from './connect-rpc.js';
@@ -10,29 +8,12 @@ import { ENVD_PREFIX, SandboxIdParams } from './data-plane.js';
 import { filesystemService } from './envd-filesystem.js';
 import { filesHttp } from './envd-files.js';
 import { processService } from './envd-process.js';
-import type { E2bSandbox, E2bSandboxes } from './sandboxes.js';
+import type { EnvdRoutes } from './envd-types.js';
+import type { E2bSandboxes } from './sandboxes.js';
 
 /** envd's default user: E2B images run commands as `user` (Moat's images have that account too). */
 const DEFAULT_USER = 'user';
 const USERNAME = /^[a-z_][a-z0-9_-]{0,31}$/;
-
-/** A call's sandbox, agent and user, with relative paths resolved against that user's home, as envd does. */
-export interface EnvdTarget {
-  e2b: E2bSandbox;
-  sandbox: Sandbox;
-  agent: AgentClient;
-  user: string;
-  resolve(path: string, what?: string): string;
-}
-
-type Handler<S extends TSchema, R> = (t: EnvdTarget, body: Static<S>, req: FastifyRequest) => Promise<R>;
-type StreamHandler<S extends TSchema> = (t: EnvdTarget, body: Static<S>, stream: ServerStream, req: FastifyRequest) => Promise<void>;
-
-export interface EnvdRoutes {
-  unary<S extends TSchema>(method: string, schema: S, fn: Handler<S, unknown>): void;
-  stream<S extends TSchema>(method: string, schema: S, fn: StreamHandler<S>): void;
-  target(req: FastifyRequest, username?: string): Promise<EnvdTarget>;
-}
 
 /** `Authorization: Basic base64("<user>:")` picks the user a call runs as (E2B's `opts.user`). */
 function userOf(req: FastifyRequest, fromQuery: string | undefined): string {

@@ -2,7 +2,7 @@ import { alreadyExists, assertName, conflict, invalid, isDns1123Label, notFound 
 import { isUniqueViolation } from '../store/errors.js';
 import type { AgentTable, UserTable } from '../store/schema.js';
 import type { Store } from '../store/store.js';
-import type { Quota } from './quotas.js';
+import type { Quota } from './types.js';
 
 export const ROLES = ['admin', 'member', 'viewer'] as const;
 export type Role = (typeof ROLES)[number];

@@ -1,22 +1,8 @@
-import { Type, type Static } from '@sinclair/typebox';
 import { MoatError, formatBytes, parseBytes, parseMillicores, resolveLimits, type SandboxSpec } from '@moat/core';
 import type { Store } from '../store/store.js';
 import { Serial } from '../controllers/serial.js';
 import type { Identity } from './identity.js';
-
-const Quantity = (example: string) => Type.String({ minLength: 1, maxLength: 32, examples: [example] });
-
-/** Limits for a user (over all their agents) or one agent; an absent field is unlimited. */
-export const QuotaSchema = Type.Object(
-  {
-    sandboxes: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })),
-    cpu: Type.Optional(Quantity('4')),
-    memory: Type.Optional(Quantity('8Gi')),
-    storage: Type.Optional(Quantity('50Gi')),
-  },
-  { additionalProperties: false },
-);
-export type Quota = Static<typeof QuotaSchema>;
+import type { Quota } from './types.js';
 
 /** Rejects quantities that do not parse (422), so a stored quota always does. */
 export function checkQuota(q: Quota, field = 'quota'): Quota {

@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
 import { actorOf, addAuditDetail } from '../../audit/requests.js';
 import type { ApiContext } from '../context.js';
-import { authorize } from '../authorize.js';
+import { authorize } from '../../auth/authorize.js';
 import { signalNumber, startExec, type ExecRequest } from '../exec-session.js';
 import { toMoatError } from '../errors.js';
 import { NameParams, SANDBOXES } from './sandboxes.js';
