@@ -2,9 +2,9 @@ import type { Sandbox, SandboxSpec } from '@moat/core';
 import type { Actor } from './audit/log.js';
 import type { Tenancy } from './backends/local/controllers/sandboxes.js';
 import type { GatewayService } from './gateway/service.js';
-import type { Secrets } from './secrets/secrets.js';
 import type { Identity } from './identity/identity.js';
 import type { Quotas } from './identity/quotas.js';
+import type { Secrets } from './secrets/secrets.js';
 
 export interface ApiTenancy extends Tenancy {
   /** As `env`, for a call made by `actor` (an exec): the secrets it exposes are revealed on that actor's behalf. */

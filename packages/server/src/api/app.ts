@@ -4,7 +4,7 @@ import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
-import { auditRequests } from './audit-requests.js';
+import { auditRequests } from '../audit/requests.js';
 import { authenticate, presentedKey, type Principal } from '../auth/keys.js';
 import type { ApiContext } from './context.js';
 import { errorHandler } from './errors.js';

@@ -3,7 +3,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { authenticate, presentedKey } from '../auth/keys.js';
 import type { ApiContext } from '../api/context.js';
-import { relayHttp } from '../api/routes/ports.js';
+import { pathAfter, relayBodies, relayHttp } from '../relay.js';
 import { E2B_ID_PATTERN, type E2bSandboxes } from './sandboxes.js';
 
 /** envd's port: served by Moat itself. Every other port is relayed into the sandbox (49999: the code interpreter). */
@@ -46,15 +46,12 @@ export const SandboxIdParams = Type.Object({ sandboxId: Type.String({ pattern: E
 
 /** Any other port, as Moat's port exposure does (the agent dials the sandbox's own loopback). */
 export function portRelayRoutes(scope: FastifyInstance, e2b: E2bSandboxes) {
-  scope.removeAllContentTypeParsers();
-  scope.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
+  relayBodies(scope);
   const params = Type.Object({ sandboxId: SandboxIdParams.properties.sandboxId, port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) });
   const handler = async (req: FastifyRequest, reply: Parameters<typeof relayHttp>[1]) => {
     const { sandboxId, port } = req.params as { sandboxId: string; port: number };
     const { sandbox, agent } = await e2b.running(req.principal, sandboxId);
-    const prefix = `/e2b/ports/${sandboxId}/${port}`;
-    const rest = req.url.startsWith(prefix) ? req.url.slice(prefix.length) : '/';
-    return relayHttp(req, reply, { sandbox, agent, port, path: rest.startsWith('/') ? rest : `/${rest}` });
+    return relayHttp(req, reply, { sandbox, agent, port, path: pathAfter(req, `/e2b/ports/${sandboxId}/${port}`) });
   };
   for (const url of [PORTS_PREFIX, `${PORTS_PREFIX}/*`]) {
     scope.route({ method: ['GET', 'HEAD', 'DELETE', 'PATCH', 'POST', 'PUT', 'OPTIONS'], url, schema: { hide: true, params }, handler });

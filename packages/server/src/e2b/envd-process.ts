@@ -1,7 +1,7 @@
 import { constants } from 'node:os';
 import { Type, type Static } from '@sinclair/typebox';
 import type { ExecHandle } from '@moat/runtime';
-import { actorOf } from '../api/audit-requests.js';
+import { actorOf } from '../audit/requests.js';
 import type { ApiContext } from '../api/context.js';
 import { startExec, type ExecResult } from '../api/exec-session.js';
 import { ConnectError, ServerStream, deadlineMs } from './connect-rpc.js';

@@ -5,7 +5,9 @@ import type { FastifyRequest } from 'fastify';
 import type { ServerStream } from './connect-rpc.js';
 import type { E2bSandbox } from './sandboxes.js';
 
-/** What the envd services (process, filesystem, files) get from the envd routes: kept apart so neither imports the other. */
+// The seam between envd.ts, which serves envd's routes, and the services behind them (envd-process.ts, envd-filesystem.ts, envd-files.ts).
+
+/** A call's sandbox, agent and user, with relative paths resolved against that user's home, as envd does. */
 export interface EnvdTarget {
   e2b: E2bSandbox;
   sandbox: Sandbox;

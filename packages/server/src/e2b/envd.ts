@@ -15,7 +15,6 @@ import type { E2bSandboxes } from './sandboxes.js';
 const DEFAULT_USER = 'user';
 const USERNAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 
-/** A call's sandbox, agent and user, with relative paths resolved against that user's home, as envd does. */
 /** `Authorization: Basic base64("<user>:")` picks the user a call runs as (E2B's `opts.user`). */
 function userOf(req: FastifyRequest, fromQuery: string | undefined): string {
   const basic = /^Basic\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CONDITION, MoatError, REASON, resolveLimits, type Sandbox, type SandboxClaim } from '@moat/core';
 import type { FastifyBaseLogger } from 'fastify';
-import { authorize, isAdmin } from '../api/authorize.js';
+import { authorize, isAdmin } from '../auth/authorize.js';
 import type { Principal } from '../auth/keys.js';
 import type { Claims, Sandboxes } from '../backends/types.js';
 import { DEFAULT_AGENT } from '../identity/identity.js';

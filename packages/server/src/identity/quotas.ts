@@ -2,10 +2,7 @@ import { MoatError, formatBytes, parseBytes, parseMillicores, resolveLimits, typ
 import { isLive, type Store } from '../store/store.js';
 import { Serial } from '../util/serial.js';
 import type { Identity } from './identity.js';
-
 import type { Quota } from './types.js';
-
-export { QuotaSchema, type Quota } from './types.js';
 
 /** Rejects quantities that do not parse (422), so a stored quota always does. */
 export function checkQuota(q: Quota, field = 'quota'): Quota {

@@ -3,7 +3,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { MOAT_API_VERSION } from '@moat/core';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditQuery } from '../../audit/log.js';
-import { isAdmin, requireAdmin } from '../authorize.js';
+import { isAdmin, requireAdmin } from '../../auth/authorize.js';
 import type { ApiContext } from '../context.js';
 
 const AUDIT = `/apis/${MOAT_API_VERSION}/audit`;

@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { MOAT_API_VERSION, assertName, badRequest } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
-import { assertOwned, authorize } from '../authorize.js';
+import { assertOwned, authorize } from '../../auth/authorize.js';
 import type { ApiContext } from '../context.js';
 import { assertBackupId } from '../../backups/service.js';
 

@@ -8,7 +8,7 @@ import { AgentError, type Entry, type SandboxAgent } from '@moat/runtime';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import tar from 'tar-stream';
 import type { ApiContext } from '../context.js';
-import { authorize } from '../authorize.js';
+import { authorize } from '../../auth/authorize.js';
 import { NameParams, SANDBOXES } from './sandboxes.js';
 
 const FILES = `${SANDBOXES}/:name/files`;

@@ -3,7 +3,7 @@ import { MOAT_API_VERSION, assertName, notFound } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { GatewayConfigSchema, deleteGatewayConfig, getGatewayConfig, putGatewayConfig, type GatewayConfig } from '../../gateway/config.js';
 import { today, usage } from '../../gateway/usage.js';
-import { assertOwned, authorize } from '../authorize.js';
+import { assertOwned, authorize } from '../../auth/authorize.js';
 import type { ApiContext } from '../context.js';
 
 const GATEWAY = `/apis/${MOAT_API_VERSION}/namespaces/:namespace/gateway`;

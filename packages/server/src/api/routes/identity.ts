@@ -3,8 +3,9 @@ import { MOAT_API_VERSION } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { createApiKey, listApiKeys, revokeApiKey } from '../../auth/keys.js';
 import { DEFAULT_AGENT, ROLES } from '../../identity/identity.js';
-import { QuotaSchema, checkQuota } from '../../identity/quotas.js';
-import { authorizeUser, requireAdmin } from '../authorize.js';
+import { checkQuota } from '../../identity/quotas.js';
+import { QuotaSchema } from '../../identity/types.js';
+import { authorizeUser, requireAdmin } from '../../auth/authorize.js';
 import type { ApiContext } from '../context.js';
 
 const IDENTITY = `/apis/${MOAT_API_VERSION}`;

@@ -3,7 +3,7 @@ import { CONDITION, EXTENSIONS_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ExtensionObjects, ObjectInput } from '../../backends/types.js';
 import type { Identity } from '../../identity/identity.js';
-import { assertOwned, authorize } from '../authorize.js';
+import { assertOwned, authorize } from '../../auth/authorize.js';
 import { NameParams, NsParams } from './sandboxes.js';
 
 const Selector = Type.Object({ labelSelector: Type.Optional(Type.String()) }, { additionalProperties: false });

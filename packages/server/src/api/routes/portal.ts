@@ -7,7 +7,7 @@ import fastifyStatic from '@fastify/static';
 import { LABELS, MOAT_API_VERSION, RUNTIME_CLASSES } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
-import { authorize, requireAdmin } from '../authorize.js';
+import { authorize, requireAdmin } from '../../auth/authorize.js';
 
 const PORTAL_API = `/apis/${MOAT_API_VERSION}/portal`;
 

@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox';
 import { CONDITION, LABELS, SANDBOX_API_VERSION, SandboxSchema, assertName, badRequest } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
-import { assertOwned, authorize } from '../authorize.js';
+import { assertOwned, authorize } from '../../auth/authorize.js';
 
 export const SANDBOXES = `/apis/${SANDBOX_API_VERSION}/namespaces/:namespace/sandboxes`;
 export const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) });

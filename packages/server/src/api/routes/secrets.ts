@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { MOAT_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
-import { assertOwned, authorize, requireAdmin } from '../authorize.js';
+import { assertOwned, authorize, requireAdmin } from '../../auth/authorize.js';
 import type { ApiContext } from '../context.js';
 
 const SECRETS = `/apis/${MOAT_API_VERSION}/namespaces/:namespace/secrets`;

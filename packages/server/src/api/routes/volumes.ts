@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { MOAT_API_VERSION, assertName } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
-import { assertOwned, authorize } from '../authorize.js';
+import { assertOwned, authorize } from '../../auth/authorize.js';
 import type { ApiContext } from '../context.js';
 import { volumeSize } from '../../volumes/service.js';
 

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { keyIdOf, presentedKey } from '../auth/keys.js';
-import { AccessDenied } from './authorize.js';
-import type { Actor, AuditLog } from '../audit/log.js';
+import { AccessDenied } from '../auth/authorize.js';
+import type { Actor, AuditLog } from './log.js';
 
 const details = new WeakMap<FastifyRequest, Record<string, unknown>>();
 const denied = new WeakSet<FastifyRequest>();

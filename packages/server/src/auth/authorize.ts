@@ -1,5 +1,5 @@
 import { MoatError } from '@moat/core';
-import type { Principal } from '../auth/keys.js';
+import type { Principal } from './keys.js';
 import type { Identity } from '../identity/identity.js';
 
 export type Verb = 'read' | 'write';
