@@ -287,7 +287,7 @@ export class BackupService {
 
   /**
    * Runs `copy` while the sandbox's driver holds the disk still (the caller holds the sandbox's or the
-   * volume's lock). A driver's refusal is a 409 (`refused` says what was refused), its failure a BackupFailed.
+   * volume's lock). The driver's refusal is a 409 that begins with `refused` (what, in which phase); its failure is a BackupFailed.
    */
   private async quiesced<T>(s: Sandbox, what: DiskKind, copy: () => Promise<T>, refused: string): Promise<T> {
     try {
