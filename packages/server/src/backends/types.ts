@@ -1,4 +1,4 @@
-import type { Sandbox, SandboxClaim, SandboxInput, SandboxTemplate, SandboxWarmPool } from '@moat/core';
+import { MoatError, type Sandbox, type SandboxClaim, type SandboxInput, type SandboxTemplate, type SandboxWarmPool } from '@moat/core';
 import type { SandboxAgent, Usage } from '@moat/runtime';
 import type { SandboxEvent, StoredSandbox } from '../store/store.js';
 
@@ -32,6 +32,13 @@ export interface BackendCapabilities {
 }
 
 export type Capability = keyof BackendCapabilities;
+
+/** A call for something the backend cannot do: 501, saying which backend and what, instead of a failure deeper down. */
+export function requireCapability(backend: Pick<SandboxBackend, 'kind' | 'capabilities'>, capability: Capability, what: string): void {
+  if (!backend.capabilities[capability]) {
+    throw new MoatError(501, 'NotImplemented', `the ${backend.kind} backend cannot ${what} (capability "${capability}"); see docs/architecture.md`, { capability });
+  }
+}
 
 export interface RuntimeInfo {
   available: boolean;

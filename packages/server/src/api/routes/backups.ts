@@ -2,6 +2,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { MOAT_API_VERSION, assertName, badRequest } from '@moat/core';
 import type { FastifyInstance } from 'fastify';
 import { assertOwned, authorize } from '../../auth/authorize.js';
+import { requireCapability } from '../../backends/types.js';
 import type { ApiContext } from '../context.js';
 import { assertBackupId } from '../../backups/service.js';
 
@@ -51,6 +52,7 @@ export function backupRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (!body.volume === !body.sandbox) throw badRequest('give exactly one of volume or sandbox');
     if (body.rootfs && !body.sandbox) throw badRequest('rootfs backs up a sandbox\'s writable layer: give {"sandbox": NAME, "rootfs": true}');
     if (body.rootfs) {
+      requireCapability(ctx.backend, 'layerBackups', "back up a sandbox's writable layer");
       await assertOwned(ctx.identity, namespace);
       return reply.status(201).send(await backups.createRootfs(namespace, assertName(body.sandbox!, 'sandbox')));
     }

@@ -3,6 +3,7 @@ import { CONDITION, LABELS, SANDBOX_API_VERSION, SandboxSchema, assertName, badR
 import type { FastifyInstance } from 'fastify';
 import type { ApiContext } from '../context.js';
 import { assertOwned, authorize } from '../../auth/authorize.js';
+import { requireCapability } from '../../backends/types.js';
 
 export const SANDBOXES = `/apis/${SANDBOX_API_VERSION}/namespaces/:namespace/sandboxes`;
 export const NsParams = Type.Object({ namespace: Type.String({ maxLength: 63 }) });
@@ -67,6 +68,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     hibernate: 'Save the processes and memory of a running or paused sandbox to disk and free its memory (or stop it keeping its disks when it cannot be checkpointed); exec, file calls and port connections wake it',
     wake: 'Restore a hibernated sandbox with its processes and memory (or start it again on its disks)',
   };
+  const needs = { pause: 'pause', resume: 'pause', hibernate: 'hibernate', wake: 'hibernate' } as const;
   for (const action of ['pause', 'resume', 'hibernate', 'wake'] as const) {
     app.post(`${SANDBOXES}/:name/${action}`, {
       schema: {
@@ -77,6 +79,7 @@ export function sandboxRoutes(app: FastifyInstance, ctx: ApiContext) {
     }, async (req) => {
       const { namespace, name } = req.params as { namespace: string; name: string };
       authorize(req.principal, namespace, 'write');
+      requireCapability(ctx.backend, needs[action], `${action} sandboxes`);
       return sandboxes[action](namespace, name);
     });
   }

@@ -45,6 +45,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
   private readonly memberOf = new Map<string, string>();
   /** Pools backing off after failures are looked at again when the backoff ends. */
   private readonly requeue = new Requeue((uid) => this.reconcileUid(uid));
+  private stopped = false;
 
   constructor(
     store: Store,
@@ -54,14 +55,15 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
   ) {
     super(store, 'SandboxWarmPool', 'sandbox warm pool');
     templates.onChange(({ namespace, name }) => void this.reconcileWhere(namespace, (p) => p.spec.sandboxTemplateRef.name === name));
-    // A member that starts, fails, is taken or goes: its pool converges (refills, reports readiness).
+    // A member that starts, fails, is taken or goes: its pool converges soon (refills, reports readiness).
     sandboxes.onChange((uid) => {
       const pool = this.memberOf.get(uid);
-      if (pool) void this.reconcileUid(pool);
+      if (pool) this.refillSoon(pool);
     });
   }
 
   stop(): void {
+    this.stopped = true;
     this.requeue.stop();
     for (const { timer } of this.refills.values()) clearTimeout(timer);
   }
@@ -126,7 +128,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
           spec: adoptedSpec(member.spec, target.spec),
         });
         if (adopted) {
-          this.refillSoon(pool);
+          this.refillSoon(pool.metadata.uid);
           return adopted;
         }
       } finally {
@@ -137,17 +139,17 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
   }
 
   /**
-   * Refill shortly after a take rather than at once: starting sandboxes is
+   * Converge shortly after a take or a member's change rather than at once: starting sandboxes is
    * CPU-heavy, and during a burst of claims the claimers should get the CPU.
    */
-  private refillSoon(pool: SandboxWarmPool): void {
-    const uid = pool.metadata.uid;
+  private refillSoon(uid: string): void {
+    if (this.stopped) return;
     const pending = this.refills.get(uid);
     const first = pending?.first ?? Date.now();
     if (pending) clearTimeout(pending.timer);
     const timer = setTimeout(() => {
       this.refills.delete(uid);
-      void this.reconcile(pool);
+      void this.reconcileUid(uid);
     }, Math.max(0, Math.min(REFILL_DELAY_MS, first + MAX_REFILL_DELAY_MS - Date.now())));
     this.refills.set(uid, { timer, first });
   }

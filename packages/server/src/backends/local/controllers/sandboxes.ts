@@ -37,7 +37,7 @@ export interface CreateOptions {
   restore?: { imageDigest: string; disk: (path: string) => Promise<void> };
 }
 
-/** What tenancy adds to sandboxes (see identity/tenancy.ts). */
+/** What tenancy adds to sandboxes (see tenancy.ts). */
 export interface Tenancy {
   /** Runs `insert` only if the namespace's owner may have one more sandbox like `spec` (quotas, secret references). */
   admit<T>(namespace: string, spec: SandboxSpec, insert: () => Promise<T>): Promise<T>;
