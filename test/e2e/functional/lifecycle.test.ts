@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { EXT, apiJson, claimBody, create, templateBody, until } from '../helpers/extensions.js';
-import { NS, execApi, sandboxBody, sh, startTestServer, type TestServer } from '../helpers/server.js';
-import { kill, spawnServer } from '../helpers/spawn-server.js';
+import { EXT, apiJson, claimBody, create, templateBody, until } from '../../helpers/extensions.js';
+import { NS, execApi, sandboxBody, sh, startTestServer, type TestServer } from '../../helpers/server.js';
+import { kill, spawnServer } from '../../helpers/spawn-server.js';
 
 /** A sandbox with extra spec fields (shutdownTime, shutdownPolicy, idlePolicy), Ready. */
 async function createWith(server: TestServer, name: string, spec: Record<string, unknown>) {

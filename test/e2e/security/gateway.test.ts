@@ -4,7 +4,7 @@ import { createServer, type IncomingHttpHeaders, type Server, type ServerRespons
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { Moat } from '@moat/sdk';
-import { NS, sandboxBody, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { NS, sandboxBody, sh, startTestServer, type TestServer } from '../../helpers/server.js';
 
 const NSV1 = '/apis/moat.dev/v1/namespaces/default';
 const KEYS = { openai: `sk-real-${randomBytes(16).toString('hex')}`, anthropic: `sk-ant-${randomBytes(16).toString('hex')}`, github: `ghp_${randomBytes(16).toString('hex')}` };

@@ -5,7 +5,7 @@ import { release } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GvisorDriver, run } from '@moat/runtime';
-import { NS, execApi, sh, sharedImagesDir, startTestServer, type TestServer } from '../helpers/server.js';
+import { NS, execApi, sh, sharedImagesDir, startTestServer, type TestServer } from '../../helpers/server.js';
 
 /** A sandbox body with `runtimeClassName: gvisor` (sandboxBody has no runtime option). */
 function gvisorBody(name: string, extra: { limits?: Record<string, string>; env?: Record<string, string> } = {}) {

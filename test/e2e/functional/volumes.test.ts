@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { EXT, create, poolReady, poolMembers, templateBody, poolBody, claimBody, until } from '../helpers/extensions.js';
-import { NS, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
-import { ready, remove, withClaim, withTemplate } from '../helpers/volumes.js';
+import { EXT, create, poolReady, poolMembers, templateBody, poolBody, claimBody, until } from '../../helpers/extensions.js';
+import { NS, sh, startTestServer, testRuntimes, type TestServer } from '../../helpers/server.js';
+import { ready, remove, withClaim, withTemplate } from '../../helpers/volumes.js';
 
 const VOLUMES = '/apis/moat.dev/v1/namespaces/default/volumes';
 

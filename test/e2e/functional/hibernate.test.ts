@@ -4,8 +4,8 @@ import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { NS, createReady, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
-import { kill, spawnServer } from '../helpers/spawn-server.js';
+import { NS, createReady, sh, startTestServer, testRuntimes, type TestServer } from '../../helpers/server.js';
+import { kill, spawnServer } from '../../helpers/spawn-server.js';
 
 /** Where each runtime keeps its sandboxes' host state. */
 const SANDBOX_DIRS: Record<string, string> = { runc: 'sandboxes', gvisor: 'sandboxes-gvisor', microvm: 'sandboxes-microvm' };

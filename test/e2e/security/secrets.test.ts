@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Moat } from '@moat/sdk';
 import SQLite from 'better-sqlite3';
-import { NS, sandboxBody, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { NS, sandboxBody, sh, startTestServer, type TestServer } from '../../helpers/server.js';
 
 const SECRETS = '/apis/moat.dev/v1/namespaces/default/secrets';
-const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
 const VALUE = `tok-${randomBytes(12).toString('hex')}`;
 
 /** A sandbox body naming secrets in spec.secrets. */

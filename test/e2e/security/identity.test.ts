@@ -8,10 +8,10 @@ import { after, before, describe, test } from 'node:test';
 import SQLite from 'better-sqlite3';
 import { Kysely, Migrator, SqliteDialect } from 'kysely';
 import WebSocket from 'ws';
-import { migrations } from '../../packages/server/src/store/migrations.js';
-import { claimBody, poolBody, templateBody } from '../helpers/extensions.js';
-import { runProcess } from '../helpers/run-process.js';
-import { sandboxBody, startTestServer, type TestServer } from '../helpers/server.js';
+import { migrations } from '../../../packages/server/src/store/migrations.js';
+import { claimBody, poolBody, templateBody } from '../../helpers/extensions.js';
+import { runProcess } from '../../helpers/run-process.js';
+import { sandboxBody, startTestServer, type TestServer } from '../../helpers/server.js';
 
 const V1 = '/apis/moat.dev/v1';
 const SBX = (ns: string) => `/apis/agents.x-k8s.io/v1alpha1/namespaces/${ns}/sandboxes`;
@@ -366,7 +366,7 @@ describe('identity, tenancy and authorization', () => {
 });
 
 describe('moat login, users, agents and keys (the built CLI)', () => {
-  const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+  const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
   let work: string;
   let server: TestServer;
   before(async () => {

@@ -5,9 +5,9 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import SQLite from 'better-sqlite3';
-import { runProcess } from '../helpers/run-process.js';
-import { NS, hostSandboxIds, sandboxBody, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
-import { remove, run, waitReady } from '../helpers/volumes.js';
+import { runProcess } from '../../helpers/run-process.js';
+import { NS, hostSandboxIds, sandboxBody, startTestServer, testRuntimes, type TestServer } from '../../helpers/server.js';
+import { remove, run, waitReady } from '../../helpers/volumes.js';
 
 const API = '/apis/moat.dev/v1/namespaces/default';
 interface Backup {
@@ -190,7 +190,7 @@ describe('backups of the writable layer (rootfs)', () => {
   });
 
   test('the CLI: moat backup create --sandbox NAME --rootfs, list shows the kind, restore --sandbox NEW', async () => {
-    const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+    const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
     const env = { ...(process.env as Record<string, string>), MOAT_URL: server.url, MOAT_API_KEY: server.adminKey, MOAT_CONFIG: join(server.dataDir, 'cli.json') };
     const moat = async (...args: string[]) => {
       const r = await runProcess(process.execPath, [CLI, ...args], { env });

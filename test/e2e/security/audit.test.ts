@@ -4,12 +4,12 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import SQLite from 'better-sqlite3';
 import WebSocket from 'ws';
-import { eventHash } from '../../packages/server/src/audit/log.js';
-import { until } from '../helpers/extensions.js';
-import { NS, createReady, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { eventHash } from '../../../packages/server/src/audit/log.js';
+import { until } from '../../helpers/extensions.js';
+import { NS, createReady, sh, startTestServer, type TestServer } from '../../helpers/server.js';
 
 const V1 = '/apis/moat.dev/v1';
-const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
 
 type Event = { seq: number; action: string; result: string; actor: { user?: string; keyId?: string; source: string }; namespace: string; sandbox: string; object: string; detail: any };
 

@@ -6,9 +6,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { runProcess } from '../helpers/run-process.js';
-import { startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
-import { ready, remove, run, withClaim, withTemplate } from '../helpers/volumes.js';
+import { runProcess } from '../../helpers/run-process.js';
+import { startTestServer, testRuntimes, type TestServer } from '../../helpers/server.js';
+import { ready, remove, run, withClaim, withTemplate } from '../../helpers/volumes.js';
 
 const API = '/apis/moat.dev/v1/namespaces/default';
 
@@ -92,7 +92,7 @@ describe('backups (local store)', () => {
   }
 
   test('the CLI: moat volume list|create|delete, moat backup create|list|restore', async () => {
-    const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+    const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
     const env = { ...(process.env as Record<string, string>), MOAT_URL: server.url, MOAT_API_KEY: server.adminKey, MOAT_CONFIG: join(server.dataDir, 'cli.json') };
     const moat = async (...args: string[]) => {
       const r = await runProcess(process.execPath, [CLI, ...args], { env });
@@ -208,7 +208,7 @@ describe('backups (S3-compatible store)', () => {
     s3dir = await mkdtemp(join(tmpdir(), 'moat-s3-'));
     const port = await freePort();
     // s3rver: a real S3 API (SigV4, XML errors) on loopback, objects in a directory.
-    const bin = join(import.meta.dirname, '../../node_modules/s3rver/bin/s3rver.js');
+    const bin = join(import.meta.dirname, '../../../node_modules/s3rver/bin/s3rver.js');
     s3 = spawn(process.execPath, [bin, '--address', '127.0.0.1', '--port', String(port), '--directory', s3dir, '--configure-bucket', 'moat-backups', '--silent'], { stdio: ['ignore', 'pipe', 'inherit'] });
     for (let i = 0; ; i++) {
       const up = await fetch(`http://127.0.0.1:${port}/`).then(() => true, () => false);

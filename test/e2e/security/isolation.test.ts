@@ -3,7 +3,7 @@ import { readFile, readlink } from 'node:fs/promises';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { TEST_NETWORK, createReady, execApi, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { TEST_NETWORK, createReady, execApi, sh, startTestServer, testRuntimes, type TestServer } from '../../helpers/server.js';
 
 /**
  * Each check here fails if the isolation it names is removed. The first ones

@@ -8,11 +8,11 @@ import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { networkKey, run } from '@moat/runtime';
-import { until } from '../helpers/extensions.js';
+import { until } from '../../helpers/extensions.js';
 import WebSocket from 'ws';
-import { NS, TEST_NETWORK, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { NS, TEST_NETWORK, sh, startTestServer, type TestServer } from '../../helpers/server.js';
 
-const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
 
 function listen(server: Server, host: string): Promise<number> {
   return new Promise((resolve) => server.listen(0, host, () => resolve((server.address() as { port: number }).port)));
@@ -169,7 +169,7 @@ describe('network isolation and the egress proxy', () => {
   });
 
   test('port exposure: HTTP and WebSocket to a port inside the sandbox, through the API only, authenticated', async () => {
-    const script = await readFile(join(import.meta.dirname, '../fixtures/echo-server.py'));
+    const script = await readFile(join(import.meta.dirname, '../../fixtures/echo-server.py'));
     assert.equal((await server.api(`${NS}/agent/files/content?path=/tmp/echo.py`, { method: 'PUT', body: script })).status, 200);
     await sh(server, 'agent', 'nohup python3 /tmp/echo.py >/dev/null 2>&1 &');
     await sh(server, 'agent', `for i in $(seq 50); do timeout 1 bash -c 'echo > /dev/tcp/127.0.0.1/9000' 2>/dev/null && break; sleep 0.1; done`);

@@ -3,10 +3,10 @@ import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { runProcess } from '../helpers/run-process.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { runProcess } from '../../helpers/run-process.js';
+import { startTestServer, type TestServer } from '../../helpers/server.js';
 
-const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
 
 describe('moat CLI against a real server', () => {
   let server: TestServer;
@@ -135,7 +135,7 @@ spec:
   });
 
   test('the agent-sandbox warm-pool quickstart works with the same YAML', async () => {
-    const examples = join(import.meta.dirname, '../../examples/warmpool-quickstart');
+    const examples = join(import.meta.dirname, '../../../examples/warmpool-quickstart');
     let r = await moat(['apply', '-f', join(examples, 'sandbox.yaml')]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'sandboxtemplate/secure-datascience-template created\nsandboxwarmpool/sandboxwarmpool-example created\nsandboxclaim/my-secure-sandbox created\n');
@@ -171,7 +171,7 @@ spec:
   });
 
   test('claims of the built-in python-runtime template, from a v1beta1 warmPoolRef', async () => {
-    const examples = join(import.meta.dirname, '../../examples/warmpool-quickstart');
+    const examples = join(import.meta.dirname, '../../../examples/warmpool-quickstart');
     let r = await moat(['apply', '-f', join(examples, 'python-runtime.yaml')]);
     assert.equal(r.code, 0, r.stderr);
     r = await moat(['wait', '--for=condition=Ready', 'sandbox/quickstart-test', '--timeout=60s']);

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { EXT, apiJson, claimBody, condition, create, poolBody, poolMembers, poolReady, templateBody, until } from '../helpers/extensions.js';
-import { NS, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { EXT, apiJson, claimBody, condition, create, poolBody, poolMembers, poolReady, templateBody, until } from '../../helpers/extensions.js';
+import { NS, sh, startTestServer, type TestServer } from '../../helpers/server.js';
 
 describe('templates, claims and warm pools', () => {
   let server: TestServer;

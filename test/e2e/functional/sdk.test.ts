@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Moat, MoatError, type Sandbox } from '@moat/sdk';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { startTestServer, type TestServer } from '../../helpers/server.js';
 
 describe('TypeScript SDK against a real server', () => {
   let server: TestServer;

@@ -6,9 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { networkKey } from '@moat/runtime';
-import { until } from '../helpers/extensions.js';
-import { NS, TEST_NETWORK, hostSandboxIds, sandboxBody, sh, testRuntimes, type TestServer } from '../helpers/server.js';
-import { exited, kill, spawnServer } from '../helpers/spawn-server.js';
+import { until } from '../../helpers/extensions.js';
+import { NS, TEST_NETWORK, hostSandboxIds, sandboxBody, sh, testRuntimes, type TestServer } from '../../helpers/server.js';
+import { exited, kill, spawnServer } from '../../helpers/spawn-server.js';
 
 const exists = (p: string) => access(p).then(() => true, () => false);
 

@@ -7,9 +7,9 @@ import { createServer } from 'node:http';
 import { after, describe, test } from 'node:test';
 import { networkKey } from '@moat/runtime';
 import Database from 'better-sqlite3';
-import { NS, TEST_NETWORK, createReady, sh, type TestServer } from '../helpers/server.js';
-import { EXT, poolBody, poolMembers, poolReady, until } from '../helpers/extensions.js';
-import { kill, spawnServer } from '../helpers/spawn-server.js';
+import { NS, TEST_NETWORK, createReady, sh, type TestServer } from '../../helpers/server.js';
+import { EXT, poolBody, poolMembers, poolReady, until } from '../../helpers/extensions.js';
+import { kill, spawnServer } from '../../helpers/spawn-server.js';
 
 describe('control-plane crash recovery', () => {
   let dataDir: string;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { NS, createReady, execApi, sandboxBody, sh, startTestServer, type TestServer } from '../helpers/server.js';
+import { NS, createReady, execApi, sandboxBody, sh, startTestServer, type TestServer } from '../../helpers/server.js';
 
 describe('bad input gets a clear 4xx and loses nothing', () => {
   let server: TestServer;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { NS, createReady, execApi, sh, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { NS, createReady, execApi, sh, startTestServer, testRuntimes, type TestServer } from '../../helpers/server.js';
 
 /** Where each runtime keeps its sandboxes' host state. */
 const SANDBOX_DIRS: Record<string, string> = { runc: 'sandboxes', gvisor: 'sandboxes-gvisor', microvm: 'sandboxes-microvm' };
