@@ -124,6 +124,18 @@ test("no circle between the server's folders", () => {
   assert.deepEqual(circles(graph), []);
 });
 
+test('only the wiring reaches past the backend seam: routes, the E2B layer, backups and the gateway see backends/types.ts', () => {
+  const src = join(ROOT, 'packages', 'server', 'src');
+  const local = join(src, 'backends', 'local');
+  // server.ts builds the local backend; tenancy.ts implements the Tenancy port its sandbox controller declares.
+  const wiring = new Set([join(src, 'server.ts'), join(src, 'tenancy.ts')]);
+  const past = (files.get('server') ?? [])
+    .filter((f) => !f.startsWith(local + '/') && !wiring.has(f))
+    .filter((f) => specifiers(f).some((s) => resolveLocal(f, s)?.startsWith(local + '/')))
+    .map(rel);
+  assert.deepEqual(past, []);
+});
+
 test('the checker finds a circle', () => {
   assert.deepEqual(circles(new Map([['a', new Set(['b'])], ['b', new Set(['c'])], ['c', new Set(['a'])], ['d', new Set(['a'])]])), [['a', 'b', 'c']]);
 });
