@@ -167,6 +167,11 @@ export class Store {
     return row && objectFromRow(row);
   }
 
+  async getObjectByUid(uid: string): Promise<StoredObject | undefined> {
+    const row = await this.db.selectFrom('objects').selectAll().where('uid', '=', uid).executeTakeFirst();
+    return row && objectFromRow(row);
+  }
+
   async listObjects(kind: ExtensionKind, namespace?: string): Promise<StoredObject[]> {
     let q = this.db.selectFrom('objects').selectAll().where('kind', '=', kind).orderBy('created_at').orderBy('name');
     if (namespace) q = q.where('namespace', '=', namespace);

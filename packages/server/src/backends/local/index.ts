@@ -102,6 +102,5 @@ export class LocalBackend implements SandboxBackend {
     this.pools.stop();
     this.claims.stop();
     await this.sandboxes.stop();
-    this.log.debug('local backend stopped');
   }
 }

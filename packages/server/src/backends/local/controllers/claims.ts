@@ -142,7 +142,7 @@ export class ClaimController extends ObjectController<SandboxClaim> {
   }
 
   private async reconcileUid(uid: string): Promise<void> {
-    const claim = ((await this.store.listObjects('SandboxClaim')) as unknown as SandboxClaim[]).find((c) => c.metadata.uid === uid);
+    const claim = await this.findByUid(uid);
     if (claim) await this.reconcile(claim);
   }
 

@@ -132,6 +132,12 @@ export abstract class ObjectController<T extends AnyObject> {
     return (await this.store.getObject(this.kind, namespace, name)) as T | undefined;
   }
 
+  /** The object by uid, as stored (requeues carry only the uid, as controller-runtime's requests carry only a key). */
+  protected async findByUid(uid: string): Promise<T | undefined> {
+    const o = await this.store.getObjectByUid(uid);
+    return o?.kind === this.kind ? (o as unknown as T) : undefined;
+  }
+
   protected async mustFind(namespace: string, name: string): Promise<T> {
     const o = await this.find(namespace, name);
     if (!o) throw this.missing(namespace, name);

@@ -17,7 +17,7 @@ const condition = (status: Condition['status'], reason: ConditionReason, message
 
 /** What pools do to sandboxes (the sandbox controller). */
 export interface PoolSandboxes {
-  create(namespace: string, input: ObjectInput & { spec: SandboxSpec }, opts: { internal: true; background: true }): Promise<Sandbox>;
+  create(namespace: string, input: ObjectInput & { spec: SandboxSpec }, opts: { internal: true }): Promise<Sandbox>;
   delete(namespace: string, name: string, wait?: boolean): Promise<unknown>;
   list(namespace?: string, labelSelector?: string): Promise<Sandbox[]>;
   adopt(member: Sandbox, to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec }): Promise<Sandbox | undefined>;
@@ -172,7 +172,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
   }
 
   private async reconcileUid(uid: string): Promise<void> {
-    const pool = ((await this.store.listObjects('SandboxWarmPool')) as unknown as SandboxWarmPool[]).find((p) => p.metadata.uid === uid);
+    const pool = await this.findByUid(uid);
     if (pool) await this.reconcile(pool);
     else for (const [member, owner] of this.memberOf) if (owner === uid) this.memberOf.delete(member);
   }
@@ -220,7 +220,7 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
               metadata: { generateName: `${name.slice(0, 56)}-`, labels: { ...shape.labels, [LABELS.pool]: name }, annotations: { ...shape.annotations, [HASH_ANNOTATION]: hash } },
               spec: shape.spec,
             },
-            { internal: true, background: true },
+            { internal: true }, // a pool member: it starts in the background, one at a time
           );
           this.memberOf.set(created.metadata.uid, uid);
         } catch (err) {

@@ -27,8 +27,6 @@ const RESERVED_LABELS = [LABELS.pool, LABELS.claim, LABELS.adoptedFrom];
 export interface CreateOptions {
   /** Set by the pool and claim controllers: allows the reserved labels. */
   internal?: boolean;
-  /** Pool refills: started one at a time, beside the sandboxes someone is waiting for. */
-  background?: boolean;
   /**
    * A restore of a writable-layer backup: the sandbox runs this image digest (409 when it is no longer in the
    * image store), and `disk` puts its writable layer at `path` (the driver's `disk.img`) before anything is
@@ -95,7 +93,7 @@ export class SandboxController implements Sandboxes {
   private readonly locks = new Serial();
   /** Starts are CPU and I/O heavy: a few at a time keeps the host (and the API) responsive. */
   private readonly starts = new PQueue({ concurrency: 4 });
-  /** Pool refills, one at a time, so claims and execs keep a core while a pool fills. */
+  /** Pool members' starts (refills), one at a time, so claims and execs keep a core while a pool fills. */
   private readonly backgroundStarts = new PQueue({ concurrency: 1 });
   private readonly probing = new Set<string>();
   /** Adopted sandboxes whose hostname is being changed. */
