@@ -175,16 +175,31 @@ evictionHard: {memory.available: 100Mi, nodefs.available: "1%", nodefs.inodesFre
 EOF
 }
 
-# The CRDs as agent-sandbox ships them, but with no conversion webhook: the controller runs with its webhook
-# off, and v1alpha1 and v1beta1 have the same schema, so the apiserver converts them itself (strategy None).
+# The CRDs as agent-sandbox ships them, except that their conversion webhook (v1alpha1 <-> v1beta1, which differ:
+# a v1alpha1 claim's sandboxTemplateRef is a v1beta1 warmPoolRef) is reached by URL on the node's loopback, with
+# our CA, instead of through a Service in agent-sandbox-system, which needs kube-proxy.
 apply_crds() {
-  local f
+  local f ca
+  ca=$(base64 -w0 "$PKI/ca.crt")
   for f in "$AGENT_SANDBOX_DIR"/crds/*.yaml; do
-    awk '/^  conversion:$/ { print; print "    strategy: None"; skip = 1; next }
-         skip && /^    / { next }
-         { skip = 0; print }' "$f"
+    awk -v ca="$ca" -v port="$WEBHOOK_PORT" '
+      /^  conversion:$/ { skip = 1; print
+        print "    strategy: Webhook"
+        print "    webhook:"
+        print "      conversionReviewVersions: [v1]"
+        print "      clientConfig: {url: \"https://127.0.0.1:" port "/convert\", caBundle: \"" ca "\"}"
+        next }
+      skip && /^    / { next }
+      { skip = 0; print }' "$f"
     echo ---
   done | kc apply --server-side --force-conflicts -f - >/dev/null
+  # The controller looks its kinds up at start: they must be served by then. Files are named GROUP_PLURAL.yaml.
+  local crds=()
+  for f in "$AGENT_SANDBOX_DIR"/crds/*.yaml; do
+    f=$(basename "$f" .yaml)
+    crds+=("crd/${f#*_}.${f%%_*}")
+  done
+  kc wait --for=condition=Established --timeout=60s "${crds[@]}" >/dev/null
 }
 
 cluster_healthy() {
@@ -200,12 +215,12 @@ cluster_up() {
   build_all
   pause_image
   python_runtime_image
-  if [ -f "$RUN/env" ]; then
-    if cluster_healthy; then
-      say "already up: node $NODE_NAME is Ready"
-      return
-    fi
-    say "a previous cluster is not healthy: taking it down first"
+  if [ -f "$RUN/env" ] && cluster_healthy; then
+    say "already up: node $NODE_NAME is Ready"
+    return
+  fi
+  if [ -e "$RUN" ] || [ -e "$STATE" ]; then
+    say "a previous cluster is not healthy (or its start failed): taking it down first"
     cluster_down
   fi
   mkdir -p "$STATE/logs"
@@ -229,6 +244,10 @@ cluster_up() {
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" --client-ca-file "$PKI/ca.crt" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types InternalIP \
+    --requestheader-client-ca-file "$PKI/ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key"
   wait_until kube-apiserver 120 "$STATE/logs/kube-apiserver.log" kc get --raw /readyz
@@ -257,13 +276,16 @@ cluster_up() {
   wait_until "node $NODE_NAME Ready" 120 "$STATE/logs/kubelet.log" \
     kc wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
 
-  say "starting the agent-sandbox controller v$AGENT_SANDBOX_VERSION (CRDs with conversion strategy None)"
+  say "starting the agent-sandbox controller v$AGENT_SANDBOX_VERSION (its conversion webhook on 127.0.0.1:$WEBHOOK_PORT)"
   apply_crds
   start agent-sandbox-controller "$AGENT_SANDBOX_DIR/agent-sandbox-controller" \
-    --kubeconfig "$PKI/agent-sandbox.kubeconfig" --extensions --leader-elect=false --enable-webhook=false \
+    --kubeconfig "$PKI/agent-sandbox.kubeconfig" --extensions --leader-elect=false \
+    --enable-webhook --manage-webhook-certs=false --webhook-cert-dir "$PKI/webhook" --webhook-port "$WEBHOOK_PORT" \
     --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081
   wait_until agent-sandbox-controller 60 "$STATE/logs/agent-sandbox-controller.log" \
     in_node curl -fsS http://127.0.0.1:18081/readyz
+  wait_until "agent-sandbox conversion webhook" 60 "$STATE/logs/agent-sandbox-controller.log" \
+    in_node bash -c ": </dev/tcp/127.0.0.1/$WEBHOOK_PORT"
 
   printf 'export KUBECONFIG=%q\nPYTHON_RUNTIME_IMAGE=%q\n' "$PKI/admin.kubeconfig" "$PYTHON_RUNTIME_IMAGE" >"$RUN/env"
   say "up in $((SECONDS - start_time)) s: node $NODE_NAME ($NODE_IP) is Ready; eval \"\$(scripts/dev-cluster env)\""

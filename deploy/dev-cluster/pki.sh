@@ -49,12 +49,17 @@ make_pki() {
   issue apiserver /CN=kube-apiserver serverAuth \
     "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP,IP:$SERVICE_IP"
   issue apiserver-kubelet-client /O=system:masters/CN=kube-apiserver-kubelet-client clientAuth
+  issue front-proxy-client /CN=front-proxy-client clientAuth # the aggregation layer's, as kubeadm sets it up
   issue admin /O=system:masters/CN=moat-dev-admin clientAuth
   issue controller-manager /CN=system:kube-controller-manager clientAuth
   issue scheduler /CN=system:kube-scheduler clientAuth
   issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
   # agent-sandbox's own manifests give its controller a ClusterRole; here it runs as an administrator.
   issue agent-sandbox /O=system:masters/CN=agent-sandbox-controller clientAuth
+  # The agent-sandbox conversion webhook's serving certificate: the apiserver calls it over the node's loopback.
+  issue agent-sandbox-webhook /CN=agent-sandbox-webhook serverAuth DNS:localhost,IP:127.0.0.1
+  mkdir -p "$PKI/webhook"
+  mv "$PKI/agent-sandbox-webhook.crt" "$PKI/webhook/tls.crt" && mv "$PKI/agent-sandbox-webhook.key" "$PKI/webhook/tls.key"
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   # The host reaches the apiserver over the veth; the components inside the node use loopback.

@@ -126,6 +126,7 @@ describe('dev cluster (scripts/dev-cluster)', () => {
 
   test('the GKE tutorial: template, claim, wait Ready, port-forward, health and execute, delete leaves nothing', async () => {
     await kubectl('apply', '-f', manifest);
+    await kubectl('wait', '--for=create', 'sandbox/python-sandbox-claim', '--timeout=60s'); // the claim's controller makes it
     await kubectl('wait', '--for=condition=Ready', 'sandbox/python-sandbox-claim', '--timeout=180s');
     const selector = await kubectl('get', 'sandbox', 'python-sandbox-claim', '-o', 'jsonpath={.status.selector}');
     const pod = (await kubectl('get', 'pods', '-l', selector, '-o', 'jsonpath={.items[*].metadata.name}')).trim();
