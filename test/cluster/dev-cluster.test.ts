@@ -51,9 +51,11 @@ function portForward(target: string, port: number): Promise<{ url: string; child
   });
 }
 
-// The GKE Sandbox tutorial's manifests (SandboxTemplate with a readiness probe, then a SandboxClaim), with the
-// python-runtime image the dev cluster imported, so nothing is pulled.
-const tutorial = (image: string) => `apiVersion: extensions.agents.x-k8s.io/v1alpha1
+// The GKE Sandbox tutorial's python-runtime SandboxTemplate (with its readiness probe) and a SandboxClaim, as
+// agent-sandbox v0.5 takes them: in v1beta1 a claim names a SandboxWarmPool of the template (v1alpha1's
+// sandboxTemplateRef is converted to a `shadow-pool-<template>` pool that only the upgrade script creates). The
+// image is the one the dev cluster imported, so nothing is pulled.
+const tutorial = (image: string) => `apiVersion: extensions.agents.x-k8s.io/v1beta1
 kind: SandboxTemplate
 metadata:
   name: python-runtime-template
@@ -83,14 +85,24 @@ spec:
             ephemeral-storage: "512Mi"
       restartPolicy: "OnFailure"
 ---
-apiVersion: extensions.agents.x-k8s.io/v1alpha1
+apiVersion: extensions.agents.x-k8s.io/v1beta1
+kind: SandboxWarmPool
+metadata:
+  name: python-runtime-pool
+  namespace: default
+spec:
+  replicas: 1
+  sandboxTemplateRef:
+    name: python-runtime-template
+---
+apiVersion: extensions.agents.x-k8s.io/v1beta1
 kind: SandboxClaim
 metadata:
   name: python-sandbox-claim
   namespace: default
 spec:
-  sandboxTemplateRef:
-    name: python-runtime-template
+  warmPoolRef:
+    name: python-runtime-pool
 `;
 
 describe('dev cluster (scripts/dev-cluster)', () => {
@@ -124,11 +136,15 @@ describe('dev cluster (scripts/dev-cluster)', () => {
     }
   });
 
-  test('the GKE tutorial: template, claim, wait Ready, port-forward, health and execute, delete leaves nothing', async () => {
+  test('the GKE tutorial: template, warm pool, claim, wait Ready, port-forward, health and execute, delete leaves nothing', async () => {
     await kubectl('apply', '-f', manifest);
-    await kubectl('wait', '--for=create', 'sandbox/python-sandbox-claim', '--timeout=60s'); // the claim's controller makes it
-    await kubectl('wait', '--for=condition=Ready', 'sandbox/python-sandbox-claim', '--timeout=180s');
-    const selector = await kubectl('get', 'sandbox', 'python-sandbox-claim', '-o', 'jsonpath={.status.selector}');
+    await kubectl('wait', '--for=condition=Ready', 'sandboxclaim/python-sandbox-claim', '--timeout=180s');
+    const sandbox = await kubectl('get', 'sandboxclaim', 'python-sandbox-claim', '-o', 'jsonpath={.status.sandbox.name}');
+    await kubectl('wait', '--for=condition=Ready', `sandbox/${sandbox}`, '--timeout=60s');
+    // The same claim read as v1alpha1, through agent-sandbox's conversion webhook.
+    const alpha = await kubectl('get', 'sandboxclaims.v1alpha1.extensions.agents.x-k8s.io', 'python-sandbox-claim', '-o', 'jsonpath={.spec.warmpool}');
+    assert.equal(alpha, 'python-runtime-pool');
+    const selector = await kubectl('get', 'sandbox', sandbox, '-o', 'jsonpath={.status.selector}');
     const pod = (await kubectl('get', 'pods', '-l', selector, '-o', 'jsonpath={.items[*].metadata.name}')).trim();
     assert.match(pod, /^\S+$/, `one pod for selector ${selector}`);
 
@@ -145,7 +161,7 @@ describe('dev cluster (scripts/dev-cluster)', () => {
     }
 
     await kubectl('delete', '-f', manifest, '--wait');
-    await kubectl('wait', '--for=delete', `pod/${pod}`, '--timeout=60s').catch(() => {}); // already gone is fine
-    assert.equal(await kubectl('get', 'sandboxes,sandboxclaims,sandboxtemplates,pods', '-n', 'default', '-o', 'name'), '');
+    await kubectl('wait', '--for=delete', `pod/${pod}`, '--timeout=60s');
+    assert.equal(await kubectl('get', 'sandboxes,sandboxclaims,sandboxwarmpools,sandboxtemplates,pods', '-n', 'default', '-o', 'name'), '');
   });
 });
