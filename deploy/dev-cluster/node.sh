@@ -72,9 +72,9 @@ make_namespaces() {
   in_node ip link set mk8s-node up
   # Inside the mount namespace: shared propagation for the kubelet's volume mounts (it affects only this
   # namespace's copy of the mount table), fresh /run and /var/log (containerd's and runc's state and shim sockets,
-  # the pods' logs), and CNI's cache dir, so that nothing of the node lands in the host's /run or /var/log.
-  mkdir -p "$STATE/cni/cache" "$STATE/sysctl"
-  if [ ! -d /var/lib/cni ]; then mkdir -p /var/lib/cni && touch "$STATE/created-var-lib-cni"; fi
+  # the pods' logs), and the kubelet's and CNI's fixed paths bound to the state dir, so that nothing of the node
+  # lands in the host's /run, /var/log or /var/lib.
+  mkdir -p "$STATE/sysctl"
   # The new namespace starts with a copy of every host mount, such as Moat's own sandboxes' disks and rootfs
   # overlays; a copy would keep those busy after the host unmounts them, so the node drops all but the system's.
   in_node awk '{ print $5 }' /proc/self/mountinfo | tac | while read -r m; do
@@ -83,7 +83,8 @@ make_namespaces() {
   in_node mount --make-rshared /
   in_node mount -t tmpfs -o mode=0755 dev-cluster-run /run
   in_node mount -t tmpfs -o mode=0755 dev-cluster-log /var/log
-  in_node mount --bind "$STATE/cni/cache" /var/lib/cni
+  node_dir /var/lib/kubelet "$STATE/kubelet" # some of its paths ignore --root-dir (device-plugins, pki)
+  node_dir /var/lib/cni "$STATE/cni/cache"
   # The kubelet sets these kernel-wide sysctls (kernel.panic, panic_on_oops, overcommit...) unless they already
   # have its values. The node shows it files holding those values instead, so the host's settings stay as they
   # are, and protectKernelDefaults makes the kubelet fail rather than write if one is missed.
@@ -94,6 +95,14 @@ make_namespaces() {
     echo "${kv#*=}" >"$STATE/sysctl/${key//\//.}"
     in_node mount --bind "$STATE/sysctl/${key//\//.}" "/proc/sys/$key"
   done
+}
+
+# node_dir PATH DIR: the node sees DIR at PATH. The host keeps an empty PATH as the mount point; `down` removes
+# it again if it made it.
+node_dir() {
+  mkdir -p "$2"
+  if [ ! -d "$1" ]; then mkdir -p "$1" && echo "$1" >>"$STATE/mount-points"; fi
+  in_node mount --bind "$2" "$1"
 }
 
 # start NAME CMD...: starts a daemon inside the node, in the daemons' cgroup, logging to $STATE/logs/NAME.log.
@@ -108,7 +117,7 @@ start() {
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 write_configs() {
-  mkdir -p "$STATE/containerd" "$STATE/cni/net.d" "$STATE/kubelet"
+  mkdir -p "$STATE/containerd" "$STATE/cni/net.d"
   : >"$STATE/resolv.conf" # pods get no name server: nothing answers outside the node
   cat >"$STATE/containerd/config.toml" <<EOF
 # containerd for the dev cluster only: its own root, socket, CNI and opt paths, so it never meets another
@@ -147,7 +156,7 @@ EOF
   }]
 }
 EOF
-  cat >"$STATE/kubelet/config.yaml" <<EOF
+  cat >"$STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -273,8 +282,8 @@ cluster_up() {
   "${ctr[@]}" images import "$PYTHON_RUNTIME_TAR" >/dev/null
 
   say "starting the kubelet v$K8S_VERSION"
-  start kubelet "$K8S_BIN/kubelet" --config "$STATE/kubelet/config.yaml" --kubeconfig "$PKI/kubelet.kubeconfig" \
-    --root-dir "$STATE/kubelet" --node-ip "$NODE_IP" --hostname-override "$NODE_NAME"
+  start kubelet "$K8S_BIN/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$PKI/kubelet.kubeconfig" \
+    --node-ip "$NODE_IP" --hostname-override "$NODE_NAME"
   wait_until "node $NODE_NAME Ready" 120 "$STATE/logs/kubelet.log" \
     kc wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
 
@@ -342,7 +351,9 @@ cluster_down() {
   ip link del mk8s-host 2>/dev/null || true
   ! mountpoint -q "$RUN" || umount "$RUN"
   rm -rf "$RUN"
-  [ ! -f "$STATE/created-var-lib-cni" ] || rmdir /var/lib/cni 2>/dev/null || true
+  if [ -f "$STATE/mount-points" ]; then
+    while read -r d; do rmdir "$d" 2>/dev/null || true; done <"$STATE/mount-points"
+  fi
   rm -rf "$STATE"
   say "down"
 }

@@ -161,7 +161,8 @@ describe('dev cluster (scripts/dev-cluster)', () => {
     }
 
     await kubectl('delete', '-f', manifest, '--wait');
-    await kubectl('wait', '--for=delete', `pod/${pod}`, '--timeout=60s');
+    // The controllers delete what they made (the pool's sandboxes, the pods) after the objects above are gone.
+    await kubectl('wait', '--for=delete', 'sandboxes,pods', '--all', '-n', 'default', '--timeout=90s');
     assert.equal(await kubectl('get', 'sandboxes,sandboxclaims,sandboxwarmpools,sandboxtemplates,pods', '-n', 'default', '-o', 'name'), '');
   });
 });
