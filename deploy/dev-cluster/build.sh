@@ -13,7 +13,8 @@ quiet() {
   out=$("$@" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
 }
 
-# A throwaway module that requires $1 and builds from it; run in a subshell by the callers.
+# wrapper_module DIR: a fresh, empty module in DIR, made the working directory; the callers (subshells) require
+# what they build in it.
 wrapper_module() {
   rm -rf "$1" && mkdir -p "$1" && cd "$1"
   go mod init dev-cluster/build >/dev/null 2>&1
@@ -86,9 +87,9 @@ build_agent_sandbox() (
   rm -rf "$out" && mv "$out.tmp" "$out"
 )
 
-# Measured cold build times on 2 shared cores, for the progress messages.
-declare -A BUILD_MINUTES=([kube-apiserver]=8 [kube-controller-manager]=4 [kube-scheduler]=2 [kubectl]=2 [kubelet]=3
-  [etcd]=2 [agent-sandbox-controller]=3)
+# Cold build times measured on 2 cores shared with other work (load ~15), for the progress messages.
+declare -A BUILD_MINUTES=([kube-apiserver]=18 [kube-controller-manager]=6 [kube-scheduler]=1 [kubectl]=2 [kubelet]=11
+  [etcd]=2 [agent-sandbox-controller]=6)
 
 # build_all: fills $K8S_BIN, $ETCD_BIN and $AGENT_SANDBOX_DIR unless they are cached.
 build_all() {

@@ -46,6 +46,7 @@ pause_image() {
   PAUSE_TAR=$CACHE/images/pause-$tag.tar
   [ -f "$PAUSE_TAR" ] && return
   say "building the pause image $PAUSE_IMAGE (gcc -static)"
+  rm -f "$CACHE"/images/pause-*.tar # older builds
   local dir
   dir=$(mktemp -d)
   mkdir -p "$dir/rootfs" "$CACHE/images"
@@ -56,7 +57,8 @@ pause_image() {
 }
 
 # The python-runtime server is the one in Moat's built-in template (Python's standard library only), on a
-# Debian rootfs from mmdebstrap with the `base` image's packages (packages/runtime/src/images/catalog.ts). Sets PYTHON_RUNTIME_IMAGE and PYTHON_RUNTIME_TAR.
+# Debian rootfs from mmdebstrap with the `base` image's packages (packages/runtime/src/images/catalog.ts).
+# Sets PYTHON_RUNTIME_IMAGE and PYTHON_RUNTIME_TAR.
 python_runtime_image() {
   local dir tag
   dir=$(mktemp -d)
@@ -74,6 +76,7 @@ python_runtime_image() {
   if [ ! -f "$PYTHON_RUNTIME_TAR" ]; then
     say "building the python-runtime image $PYTHON_RUNTIME_IMAGE (mmdebstrap: ~1 min)"
     mkdir -p "$CACHE/images"
+    rm -f "$CACHE"/images/python-runtime-*.tar # older builds
     SOURCE_DATE_EPOCH=1700000000 quiet mmdebstrap --variant=minbase --include="$(cat "$dir/packages")" \
       --customize-hook="mkdir -p \"\$1/opt/python-runtime\" && cp '$dir/server.py' \"\$1/opt/python-runtime/server.py\"" \
       --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \

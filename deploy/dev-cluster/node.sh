@@ -227,8 +227,11 @@ cluster_up() {
   pause_image
   python_runtime_image
   if [ -f "$RUN/env" ] && cluster_healthy; then
-    say "already up: node $NODE_NAME is Ready"
-    return
+    if [ "$(cat "$RUN/images" 2>/dev/null)" = "$PAUSE_IMAGE $PYTHON_RUNTIME_IMAGE" ]; then
+      say "already up: node $NODE_NAME is Ready"
+      return
+    fi
+    say "the images changed: restarting the cluster with them"
   fi
   if [ -e "$RUN" ] || [ -e "$STATE" ]; then
     say "a previous cluster is not healthy (or its start failed): taking it down first"
@@ -298,6 +301,7 @@ cluster_up() {
   wait_until "agent-sandbox conversion webhook" 60 "$STATE/logs/agent-sandbox-controller.log" \
     in_node bash -c ": </dev/tcp/127.0.0.1/$WEBHOOK_PORT"
 
+  echo "$PAUSE_IMAGE $PYTHON_RUNTIME_IMAGE" >"$RUN/images"
   printf 'export KUBECONFIG=%q\nPYTHON_RUNTIME_IMAGE=%q\n' "$PKI/admin.kubeconfig" "$PYTHON_RUNTIME_IMAGE" >"$RUN/env"
   say "up in $((SECONDS - start_time)) s: node $NODE_NAME ($NODE_IP) is Ready; eval \"\$(scripts/dev-cluster env)\""
 }
