@@ -70,16 +70,15 @@ make_namespaces() {
   in_node ip link set lo up
   in_node ip addr add "$NODE_IP/30" dev mk8s-node
   in_node ip link set mk8s-node up
-  # Inside the mount namespace: shared propagation for the kubelet's volume mounts (it affects only this
-  # namespace's copy of the mount table), fresh /run and /var/log (containerd's and runc's state and shim sockets,
-  # the pods' logs), and the kubelet's and CNI's fixed paths bound to the state dir, so that nothing of the node
-  # lands in the host's /run, /var/log or /var/lib.
-  mkdir -p "$STATE/sysctl"
   # The new namespace starts with a copy of every host mount, such as Moat's own sandboxes' disks and rootfs
   # overlays; a copy would keep those busy after the host unmounts them, so the node drops all but the system's.
   in_node awk '{ print $5 }' /proc/self/mountinfo | tac | while read -r m; do
     case $m in /|/proc|/proc/*|/sys|/sys/*|/dev|/dev/*) ;; *) in_node umount -l "$m" 2>/dev/null || true ;; esac
   done
+  # Inside the mount namespace: shared propagation for the kubelet's volume mounts (it affects only this
+  # namespace's copy of the mount table), fresh /run and /var/log (containerd's and runc's state and shim sockets,
+  # the pods' logs), and the kubelet's and CNI's fixed paths bound to the state dir, so that nothing of the node
+  # lands in the host's /run, /var/log or /var/lib.
   in_node mount --make-rshared /
   in_node mount -t tmpfs -o mode=0755 dev-cluster-run /run
   in_node mount -t tmpfs -o mode=0755 dev-cluster-log /var/log
@@ -89,6 +88,7 @@ make_namespaces() {
   # have its values. The node shows it files holding those values instead, so the host's settings stay as they
   # are, and protectKernelDefaults makes the kubelet fail rather than write if one is missed.
   local kv key
+  mkdir -p "$STATE/sysctl"
   for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 \
     kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000; do
     key=${kv%%=*}
@@ -312,14 +312,14 @@ cluster_env() {
 }
 
 cluster_status() {
-  local d ok=0
+  local d
   for d in "${DAEMONS[@]}"; do
-    if running "$d"; then say "$d: running (pid $(cat "$RUN/$d.pid"))"; else say "$d: not running"; ok=1; fi
+    if running "$d"; then say "$d: running (pid $(cat "$RUN/$d.pid"))"; else say "$d: not running"; fi
   done
-  if [ $ok -eq 0 ] && cluster_healthy; then say "node $NODE_NAME is Ready"; else say "the cluster is not healthy"; return 1; fi
+  if cluster_healthy; then say "node $NODE_NAME is Ready"; else say "the cluster is not healthy"; return 1; fi
 }
 
-# stop PID...: SIGTERM, then SIGKILL for whatever is still there after 10 s.
+# stop_pids PID...: SIGTERM, then SIGKILL for whatever is still there after 10 s.
 stop_pids() {
   [ $# -gt 0 ] || return 0
   kill -TERM "$@" 2>/dev/null || true
@@ -341,7 +341,7 @@ cluster_down() {
   done
   # What the daemons left behind in the node's cgroups: containerd's shims and the pods' processes.
   for i in $(seq 20); do
-    pids=$(cat $(for h in $(cgroup_hierarchies); do find "$h/$CGROUP" -name cgroup.procs 2>/dev/null; done) 2>/dev/null | sort -u)
+    pids=$(for h in $(cgroup_hierarchies); do find "$h/$CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null; done | sort -u)
     [ -n "$pids" ] || break
     # shellcheck disable=SC2086
     kill -KILL $pids 2>/dev/null || true
