@@ -18,7 +18,7 @@ function devClusterLoud(command: string): Promise<number> {
   });
 }
 
-/** `env`'s output: `NAME=value` lines, optionally exported, values as bash's printf %q writes plain paths. */
+/** `env`'s output: `[export ]NAME=value` lines (paths and image names, which printf %q leaves unquoted). */
 function parseEnv(text: string): Record<string, string> {
   const vars: Record<string, string> = {};
   for (const line of text.split('\n')) {
@@ -28,6 +28,7 @@ function parseEnv(text: string): Record<string, string> {
   return vars;
 }
 
+const hostEnv = process.env as Record<string, string>;
 let env: Record<string, string>;
 
 async function kubectl(...args: string[]): Promise<string> {
@@ -109,14 +110,14 @@ describe('dev cluster (scripts/dev-cluster)', () => {
   let dir: string;
   let manifest: string;
   before(async () => {
-    if ((await runProcess(devCluster, ['status'], { env: process.env as Record<string, string> })).code !== 0) {
+    if ((await runProcess(devCluster, ['status'], { env: hostEnv })).code !== 0) {
       assert.equal(await devClusterLoud('up'), 0, 'scripts/dev-cluster up failed');
     }
-    const printed = await runProcess(devCluster, ['env'], { env: process.env as Record<string, string> });
+    const printed = await runProcess(devCluster, ['env'], { env: hostEnv });
     assert.equal(printed.code, 0, printed.stderr);
     const vars = parseEnv(printed.stdout);
     assert.ok(vars.KUBECONFIG && vars.PYTHON_RUNTIME_IMAGE, printed.stdout);
-    env = { ...(process.env as Record<string, string>), KUBECONFIG: vars.KUBECONFIG };
+    env = { ...hostEnv, KUBECONFIG: vars.KUBECONFIG };
     dir = await mkdtemp(join(tmpdir(), 'moat-dev-cluster-'));
     manifest = join(dir, 'python-sandbox.yaml');
     await writeFile(manifest, tutorial(vars.PYTHON_RUNTIME_IMAGE));
