@@ -51,13 +51,13 @@ build_kubernetes() (
     ld+=" -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
   mkdir -p "$out.tmp"
-  # Upstream links the control plane statically and the kubelet with cgo (hack/lib/golang.sh).
-  for p in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  local cgo
+  for p in "${cmds[@]}"; do
+    cgo=0 # upstream links the control plane and kubectl statically, the kubelet with cgo (hack/lib/golang.sh)
+    [ "$p" != kubelet ] || cgo=1
     timed "$p" "v$v" "${BUILD_MINUTES[$p]}" \
-      gobuild 0 -tags selinux,notest -ldflags "$ld" -o "$out.tmp/$p" "k8s.io/kubernetes/cmd/$p"
+      gobuild "$cgo" -tags selinux,notest -ldflags "$ld" -o "$out.tmp/$p" "k8s.io/kubernetes/cmd/$p"
   done
-  timed kubelet "v$v" "${BUILD_MINUTES[kubelet]}" \
-    gobuild 1 -tags selinux,notest -ldflags "$ld" -o "$out.tmp/kubelet" k8s.io/kubernetes/cmd/kubelet
   rm -rf "$out" && mv "$out.tmp" "$out"
 )
 
@@ -83,7 +83,7 @@ build_agent_sandbox() (
   # The CRDs ship inside the module; keep a copy beside the controller that was built from it.
   local dir
   dir=$(go mod download -json "sigs.k8s.io/agent-sandbox@v$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  cp -r "$dir/k8s/crds" "$out.tmp/crds" && chmod -R u+w "$out.tmp/crds"
+  rm -rf "$out.tmp/crds" && cp -r "$dir/k8s/crds" "$out.tmp/crds" && chmod -R u+w "$out.tmp/crds"
   rm -rf "$out" && mv "$out.tmp" "$out"
 )
 
