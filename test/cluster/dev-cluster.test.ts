@@ -1,0 +1,169 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { runProcess } from '../helpers/run-process.js';
+
+const devCluster = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'dev-cluster');
+
+/** Runs scripts/dev-cluster with its progress (cold builds take a while) shown in the test's output. */
+function devClusterLoud(command: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(devCluster, [command], { stdio: ['ignore', 'inherit', 'inherit'] });
+    child.on('error', reject);
+    child.on('close', (code) => resolve(code ?? -1));
+  });
+}
+
+/** `env`'s output: `[export ]NAME=value` lines (paths and image names, which printf %q leaves unquoted). */
+function parseEnv(text: string): Record<string, string> {
+  const vars: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^(?:export )?([A-Z_]+)=(.*)$/.exec(line);
+    if (m) vars[m[1]!] = m[2]!;
+  }
+  return vars;
+}
+
+const hostEnv = process.env as Record<string, string>;
+let env: Record<string, string>;
+
+async function kubectl(...args: string[]): Promise<string> {
+  const r = await runProcess('kubectl', args, { env });
+  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: exit ${r.code}\n${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+/** `kubectl port-forward` to a local port it picks; resolves once it forwards. */
+function portForward(target: string, port: number): Promise<{ url: string; child: ChildProcessWithoutNullStreams }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('kubectl', ['port-forward', target, `:${port}`], { env });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /Forwarding from 127\.0\.0\.1:(\d+) ->/.exec(out);
+      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, child });
+    });
+    child.stderr.on('data', (d) => (out += d));
+    child.on('close', (code) => reject(new Error(`kubectl port-forward ${target} exited ${code}: ${out}`)));
+  });
+}
+
+// The GKE Sandbox tutorial's python-runtime SandboxTemplate (with its readiness probe) and a SandboxClaim, as
+// agent-sandbox v0.5 takes them: in v1beta1 a claim names a SandboxWarmPool of the template (v1alpha1's
+// sandboxTemplateRef is converted to a `shadow-pool-<template>` pool that only the upgrade script creates). The
+// image is the one the dev cluster imported, so nothing is pulled.
+const tutorial = (image: string) => `apiVersion: extensions.agents.x-k8s.io/v1beta1
+kind: SandboxTemplate
+metadata:
+  name: python-runtime-template
+  namespace: default
+spec:
+  podTemplate:
+    metadata:
+      labels:
+        sandbox: python-sandbox-example
+    spec:
+      containers:
+      - name: python-runtime
+        image: ${image}
+        imagePullPolicy: IfNotPresent
+        ports:
+        - containerPort: 8888
+        readinessProbe:
+          httpGet:
+            path: "/"
+            port: 8888
+          initialDelaySeconds: 0
+          periodSeconds: 1
+        resources:
+          requests:
+            cpu: "250m"
+            memory: "512Mi"
+            ephemeral-storage: "512Mi"
+      restartPolicy: "OnFailure"
+---
+apiVersion: extensions.agents.x-k8s.io/v1beta1
+kind: SandboxWarmPool
+metadata:
+  name: python-runtime-pool
+  namespace: default
+spec:
+  replicas: 1
+  sandboxTemplateRef:
+    name: python-runtime-template
+---
+apiVersion: extensions.agents.x-k8s.io/v1beta1
+kind: SandboxClaim
+metadata:
+  name: python-sandbox-claim
+  namespace: default
+spec:
+  warmPoolRef:
+    name: python-runtime-pool
+`;
+
+describe('dev cluster (scripts/dev-cluster)', () => {
+  let dir: string;
+  let manifest: string;
+  before(async () => {
+    if ((await runProcess(devCluster, ['status'], { env: hostEnv })).code !== 0) {
+      assert.equal(await devClusterLoud('up'), 0, 'scripts/dev-cluster up failed');
+    }
+    const printed = await runProcess(devCluster, ['env'], { env: hostEnv });
+    assert.equal(printed.code, 0, printed.stderr);
+    const vars = parseEnv(printed.stdout);
+    assert.ok(vars.KUBECONFIG && vars.PYTHON_RUNTIME_IMAGE, printed.stdout);
+    env = { ...hostEnv, KUBECONFIG: vars.KUBECONFIG };
+    dir = await mkdtemp(join(tmpdir(), 'moat-dev-cluster-'));
+    manifest = join(dir, 'python-sandbox.yaml');
+    await writeFile(manifest, tutorial(vars.PYTHON_RUNTIME_IMAGE));
+    await kubectl('delete', '-f', manifest, '--ignore-not-found', '--wait'); // what an interrupted run left
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  test('the node is Ready, seen from the host', async () => {
+    const ready = await kubectl('get', 'nodes', '-o', 'jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}');
+    assert.equal(ready, 'True');
+  });
+
+  test("agent-sandbox's CRDs serve v1beta1 (stored) and v1alpha1", async () => {
+    for (const crd of ['sandboxes.agents.x-k8s.io', 'sandboxclaims.extensions.agents.x-k8s.io', 'sandboxtemplates.extensions.agents.x-k8s.io', 'sandboxwarmpools.extensions.agents.x-k8s.io']) {
+      const versions = await kubectl('get', 'crd', crd, '-o', 'jsonpath={range .spec.versions[*]}{.name}:{.served}:{.storage} {end}');
+      assert.deepEqual(versions.trim().split(' ').sort(), ['v1alpha1:true:false', 'v1beta1:true:true'], crd);
+    }
+  });
+
+  test('the GKE tutorial: template, warm pool, claim, wait Ready, port-forward, health and execute, delete leaves nothing', async () => {
+    await kubectl('apply', '-f', manifest);
+    await kubectl('wait', '--for=condition=Ready', 'sandboxclaim/python-sandbox-claim', '--timeout=180s');
+    const sandbox = await kubectl('get', 'sandboxclaim', 'python-sandbox-claim', '-o', 'jsonpath={.status.sandbox.name}');
+    await kubectl('wait', '--for=condition=Ready', `sandbox/${sandbox}`, '--timeout=60s');
+    // The same claim read as v1alpha1, through agent-sandbox's conversion webhook.
+    const alpha = await kubectl('get', 'sandboxclaims.v1alpha1.extensions.agents.x-k8s.io', 'python-sandbox-claim', '-o', 'jsonpath={.spec.warmpool}');
+    assert.equal(alpha, 'python-runtime-pool');
+    const selector = await kubectl('get', 'sandbox', sandbox, '-o', 'jsonpath={.status.selector}');
+    const pod = (await kubectl('get', 'pods', '-l', selector, '-o', 'jsonpath={.items[*].metadata.name}')).trim();
+    assert.match(pod, /^\S+$/, `one pod for selector ${selector}`);
+
+    const { url, child } = await portForward(`pod/${pod}`, 8888);
+    try {
+      const health = await fetch(`${url}/`);
+      assert.equal(health.status, 200);
+      assert.equal(((await health.json()) as { status: string }).status, 'ok');
+      const exec = await fetch(`${url}/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ command: "echo 'hello world'" }) });
+      assert.equal(exec.status, 200);
+      assert.deepEqual(await exec.json(), { stdout: 'hello world\n', stderr: '', exit_code: 0 });
+    } finally {
+      child.kill();
+    }
+
+    await kubectl('delete', '-f', manifest, '--wait');
+    // The controllers delete what they made (the pool's sandboxes, the pods) after the objects above are gone.
+    await kubectl('wait', '--for=delete', 'sandboxes,pods', '--all', '-n', 'default', '--timeout=90s');
+    assert.equal(await kubectl('get', 'sandboxes,sandboxclaims,sandboxwarmpools,sandboxtemplates,pods', '-n', 'default', '-o', 'name'), '');
+  });
+});
