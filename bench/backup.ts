@@ -29,7 +29,11 @@ export async function benchBackup() {
     body.spec.volumeClaimTemplates = [{ metadata: { name: 'data' }, spec: { resources: { requests: { storage: '1Gi' } } } }];
     await json(server, NS, { method: 'POST', json: body }, 201);
     await json(server, `${NS}/bench-src/wait?timeoutSeconds=120`, {}, 200);
-    const fill = await sh(server, 'bench-src', 'head -c 100000000 /dev/urandom > /data/random && seq 1 15000000 | head -c 100000000 > /data/text && sync && du -sb /data | cut -f1');
+    const fill = await sh(
+      server,
+      'bench-src',
+      'head -c 100000000 /dev/urandom > /data/random && seq 1 15000000 | head -c 100000000 > /data/text && sync && du -sb /data | cut -f1',
+    );
     if (fill.exit?.exitCode !== 0) throw new Error(`fill: ${fill.stderr}`);
     const used = Number(fill.stdout.trim());
     const volume = await json<{ uid: string; sizeBytes: number }>(server, `${API}/volumes/data-bench-src`, {}, 200);
@@ -40,11 +44,13 @@ export async function benchBackup() {
     let compressed = 0;
     for (let i = 0; i < N; i++) {
       let id = '';
-      backups.push(await time(async () => {
-        const b = await json<{ id: string; compressedBytes: number }>(server, `${API}/backups`, { method: 'POST', json: { sandbox: 'bench-src' } }, 201);
-        id = b.id;
-        compressed = b.compressedBytes;
-      }));
+      backups.push(
+        await time(async () => {
+          const b = await json<{ id: string; compressedBytes: number }>(server, `${API}/backups`, { method: 'POST', json: { sandbox: 'bench-src' } }, 201);
+          id = b.id;
+          compressed = b.compressedBytes;
+        }),
+      );
       restores.push(await time(() => json(server, `${API}/backups/${id}/restore`, { method: 'POST', json: { volume: `restored-${i}` } }, 201)));
       await server.api(`${API}/volumes/restored-${i}`, { method: 'DELETE' });
       await server.api(`${API}/backups/${id}`, { method: 'DELETE' });
@@ -61,8 +67,12 @@ export async function benchBackup() {
     const rawZstd = raw(`zstd -q -c -3 -T0 '${image}' > /dev/null`);
     const rawCat = raw(`cat '${image}' > /dev/null`);
 
-    console.log(`  data ${(used / MB).toFixed(0)} MB in a ${(volume.sizeBytes / 2 ** 30).toFixed(0)} GiB volume; compressed backup ${(compressed / MB).toFixed(1)} MB (${((100 * compressed) / used).toFixed(0)}% of the data)`);
-    console.log(`  backup (API: freeze, zstd, sha256, store)      ${rate(used, backups)} of data, ${rate(volume.sizeBytes, backups).trim().split(' ')[0]} MB/s of image`);
+    console.log(
+      `  data ${(used / MB).toFixed(0)} MB in a ${(volume.sizeBytes / 2 ** 30).toFixed(0)} GiB volume; compressed backup ${(compressed / MB).toFixed(1)} MB (${((100 * compressed) / used).toFixed(0)}% of the data)`,
+    );
+    console.log(
+      `  backup (API: freeze, zstd, sha256, store)      ${rate(used, backups)} of data, ${rate(volume.sizeBytes, backups).trim().split(' ')[0]} MB/s of image`,
+    );
     console.log(`  restore (API: sha256, unzstd --sparse, volume)  ${rate(used, restores)} of data`);
     console.log('  baseline (same run, same image):');
     console.log(`  raw zstd -3 -T0 of the image to /dev/null        ${rate(used, rawZstd)} of data`);

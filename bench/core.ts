@@ -74,7 +74,9 @@ export async function benchCore() {
     console.log('  moat:');
     const c = row('cold create → first exec result (API)', create, raw.run);
     const e = row('exec round trip of true (API, NDJSON)', exec, raw.exec);
-    console.log(`  targets: create→exec p50 ≤ 150 ms: ${c.p50 <= 150 ? 'met' : 'MISSED'}; exec p50 ≤ 15 ms and below raw runc exec: ${e.p50 <= 15 && e.p50 < summary(raw.exec).p50 ? 'met' : 'MISSED'}`);
+    console.log(
+      `  targets: create→exec p50 ≤ 150 ms: ${c.p50 <= 150 ? 'met' : 'MISSED'}; exec p50 ≤ 15 ms and below raw runc exec: ${e.p50 <= 15 && e.p50 < summary(raw.exec).p50 ? 'met' : 'MISSED'}`,
+    );
 
     // Idle memory: what Moat adds per sandbox is moat-init (no shim: runc exits after start).
     const names = Array.from({ length: N_IDLE }, (_, i) => `idle-${i}`);
@@ -90,10 +92,11 @@ export async function benchCore() {
       rss.push(Number(/(\d+)/.exec(r.stdout)?.[1] ?? NaN) / 1024);
     }
     const med = (a: number[]) => summary(a).p50;
-    console.log(`  idle sandbox: moat-init RSS ${med(rss).toFixed(2)} MiB (target ≤ 5 MiB beyond the workload: ${med(rss) <= 5 ? 'met' : 'MISSED'}); cgroup memory usage ${med(cgroup).toFixed(1)} MiB (n=${N_IDLE})`);
+    console.log(
+      `  idle sandbox: moat-init RSS ${med(rss).toFixed(2)} MiB (target ≤ 5 MiB beyond the workload: ${med(rss) <= 5 ? 'met' : 'MISSED'}); cgroup memory usage ${med(cgroup).toFixed(1)} MiB (n=${N_IDLE})`,
+    );
     await Promise.all(names.map((n) => server.api(`${NS}/${n}?wait=true`, { method: 'DELETE' })));
   } finally {
     await server.close();
   }
 }
-

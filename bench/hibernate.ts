@@ -79,11 +79,13 @@ async function benchOne(server: TestServer, runtime: string) {
     }
 
     let status: any;
-    hib.push(await time(async () => {
-      const res = await server.api(`${NS}/${name}/hibernate`, { method: 'POST' });
-      if (res.status !== 200) throw new Error(`hibernate: ${await res.text()}`);
-      status = await res.json();
-    }));
+    hib.push(
+      await time(async () => {
+        const res = await server.api(`${NS}/${name}/hibernate`, { method: 'POST' });
+        if (res.status !== 200) throw new Error(`hibernate: ${await res.text()}`);
+        status = await res.json();
+      }),
+    );
     const c = status.status.conditions.find((x: any) => x.type === 'Hibernated');
     mode = c.reason === 'Checkpointed' ? 'Checkpointed' : `StoppedWithDisks (${c.message.replace(/^.*memory was not saved: /, '').slice(0, 90)}...)`;
     const bytes = /\((\d+) bytes\)/.exec(c.message)?.[1];
@@ -91,9 +93,11 @@ async function benchOne(server: TestServer, runtime: string) {
     freed.push((used - (await hostMemory(uid))) / MiB);
 
     let after = '';
-    wake.push(await time(async () => {
-      after = await ask(server, name, 120_000);
-    }));
+    wake.push(
+      await time(async () => {
+        after = await ask(server, name, 120_000);
+      }),
+    );
     if (after === before) kept++;
     await server.api(`${NS}/${name}?wait=true`, { method: 'DELETE' });
   }

@@ -86,7 +86,13 @@ async function benchProxy() {
   const stream = await listening(createServer((s) => send(s, BYTES, () => s.end())));
   const echo = await listening(createServer((s) => s.pipe(s)));
   const proxy = await EgressProxy.start({
-    identify: () => ({ uid: 'bench', name: 'bench', namespace: 'bench', policy: { mode: 'allow-all-public' }, limits: { upBytesPerSecond: 0, downBytesPerSecond: 0 } }),
+    identify: () => ({
+      uid: 'bench',
+      name: 'bench',
+      namespace: 'bench',
+      policy: { mode: 'allow-all-public' },
+      limits: { upBytesPerSecond: 0, downBytesPerSecond: 0 },
+    }),
     pinnedHosts: { 'bench.test': '127.0.0.1' },
   });
   const direct = new http.Agent({ keepAlive: true, maxSockets: 1 });

@@ -12,7 +12,10 @@ async function claimThenExec(server: TestServer, name: string, extra: Record<str
   let warm = false;
   const ms = await time(async () => {
     const claim = await apiJson<{ status: { warmPool?: string; conditions: { type: string; status: string }[] } }>(
-      server, `${EXT}/sandboxclaims`, { method: 'POST', json: claimBody(name, 'bench', extra) }, 201,
+      server,
+      `${EXT}/sandboxclaims`,
+      { method: 'POST', json: claimBody(name, 'bench', extra) },
+      201,
     );
     warm = Boolean(claim.status.warmPool);
     if (!claim.status.conditions.some((c) => c.type === 'Ready' && c.status === 'True')) await apiJson(server, `${NS}/${name}/wait?timeoutSeconds=60`, {}, 200);

@@ -3,7 +3,15 @@ import { benchCore } from './core.js';
 import { benchPools } from './pools.js';
 
 const only = process.argv[2];
-const suites: Record<string, () => Promise<void>> = { core: benchCore, pools: benchPools, net: async () => (await import('./net.js')).benchNet(), e2b: async () => (await import('./e2b.js')).benchE2b(), runtimes: async () => (await import('./runtimes.js')).benchRuntimes(), hibernate: async () => (await import('./hibernate.js')).benchHibernate(), backup: async () => (await import('./backup.js')).benchBackup() };
+const suites: Record<string, () => Promise<void>> = {
+  core: benchCore,
+  pools: benchPools,
+  net: async () => (await import('./net.js')).benchNet(),
+  e2b: async () => (await import('./e2b.js')).benchE2b(),
+  runtimes: async () => (await import('./runtimes.js')).benchRuntimes(),
+  hibernate: async () => (await import('./hibernate.js')).benchHibernate(),
+  backup: async () => (await import('./backup.js')).benchBackup(),
+};
 for (const [name, fn] of Object.entries(suites)) {
   if (!only || only === name) await fn();
 }

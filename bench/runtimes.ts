@@ -26,10 +26,14 @@ async function rawRunsc(): Promise<number[]> {
     await writeFile(join(dir, 'config.json'), JSON.stringify(spec));
     const runs: number[] = [];
     for (let i = 0; i < N_CREATE; i++) {
-      runs.push(await time(async () => {
-        const r = spawnSync('runsc', ['--root', join(dir, 'state'), '--platform=ptrace', '--network=none', 'run', '--bundle', dir, `b${i}`], { stdio: 'ignore' });
-        if (r.status !== 0) throw new Error(`runsc run failed with exit ${r.status}`);
-      }));
+      runs.push(
+        await time(async () => {
+          const r = spawnSync('runsc', ['--root', join(dir, 'state'), '--platform=ptrace', '--network=none', 'run', '--bundle', dir, `b${i}`], {
+            stdio: 'ignore',
+          });
+          if (r.status !== 0) throw new Error(`runsc run failed with exit ${r.status}`);
+        }),
+      );
     }
     return runs;
   } finally {
@@ -39,27 +43,55 @@ async function rawRunsc(): Promise<number[]> {
 
 /** The guest kernel and initramfs Moat uses, booted to the marker its /init prints first: no snapshot, no Moat. */
 async function rawQemuBoot(accel: 'kvm' | 'tcg'): Promise<number[]> {
-  const boot = await ensureGuestBoot({ cacheDir: join(sharedImagesDir(), 'microvm'), initBinary: defaultInitBinary(), guestInit: fileURLToPath(new URL('../packages/guest/init', import.meta.url)) });
+  const boot = await ensureGuestBoot({
+    cacheDir: join(sharedImagesDir(), 'microvm'),
+    initBinary: defaultInitBinary(),
+    guestInit: fileURLToPath(new URL('../packages/guest/init', import.meta.url)),
+  });
   const runs: number[] = [];
   // A boot whose clock calibration failed on this busy host hangs (see vm/snapshot.ts): given up after 60 s and not counted.
-  for (let i = 0, failures = 0; i < N_BOOT; ) {
-    const t = await time(() => new Promise<void>((resolve, reject) => {
-      const q = spawn('qemu-system-x86_64', [
-        '-accel', accel, '-M', 'microvm', '-m', '256M', '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', 'stdio',
-        '-kernel', boot.kernel, '-initrd', boot.initrd, '-append', 'console=ttyS0 quiet panic=-1 moat.probe',
-      ], { stdio: ['ignore', 'pipe', 'ignore'] });
-      let out = '';
-      q.stdout.on('data', (d: Buffer) => {
-        out += d;
-        if (out.includes('probe ok')) q.kill('SIGKILL');
-      });
-      const timer = setTimeout(() => q.kill('SIGKILL'), 60_000);
-      q.on('exit', () => {
-        clearTimeout(timer);
-        if (out.includes('probe ok')) resolve();
-        else reject(new Error(`raw QEMU boot did not reach the marker: ${out.slice(-200)}`));
-      });
-    })).catch((err: Error) => {
+  for (let i = 0, failures = 0; i < N_BOOT;) {
+    const t = await time(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const q = spawn(
+            'qemu-system-x86_64',
+            [
+              '-accel',
+              accel,
+              '-M',
+              'microvm',
+              '-m',
+              '256M',
+              '-nodefaults',
+              '-no-user-config',
+              '-display',
+              'none',
+              '-no-reboot',
+              '-serial',
+              'stdio',
+              '-kernel',
+              boot.kernel,
+              '-initrd',
+              boot.initrd,
+              '-append',
+              'console=ttyS0 quiet panic=-1 moat.probe',
+            ],
+            { stdio: ['ignore', 'pipe', 'ignore'] },
+          );
+          let out = '';
+          q.stdout.on('data', (d: Buffer) => {
+            out += d;
+            if (out.includes('probe ok')) q.kill('SIGKILL');
+          });
+          const timer = setTimeout(() => q.kill('SIGKILL'), 60_000);
+          q.on('exit', () => {
+            clearTimeout(timer);
+            if (out.includes('probe ok')) resolve();
+            else reject(new Error(`raw QEMU boot did not reach the marker: ${out.slice(-200)}`));
+          });
+        }),
+    ).catch((err: Error) => {
       if (++failures >= 3) throw err;
       return undefined;
     });
@@ -73,7 +105,11 @@ async function rawQemuBoot(accel: 'kvm' | 'tcg'): Promise<number[]> {
 
 /** Host memory of an idle sandbox: the proportional set size of every process in its cgroup (QEMU, or runsc's sentry and gofer). */
 async function hostMemoryMiB(uid: string): Promise<{ total: number; beyondGuestRam: number }> {
-  const procs = (await readFile(`/sys/fs/cgroup/memory/moat/${uid}/cgroup.procs`, 'utf8').catch(() => readFile(`/sys/fs/cgroup/moat/${uid}/cgroup.procs`, 'utf8'))).split('\n').filter(Boolean);
+  const procs = (
+    await readFile(`/sys/fs/cgroup/memory/moat/${uid}/cgroup.procs`, 'utf8').catch(() => readFile(`/sys/fs/cgroup/moat/${uid}/cgroup.procs`, 'utf8'))
+  )
+    .split('\n')
+    .filter(Boolean);
   let total = 0;
   let guestRam = 0;
   for (const pid of procs) {
@@ -99,12 +135,14 @@ async function benchRuntime(server: TestServer, runtime: 'gvisor' | 'microvm', b
   const create: number[] = [];
   for (let i = 0; i < N_CREATE; i++) {
     const name = `cold-${i}`;
-    create.push(await time(async () => {
-      await server.api(NS, { method: 'POST', json: body(name) });
-      await server.api(`${NS}/${name}/wait?timeoutSeconds=120`);
-      const r = await execApi(server, name, { command: ['true'] });
-      if (r.exit?.exitCode !== 0) throw new Error(`exec failed: ${JSON.stringify(r)}`);
-    }));
+    create.push(
+      await time(async () => {
+        await server.api(NS, { method: 'POST', json: body(name) });
+        await server.api(`${NS}/${name}/wait?timeoutSeconds=120`);
+        const r = await execApi(server, name, { command: ['true'] });
+        if (r.exit?.exitCode !== 0) throw new Error(`exec failed: ${JSON.stringify(r)}`);
+      }),
+    );
     await server.api(`${NS}/${name}?wait=true`, { method: 'DELETE' });
   }
   const exec: number[] = [];
@@ -121,7 +159,9 @@ async function benchRuntime(server: TestServer, runtime: 'gvisor' | 'microvm', b
   const total = summary(mem.map((m) => m.total)).p50;
   row(`${runtime}: cold create → first exec result`, create, baseline);
   row(`${runtime}: exec round trip of true`, exec);
-  console.log(`  ${runtime}: host memory per idle sandbox ${total.toFixed(1)} MiB (PSS, 256 MiB limit, n=${N_IDLE}) → ${Math.floor(8192 / total)} idle sandboxes in 8 GiB`);
+  console.log(
+    `  ${runtime}: host memory per idle sandbox ${total.toFixed(1)} MiB (PSS, 256 MiB limit, n=${N_IDLE}) → ${Math.floor(8192 / total)} idle sandboxes in 8 GiB`,
+  );
   await Promise.all([...names, 'warmup'].map((n) => server.api(`${NS}/${n}?wait=true`, { method: 'DELETE' })));
   return { create: summary(create), beyondGuestRam: summary(mem.map((m) => m.beyondGuestRam)).p50 };
 }
@@ -146,8 +186,12 @@ export async function benchRuntimes() {
     row(`raw QEMU boot to marker (${accel}, same kernel)`, boot);
     const target = accel === 'kvm' ? 250 : 1500;
     console.log(`  accelerator: ${accel}${status.runtimes.microvm?.warning ? ` (${status.runtimes.microvm.warning})` : ''}`);
-    console.log(`  microvm resumed from snapshot → first exec p50 ${vm.create.p50.toFixed(1)} ms, ×${(vm.create.p50 / summary(boot).p50).toFixed(2)} of a raw boot (target ≤ ${target} ms under ${accel}: ${vm.create.p50 <= target ? 'met' : 'MISSED'})`);
-    console.log(`  microvm host overhead beyond guest RAM ${vm.beyondGuestRam.toFixed(1)} MiB per VM (target ≤ 30 MiB: ${vm.beyondGuestRam <= 30 ? 'met' : 'MISSED'})`);
+    console.log(
+      `  microvm resumed from snapshot → first exec p50 ${vm.create.p50.toFixed(1)} ms, ×${(vm.create.p50 / summary(boot).p50).toFixed(2)} of a raw boot (target ≤ ${target} ms under ${accel}: ${vm.create.p50 <= target ? 'met' : 'MISSED'})`,
+    );
+    console.log(
+      `  microvm host overhead beyond guest RAM ${vm.beyondGuestRam.toFixed(1)} MiB per VM (target ≤ 30 MiB: ${vm.beyondGuestRam <= 30 ? 'met' : 'MISSED'})`,
+    );
   } finally {
     await server.close();
   }

@@ -69,7 +69,9 @@ function typeOf(s: TSchema, indent: string, top = false): string {
       if (s.patternProperties) return `Record<string, ${typeOf(Object.values(s.patternProperties as Record<string, TSchema>)[0]!, indent)}>`;
       const required = new Set<string>(s.required ?? []);
       const inner = `${indent}  `;
-      const fields = Object.entries(s.properties as Record<string, TSchema>).map(([k, v]) => `${inner}${key(k)}${required.has(k) ? '' : '?'}: ${typeOf(v, inner)};\n`);
+      const fields = Object.entries(s.properties as Record<string, TSchema>).map(
+        ([k, v]) => `${inner}${key(k)}${required.has(k) ? '' : '?'}: ${typeOf(v, inner)};\n`,
+      );
       return `{\n${fields.join('')}${indent}}`;
     }
     case undefined:

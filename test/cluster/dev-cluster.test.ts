@@ -131,7 +131,12 @@ describe('dev cluster (scripts/dev-cluster)', () => {
   });
 
   test("agent-sandbox's CRDs serve v1beta1 (stored) and v1alpha1", async () => {
-    for (const crd of ['sandboxes.agents.x-k8s.io', 'sandboxclaims.extensions.agents.x-k8s.io', 'sandboxtemplates.extensions.agents.x-k8s.io', 'sandboxwarmpools.extensions.agents.x-k8s.io']) {
+    for (const crd of [
+      'sandboxes.agents.x-k8s.io',
+      'sandboxclaims.extensions.agents.x-k8s.io',
+      'sandboxtemplates.extensions.agents.x-k8s.io',
+      'sandboxwarmpools.extensions.agents.x-k8s.io',
+    ]) {
       const versions = await kubectl('get', 'crd', crd, '-o', 'jsonpath={range .spec.versions[*]}{.name}:{.served}:{.storage} {end}');
       assert.deepEqual(versions.trim().split(' ').sort(), ['v1alpha1:true:false', 'v1beta1:true:true'], crd);
     }
@@ -154,7 +159,11 @@ describe('dev cluster (scripts/dev-cluster)', () => {
       const health = await fetch(`${url}/`);
       assert.equal(health.status, 200);
       assert.equal(((await health.json()) as { status: string }).status, 'ok');
-      const exec = await fetch(`${url}/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ command: "echo 'hello world'" }) });
+      const exec = await fetch(`${url}/execute`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ command: "echo 'hello world'" }),
+      });
       assert.equal(exec.status, 200);
       assert.deepEqual(await exec.json(), { stdout: 'hello world\n', stderr: '', exit_code: 0 });
     } finally {

@@ -131,7 +131,10 @@ describe('the e2b SDK against Moat', () => {
     assert.ok(later.endAt.getTime() - Date.now() > 590_000, `ends at ${later.endAt.toISOString()}`);
 
     const page = await Sandbox.list({ query: { metadata: { suite: 'e2b-sdk' } } }).nextItems();
-    assert.deepEqual(page.map((s) => s.sandboxId), [sbx.sandboxId]);
+    assert.deepEqual(
+      page.map((s) => s.sandboxId),
+      [sbx.sandboxId],
+    );
     assert.deepEqual(await Sandbox.list({ query: { metadata: { suite: 'none' } } }).nextItems(), []);
   });
 
@@ -161,7 +164,11 @@ describe('the e2b SDK against Moat', () => {
     assert.equal(missing.status, 404);
     assert.equal(((await missing.json()) as { code: string }).code, 'not_found');
     assert.equal((await rpc('Not-An-Id', key)).status, 400);
-    const extra = await fetch(`${server.url}/process.Process/List`, { method: 'POST', headers: { 'content-type': 'application/json', 'e2b-sandbox-id': sbx.sandboxId, ...key }, body: '{"colour":"red"}' });
+    const extra = await fetch(`${server.url}/process.Process/List`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'e2b-sandbox-id': sbx.sandboxId, ...key },
+      body: '{"colour":"red"}',
+    });
     assert.equal(extra.status, 400);
   });
 
@@ -195,14 +202,20 @@ describe('the e2b SDK against Moat', () => {
     assert.equal(await sbx.isRunning(), false);
     await assert.rejects(sbx.commands.run('true'), /paused/);
     const paused = await Sandbox.list({ query: { state: ['paused'], metadata: { suite: 'e2b-sdk' } } }).nextItems();
-    assert.deepEqual(paused.map((s) => s.sandboxId), [sbx.sandboxId]);
+    assert.deepEqual(
+      paused.map((s) => s.sandboxId),
+      [sbx.sandboxId],
+    );
     assert.deepEqual(await Sandbox.list({ query: { state: ['running'], metadata: { suite: 'e2b-sdk' } } }).nextItems(), []);
 
     const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 120_000 });
     assert.equal((await again.getInfo()).state, 'running');
     assert.equal(await again.isRunning(), true);
     assert.equal(await again.files.read('kept.txt'), 'still here');
-    assert.ok((await again.commands.list()).some((p) => p.pid === sleeper.pid), 'the background process lived through the pause');
+    assert.ok(
+      (await again.commands.list()).some((p) => p.pid === sleeper.pid),
+      'the background process lived through the pause',
+    );
     assert.equal(await again.commands.kill(sleeper.pid), true);
   });
 

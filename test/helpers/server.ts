@@ -18,7 +18,13 @@ export const TEST_NETWORK = testNetwork(Number(process.env.MOAT_TEST_NET ?? 0));
 
 function testNetwork(i: number) {
   if (!Number.isInteger(i) || i < 0 || i > 9) throw new Error(`MOAT_TEST_NET must be 0-9, not ${process.env.MOAT_TEST_NET}`);
-  return { name: `moate2e${i || ''}`, ifPrefix: `m${'efgijklnop'[i]}`, subnet: `10.${234 + i}.0.0/16`, serviceAddress: `10.${234 + i}.0.1`, proxyPort: 13128 + i };
+  return {
+    name: `moate2e${i || ''}`,
+    ifPrefix: `m${'efgijklnop'[i]}`,
+    subnet: `10.${234 + i}.0.0/16`,
+    serviceAddress: `10.${234 + i}.0.1`,
+    proxyPort: 13128 + i,
+  };
 }
 
 export interface TestServer extends RunningServer {
@@ -53,9 +59,15 @@ export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?:
     api,
     async close() {
       // Pools first (they refill what is deleted), then claims (their sandboxes go with them), then the rest.
-      for (const [group, plural] of [['extensions.agents.x-k8s.io', 'sandboxwarmpools'], ['extensions.agents.x-k8s.io', 'sandboxclaims'], ['agents.x-k8s.io', 'sandboxes']]) {
+      for (const [group, plural] of [
+        ['extensions.agents.x-k8s.io', 'sandboxwarmpools'],
+        ['extensions.agents.x-k8s.io', 'sandboxclaims'],
+        ['agents.x-k8s.io', 'sandboxes'],
+      ]) {
         const list = (await (await api(`/apis/${group}/v1alpha1/${plural}`)).json()) as { items: { metadata: { namespace: string; name: string } }[] };
-        await Promise.all(list.items.map((o) => api(`/apis/${group}/v1alpha1/namespaces/${o.metadata.namespace}/${plural}/${o.metadata.name}?wait=true`, { method: 'DELETE' })));
+        await Promise.all(
+          list.items.map((o) => api(`/apis/${group}/v1alpha1/namespaces/${o.metadata.namespace}/${plural}/${o.metadata.name}?wait=true`, { method: 'DELETE' })),
+        );
       }
       await server.close();
       if (!opts.dataDir) await rm(dataDir, { recursive: true, force: true });
@@ -65,7 +77,17 @@ export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?:
 
 export const NS = '/apis/agents.x-k8s.io/v1alpha1/namespaces/default/sandboxes';
 
-export function sandboxBody(name: string, extra: { image?: string; command?: string[]; limits?: Record<string, string>; env?: Record<string, string>; labels?: Record<string, string>; runtime?: string } = {}) {
+export function sandboxBody(
+  name: string,
+  extra: {
+    image?: string;
+    command?: string[];
+    limits?: Record<string, string>;
+    env?: Record<string, string>;
+    labels?: Record<string, string>;
+    runtime?: string;
+  } = {},
+) {
   return {
     apiVersion: 'agents.x-k8s.io/v1alpha1',
     kind: 'Sandbox',
@@ -102,7 +124,8 @@ export async function createReady(server: TestServer, name: string, extra: Param
 /** Run a command through the NDJSON exec endpoint and collect it. */
 export async function execApi(server: TestServer, name: string, body: Record<string, unknown>) {
   const res = await server.api(`${NS}/${name}/exec`, { method: 'POST', json: body });
-  if (res.status !== 200) return { status: res.status, error: await res.json(), stdout: '', stderr: '', exit: undefined as undefined | Record<string, unknown> };
+  if (res.status !== 200)
+    return { status: res.status, error: await res.json(), stdout: '', stderr: '', exit: undefined as undefined | Record<string, unknown> };
   let stdout = '';
   let stderr = '';
   let exit: Record<string, unknown> | undefined;

@@ -38,13 +38,19 @@ async function createUser(name: string, role = 'member'): Promise<NewUser> {
   const res = await server.api('/apis/moat.dev/v1/users', { method: 'POST', json: { name, role } });
   assert.equal(res.status, 201, await res.clone().text());
   const u = (await res.json()) as { name: string; key: { key: string; id: string } };
-  const who = (await (await fetch(`${server.url}/apis/moat.dev/v1/whoami`, { headers: { authorization: `Bearer ${u.key.key}` } })).json()) as { namespace: string };
+  const who = (await (await fetch(`${server.url}/apis/moat.dev/v1/whoami`, { headers: { authorization: `Bearer ${u.key.key}` } })).json()) as {
+    namespace: string;
+  };
   return { name, namespace: who.namespace, key: u.key.key, keyId: u.key.id };
 }
 
 /** Sign in over HTTP as a browser would; answers the cookie header to send back and the CSRF token. */
 async function signIn(key: string): Promise<{ cookie: string; csrf: string; setCookie: string }> {
-  const res = await fetch(server.url + SESSION, { method: 'POST', headers: { 'content-type': 'application/json', 'x-moat-csrf': '1' }, body: JSON.stringify({ apiKey: key }) });
+  const res = await fetch(server.url + SESSION, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-moat-csrf': '1' },
+    body: JSON.stringify({ apiKey: key }),
+  });
   assert.equal(res.status, 201, await res.clone().text());
   const setCookie = res.headers.get('set-cookie') ?? '';
   const body = (await res.json()) as { csrfToken: string };
@@ -94,7 +100,15 @@ before(async () => {
     executablePath: CHROMIUM,
     headless: true,
     // Playwright gives each launch a fresh, temporary --user-data-dir.
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
 });
 
@@ -103,8 +117,13 @@ after(async () => {
   await browser?.close().catch(() => {});
   if (server) {
     // Pools first, or they refill while the server's close deletes their members.
-    const pools = (await (await server.api('/apis/extensions.agents.x-k8s.io/v1alpha1/sandboxwarmpools')).json()) as { items: { metadata: { namespace: string; name: string } }[] };
-    for (const p of pools.items) await server.api(`/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${p.metadata.namespace}/sandboxwarmpools/${p.metadata.name}?wait=true`, { method: 'DELETE' });
+    const pools = (await (await server.api('/apis/extensions.agents.x-k8s.io/v1alpha1/sandboxwarmpools')).json()) as {
+      items: { metadata: { namespace: string; name: string } }[];
+    };
+    for (const p of pools.items)
+      await server.api(`/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${p.metadata.namespace}/sandboxwarmpools/${p.metadata.name}?wait=true`, {
+        method: 'DELETE',
+      });
     await server.close();
   }
 });
@@ -143,18 +162,30 @@ describe('portal sessions (API)', () => {
   });
 
   test('`moat config view -o json` names the portal', () => {
-    const r = spawnSync(process.execPath, ['--conditions=source', '--import', 'tsx', join(ROOT, 'packages', 'cli', 'src', 'main.ts'), 'config', 'view', '-o', 'json'], {
-      env: { ...process.env, MOAT_URL: server.url, MOAT_API_KEY: server.adminKey },
-      encoding: 'utf8',
-    });
+    const r = spawnSync(
+      process.execPath,
+      ['--conditions=source', '--import', 'tsx', join(ROOT, 'packages', 'cli', 'src', 'main.ts'), 'config', 'view', '-o', 'json'],
+      {
+        env: { ...process.env, MOAT_URL: server.url, MOAT_API_KEY: server.adminKey },
+        encoding: 'utf8',
+      },
+    );
     assert.equal(r.status, 0, r.stderr);
     assert.equal((JSON.parse(r.stdout) as { portalUrl: string }).portalUrl, `${server.url}/`);
   });
 
   test('signing in sets an HttpOnly, SameSite=Strict session cookie and needs the CSRF header', async () => {
-    const noHeader = await fetch(server.url + SESSION, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ apiKey: server.adminKey }) });
+    const noHeader = await fetch(server.url + SESSION, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ apiKey: server.adminKey }),
+    });
     assert.equal(noHeader.status, 403);
-    const badKey = await fetch(server.url + SESSION, { method: 'POST', headers: { 'content-type': 'application/json', 'x-moat-csrf': '1' }, body: JSON.stringify({ apiKey: 'moat_000000000000_nope' }) });
+    const badKey = await fetch(server.url + SESSION, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-moat-csrf': '1' },
+      body: JSON.stringify({ apiKey: 'moat_000000000000_nope' }),
+    });
     assert.equal(badKey.status, 401);
     assert.equal(badKey.headers.get('set-cookie'), null);
     const crossSite = await fetch(server.url + SESSION, {
@@ -192,7 +223,10 @@ describe('portal sessions (API)', () => {
     assert.equal((await fetch(server.url + agents, { headers: { cookie } })).status, 200);
     // A refused cross-site attempt is audited as a refusal... and none of the refused agents exist.
     const list = (await (await server.api(agents)).json()) as { items: { name: string }[] };
-    assert.deepEqual(list.items.map((a) => a.name).filter((n) => n.startsWith('csrf-')), ['csrf-ok']);
+    assert.deepEqual(
+      list.items.map((a) => a.name).filter((n) => n.startsWith('csrf-')),
+      ['csrf-ok'],
+    );
     // The terminal's WebSocket: a cookie upgrade from another origin is refused before it opens.
     const status = await new Promise<number>((resolve) => {
       const ws = new WebSocket(`${server.url.replace(/^http/, 'ws')}${SBX('default', 'nope')}/exec/ws`, { headers: { cookie, origin: 'http://evil.example' } });
@@ -281,7 +315,11 @@ describe('portal in Chromium', () => {
     await page.waitForTimeout(500);
     await page.keyboard.type('clear; stty size\n');
     const second = await waitForRow(page, (r) => /^\d+ \d+$/.test(r.trim()) && r.trim() !== first[0]!.trim(), 'a new size');
-    const [rows, cols] = second.find((r) => /^\d+ \d+$/.test(r.trim()))!.trim().split(' ').map(Number);
+    const [rows, cols] = second
+      .find((r) => /^\d+ \d+$/.test(r.trim()))!
+      .trim()
+      .split(' ')
+      .map(Number);
     assert.ok(cols! < Number(first[0]!.trim().split(' ')[1]), `${cols} columns after shrinking`);
     assert.ok(rows! > 5);
     await page.setViewportSize({ width: 1280, height: 860 });
@@ -333,8 +371,15 @@ describe('portal in Chromium', () => {
     await page.getByRole('link', { name: 'Audit' }).click();
     await page.getByRole('heading', { name: 'Audit log' }).waitFor();
     const want = [
-      'POST session', 'POST sandboxclaims', 'GET sandboxes/{name}/exec/ws', 'PUT sandboxes/{name}/files/content',
-      'POST sandboxes/{name}/pause', 'POST sandboxes/{name}/resume', 'POST sandboxes/{name}/hibernate', 'POST sandboxes/{name}/wake', 'POST sandboxes/{name}/extend',
+      'POST session',
+      'POST sandboxclaims',
+      'GET sandboxes/{name}/exec/ws',
+      'PUT sandboxes/{name}/files/content',
+      'POST sandboxes/{name}/pause',
+      'POST sandboxes/{name}/resume',
+      'POST sandboxes/{name}/hibernate',
+      'POST sandboxes/{name}/wake',
+      'POST sandboxes/{name}/extend',
     ];
     for (const action of want) await page.locator(`tr[data-action="${action}"]`).first().waitFor({ timeout: 15_000 });
     // Filter to the sandbox: the sign-in (which names no sandbox) drops out.
@@ -358,7 +403,10 @@ describe('portal in Chromium', () => {
     assert.equal(await other.locator(`tr[data-sandbox="${alice.namespace}/${box}"]`).count(), 0);
     assert.equal(await other.getByRole('link', { name: box }).count(), 0);
     await other.goto(`${server.url}/#/sandboxes/${alice.namespace}/${box}`);
-    await other.getByRole('alert').filter({ hasText: `namespace "${alice.namespace}" not found` }).waitFor();
+    await other
+      .getByRole('alert')
+      .filter({ hasText: `namespace "${alice.namespace}" not found` })
+      .waitFor();
     await other.goto(`${server.url}/#/audit`);
     await other.getByRole('heading', { name: 'Audit log' }).waitFor();
     await other.waitForTimeout(1000);
@@ -415,7 +463,10 @@ describe('portal in Chromium', () => {
     // A YAML syntax error, with its line.
     await yaml.fill('apiVersion: extensions.agents.x-k8s.io/v1alpha1\nkind: SandboxTemplate\nmetadata: {name: t1\nspec: x\n');
     await page.getByRole('button', { name: 'Save' }).click();
-    await page.getByRole('alert').filter({ hasText: /Line \d+/ }).waitFor();
+    await page
+      .getByRole('alert')
+      .filter({ hasText: /Line \d+/ })
+      .waitFor();
     assert.equal(await yaml.getAttribute('aria-invalid'), 'true');
     // The server's own refusal, word for word.
     const bad = `apiVersion: extensions.agents.x-k8s.io/v1alpha1
@@ -439,7 +490,11 @@ spec:
     await page.getByRole('row', { name: /t1/ }).waitFor();
     // A pool of it, with its fill level.
     await page.getByRole('button', { name: 'New pool' }).click();
-    await page.getByLabel('YAML').fill('apiVersion: extensions.agents.x-k8s.io/v1alpha1\nkind: SandboxWarmPool\nmetadata:\n  name: p1\nspec:\n  replicas: 1\n  sandboxTemplateRef:\n    name: t1\n');
+    await page
+      .getByLabel('YAML')
+      .fill(
+        'apiVersion: extensions.agents.x-k8s.io/v1alpha1\nkind: SandboxWarmPool\nmetadata:\n  name: p1\nspec:\n  replicas: 1\n  sandboxTemplateRef:\n    name: t1\n',
+      );
     await page.getByRole('button', { name: 'Save' }).click();
     await page.getByRole('meter', { name: /p1: 1 of 1 ready/ }).waitFor({ timeout: 120_000 });
     await shot(page, '13-pools');

@@ -31,7 +31,11 @@ function sources(dir: string): string[] {
 /** Every module a file imports or re-exports, by specifier. */
 function specifiers(file: string): string[] {
   const text = readFileSync(file, 'utf8');
-  const found = [...text.matchAll(/^\s*(?:import|export)\b[^'";]*?\bfrom\s*['"]([^'"]+)['"]/gms), ...text.matchAll(/^\s*import\s*['"]([^'"]+)['"]/gm), ...text.matchAll(/\bimport\(\s*['"]([^'"]+)['"]\s*\)/g)];
+  const found = [
+    ...text.matchAll(/^\s*(?:import|export)\b[^'";]*?\bfrom\s*['"]([^'"]+)['"]/gms),
+    ...text.matchAll(/^\s*import\s*['"]([^'"]+)['"]/gm),
+    ...text.matchAll(/\bimport\(\s*['"]([^'"]+)['"]\s*\)/g),
+  ];
   return found.map((m) => m[1]!);
 }
 
@@ -103,7 +107,16 @@ test('every package imports only the packages below it', () => {
 test('no circle of imports between files', () => {
   const graph = new Map<string, Set<string>>();
   for (const list of files.values()) {
-    for (const f of list) graph.set(rel(f), new Set(specifiers(f).map((s) => resolveLocal(f, s)).filter((x): x is string => !!x).map(rel)));
+    for (const f of list)
+      graph.set(
+        rel(f),
+        new Set(
+          specifiers(f)
+            .map((s) => resolveLocal(f, s))
+            .filter((x): x is string => !!x)
+            .map(rel),
+        ),
+      );
   }
   assert.deepEqual(circles(graph), []);
 });
@@ -137,5 +150,15 @@ test('only the wiring reaches past the backend seam: routes, the E2B layer, back
 });
 
 test('the checker finds a circle', () => {
-  assert.deepEqual(circles(new Map([['a', new Set(['b'])], ['b', new Set(['c'])], ['c', new Set(['a'])], ['d', new Set(['a'])]])), [['a', 'b', 'c']]);
+  assert.deepEqual(
+    circles(
+      new Map([
+        ['a', new Set(['b'])],
+        ['b', new Set(['c'])],
+        ['c', new Set(['a'])],
+        ['d', new Set(['a'])],
+      ]),
+    ),
+    [['a', 'b', 'c']],
+  );
 });

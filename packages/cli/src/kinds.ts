@@ -1,6 +1,13 @@
 import {
-  CONDITION, EXTENSIONS_API_VERSION, EXTENSIONS_API_VERSIONS, LABELS, SANDBOX_API_VERSION, SANDBOX_API_VERSIONS,
-  type Condition, type KubeObject, type SandboxResource,
+  CONDITION,
+  EXTENSIONS_API_VERSION,
+  EXTENSIONS_API_VERSIONS,
+  LABELS,
+  SANDBOX_API_VERSION,
+  SANDBOX_API_VERSIONS,
+  type Condition,
+  type KubeObject,
+  type SandboxResource,
 } from '@moat/sdk';
 import { CliError } from './errors.js';
 import { humanAge, shortDigest } from './output.js';

@@ -30,7 +30,16 @@ test('config view shows where settings come from, never the key', async () => {
   const r = await run(['config', 'view', '-o', 'json'], { env: { MOAT_URL: 'http://h:1', MOAT_API_KEY: key, MOAT_CONFIG: '/cfg/moat.json' } });
   assert.equal(r.code, 0);
   const view = JSON.parse(r.stdout);
-  assert.deepEqual(view, { url: 'http://h:1', urlFrom: 'env', apiKeySet: true, apiKeyHint: 'moat_s…', apiKeyFrom: 'env', configFile: '/cfg/moat.json', namespace: 'default', portalUrl: 'http://h:1/' });
+  assert.deepEqual(view, {
+    url: 'http://h:1',
+    urlFrom: 'env',
+    apiKeySet: true,
+    apiKeyHint: 'moat_s…',
+    apiKeyFrom: 'env',
+    configFile: '/cfg/moat.json',
+    namespace: 'default',
+    portalUrl: 'http://h:1/',
+  });
   assert.ok(!r.stdout.includes(key));
 });
 
@@ -50,7 +59,15 @@ test('sandbox list: table, wide, json, selector', async () => {
   const created = new Date(Date.now() - 5000).toISOString();
   const s = await server((req, _b, url) => {
     if (req.headers.authorization !== 'Bearer test-key') return { status: 401, body: status(401, 'Unauthorized', 'missing or invalid API key') };
-    if (url.pathname === SBX) return { status: 200, body: { apiVersion: 'agents.x-k8s.io/v1alpha1', kind: 'SandboxList', items: [sandbox('alpha', { created }), sandbox('b', { phase: 'Pending', created })] } };
+    if (url.pathname === SBX)
+      return {
+        status: 200,
+        body: {
+          apiVersion: 'agents.x-k8s.io/v1alpha1',
+          kind: 'SandboxList',
+          items: [sandbox('alpha', { created }), sandbox('b', { phase: 'Pending', created })],
+        },
+      };
   });
   const table = await run(['sandbox', 'list', '-l', 'team=a'], { env: s.env });
   assert.equal(table.code, 0, table.stderr);
@@ -60,7 +77,10 @@ test('sandbox list: table, wide, json, selector', async () => {
   assert.match(wide.stdout.split('\n')[0], /AGE   IMAGE DIGEST          CPU   MEMORY$/);
   const json = JSON.parse((await run(['sandbox', 'list', '-o', 'json'], { env: s.env })).stdout);
   assert.equal(json.kind, 'SandboxList');
-  assert.deepEqual(json.items.map((i: { metadata: { name: string } }) => i.metadata.name), ['alpha', 'b']);
+  assert.deepEqual(
+    json.items.map((i: { metadata: { name: string } }) => i.metadata.name),
+    ['alpha', 'b'],
+  );
   assert.equal((await run(['get', 'sbx', '-o', 'name'], { env: s.env })).stdout, 'sandbox/alpha\nsandbox/b\n');
   const bad = await run(['sandbox', 'list'], { env: { ...s.env, MOAT_API_KEY: 'wrong' } });
   assert.deepEqual([bad.code, bad.stderr], [1, 'error: missing or invalid API key\n']);
@@ -81,11 +101,30 @@ test('sandbox get: server errors come out as `error: <message>`', async () => {
 
 test('sandbox create sends the spec, waits for Ready and prints the name', async () => {
   const s = await server((req, body, url) => {
-    if (req.method === 'POST' && url.pathname === SBX) return { status: 201, body: { ...sandbox('sbx-x1y2z', { phase: 'Pending' }), spec: JSON.parse(body.toString()).spec } };
+    if (req.method === 'POST' && url.pathname === SBX)
+      return { status: 201, body: { ...sandbox('sbx-x1y2z', { phase: 'Pending' }), spec: JSON.parse(body.toString()).spec } };
     if (url.pathname === `${SBX}/sbx-x1y2z/wait`) return { status: 200, body: sandbox('sbx-x1y2z') };
   });
   const r = await run(
-    ['sandbox', 'create', '--runtime', 'gvisor', '-e', 'A=1', '--label', 'team=a', '--cpu', '500m', '--memory', '1Gi', '--timeout', '2m', '--', 'sleep', 'infinity'],
+    [
+      'sandbox',
+      'create',
+      '--runtime',
+      'gvisor',
+      '-e',
+      'A=1',
+      '--label',
+      'team=a',
+      '--cpu',
+      '500m',
+      '--memory',
+      '1Gi',
+      '--timeout',
+      '2m',
+      '--',
+      'sleep',
+      'infinity',
+    ],
     { env: s.env },
   );
   assert.deepEqual([r.code, r.stdout, r.stderr], [0, 'sbx-x1y2z\n', '']);
@@ -93,7 +132,15 @@ test('sandbox create sends the spec, waits for Ready and prints the name', async
   assert.deepEqual(sent.metadata, { generateName: 'sbx-', labels: { team: 'a' } });
   assert.deepEqual(sent.spec.podTemplate.spec, {
     runtimeClassName: 'gvisor',
-    containers: [{ name: 'sandbox', image: 'base', command: ['sleep', 'infinity'], env: [{ name: 'A', value: '1' }], resources: { limits: { cpu: '500m', memory: '1Gi' } } }],
+    containers: [
+      {
+        name: 'sandbox',
+        image: 'base',
+        command: ['sleep', 'infinity'],
+        env: [{ name: 'A', value: '1' }],
+        resources: { limits: { cpu: '500m', memory: '1Gi' } },
+      },
+    ],
   });
   assert.equal(s.requests[1].url.searchParams.get('timeoutSeconds'), '120');
 
@@ -125,7 +172,10 @@ test('sandbox delete carries on after a failure and exits 1', async () => {
   assert.equal(r.stdout, 'sandbox "a" deleted\nsandbox "b" deleted\n');
   assert.equal(r.stderr, 'error: sandbox "gone" not found in namespace "default"\n');
   const deletes = s.requests.filter((q) => q.method === 'DELETE');
-  assert.deepEqual(deletes.map((q) => q.url.pathname.split('/').at(-1)), ['a', 'b']);
+  assert.deepEqual(
+    deletes.map((q) => q.url.pathname.split('/').at(-1)),
+    ['a', 'b'],
+  );
   assert.equal(deletes[0].url.searchParams.get('wait'), 'true');
   const ignoring = await run(['delete', 'sandbox', 'gone', '--ignore-not-found'], { env: s.env });
   assert.equal(ignoring.code, 0);
@@ -140,7 +190,10 @@ function execServer() {
       case 'missing':
         return ndjson([{ type: 'error', reason: 'NotFound', message: 'exec: "missing": executable file not found in $PATH' }]);
       case 'slow':
-        return ndjson([{ type: 'started', pid: 1 }, { type: 'exit', exitCode: 137, signal: 'SIGKILL', timedOut: true, durationMs: 1000 }]);
+        return ndjson([
+          { type: 'started', pid: 1 },
+          { type: 'exit', exitCode: 137, signal: 'SIGKILL', timedOut: true, durationMs: 1000 },
+        ]);
       default:
         return ndjson([
           { type: 'started', pid: 1 },
@@ -176,7 +229,8 @@ test('apply: created, unchanged, immutable, unknown kinds', async () => {
   const live = new Map<string, unknown>();
   const s = await server((req, body, url) => {
     const name = url.pathname.slice(SBX.length + 1);
-    if (req.method === 'GET' && name) return live.has(name) ? { status: 200, body: live.get(name) } : { status: 404, body: status(404, 'NotFound', 'not found') };
+    if (req.method === 'GET' && name)
+      return live.has(name) ? { status: 200, body: live.get(name) } : { status: 404, body: status(404, 'NotFound', 'not found') };
     if (req.method === 'POST') {
       const obj = JSON.parse(body.toString());
       const stored = { ...sandbox(obj.metadata.name), spec: obj.spec };
@@ -225,7 +279,10 @@ test('cp: a local directory goes up as a tar into an existing directory', async 
   const s = await server((req, body, url) => {
     const path = url.searchParams.get('path');
     if (url.pathname === `${SBX}/box`) return { status: 200, body: sandbox('box') };
-    if (url.pathname.endsWith('/files/stat')) return path === '/workspace' ? { status: 200, body: { name: 'work', path, type: 'dir', size: 0, mode: '0755' } } : { status: 404, body: status(404, 'NotFound', 'no such file') };
+    if (url.pathname.endsWith('/files/stat'))
+      return path === '/workspace'
+        ? { status: 200, body: { name: 'work', path, type: 'dir', size: 0, mode: '0755' } }
+        : { status: 404, body: status(404, 'NotFound', 'no such file') };
     if (url.pathname.endsWith('/files/mkdir')) return { status: 201, body: { name: 'proj', path, type: 'dir' } };
     if (url.pathname.endsWith('/files/archive') && req.method === 'PUT') {
       uploads.push(body);
@@ -270,7 +327,8 @@ test('cp: a remote directory comes down and is extracted; a file goes to stdout 
   const s = await server((_req, _b, url) => {
     const path = url.searchParams.get('path');
     if (url.pathname === `${SBX}/box`) return { status: 200, body: sandbox('box') };
-    if (url.pathname.endsWith('/files/stat')) return { status: 200, body: { name: 'x', path, type: path === '/data/out' ? 'dir' : 'file', size: 3, mode: '0644' } };
+    if (url.pathname.endsWith('/files/stat'))
+      return { status: 200, body: { name: 'x', path, type: path === '/data/out' ? 'dir' : 'file', size: 3, mode: '0644' } };
     if (url.pathname.endsWith('/files/archive')) return { status: 200, raw: tarball, type: 'application/x-tar' };
     if (url.pathname.endsWith('/files/content')) return { status: 200, raw: 'abc', type: 'application/octet-stream' };
   });

@@ -16,7 +16,10 @@ test('a signal without a 128+N code still becomes 128+N', () => {
 
 test('a timeout is 124 and says so', () => {
   const warnings: string[] = [];
-  assert.equal(exitCodeOf({ exitCode: 137, signal: 'SIGKILL', timedOut: true }, (m) => warnings.push(m)), TIMED_OUT_EXIT_CODE);
+  assert.equal(
+    exitCodeOf({ exitCode: 137, signal: 'SIGKILL', timedOut: true }, (m) => warnings.push(m)),
+    TIMED_OUT_EXIT_CODE,
+  );
   assert.equal(TIMED_OUT_EXIT_CODE, 124);
   assert.match(warnings[0], /timed out/);
 });

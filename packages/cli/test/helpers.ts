@@ -70,7 +70,14 @@ export function sandbox(name: string, extra: { phase?: string; image?: string; c
   return {
     apiVersion: 'agents.x-k8s.io/v1alpha1',
     kind: 'Sandbox',
-    metadata: { name, namespace: 'default', uid: 'u', resourceVersion: '1', creationTimestamp: extra.created ?? new Date().toISOString(), labels: extra.labels },
+    metadata: {
+      name,
+      namespace: 'default',
+      uid: 'u',
+      resourceVersion: '1',
+      creationTimestamp: extra.created ?? new Date().toISOString(),
+      labels: extra.labels,
+    },
     spec: { podTemplate: { spec: { containers: [{ name: 'sandbox', image: extra.image ?? 'base' }] } } },
     status: { phase: extra.phase ?? 'Running', conditions: [], runtimeClassName: 'runc', image: { name: 'base', digest: 'sha256:0123456789abcdef0123' } },
   };

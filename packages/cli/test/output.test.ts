@@ -7,7 +7,16 @@ import { entriesTable } from '../src/commands/files.js';
 import { sandbox } from './helpers.js';
 
 test('tables are aligned with three spaces and no trailing blanks', () => {
-  assert.equal(formatTable(['NAME', 'STATUS'], [['a', 'Running'], ['longer-name', 'Pending']]), 'NAME          STATUS\na             Running\nlonger-name   Pending\n');
+  assert.equal(
+    formatTable(
+      ['NAME', 'STATUS'],
+      [
+        ['a', 'Running'],
+        ['longer-name', 'Pending'],
+      ],
+    ),
+    'NAME          STATUS\na             Running\nlonger-name   Pending\n',
+  );
   assert.equal(formatTable(['NAME', 'X'], [['a', '']]), 'NAME   X\na\n');
 });
 
@@ -59,9 +68,15 @@ test('resource types resolve by plural, singular, alias and kind; unknown ones l
   assert.equal(kindOfManifest({ apiVersion: 'agents.x-k8s.io/v1alpha1', kind: 'Sandbox' }, 'f'), SANDBOX_KIND);
   assert.equal(kindOfManifest({ apiVersion: 'agents.x-k8s.io/v1beta1', kind: 'Sandbox' }, 'f'), SANDBOX_KIND);
   assert.equal(kindOfManifest({ apiVersion: 'extensions.agents.x-k8s.io/v1beta1', kind: 'SandboxClaim' }, 'f').plural, 'sandboxclaims');
-  assert.throws(() => kindOfManifest({ kind: 'Pod' }, 'f document 2'), /f document 2: unsupported kind "Pod": supported kinds are Sandbox, SandboxTemplate, SandboxClaim, SandboxWarmPool/);
+  assert.throws(
+    () => kindOfManifest({ kind: 'Pod' }, 'f document 2'),
+    /f document 2: unsupported kind "Pod": supported kinds are Sandbox, SandboxTemplate, SandboxClaim, SandboxWarmPool/,
+  );
   assert.throws(() => kindOfManifest({ kind: 'Sandbox', apiVersion: 'v1' }, 'f'), /apiVersion "agents.x-k8s.io\/v1alpha1" or "agents.x-k8s.io\/v1beta1"/);
-  assert.throws(() => kindOfManifest({ kind: 'SandboxClaim', apiVersion: 'agents.x-k8s.io/v1alpha1' }, 'f'), /SandboxClaim has apiVersion "extensions.agents.x-k8s.io\/v1alpha1"/);
+  assert.throws(
+    () => kindOfManifest({ kind: 'SandboxClaim', apiVersion: 'agents.x-k8s.io/v1alpha1' }, 'f'),
+    /SandboxClaim has apiVersion "extensions.agents.x-k8s.io\/v1alpha1"/,
+  );
   assert.throws(() => kindOfManifest({}, 'f'), /missing "kind"/);
 });
 
@@ -70,5 +85,8 @@ test('file listings', () => {
     { name: 'bin', path: '/bin', type: 'dir', size: 4096, mode: '0755', mtime: '2026-01-01T00:00:00.123Z', uid: 0, gid: 0 },
     { name: 'l', path: '/l', type: 'symlink', size: 3, mode: '0777', mtime: '2026-01-01T00:00:00Z', uid: 0, gid: 0, target: '/bin' },
   ]);
-  assert.equal(out, 'MODE    SIZE   MODIFIED               NAME\nd0755          2026-01-01T00:00:00Z   bin/\nl0777   3B     2026-01-01T00:00:00Z   l -> /bin\n');
+  assert.equal(
+    out,
+    'MODE    SIZE   MODIFIED               NAME\nd0755          2026-01-01T00:00:00Z   bin/\nl0777   3B     2026-01-01T00:00:00Z   l -> /bin\n',
+  );
 });

@@ -16,7 +16,9 @@ const tmp = async () => {
 after(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));
 
 /** A tar built by hand, so tests can contain what a hostile sandbox might send. */
-async function tarOf(entries: { name: string; type?: 'file' | 'directory' | 'symlink' | 'link'; body?: string; linkname?: string; mode?: number }[]): Promise<Buffer> {
+async function tarOf(
+  entries: { name: string; type?: 'file' | 'directory' | 'symlink' | 'link'; body?: string; linkname?: string; mode?: number }[],
+): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   const done = (async () => {

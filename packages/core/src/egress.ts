@@ -51,7 +51,12 @@ export type EgressRule = Static<typeof EgressRuleSchema>;
 
 export const EgressPolicySchema = Type.Object(
   {
-    mode: Type.Optional(Type.Union(EGRESS_MODES.map((m) => Type.Literal(m)), { default: 'deny-all' })),
+    mode: Type.Optional(
+      Type.Union(
+        EGRESS_MODES.map((m) => Type.Literal(m)),
+        { default: 'deny-all' },
+      ),
+    ),
     rules: Type.Optional(Type.Array(EgressRuleSchema, { maxItems: 256 })),
   },
   Strict,

@@ -35,7 +35,13 @@ export const SandboxTemplateSpecSchema = Type.Object(
 );
 
 export const SandboxTemplateSchema = Type.Object(
-  { apiVersion: ApiVersion, kind: Type.Optional(Type.Literal('SandboxTemplate')), metadata: ObjectMetaSchema, spec: SandboxTemplateSpecSchema, status: Type.Optional(Type.Unknown()) },
+  {
+    apiVersion: ApiVersion,
+    kind: Type.Optional(Type.Literal('SandboxTemplate')),
+    metadata: ObjectMetaSchema,
+    spec: SandboxTemplateSpecSchema,
+    status: Type.Optional(Type.Unknown()),
+  },
   Strict,
 );
 
@@ -60,7 +66,10 @@ export const SandboxClaimSpecSchema = Type.Object(
     additionalPodMetadata: Type.Optional(Type.Object({ labels: Type.Optional(StringMap), annotations: Type.Optional(StringMap) }, Strict)),
     env: Type.Optional(
       Type.Array(
-        Type.Object({ name: EnvVarSchema.properties.name, value: Type.String({ maxLength: 32768 }), containerName: Type.Optional(Type.String({ maxLength: 63 })) }, Strict),
+        Type.Object(
+          { name: EnvVarSchema.properties.name, value: Type.String({ maxLength: 32768 }), containerName: Type.Optional(Type.String({ maxLength: 63 })) },
+          Strict,
+        ),
         { maxItems: 1024 },
       ),
     ),
@@ -70,7 +79,13 @@ export const SandboxClaimSpecSchema = Type.Object(
 );
 
 export const SandboxClaimSchema = Type.Object(
-  { apiVersion: ApiVersion, kind: Type.Optional(Type.Literal('SandboxClaim')), metadata: ObjectMetaSchema, spec: SandboxClaimSpecSchema, status: Type.Optional(Type.Unknown()) },
+  {
+    apiVersion: ApiVersion,
+    kind: Type.Optional(Type.Literal('SandboxClaim')),
+    metadata: ObjectMetaSchema,
+    spec: SandboxClaimSpecSchema,
+    status: Type.Optional(Type.Unknown()),
+  },
   Strict,
 );
 
@@ -84,7 +99,13 @@ export const SandboxWarmPoolSpecSchema = Type.Object(
 );
 
 export const SandboxWarmPoolSchema = Type.Object(
-  { apiVersion: ApiVersion, kind: Type.Optional(Type.Literal('SandboxWarmPool')), metadata: ObjectMetaSchema, spec: SandboxWarmPoolSpecSchema, status: Type.Optional(Type.Unknown()) },
+  {
+    apiVersion: ApiVersion,
+    kind: Type.Optional(Type.Literal('SandboxWarmPool')),
+    metadata: ObjectMetaSchema,
+    spec: SandboxWarmPoolSpecSchema,
+    status: Type.Optional(Type.Unknown()),
+  },
   Strict,
 );
 
@@ -134,4 +155,3 @@ export type SandboxTemplate = ExtensionObject<'SandboxTemplate', SandboxTemplate
 export type SandboxClaim = ExtensionObject<'SandboxClaim', SandboxClaimSpec, SandboxClaimStatus>;
 export type SandboxWarmPool = ExtensionObject<'SandboxWarmPool', SandboxWarmPoolSpec, SandboxWarmPoolStatus>;
 export type ExtensionKind = 'SandboxTemplate' | 'SandboxClaim' | 'SandboxWarmPool';
-

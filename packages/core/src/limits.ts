@@ -36,12 +36,16 @@ export function resolveLimits(spec: SandboxSpec): SandboxLimits {
   const f = 'spec.podTemplate.spec.containers[0].resources.limits';
   const limits = { ...DEFAULT_LIMITS };
   if (l.cpu !== undefined) limits.cpuMillicores = within(parseMillicores(l.cpu, `${f}.cpu`), 10, 64_000, `${f}.cpu`, String(l.cpu));
-  if (l.memory !== undefined)
-    limits.memoryBytes = within(parseBytes(l.memory, `${f}.memory`), 16 * MiB, 2 ** 40, `${f}.memory`, String(l.memory));
-  if (l['moat.dev/pids'] !== undefined)
-    limits.pids = within(Number(l['moat.dev/pids']), 8, 1 << 20, `${f}.moat.dev/pids`, String(l['moat.dev/pids']));
+  if (l.memory !== undefined) limits.memoryBytes = within(parseBytes(l.memory, `${f}.memory`), 16 * MiB, 2 ** 40, `${f}.memory`, String(l.memory));
+  if (l['moat.dev/pids'] !== undefined) limits.pids = within(Number(l['moat.dev/pids']), 8, 1 << 20, `${f}.moat.dev/pids`, String(l['moat.dev/pids']));
   if (l['ephemeral-storage'] !== undefined)
-    limits.diskBytes = within(parseBytes(l['ephemeral-storage'], `${f}.ephemeral-storage`), 16 * MiB, 2 ** 44, `${f}.ephemeral-storage`, String(l['ephemeral-storage']));
+    limits.diskBytes = within(
+      parseBytes(l['ephemeral-storage'], `${f}.ephemeral-storage`),
+      16 * MiB,
+      2 ** 44,
+      `${f}.ephemeral-storage`,
+      String(l['ephemeral-storage']),
+    );
   const vct = spec.volumeClaimTemplates?.[0];
   if (vct) {
     const field = 'spec.volumeClaimTemplates[0].spec.resources.requests.storage';

@@ -53,7 +53,9 @@ export const ProbeSchema = Type.Object(
           port: PortRef,
           host: Type.Optional(Type.String({ maxLength: 253 })),
           scheme: Type.Optional(Type.Literal('HTTP')),
-          httpHeaders: Type.Optional(Type.Array(Type.Object({ name: Type.String({ minLength: 1, maxLength: 256 }), value: Type.String({ maxLength: 4096 }) }, Strict), { maxItems: 32 })),
+          httpHeaders: Type.Optional(
+            Type.Array(Type.Object({ name: Type.String({ minLength: 1, maxLength: 256 }), value: Type.String({ maxLength: 4096 }) }, Strict), { maxItems: 32 }),
+          ),
         },
         Strict,
       ),
@@ -80,7 +82,9 @@ export const SecurityContextSchema = Type.Object(
     allowPrivilegeEscalation: Type.Optional(Type.Boolean()),
     readOnlyRootFilesystem: Type.Optional(Type.Boolean()),
     privileged: Type.Optional(Type.Literal(false)),
-    capabilities: Type.Optional(Type.Object({ drop: Type.Optional(Type.Array(Type.String())), add: Type.Optional(Type.Array(Type.String(), { maxItems: 0 })) }, Strict)),
+    capabilities: Type.Optional(
+      Type.Object({ drop: Type.Optional(Type.Array(Type.String())), add: Type.Optional(Type.Array(Type.String(), { maxItems: 0 })) }, Strict),
+    ),
     seccompProfile: Type.Optional(Type.Object({ type: Type.String() }, Strict)),
   },
   Strict,
@@ -95,9 +99,7 @@ export const ContainerSchema = Type.Object(
     args: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { maxItems: 1024 })),
     env: Type.Optional(Type.Array(EnvVarSchema, { maxItems: 1024 })),
     workingDir: Type.Optional(Type.String({ maxLength: 4096 })),
-    resources: Type.Optional(
-      Type.Object({ limits: Type.Optional(ResourceListSchema), requests: Type.Optional(ResourceListSchema) }, Strict),
-    ),
+    resources: Type.Optional(Type.Object({ limits: Type.Optional(ResourceListSchema), requests: Type.Optional(ResourceListSchema) }, Strict)),
     readinessProbe: Type.Optional(ProbeSchema),
     // Liveness and startup probes are accepted for portability; Moat does not restart sandboxes on them.
     livenessProbe: Type.Optional(ProbeSchema),
@@ -106,7 +108,10 @@ export const ContainerSchema = Type.Object(
     /** The sandbox's one volume (of `volumeClaimTemplates`, or of `volumes` naming an existing one) is mounted at its mountPath (default /data). */
     volumeMounts: Type.Optional(
       Type.Array(
-        Type.Object({ name: Type.String({ maxLength: 63 }), mountPath: Type.String({ maxLength: 4096, pattern: '^/' }), readOnly: Type.Optional(Type.Boolean()) }, Strict),
+        Type.Object(
+          { name: Type.String({ maxLength: 63 }), mountPath: Type.String({ maxLength: 4096, pattern: '^/' }), readOnly: Type.Optional(Type.Boolean()) },
+          Strict,
+        ),
         { maxItems: 1 },
       ),
     ),
@@ -139,7 +144,10 @@ export const PodSpecSchema = Type.Object(
         Type.Object(
           {
             name: Type.String({ minLength: 1, maxLength: 63 }),
-            persistentVolumeClaim: Type.Object({ claimName: Type.String({ minLength: 1, maxLength: 63 }), readOnly: Type.Optional(Type.Literal(false)) }, Strict),
+            persistentVolumeClaim: Type.Object(
+              { claimName: Type.String({ minLength: 1, maxLength: 63 }), readOnly: Type.Optional(Type.Literal(false)) },
+              Strict,
+            ),
           },
           Strict,
         ),
@@ -209,7 +217,13 @@ export const SandboxSpecSchema = Type.Object(
     replicas: Type.Optional(Type.Integer({ minimum: 0, maximum: 1 })),
     /** StatefulSet's field: whether the volume made from `volumeClaimTemplates` outlives the sandbox (default Delete). */
     persistentVolumeClaimRetentionPolicy: Type.Optional(
-      Type.Object({ whenDeleted: Type.Optional(Type.Union([Type.Literal('Retain'), Type.Literal('Delete')])), whenScaled: Type.Optional(Type.Union([Type.Literal('Retain'), Type.Literal('Delete')])) }, Strict),
+      Type.Object(
+        {
+          whenDeleted: Type.Optional(Type.Union([Type.Literal('Retain'), Type.Literal('Delete')])),
+          whenScaled: Type.Optional(Type.Union([Type.Literal('Retain'), Type.Literal('Delete')])),
+        },
+        Strict,
+      ),
     ),
     /** Moat: where the sandbox may connect through the egress proxy (default deny-all). */
     egressPolicy: Type.Optional(EgressPolicySchema),
@@ -244,9 +258,7 @@ export const SandboxStatusSchema = Type.Object({
   image: Type.Optional(Type.Object({ name: Type.String(), digest: Type.String() })),
   /** The sandbox's address in its own network namespace, and the egress proxy it must use. */
   network: Type.Optional(Type.Object({ address: Type.String(), proxy: Type.String() })),
-  resourceUsage: Type.Optional(
-    Type.Object({ memoryBytes: Type.Number(), cpuSeconds: Type.Number(), pids: Type.Number() }),
-  ),
+  resourceUsage: Type.Optional(Type.Object({ memoryBytes: Type.Number(), cpuSeconds: Type.Number(), pids: Type.Number() })),
 });
 
 export const SandboxSchema = Type.Object(

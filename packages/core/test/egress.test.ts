@@ -22,7 +22,18 @@ describe('EgressPolicySchema', () => {
     assert.ok(!valid({ mode: 'allow-everything' }));
     assert.ok(!valid({ mode: 'allow-list', extra: 1 }));
     assert.ok(!valid(allowList({ action: 'allow', host: 'x.example', extra: true } as never)));
-    for (const host of ['', 'http://x.example', 'x.example:443', 'user@x.example', 'x.example/path', '*example.com', 'a.*.example', '**', 'x .example', '-x.example']) {
+    for (const host of [
+      '',
+      'http://x.example',
+      'x.example:443',
+      'user@x.example',
+      'x.example/path',
+      '*example.com',
+      'a.*.example',
+      '**',
+      'x .example',
+      '-x.example',
+    ]) {
       assert.ok(!valid(allowList({ action: 'allow', host })), host);
     }
     assert.ok(!valid(allowList({ action: 'allow', host: 'x.example', ports: [0] })));
@@ -36,7 +47,11 @@ describe('EgressPolicySchema', () => {
   test('validateEgressPolicy rejects what the pattern lets through and fills the default mode', () => {
     assert.equal(validateEgressPolicy({}).mode, 'deny-all');
     for (const host of ['999.1.1.1', '1:2:3', '*.10.0.0.1']) {
-      assert.throws(() => validateEgressPolicy(allowList({ action: 'allow', host })), (e: unknown) => e instanceof MoatError && e.code === 422 && e.message.includes('rules[0].host'), host);
+      assert.throws(
+        () => validateEgressPolicy(allowList({ action: 'allow', host })),
+        (e: unknown) => e instanceof MoatError && e.code === 422 && e.message.includes('rules[0].host'),
+        host,
+      );
     }
     assert.doesNotThrow(() => validateEgressPolicy(allowList({ action: 'allow', host: '*.example.com' }, { action: 'deny', host: '::ffff:10.0.0.1' })));
   });
@@ -139,7 +154,13 @@ describe('decideEgress', () => {
   });
 
   test('allow-all-public allows everything not denied', () => {
-    const p: EgressPolicy = { mode: 'allow-all-public', rules: [{ action: 'deny', host: '*.evil.test' }, { action: 'allow', host: 'good.test' }] };
+    const p: EgressPolicy = {
+      mode: 'allow-all-public',
+      rules: [
+        { action: 'deny', host: '*.evil.test' },
+        { action: 'allow', host: 'good.test' },
+      ],
+    };
     const d = decideEgress(p, at('anything.test'));
     assert.deepEqual(d, { allowed: true, reason: 'policy allow-all-public' });
     assert.equal(decideEgress(p, at('good.test')).rule, 'rules[1] "allow good.test"');

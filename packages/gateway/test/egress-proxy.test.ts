@@ -49,8 +49,25 @@ const PINNED = ['api.test', 'other.test', 'a.example.test', 'deep.a.example.test
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'moat-egress-test-'));
-  const made = await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=secure.test',
-    '-addext', 'subjectAltName=DNS:secure.test', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')]);
+  const made = await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=secure.test',
+    '-addext',
+    'subjectAltName=DNS:secure.test',
+    '-keyout',
+    join(dir, 'key.pem'),
+    '-out',
+    join(dir, 'cert.pem'),
+  ]);
   assert.equal(made.code, 0, made.stderr);
   cert = await readFile(join(dir, 'cert.pem'));
 
@@ -119,7 +136,11 @@ interface Started {
   nextRecord(): Promise<EgressRecord>;
 }
 
-async function startProxy(t: TestContext, policy: EgressPolicy, extra: Partial<EgressProxyOptions> & { limits?: Partial<EgressLimits>; unknown?: boolean } = {}): Promise<Started> {
+async function startProxy(
+  t: TestContext,
+  policy: EgressPolicy,
+  extra: Partial<EgressProxyOptions> & { limits?: Partial<EgressLimits>; unknown?: boolean } = {},
+): Promise<Started> {
   const sandbox: EgressSandbox = { uid: 'uid-1', name: 'agent', namespace: 'team', owner: 'alice', policy, ...(extra.limits ? { limits: extra.limits } : {}) };
   const records: EgressRecord[] = [];
   const waiters: ((r: EgressRecord) => void)[] = [];
@@ -149,13 +170,20 @@ interface Reply {
 }
 
 /** A plain-HTTP request through the proxy, the way HTTP_PROXY clients send it. */
-function viaProxy(proxy: EgressProxy, url: string, opts: { method?: string; body?: Buffer; headers?: Record<string, string>; agent?: http.Agent } = {}): Promise<Reply> {
+function viaProxy(
+  proxy: EgressProxy,
+  url: string,
+  opts: { method?: string; body?: Buffer; headers?: Record<string, string>; agent?: http.Agent } = {},
+): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: proxy.port, path: url, method: opts.method ?? 'GET', headers: opts.headers, agent: opts.agent ?? false }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (d: Buffer) => parts.push(d));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts), reused: req.reusedSocket }));
-    });
+    const req = http.request(
+      { host: '127.0.0.1', port: proxy.port, path: url, method: opts.method ?? 'GET', headers: opts.headers, agent: opts.agent ?? false },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts), reused: req.reusedSocket }));
+      },
+    );
     req.on('error', reject);
     req.end(opts.body);
   });
@@ -210,11 +238,14 @@ describe('egress proxy', () => {
     const first = new Promise<void>((r) => firstChunkSeen.push(r));
     const rec = nextRecord();
     const post = new Promise<Reply>((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port: proxy.port, path: webUrl('api.test'), method: 'POST', headers: { 'Content-Length': String(body.length) }, agent: false }, (res) => {
-        const parts: Buffer[] = [];
-        res.on('data', (d: Buffer) => parts.push(d));
-        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts), reused: false }));
-      });
+      const req = http.request(
+        { host: '127.0.0.1', port: proxy.port, path: webUrl('api.test'), method: 'POST', headers: { 'Content-Length': String(body.length) }, agent: false },
+        (res) => {
+          const parts: Buffer[] = [];
+          res.on('data', (d: Buffer) => parts.push(d));
+          res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts), reused: false }));
+        },
+      );
       req.on('error', reject);
       req.write(body.subarray(0, 1000));
       void first.then(() => req.end(body.subarray(1000)));
@@ -228,20 +259,28 @@ describe('egress proxy', () => {
 
     // And the response reaches the sandbox before the upstream has finished it.
     const drip = await new Promise<string>((resolve, reject) => {
-      http.get({ host: '127.0.0.1', port: proxy.port, path: webUrl('api.test', '/drip'), agent: false }, (res) => {
-        let got = '';
-        res.on('data', (d: Buffer) => {
-          got += d.toString();
-          if (got === 'first;') dripRelease.shift()!();
-        });
-        res.on('end', () => resolve(got));
-      }).on('error', reject);
+      http
+        .get({ host: '127.0.0.1', port: proxy.port, path: webUrl('api.test', '/drip'), agent: false }, (res) => {
+          let got = '';
+          res.on('data', (d: Buffer) => {
+            got += d.toString();
+            if (got === 'first;') dripRelease.shift()!();
+          });
+          res.on('end', () => resolve(got));
+        })
+        .on('error', reject);
     });
     assert.equal(drip, 'first;rest');
   });
 
   test('CONNECT tunnels carry TLS end to end and raw TCP', async (t) => {
-    const { proxy, nextRecord } = await startProxy(t, { mode: 'allow-list', rules: [{ action: 'allow', host: 'secure.test' }, { action: 'allow', host: 'tcp.test' }] });
+    const { proxy, nextRecord } = await startProxy(t, {
+      mode: 'allow-list',
+      rules: [
+        { action: 'allow', host: 'secure.test' },
+        { action: 'allow', host: 'tcp.test' },
+      ],
+    });
     const tls = await tunnel(proxy, `secure.test:${portOf(secure)}`);
     assert.equal(tls.status, 200);
     const secureSocket = tlsConnect({ socket: tls.socket, servername: 'secure.test', ca: cert });
@@ -268,7 +307,10 @@ describe('egress proxy', () => {
   test('a denied host gets 403 naming sandbox, target and rule, for plain HTTP and CONNECT', async (t) => {
     const { proxy, records } = await startProxy(t, {
       mode: 'allow-list',
-      rules: [{ action: 'allow', host: '*.example.test' }, { action: 'deny', host: 'deep.a.example.test' }],
+      rules: [
+        { action: 'allow', host: '*.example.test' },
+        { action: 'deny', host: 'deep.a.example.test' },
+      ],
     });
     const r = await viaProxy(proxy, webUrl('deep.a.example.test'));
     assert.equal(r.status, 403);
@@ -284,10 +326,13 @@ describe('egress proxy', () => {
     assert.match(c.head, /X-Moat-Egress-Denied: no allow rule matches/);
     const denied = records.filter((x) => !x.allowed);
     assert.equal(denied.length, 2);
-    assert.deepEqual(denied.map((x) => [x.method, x.host, x.status, x.rule]), [
-      ['GET', 'deep.a.example.test', 403, 'rules[1] "deny deep.a.example.test"'],
-      ['CONNECT', 'other.test', 403, undefined],
-    ]);
+    assert.deepEqual(
+      denied.map((x) => [x.method, x.host, x.status, x.rule]),
+      [
+        ['GET', 'deep.a.example.test', 403, 'rules[1] "deny deep.a.example.test"'],
+        ['CONNECT', 'other.test', 403, undefined],
+      ],
+    );
   });
 
   test('wildcards allow subdomains, not the apex', async (t) => {
@@ -338,7 +383,13 @@ describe('egress proxy', () => {
   });
 
   test('DNS rebinding: allowed names resolving to private addresses are refused; an explicit IP rule is not', async (t) => {
-    const named = await startProxy(t, { mode: 'allow-list', rules: [{ action: 'allow', host: 'rebind.test' }, { action: 'allow', host: 'mixed.test' }] });
+    const named = await startProxy(t, {
+      mode: 'allow-list',
+      rules: [
+        { action: 'allow', host: 'rebind.test' },
+        { action: 'allow', host: 'mixed.test' },
+      ],
+    });
     const r = await viaProxy(named.proxy, webUrl('rebind.test'));
     assert.equal(r.status, 403);
     assert.match(r.body.toString(), /rebind\.test resolves to 127\.0\.0\.1 \(loopback\), not a public address/);
@@ -369,10 +420,26 @@ describe('egress proxy', () => {
   test('address classes', () => {
     for (const a of ['8.8.8.8', '2606:4700:4700::1111', '::ffff:8.8.8.8']) assert.ok(isPublicAddress(a), a);
     const refused: Record<string, string> = {
-      '127.0.0.1': 'loopback', '10.1.2.3': 'private', '172.16.0.1': 'private', '192.168.1.1': 'private', '169.254.169.254': 'linkLocal',
-      '100.64.0.1': 'carrierGradeNat', '0.0.0.0': 'unspecified', '224.0.0.1': 'multicast', '240.0.0.1': 'reserved', '255.255.255.255': 'broadcast',
-      '::1': 'loopback', '::': 'unspecified', 'fe80::1': 'linkLocal', 'fd00::1': 'uniqueLocal', 'ff02::1': 'multicast',
-      '::ffff:127.0.0.1': 'loopback', '::ffff:169.254.169.254': 'linkLocal', '::7f00:1': 'ipv4Compatible', '64:ff9b::7f00:1': 'rfc6052', '2002:7f00:1::': '6to4',
+      '127.0.0.1': 'loopback',
+      '10.1.2.3': 'private',
+      '172.16.0.1': 'private',
+      '192.168.1.1': 'private',
+      '169.254.169.254': 'linkLocal',
+      '100.64.0.1': 'carrierGradeNat',
+      '0.0.0.0': 'unspecified',
+      '224.0.0.1': 'multicast',
+      '240.0.0.1': 'reserved',
+      '255.255.255.255': 'broadcast',
+      '::1': 'loopback',
+      '::': 'unspecified',
+      'fe80::1': 'linkLocal',
+      'fd00::1': 'uniqueLocal',
+      'ff02::1': 'multicast',
+      '::ffff:127.0.0.1': 'loopback',
+      '::ffff:169.254.169.254': 'linkLocal',
+      '::7f00:1': 'ipv4Compatible',
+      '64:ff9b::7f00:1': 'rfc6052',
+      '2002:7f00:1::': '6to4',
     };
     for (const [a, cls] of Object.entries(refused)) assert.equal(addressClass(a), cls, a);
     assert.equal(addressClass('not-an-ip'), 'invalid');
@@ -426,7 +493,13 @@ describe('egress proxy', () => {
     const c = await tunnel(proxy, `tcp.test:${portOf(echo)}`);
     c.socket.destroy();
     assert.equal(c.status, 403);
-    assert.deepEqual(records.map((x) => [x.allowed, x.sandbox, x.status]), [[false, undefined, 403], [false, undefined, 403]]);
+    assert.deepEqual(
+      records.map((x) => [x.allowed, x.sandbox, x.status]),
+      [
+        [false, undefined, 403],
+        [false, undefined, 403],
+      ],
+    );
   });
 
   test('an unreachable upstream is a 502 with the reason', async (t) => {
@@ -447,9 +520,19 @@ describe('egress proxy', () => {
   test('hop-by-hop and Proxy-* headers are not forwarded; Host is the URL authority', async (t) => {
     const { proxy } = await startProxy(t, allowAll);
     const r = await viaProxy(proxy, webUrl('api.test'), {
-      headers: { 'Proxy-Authorization': 'Basic c2VjcmV0', Connection: 'keep-alive, X-Drop-Me', 'X-Drop-Me': '1', 'Keep-Alive': 'timeout=5', TE: 'trailers', 'X-Keep': 'yes', Host: 'elsewhere.test' },
+      headers: {
+        'Proxy-Authorization': 'Basic c2VjcmV0',
+        Connection: 'keep-alive, X-Drop-Me',
+        'X-Drop-Me': '1',
+        'Keep-Alive': 'timeout=5',
+        TE: 'trailers',
+        'X-Keep': 'yes',
+        Host: 'elsewhere.test',
+      },
     });
-    const seen = json(r).rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
+    const seen = json(r)
+      .rawHeaders.filter((_, i) => i % 2 === 0)
+      .map((h) => h.toLowerCase());
     for (const h of ['proxy-authorization', 'x-drop-me', 'keep-alive', 'te']) assert.ok(!seen.includes(h), `${h} was forwarded`);
     assert.ok(seen.includes('x-keep'));
     const raw = json(r).rawHeaders;
@@ -479,7 +562,13 @@ describe('egress proxy', () => {
   });
 
   test('real clients: curl -x for http and https, and its view of a denial', { skip: !hasCurl && 'curl is not installed' }, async (t) => {
-    const { proxy } = await startProxy(t, { mode: 'allow-list', rules: [{ action: 'allow', host: 'api.test' }, { action: 'allow', host: 'secure.test' }] });
+    const { proxy } = await startProxy(t, {
+      mode: 'allow-list',
+      rules: [
+        { action: 'allow', host: 'api.test' },
+        { action: 'allow', host: 'secure.test' },
+      ],
+    });
     const curl = (...args: string[]) => run('curl', ['-sS', '--max-time', '10', '-x', proxy.url, ...args]);
     const plain = await curl(webUrl('api.test', '/echo?via=curl'));
     assert.equal(plain.code, 0, plain.stderr);

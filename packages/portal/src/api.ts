@@ -1,5 +1,14 @@
 /** The portal's client of the Moat API: same origin, the session cookie, and the CSRF token on every change. */
-import { CONDITION, EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Condition, type ObjectMeta as WireMeta, type SandboxSpec, type SandboxStatus } from '@moat/sdk/wire';
+import {
+  CONDITION,
+  EXTENSIONS_API_VERSION,
+  MOAT_API_VERSION,
+  SANDBOX_API_VERSION,
+  type Condition,
+  type ObjectMeta as WireMeta,
+  type SandboxSpec,
+  type SandboxStatus,
+} from '@moat/sdk/wire';
 
 export { EXTENSIONS_API_VERSION, LABELS } from '@moat/sdk/wire';
 
@@ -110,8 +119,10 @@ export const session = {
   },
 };
 
-export const sandboxPath = (ns: string, name?: string) => `${SANDBOX_API}/namespaces/${encodeURIComponent(ns)}/sandboxes${name ? `/${encodeURIComponent(name)}` : ''}`;
-export const objectPath = (plural: string, ns: string, name?: string) => `${EXT_API}/namespaces/${encodeURIComponent(ns)}/${plural}${name ? `/${encodeURIComponent(name)}` : ''}`;
+export const sandboxPath = (ns: string, name?: string) =>
+  `${SANDBOX_API}/namespaces/${encodeURIComponent(ns)}/sandboxes${name ? `/${encodeURIComponent(name)}` : ''}`;
+export const objectPath = (plural: string, ns: string, name?: string) =>
+  `${EXT_API}/namespaces/${encodeURIComponent(ns)}/${plural}${name ? `/${encodeURIComponent(name)}` : ''}`;
 
 export function condition(o: { status?: { conditions?: Condition[] } }, type: string = CONDITION.Ready): Condition | undefined {
   return o.status?.conditions?.find((c) => c.type === type);

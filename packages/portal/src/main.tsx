@@ -23,7 +23,18 @@ function SignIn({ onSignedIn }: { onSignedIn: (me: Me) => void }) {
       <h1>Moat</h1>
       <form onSubmit={submit} aria-label="Sign in">
         <Field label="API key" hint="The key `moat up` printed, or one from `moat keys create`. It is sent once; the browser keeps only a session cookie.">
-          {(id) => <input id={id} name="apiKey" type="password" autoComplete="current-password" required value={key} onChange={(e) => setKey(e.target.value)} autoFocus />}
+          {(id) => (
+            <input
+              id={id}
+              name="apiKey"
+              type="password"
+              autoComplete="current-password"
+              required
+              value={key}
+              onChange={(e) => setKey(e.target.value)}
+              autoFocus
+            />
+          )}
         </Field>
         <ErrorBox error={error} />
         <button className="primary" type="submit" disabled={busy || !key.trim()}>
@@ -40,7 +51,10 @@ function App() {
   const route = useRoute();
   useEffect(() => {
     whenSignedOut(() => setMe(null));
-    session.current().then((m) => setMe(m ?? null), (err) => setError(errorText(err)));
+    session.current().then(
+      (m) => setMe(m ?? null),
+      (err) => setError(errorText(err)),
+    );
   }, []);
 
   if (me === undefined) return error ? <ErrorBox error={error} /> : <p className="loading">Loading…</p>;

@@ -95,13 +95,27 @@ export function useAction(): { busy: boolean; error: string | undefined; run: (a
 }
 
 /** A button that asks first, in a modal dialog (focus moves in, Escape cancels). */
-export function ConfirmButton(props: { label: string; question: string; confirm?: string; danger?: boolean; disabled?: boolean; title?: string; onConfirm: () => Promise<void> | void }) {
+export function ConfirmButton(props: {
+  label: string;
+  question: string;
+  confirm?: string;
+  danger?: boolean;
+  disabled?: boolean;
+  title?: string;
+  onConfirm: () => Promise<void> | void;
+}) {
   const ref = useRef<HTMLDialogElement>(null);
   const { busy, error, run, reset } = useAction();
   const titleId = useId();
   return (
     <>
-      <button type="button" className={props.danger ? 'danger' : ''} disabled={props.disabled || busy} title={props.title} onClick={() => ref.current?.showModal()}>
+      <button
+        type="button"
+        className={props.danger ? 'danger' : ''}
+        disabled={props.disabled || busy}
+        title={props.title}
+        onClick={() => ref.current?.showModal()}
+      >
         {props.label}
       </button>
       <dialog ref={ref} aria-labelledby={titleId} onClose={reset}>
@@ -153,7 +167,12 @@ export function Chart({ label, points, format, max }: { label: string; points: {
       <figcaption>
         {label}: <strong>{format(last)}</strong> <span className="muted">(peak {format(Math.max(...points.map((p) => p.v)))})</span>
       </figcaption>
-      <svg viewBox={`0 0 ${w} ${h}`} preserveAspectRatio="none" role="img" aria-label={`${label} over the last ${Math.round((t1 - t0) / 1000)} seconds, now ${format(last)}`}>
+      <svg
+        viewBox={`0 0 ${w} ${h}`}
+        preserveAspectRatio="none"
+        role="img"
+        aria-label={`${label} over the last ${Math.round((t1 - t0) / 1000)} seconds, now ${format(last)}`}
+      >
         <polyline points={`0,${h} ${xy} ${w},${h}`} className="area" />
         <polyline points={xy} className="line" />
       </svg>
@@ -178,7 +197,12 @@ export function Tabs({ tabs, current, base }: { tabs: [string, string][]; curren
 }
 
 /** A table that scrolls sideways on small screens: column headers, an optional caption for screen readers, rows as children. */
-export function Table({ headers, caption, children, ...rest }: { headers: string[]; caption?: ReactNode; children: ReactNode } & TableHTMLAttributes<HTMLTableElement>) {
+export function Table({
+  headers,
+  caption,
+  children,
+  ...rest
+}: { headers: string[]; caption?: ReactNode; children: ReactNode } & TableHTMLAttributes<HTMLTableElement>) {
   return (
     <div className="table-wrap">
       <table {...rest}>

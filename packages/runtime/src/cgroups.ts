@@ -12,7 +12,11 @@ export interface Usage {
   pids: number;
 }
 
-const readNum = (p: string) => readFile(p, 'utf8').then((s) => Number(s.trim()), () => NaN);
+const readNum = (p: string) =>
+  readFile(p, 'utf8').then(
+    (s) => Number(s.trim()),
+    () => NaN,
+  );
 
 /** Read a sandbox's usage from whichever cgroup hierarchy holds it (v1 controllers or unified v2). */
 export async function readUsage(id: string): Promise<Usage> {
@@ -32,5 +36,8 @@ export async function readUsage(id: string): Promise<Usage> {
 
 /** Whether the v1 memory controller accounts swap (memsw): only then may we cap swap. */
 export async function memswAvailable(): Promise<boolean> {
-  return readFile(join(ROOT, 'memory', 'memory.memsw.limit_in_bytes'), 'utf8').then(() => true, () => false);
+  return readFile(join(ROOT, 'memory', 'memory.memsw.limit_in_bytes'), 'utf8').then(
+    () => true,
+    () => false,
+  );
 }

@@ -16,8 +16,10 @@ export async function createExt4(file: string, sizeBytes: number, opts: { journa
   await run('mkfs.ext4', [
     '-q',
     '-F',
-    '-m', '0',
-    '-E', `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${opts.rootOwner}:${opts.rootOwner}`,
+    '-m',
+    '0',
+    '-E',
+    `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${opts.rootOwner}:${opts.rootOwner}`,
     ...(opts.journal ? [] : ['-O', '^has_journal']),
     file,
   ]);

@@ -56,7 +56,10 @@ function parseHeader(text: string): { defines: Record<string, number>; enumerato
     if (value.trim()) add(defines, name, value.trim()); // a define without a value is the include guard
   }
   for (const [, body] of code.matchAll(/\benum\b[^{]*\{([^}]*)\}/g)) {
-    for (const entry of body.split(',').map((e) => e.trim()).filter(Boolean)) {
+    for (const entry of body
+      .split(',')
+      .map((e) => e.trim())
+      .filter(Boolean)) {
       const m = /^(\w+)\s*=\s*(.+)$/s.exec(entry);
       if (!m) throw new Error(`protocol.h: enumerator without an explicit value: ${entry}`);
       add(enumerators, m[1], m[2]);

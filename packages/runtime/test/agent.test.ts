@@ -306,7 +306,9 @@ describe('exec', () => {
       assert.equal(r.exitCode, 0);
     }
     times.sort((a, b) => a - b);
-    console.log(`exec latency over 200 sequential \`true\`: median ${times[100]!.toFixed(2)} ms, p90 ${times[180]!.toFixed(2)} ms, min ${times[0]!.toFixed(2)} ms`);
+    console.log(
+      `exec latency over 200 sequential \`true\`: median ${times[100]!.toFixed(2)} ms, p90 ${times[180]!.toFixed(2)} ms, min ${times[0]!.toFixed(2)} ms`,
+    );
   });
 });
 
@@ -321,14 +323,16 @@ describe('files', () => {
     assert.deepEqual(await collect(agent.readFile(join(dir, 'bytes.bin'))), small);
 
     const big = randomBytes(3 * 1024 * 1024 + 7);
-    const src = Readable.from((function* () {
-      for (let i = 0; i < big.length; i += 100_003) yield big.subarray(i, i + 100_003);
-    })());
+    const src = Readable.from(
+      (function* () {
+        for (let i = 0; i < big.length; i += 100_003) yield big.subarray(i, i + 100_003);
+      })(),
+    );
     const e2 = await agent.writeFile(join(dir, 'a/b/c/big.bin'), src, { mode: 0o600 });
     assert.equal(e2.size, big.length);
     assert.equal(e2.mode, 0o600);
     assert.equal(sha(await readFile(join(dir, 'a/b/c/big.bin'))), sha(big));
-    assert.equal(((await stat(join(dir, 'a/b'))).mode & 0o777), 0o755);
+    assert.equal((await stat(join(dir, 'a/b'))).mode & 0o777, 0o755);
     const chunks: Buffer[] = [];
     for await (const c of agent.readFile(join(dir, 'a/b/c/big.bin'))) {
       assert.ok(c.length <= 64 * 1024);
@@ -367,7 +371,14 @@ describe('files', () => {
     await symlink('f.txt', join(base, 'link'));
 
     const items = (await agent.list(base)).sort((a, b) => a.name.localeCompare(b.name));
-    assert.deepEqual(items.map((i) => [i.name, i.type]), [['f.txt', 'file'], ['link', 'symlink'], ['x', 'dir']]);
+    assert.deepEqual(
+      items.map((i) => [i.name, i.type]),
+      [
+        ['f.txt', 'file'],
+        ['link', 'symlink'],
+        ['x', 'dir'],
+      ],
+    );
     const f = items[0]!;
     assert.equal(f.path, join(base, 'f.txt'));
     assert.equal(f.size, 5);
@@ -686,13 +697,26 @@ describe('dial', () => {
 
 describe('protocol', () => {
   test('the frame decoder reassembles frames from any split and bounds their size', () => {
-    const frames = [encodeFrame(FrameType.STDOUT, randomBytes(70_000)), encodeFrame(FrameType.END), encodeFrame(FrameType.OK, encodeRecord([['a', '1'], ['a', '2']]))];
+    const frames = [
+      encodeFrame(FrameType.STDOUT, randomBytes(70_000)),
+      encodeFrame(FrameType.END),
+      encodeFrame(
+        FrameType.OK,
+        encodeRecord([
+          ['a', '1'],
+          ['a', '2'],
+        ]),
+      ),
+    ];
     const all = Buffer.concat(frames);
     for (const step of [1, 3, 4096, all.length]) {
       const dec = new FrameDecoder();
       const got = [];
       for (let i = 0; i < all.length; i += step) got.push(...dec.push(all.subarray(i, i + step)));
-      assert.deepEqual(got.map((f) => f.type), [FrameType.STDOUT, FrameType.END, FrameType.OK]);
+      assert.deepEqual(
+        got.map((f) => f.type),
+        [FrameType.STDOUT, FrameType.END, FrameType.OK],
+      );
       assert.deepEqual(Buffer.concat([got[0]!.payload]), frames[0]!.subarray(5));
       assert.deepEqual(decodeRecord(got[2]!.payload).all('a'), ['1', '2']);
     }
@@ -712,7 +736,13 @@ describe('robustness', () => {
       encodeFrame(FrameType.STAT, Buffer.from('path=/tmp')), // record without its NUL
       encodeFrame(FrameType.STAT, Buffer.from('=x\0')), // empty key
       encodeFrame(FrameType.EXEC, Buffer.from('cwd=/\0')), // no arg
-      encodeFrame(FrameType.EXEC, encodeRecord([['arg', 'true'], ['tty', 'yes']])),
+      encodeFrame(
+        FrameType.EXEC,
+        encodeRecord([
+          ['arg', 'true'],
+          ['tty', 'yes'],
+        ]),
+      ),
       Buffer.concat([encodeFrame(FrameType.EXEC, encodeRecord([['arg', 'cat']])), Buffer.from([FrameType.SIGNAL, 0, 0, 0, 1, 9])]),
     ];
     for (const c of cases) {

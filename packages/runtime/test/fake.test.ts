@@ -18,7 +18,19 @@ test('the fake driver keeps host state in memory and records every call', async 
   assert.equal(await fake.hibernated('a'), false);
   await fake.destroy('a');
   assert.equal(await fake.state('a'), 'missing');
-  assert.deepEqual(fake.calls, ['create a', 'state a', 'pause a', 'state a', 'hibernate a', 'state a', 'hibernated a', 'wake a', 'hibernated a', 'destroy a', 'state a']);
+  assert.deepEqual(fake.calls, [
+    'create a',
+    'state a',
+    'pause a',
+    'state a',
+    'hibernate a',
+    'state a',
+    'hibernated a',
+    'wake a',
+    'hibernated a',
+    'destroy a',
+    'state a',
+  ]);
   assert.throws(() => fake.agent('a'), /fake gvisor driver runs no agent/);
 });
 

@@ -4,16 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import {
-  SandboxNetworks,
-  addressPool,
-  allocateLease,
-  leaseAddresses,
-  networkKey,
-  poolCapacity,
-  renderRuleset,
-  type SandboxNetwork,
-} from '../src/net/index.js';
+import { SandboxNetworks, addressPool, allocateLease, leaseAddresses, networkKey, poolCapacity, renderRuleset, type SandboxNetwork } from '../src/net/index.js';
 import { run } from '../src/run.js';
 
 // A subnet, service address and names of their own, so a Moat server on this machine is never disturbed.
@@ -103,7 +94,16 @@ const portOf = (s: Server) => (s.address() as { port: number }).port;
 
 /** A listener inside a namespace, for what must not reach it. */
 async function greeterIn(netnsPath: string, name: string, port: number): Promise<ChildProcess> {
-  const child = spawn('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', `require('net').createServer((c) => c.end('${name}\\n')).listen(${port}, '0.0.0.0', () => console.log('listening'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(
+    'nsenter',
+    [
+      `--net=${netnsPath}`,
+      process.execPath,
+      '-e',
+      `require('net').createServer((c) => c.end('${name}\\n')).listen(${port}, '0.0.0.0', () => console.log('listening'))`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => d.toString().includes('listening') && resolve());
     child.once('exit', (code) => reject(new Error(`listener in ${netnsPath} exited with ${code}`)));
@@ -159,9 +159,16 @@ describe('sandbox networks (real namespaces)', { concurrency: false }, () => {
   test('setup wires the lease into the namespace', async () => {
     assert.equal(a.netnsPath, `/run/netns/moattest-${a.key}`);
     assert.equal(a.serviceAddress, SERVICE);
-    const addrs = JSON.parse((await run('ip', ['-n', nets.netnsName(a.key), '-j', 'addr', 'show'])).stdout) as { ifname: string; operstate: string; addr_info: { local: string; prefixlen: number }[] }[];
+    const addrs = JSON.parse((await run('ip', ['-n', nets.netnsName(a.key), '-j', 'addr', 'show'])).stdout) as {
+      ifname: string;
+      operstate: string;
+      addr_info: { local: string; prefixlen: number }[];
+    }[];
     const eth0 = addrs.find((l) => l.ifname === 'eth0')!;
-    assert.deepEqual(eth0.addr_info.map((x) => `${x.local}/${x.prefixlen}`), [`${a.address}/31`]);
+    assert.deepEqual(
+      eth0.addr_info.map((x) => `${x.local}/${x.prefixlen}`),
+      [`${a.address}/31`],
+    );
     assert.equal(eth0.operstate, 'UP');
     const routes = (await run('ip', ['-n', nets.netnsName(a.key), 'route', 'show', 'default'])).stdout;
     assert.match(routes, new RegExp(`default via ${a.gateway.replace(/\./g, '\\.')} dev eth0`));
@@ -195,7 +202,15 @@ describe('sandbox networks (real namespaces)', { concurrency: false }, () => {
     };
     await cleanup();
     try {
-      for (const args of [['netns', 'add', ns], ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf], ['link', 'set', nsIf, 'netns', ns], ['addr', 'add', `${hostAddress}/30`, 'dev', hostIf], ['link', 'set', hostIf, 'up'], ['-n', ns, 'addr', 'add', `${outside}/30`, 'dev', nsIf], ['-n', ns, 'link', 'set', nsIf, 'up']]) {
+      for (const args of [
+        ['netns', 'add', ns],
+        ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf],
+        ['link', 'set', nsIf, 'netns', ns],
+        ['addr', 'add', `${hostAddress}/30`, 'dev', hostIf],
+        ['link', 'set', hostIf, 'up'],
+        ['-n', ns, 'addr', 'add', `${outside}/30`, 'dev', nsIf],
+        ['-n', ns, 'link', 'set', nsIf, 'up'],
+      ]) {
         await run('ip', args);
       }
       const listener = await greeterIn(`/run/netns/${ns}`, 'outside', 8080);
@@ -214,7 +229,10 @@ describe('sandbox networks (real namespaces)', { concurrency: false }, () => {
   test('sandboxes cannot reach each other, and the host cannot reach into them', async () => {
     children.push(await greeterIn(b.netnsPath, 'inside-b', 7000));
     assert.deepEqual(await probe(b.netnsPath, [{ host: '127.0.0.1', port: 7000 }]), ['ok:inside-b'], 'the listener works');
-    const fromA = await probe(a.netnsPath, [{ host: b.address, port: 7000 }, { host: b.gateway, port: portOf(hostWide) }]);
+    const fromA = await probe(a.netnsPath, [
+      { host: b.address, port: 7000 },
+      { host: b.gateway, port: portOf(hostWide) },
+    ]);
     assert.equal(fromA[0], 'EHOSTUNREACH');
     assert.notEqual(fromA[1]!.slice(0, 3), 'ok:');
     assert.equal((await probe(undefined, [{ host: b.address, port: 7000 }], 1000))[0], 'timeout');
@@ -305,7 +323,13 @@ describe('sandbox networks (real namespaces)', { concurrency: false }, () => {
     assert.deepEqual(await hostState(nets, orphan.key), { netns: false, link: false });
     assert.deepEqual(await hostState(nets, halfNetns), { netns: false, link: false });
     assert.deepEqual(await hostState(nets, kept.key), { netns: true, link: true });
-    assert.deepEqual(await probe(kept.netnsPath, [{ host: SERVICE, port: portOf(allowed) }, { host: SERVICE, port: portOf(otherPort) }]), ['ok:allowed', 'ECONNREFUSED']);
+    assert.deepEqual(
+      await probe(kept.netnsPath, [
+        { host: SERVICE, port: portOf(allowed) },
+        { host: SERVICE, port: portOf(otherPort) },
+      ]),
+      ['ok:allowed', 'ECONNREFUSED'],
+    );
     await nets.teardown(kept.key);
   });
 
@@ -315,8 +339,13 @@ describe('sandbox networks (real namespaces)', { concurrency: false }, () => {
     try {
       assert.equal(new Set(got.map((g) => g.address)).size, 20);
       for (const [i, g] of got.entries()) {
-        const addrs = JSON.parse((await run('ip', ['-n', nets.netnsName(g.key), '-j', '-4', 'addr', 'show', 'dev', 'eth0'])).stdout) as { addr_info: { local: string }[] }[];
-        assert.deepEqual(addrs[0]!.addr_info.map((x) => x.local), [want[i]!.lease]);
+        const addrs = JSON.parse((await run('ip', ['-n', nets.netnsName(g.key), '-j', '-4', 'addr', 'show', 'dev', 'eth0'])).stdout) as {
+          addr_info: { local: string }[];
+        }[];
+        assert.deepEqual(
+          addrs[0]!.addr_info.map((x) => x.local),
+          [want[i]!.lease],
+        );
       }
       const r = await Promise.all(got.filter((_, i) => i % 5 === 0).map((g) => probe(g.netnsPath, [{ host: SERVICE, port: portOf(allowed) }])));
       assert.deepEqual(r.flat(), ['ok:allowed', 'ok:allowed', 'ok:allowed', 'ok:allowed']);
@@ -335,7 +364,13 @@ describe('sandbox networks (real namespaces)', { concurrency: false }, () => {
     assert.equal(await nets.installed(), false);
     await nets.init();
     assert.equal(await nets.installed(), true);
-    assert.deepEqual(await probe(a.netnsPath, [{ host: SERVICE, port: portOf(allowed) }, { host: SERVICE, port: portOf(otherPort) }]), ['ok:allowed', 'ECONNREFUSED']);
+    assert.deepEqual(
+      await probe(a.netnsPath, [
+        { host: SERVICE, port: portOf(allowed) },
+        { host: SERVICE, port: portOf(otherPort) },
+      ]),
+      ['ok:allowed', 'ECONNREFUSED'],
+    );
   });
 
   test('init refuses host interfaces that look like sandbox ends', async () => {

@@ -8,7 +8,17 @@ import { Sandbox } from './sandbox.js';
 import { SecretsApi } from './secrets.js';
 import { BackupsApi, VolumesApi } from './volumes.js';
 import { claimManifest, sandboxManifest, type CreateSandboxOptions } from './spec.js';
-import { CONDITION, EXTENSIONS_API_VERSION, MOAT_API_VERSION, SANDBOX_API_VERSION, type Condition, type Health, type Image, type KubeObject, type SandboxResource } from './types.js';
+import {
+  CONDITION,
+  EXTENSIONS_API_VERSION,
+  MOAT_API_VERSION,
+  SANDBOX_API_VERSION,
+  type Condition,
+  type Health,
+  type Image,
+  type KubeObject,
+  type SandboxResource,
+} from './types.js';
 
 export interface MoatOptions {
   /** Default: $MOAT_URL, else the server's default address. */
@@ -65,10 +75,11 @@ export class Moat {
     this.images = new ImagesApi(this.http);
     this.users = new UsersApi(this.http);
     // Asked once; a failure is not remembered, so the next call tries again.
-    const me = () => (this.me ??= this.whoami().catch((err: unknown) => {
-      this.me = undefined;
-      throw err;
-    }));
+    const me = () =>
+      (this.me ??= this.whoami().catch((err: unknown) => {
+        this.me = undefined;
+        throw err;
+      }));
     this.agents = new AgentsApi(this.http, me);
     this.keys = new KeysApi(this.http, me);
     this.audit = new AuditApi(this.http);

@@ -37,7 +37,12 @@ function stdinField(stdin: string | Buffer | undefined): { stdin?: string; stdin
  * Run a command over the NDJSON endpoint and yield its events as they arrive.
  * Ends after the `exit` or `error` event.
  */
-export async function* execStream(http: HttpClient, sandboxPath: string, cmd: Command, opts: Omit<ExecOptions, 'onStdout' | 'onStderr'> = {}): AsyncGenerator<ExecEvent> {
+export async function* execStream(
+  http: HttpClient,
+  sandboxPath: string,
+  cmd: Command,
+  opts: Omit<ExecOptions, 'onStdout' | 'onStderr'> = {},
+): AsyncGenerator<ExecEvent> {
   const path = `${sandboxPath}/exec`;
   const timeoutMs = opts.timeoutSeconds ? opts.timeoutSeconds * 1000 + SLACK_MS : null;
   const res = await http.request('POST', path, {

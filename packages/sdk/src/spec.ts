@@ -1,5 +1,13 @@
 import { MoatError } from './errors.js';
-import { EXTENSIONS_API_VERSION, SANDBOX_API_VERSION, type Container, type KubeObject, type Quantity, type ResourceList, type SandboxClaimSpec } from './types.js';
+import {
+  EXTENSIONS_API_VERSION,
+  SANDBOX_API_VERSION,
+  type Container,
+  type KubeObject,
+  type Quantity,
+  type ResourceList,
+  type SandboxClaimSpec,
+} from './types.js';
 
 export interface CreateSandboxOptions {
   /** A Moat image name. Default `base`. */

@@ -101,7 +101,10 @@ test('create with wait:false does not wait; template with image is refused clear
   const moat = new Moat({ url: 'http://moat.test', apiKey: 'k', fetch: impl });
   await moat.sandboxes.create({ name: 'a', wait: false });
   assert.equal(seen.length, 1);
-  await assert.rejects(moat.sandboxes.create({ template: 't', image: 'base' }), (err: unknown) => err instanceof MoatError && /image cannot be combined with template "t"/.test(err.message));
+  await assert.rejects(
+    moat.sandboxes.create({ template: 't', image: 'base' }),
+    (err: unknown) => err instanceof MoatError && /image cannot be combined with template "t"/.test(err.message),
+  );
   assert.equal(seen.length, 1, 'nothing was sent');
 });
 
@@ -165,7 +168,12 @@ test('an exec stream cut short is reported, not mistaken for success', async () 
 
 test('binary exec stdin travels as base64', async () => {
   const { impl, seen } = fakeFetch((req) =>
-    req.url.pathname.endsWith('/exec') ? ndjson([{ type: 'started', pid: 1 }, { type: 'exit', exitCode: 0, signal: null, timedOut: false, durationMs: 1 }]) : json(200, sandbox('a')),
+    req.url.pathname.endsWith('/exec')
+      ? ndjson([
+          { type: 'started', pid: 1 },
+          { type: 'exit', exitCode: 0, signal: null, timedOut: false, durationMs: 1 },
+        ])
+      : json(200, sandbox('a')),
   );
   const sbx = await new Moat({ url: 'http://moat.test', apiKey: 'k', fetch: impl }).sandboxes.get('a');
   await sbx.exec(['cat'], { stdin: Buffer.from([0xff, 0xfe]) });

@@ -22,7 +22,10 @@ test('a Status body becomes a MoatError with the server message, reason and deta
 
 test("MoatError has the shape of the server's Status (code, reason, message, details); status is the old name of code", () => {
   const err = new MoatError(409, 'Conflict', 'busy', { kind: 'sandboxes' });
-  assert.deepEqual({ code: err.code, reason: err.reason, message: err.message, details: err.details }, { code: 409, reason: 'Conflict', message: 'busy', details: { kind: 'sandboxes' } });
+  assert.deepEqual(
+    { code: err.code, reason: err.reason, message: err.message, details: err.details },
+    { code: 409, reason: 'Conflict', message: 'busy', details: { kind: 'sandboxes' } },
+  );
   assert.equal(err.status, 409);
 });
 

@@ -15,7 +15,14 @@ before(async () => {
   const wss = new WebSocketServer({ noServer: true });
   server = createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ apiVersion: 'agents.x-k8s.io/v1alpha1', kind: 'Sandbox', metadata: { name: req.url!.split('/').at(-1), namespace: 'default' }, spec: {} }));
+    res.end(
+      JSON.stringify({
+        apiVersion: 'agents.x-k8s.io/v1alpha1',
+        kind: 'Sandbox',
+        metadata: { name: req.url!.split('/').at(-1), namespace: 'default' },
+        spec: {},
+      }),
+    );
   });
   server.on('upgrade', (req, socket, head) => {
     if (req.headers.authorization !== 'Bearer k' || !req.url!.includes('/sandboxes/ok/exec/ws')) {
@@ -60,7 +67,7 @@ test('spawn sends the request, stdin and resizes, and collects output', async ()
   const sbx = await new Moat({ url, apiKey: 'k' }).sandboxes.get('ok');
   const seen: Buffer[] = [];
   const proc = sbx.spawn(['cat'], { tty: true, rows: 24, cols: 80, env: { A: 'b' }, onStdout: (b) => seen.push(b) });
-  proc.write('hello ');  // queued until the socket opens
+  proc.write('hello '); // queued until the socket opens
   proc.resize(30, 100);
   proc.write(Buffer.from('world'));
   proc.end();

@@ -48,7 +48,13 @@ export class Networking {
   /** `audit` sees every egress decision after it is stored. */
   static async start(opts: NetworkOptions, store: Store, log: Logger, audit: (record: EgressRecord) => Promise<void>): Promise<Networking> {
     const port = opts.proxyPort ?? 3128;
-    const nets = new SandboxNetworks({ servicePorts: [port, gatewayPort(opts)], subnet: opts.subnet, serviceAddress: opts.serviceAddress, name: opts.name, ifPrefix: opts.ifPrefix });
+    const nets = new SandboxNetworks({
+      servicePorts: [port, gatewayPort(opts)],
+      subnet: opts.subnet,
+      serviceAddress: opts.serviceAddress,
+      name: opts.name,
+      ifPrefix: opts.ifPrefix,
+    });
     await nets.init();
     let self: Networking | undefined;
     const proxy = await EgressProxy.start({

@@ -20,7 +20,20 @@ export interface RelayTarget {
 }
 
 // Hop-by-hop headers, and Moat's own credentials (also as E2B's SDKs send them), which must never reach code in a sandbox.
-const DROP = new Set(['authorization', 'x-api-key', 'x-access-token', 'e2b-traffic-access-token', 'connection', 'keep-alive', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
+const DROP = new Set([
+  'authorization',
+  'x-api-key',
+  'x-access-token',
+  'e2b-traffic-access-token',
+  'connection',
+  'keep-alive',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+]);
 
 /** Bodies are relayed as they come, never parsed. */
 export function relayBodies(scope: FastifyInstance): void {
@@ -58,7 +71,8 @@ export async function relayHttp(req: FastifyRequest, reply: FastifyReply, t: Rel
   const upstream = request({ createConnection: () => socket, method: req.method, path: t.path, headers: forwardHeaders(req.headers, t.port) });
   upstream.on('response', (r) => {
     const headers: Record<string, string | string[]> = {};
-    for (const [k, v] of Object.entries(r.headers)) if (v !== undefined && k !== 'connection' && k !== 'keep-alive' && k !== 'transfer-encoding') headers[k] = v;
+    for (const [k, v] of Object.entries(r.headers))
+      if (v !== undefined && k !== 'connection' && k !== 'keep-alive' && k !== 'transfer-encoding') headers[k] = v;
     res.writeHead(r.statusCode ?? 502, headers);
     r.pipe(res);
   });
@@ -74,8 +88,14 @@ export async function relayHttp(req: FastifyRequest, reply: FastifyReply, t: Rel
 
 export async function relayWebSocket(client: WebSocket, req: FastifyRequest, t: RelayTarget): Promise<void> {
   const socket = await dial(t);
-  const protocols = req.headers['sec-websocket-protocol']?.split(',').map((p) => p.trim()).filter(Boolean);
-  const upstream = new WebSocket(`ws://localhost:${t.port}${t.path}`, protocols, { createConnection: () => socket, headers: forwardHeaders(req.headers, t.port) as Record<string, string> });
+  const protocols = req.headers['sec-websocket-protocol']
+    ?.split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
+  const upstream = new WebSocket(`ws://localhost:${t.port}${t.path}`, protocols, {
+    createConnection: () => socket,
+    headers: forwardHeaders(req.headers, t.port) as Record<string, string>,
+  });
   upstream.on('open', () => {
     client.resume();
     client.on('message', (data, binary) => upstream.send(data, { binary }));

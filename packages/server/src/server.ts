@@ -89,7 +89,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const dataDir = opts.dataDir ?? defaultDataDir();
   // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
   await ensureDir(dataDir, 0o711);
-  const logger = opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
+  const logger =
+    opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
   const store = await Store.open(join(dataDir, 'moat.db'));
   const identity = new Identity(store);
@@ -121,7 +122,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   // Named volumes and backups (docs/lifecycle.md) exist before recovery, which restarts sandboxes with their volumes.
   const volumes = await VolumeService.open(store, quotas, join(dataDir, 'volumes'));
   const backend = await LocalBackend.open({
-    store, dataDir, images, network, tenancy: tenants, volumes, audit, log: logger, say,
+    store,
+    dataDir,
+    images,
+    network,
+    tenancy: tenants,
+    volumes,
+    audit,
+    log: logger,
+    say,
     resumeOnUse: opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false',
   });
   const backups = await BackupService.open(store, volumes, backend.sandboxes, backend.drivers, opts.backupStore ?? objectStoreFromEnv(dataDir), logger);

@@ -22,7 +22,13 @@ async function claimsFixture() {
   const claim = (name: string, spec: Record<string, unknown>) => claims.create('default', { metadata: { name }, spec });
   const reason = (c: SandboxClaim, type: string) => c.status.conditions.find((x) => x.type === type)?.reason;
   return {
-    ...f, templates, pools, claims, pool, claim, reason,
+    ...f,
+    templates,
+    pools,
+    claims,
+    pool,
+    claim,
+    reason,
     async close() {
       pools.stop();
       claims.stop();
@@ -60,7 +66,11 @@ describe('claims', () => {
       assert.equal(f.reason(await f.claim('second', { warmPoolRef: { name: 'small' } }), 'WarmPool'), REASON.PoolExhausted);
       assert.equal(f.reason(await f.claim('lost', { sandboxTemplateRef: { name: 'nope' } }), 'Ready'), REASON.TemplateNotFound);
       assert.equal(f.reason(await f.claim('nopool', { warmPoolRef: { name: 'nope' } }), 'Ready'), REASON.WarmPoolNotFound);
-      assert.equal(f.reason(await f.claim('env', { sandboxTemplateRef: { name: 'base' }, env: [{ name: 'A', value: '1' }] }), 'Ready'), REASON.InvalidClaim, 'base does not allow env');
+      assert.equal(
+        f.reason(await f.claim('env', { sandboxTemplateRef: { name: 'base' }, env: [{ name: 'A', value: '1' }] }), 'Ready'),
+        REASON.InvalidClaim,
+        'base does not allow env',
+      );
     } finally {
       await f.close();
     }
@@ -69,7 +79,10 @@ describe('claims', () => {
   test('a claim whose shutdownTime passes is expired by its requeue, not by a poll', async () => {
     const f = await claimsFixture();
     try {
-      await f.claim('short', { sandboxTemplateRef: { name: 'base' }, lifecycle: { shutdownTime: new Date(Date.now() + 300).toISOString(), shutdownPolicy: 'Retain' } });
+      await f.claim('short', {
+        sandboxTemplateRef: { name: 'base' },
+        lifecycle: { shutdownTime: new Date(Date.now() + 300).toISOString(), shutdownPolicy: 'Retain' },
+      });
       await eventually('the expiry', async () => f.reason(await f.claims.get('default', 'short'), 'Ready') === REASON.ClaimExpired, 3000);
       await assert.rejects(f.sandboxes.get('default', 'short'), /not found/);
     } finally {
@@ -83,7 +96,9 @@ describe('warm pools', () => {
     const f = await claimsFixture();
     try {
       await f.pool('p', 3);
-      const before = (await f.sandboxes.list('default', `${LABELS.pool}=p`)).sort((a, b) => a.metadata.creationTimestamp.localeCompare(b.metadata.creationTimestamp));
+      const before = (await f.sandboxes.list('default', `${LABELS.pool}=p`)).sort((a, b) =>
+        a.metadata.creationTimestamp.localeCompare(b.metadata.creationTimestamp),
+      );
       await f.pools.replace('default', 'p', { metadata: {}, spec: { replicas: 1, sandboxTemplateRef: { name: 'base' } } });
       await eventually('the scale-down', async () => (await f.sandboxes.list('default', `${LABELS.pool}=p`)).length === 1);
       const kept = (await f.sandboxes.list('default', `${LABELS.pool}=p`))[0]!;
@@ -105,7 +120,11 @@ describe('warm pools', () => {
       await new Promise((r) => setTimeout(r, 300));
       assert.ok(starts() <= tried + 1, `backing off, not retrying in a loop: ${starts() - tried} more starts in 300 ms`);
       f.driver.heal();
-      await eventually('the pool full after its back-off', async () => (await f.pools.get('default', 'p')).status.conditions[0]?.reason === REASON.PoolFull, 10_000);
+      await eventually(
+        'the pool full after its back-off',
+        async () => (await f.pools.get('default', 'p')).status.conditions[0]?.reason === REASON.PoolFull,
+        10_000,
+      );
     } finally {
       await f.close();
     }
@@ -114,11 +133,14 @@ describe('warm pools', () => {
 
 test('a backend without a capability answers 501 and names it', () => {
   const cluster = { kind: 'kubernetes' as const, capabilities: { pause: false, hibernate: true, layerBackups: false } };
-  assert.throws(() => requireCapability(cluster, 'pause', 'pause sandboxes'), (err: Error & { code?: number; reason?: string }) => {
-    assert.equal(err.code, 501);
-    assert.equal(err.reason, 'NotImplemented');
-    assert.match(err.message, /the kubernetes backend cannot pause sandboxes \(capability "pause"\)/);
-    return true;
-  });
+  assert.throws(
+    () => requireCapability(cluster, 'pause', 'pause sandboxes'),
+    (err: Error & { code?: number; reason?: string }) => {
+      assert.equal(err.code, 501);
+      assert.equal(err.reason, 'NotImplemented');
+      assert.match(err.message, /the kubernetes backend cannot pause sandboxes \(capability "pause"\)/);
+      return true;
+    },
+  );
   assert.doesNotThrow(() => requireCapability(cluster, 'hibernate', 'hibernate sandboxes'));
 });

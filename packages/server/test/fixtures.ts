@@ -53,7 +53,11 @@ export async function controllerFixture(opts: { runtime?: RuntimeClassName; chec
   const activity = new Activity();
   const sandboxes = new SandboxController(store, fakeImages(), driversOf(driver), network, silent, fakeTenancy(), activity);
   return {
-    store, driver, network, activity, sandboxes,
+    store,
+    driver,
+    network,
+    activity,
+    sandboxes,
     async close() {
       await sandboxes.stop();
       await store.close();
@@ -68,7 +72,14 @@ export function storedSandbox(name: string, phase: SandboxStatus['phase'], runti
     kind: 'Sandbox',
     metadata: { name, namespace: 'default', uid: `uid-${name}`, creationTimestamp: new Date().toISOString(), resourceVersion: '1' },
     spec: { podTemplate: { spec: { runtimeClassName: runtime, containers: [{ name: 'sandbox', image: 'base' }] } } },
-    status: { phase, conditions: [{ type: 'Ready', status: phase === 'Running' ? 'True' : 'False', reason: 'Test', message: '', lastTransitionTime: new Date().toISOString() }], runtimeClassName: runtime, image: { name: 'base', digest: IMAGE.digest } },
+    status: {
+      phase,
+      conditions: [
+        { type: 'Ready', status: phase === 'Running' ? 'True' : 'False', reason: 'Test', message: '', lastTransitionTime: new Date().toISOString() },
+      ],
+      runtimeClassName: runtime,
+      image: { name: 'base', digest: IMAGE.digest },
+    },
   };
 }
 

@@ -35,7 +35,10 @@ describe('idle rules', () => {
   });
 
   test('steps given out of order are refused', () => {
-    assert.throws(() => checkIdlePolicy({ pauseAfterSeconds: 20, hibernateAfterSeconds: 10 }, 'spec.idlePolicy'), /hibernateAfterSeconds \(10\) must be later than pauseAfterSeconds \(20\)/);
+    assert.throws(
+      () => checkIdlePolicy({ pauseAfterSeconds: 20, hibernateAfterSeconds: 10 }, 'spec.idlePolicy'),
+      /hibernateAfterSeconds \(10\) must be later than pauseAfterSeconds \(20\)/,
+    );
     assert.doesNotThrow(() => checkIdlePolicy({ pauseAfterSeconds: 10, deleteAfterSeconds: 11 }, 'spec.idlePolicy'));
   });
 });
@@ -49,7 +52,13 @@ async function lifecycleFixture() {
   const s = f.sandboxes;
   const lifecycle = new LifecycleController(
     f.store,
-    { pause: (ns, n) => s.pause(ns, n), hibernate: (ns, n) => s.hibernate(ns, n), expire: (ns, n) => s.expire(ns, n), delete: (ns, n) => s.delete(ns, n, true), deleteClaim: async () => {} },
+    {
+      pause: (ns, n) => s.pause(ns, n),
+      hibernate: (ns, n) => s.hibernate(ns, n),
+      expire: (ns, n) => s.expire(ns, n),
+      delete: (ns, n) => s.delete(ns, n, true),
+      deleteClaim: async () => {},
+    },
     f.activity,
     audit,
     silent,

@@ -57,6 +57,10 @@ function runningSandbox(uid: string, runtime: string): Sandbox {
     kind: 'Sandbox',
     metadata: { name: uid, namespace: 'default', uid, creationTimestamp: new Date().toISOString(), resourceVersion: '1' },
     spec: { podTemplate: { spec: { runtimeClassName: runtime, containers: [{ name: 'main', image: 'base' }] } } },
-    status: { phase: 'Running', runtimeClassName: runtime, conditions: [{ type: 'Ready', status: 'True', reason: 'SandboxRunning', message: '', lastTransitionTime: new Date().toISOString() }] },
+    status: {
+      phase: 'Running',
+      runtimeClassName: runtime,
+      conditions: [{ type: 'Ready', status: 'True', reason: 'SandboxRunning', message: '', lastTransitionTime: new Date().toISOString() }],
+    },
   };
 }

@@ -159,5 +159,4 @@ describe('recover() over every (phase, host state) pair', () => {
       await f.close();
     }
   });
-
 });

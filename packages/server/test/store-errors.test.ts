@@ -3,7 +3,11 @@ import { test } from 'node:test';
 import { isUniqueViolation } from '../src/store/errors.js';
 import { Store } from '../src/store/store.js';
 
-const failure = (p: Promise<unknown>) => p.then(() => assert.fail('expected the statement to fail'), (err: unknown) => err);
+const failure = (p: Promise<unknown>) =>
+  p.then(
+    () => assert.fail('expected the statement to fail'),
+    (err: unknown) => err,
+  );
 
 test('isUniqueViolation: a taken primary key or unique column in SQLite, and PostgreSQL unique_violation', async () => {
   const store = await Store.open(':memory:');
@@ -13,8 +17,19 @@ test('isUniqueViolation: a taken primary key or unique column in SQLite, and Pos
     await store.db.insertInto('users').values(user).execute();
     assert.ok(isUniqueViolation(await failure(store.db.insertInto('users').values(user).execute())));
     await store.db.insertInto('agents').values({ user: 'u', name: 'a', namespace: 'ns', quota: '{}', created_at: now }).execute();
-    assert.ok(isUniqueViolation(await failure(store.db.insertInto('agents').values({ user: 'u', name: 'b', namespace: 'ns', quota: '{}', created_at: now }).execute())));
-    assert.ok(!isUniqueViolation(await failure(store.db.insertInto('users').values({ ...user, name: 'v', role: null as unknown as string }).execute())));
+    assert.ok(
+      isUniqueViolation(await failure(store.db.insertInto('agents').values({ user: 'u', name: 'b', namespace: 'ns', quota: '{}', created_at: now }).execute())),
+    );
+    assert.ok(
+      !isUniqueViolation(
+        await failure(
+          store.db
+            .insertInto('users')
+            .values({ ...user, name: 'v', role: null as unknown as string })
+            .execute(),
+        ),
+      ),
+    );
   } finally {
     await store.close();
   }

@@ -22,9 +22,9 @@ interface Backup {
   key: string;
 }
 
-
 /** Random and repetitive files, small and large, a directory tree, a symlink: their checksums, sorted. */
-const FILL = 'cd /data && mkdir -p tree/a/b && head -c 3000000 /dev/urandom > random.bin && seq 1 200000 > tree/a/b/seq.txt && echo small > tree/small && ln -sf tree/small link && sync';
+const FILL =
+  'cd /data && mkdir -p tree/a/b && head -c 3000000 /dev/urandom > random.bin && seq 1 200000 > tree/a/b/seq.txt && echo small > tree/small && ln -sf tree/small link && sync';
 const SUMS = 'cd "$1" && find . -path ./lost+found -prune -o -type f -print | sort | xargs sha256sum && readlink link';
 
 async function backup(server: TestServer, body: Record<string, string>): Promise<Backup> {
@@ -74,7 +74,10 @@ describe('backups (local store)', () => {
       assert.equal(stored.subarray(0, 4).toString('hex'), '28b52ffd', 'a zstd frame');
       await run(server, box, 'echo after > /data/after'); // thawed
       const list = (await (await server.api(`${API}/backups?volume=data-${box}`)).json()) as { items: Backup[] };
-      assert.deepEqual(list.items.map((x) => x.id), [b.id]);
+      assert.deepEqual(
+        list.items.map((x) => x.id),
+        [b.id],
+      );
 
       await remove(server, box);
       assert.equal((await server.api(`${API}/volumes/data-${box}`, { method: 'DELETE' })).status, 204);
@@ -93,7 +96,12 @@ describe('backups (local store)', () => {
 
   test('the CLI: moat volume list|create|delete, moat backup create|list|restore', async () => {
     const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
-    const env = { ...(process.env as Record<string, string>), MOAT_URL: server.url, MOAT_API_KEY: server.adminKey, MOAT_CONFIG: join(server.dataDir, 'cli.json') };
+    const env = {
+      ...(process.env as Record<string, string>),
+      MOAT_URL: server.url,
+      MOAT_API_KEY: server.adminKey,
+      MOAT_CONFIG: join(server.dataDir, 'cli.json'),
+    };
     const moat = async (...args: string[]) => {
       const r = await runProcess(process.execPath, [CLI, ...args], { env });
       assert.equal(r.code, 0, `moat ${args.join(' ')}: ${r.stderr}`);
@@ -107,15 +115,21 @@ describe('backups (local store)', () => {
     assert.match(await moat('backup', 'list', '--volume', 'cli-vol'), new RegExp(`^${id}\\s+volume\\s+cli-vol\\s`, 'm'));
     assert.match(await moat('backup', 'restore', id, '--volume', 'cli-copy'), /^volume cli-copy \(20Mi\) restored from bk-/);
     const listed = JSON.parse(await moat('volume', 'list', '-o', 'json')) as { items: { name: string }[] };
-    assert.deepEqual(listed.items.map((v) => v.name).filter((n) => n.startsWith('cli-')), ['cli-copy', 'cli-vol']);
+    assert.deepEqual(
+      listed.items.map((v) => v.name).filter((n) => n.startsWith('cli-')),
+      ['cli-copy', 'cli-vol'],
+    );
     for (const v of ['cli-vol', 'cli-copy']) assert.equal(await moat('volume', 'delete', v), `volume ${v} deleted\n`);
     const bad = await runProcess(process.execPath, [CLI, 'backup', 'create'], { env });
     assert.notEqual(bad.code, 0);
     // Every mutation is in the audit log, with its outcome.
     await new Promise((r) => setTimeout(r, 200)); // events are written once each response is done
-    const audit = (await (await server.api('/apis/moat.dev/v1/audit?namespace=default&limit=10000')).json()) as { items: { action: string; result: string; object: string }[] };
+    const audit = (await (await server.api('/apis/moat.dev/v1/audit?namespace=default&limit=10000')).json()) as {
+      items: { action: string; result: string; object: string }[];
+    };
     const actions = new Set(audit.items.filter((e) => e.result === 'success').map((e) => e.action));
-    for (const a of ['POST volumes', 'POST backups', 'POST backups/{id}/restore', 'DELETE volumes/{name}']) assert.ok(actions.has(a), `${a} audited: ${[...actions].join(', ')}`);
+    for (const a of ['POST volumes', 'POST backups', 'POST backups/{id}/restore', 'DELETE volumes/{name}'])
+      assert.ok(actions.has(a), `${a} audited: ${[...actions].join(', ')}`);
   });
 
   test('a corrupt object is refused, and no volume is made', async () => {
@@ -129,7 +143,10 @@ describe('backups (local store)', () => {
     const res = await restore(server, b.id, 'from-corrupt');
     assert.equal(res.status, 422, await res.text());
     assert.equal((await server.api(`${API}/volumes/from-corrupt`)).status, 404);
-    assert.deepEqual((await readdir(join(server.dataDir, 'volumes'))).filter((f) => f.includes('.tmp-')), []);
+    assert.deepEqual(
+      (await readdir(join(server.dataDir, 'volumes'))).filter((f) => f.includes('.tmp-')),
+      [],
+    );
     assert.equal((await server.api(`${API}/backups/${b.id}`, { method: 'DELETE' })).status, 204);
     assert.equal((await server.api(`${API}/backups/${b.id}`)).status, 404);
   });
@@ -164,7 +181,11 @@ describe('backups: disk full', { skip: process.getuid?.() !== 0 && 'needs root t
     assert.match(text, /no space left/);
     assert.ok(text.includes(`local:${store}`), text);
     const left = await readdir(store, { recursive: true, withFileTypes: true });
-    assert.deepEqual(left.filter((f) => f.isFile()).map((f) => f.name), [], 'the partial object is removed');
+    assert.deepEqual(
+      left.filter((f) => f.isFile()).map((f) => f.name),
+      [],
+      'the partial object is removed',
+    );
     assert.deepEqual(((await (await server.api(`${API}/backups`)).json()) as { items: unknown[] }).items, []);
     // Not left frozen: the sandbox writes, and its data is intact.
     await run(server, box, 'echo still-writable > /data/after && sha256sum -c /data/big.sum');
@@ -209,9 +230,16 @@ describe('backups (S3-compatible store)', () => {
     const port = await freePort();
     // s3rver: a real S3 API (SigV4, XML errors) on loopback, objects in a directory.
     const bin = join(import.meta.dirname, '../../../node_modules/s3rver/bin/s3rver.js');
-    s3 = spawn(process.execPath, [bin, '--address', '127.0.0.1', '--port', String(port), '--directory', s3dir, '--configure-bucket', 'moat-backups', '--silent'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    s3 = spawn(
+      process.execPath,
+      [bin, '--address', '127.0.0.1', '--port', String(port), '--directory', s3dir, '--configure-bucket', 'moat-backups', '--silent'],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     for (let i = 0; ; i++) {
-      const up = await fetch(`http://127.0.0.1:${port}/`).then(() => true, () => false);
+      const up = await fetch(`http://127.0.0.1:${port}/`).then(
+        () => true,
+        () => false,
+      );
       if (up) break;
       if (i > 100) throw new Error('s3rver did not start');
       await new Promise((r) => setTimeout(r, 100));
@@ -225,7 +253,8 @@ describe('backups (S3-compatible store)', () => {
     try {
       server = await startTestServer();
     } finally {
-      for (const k of ['MOAT_BACKUP_S3_ENDPOINT', 'MOAT_BACKUP_S3_BUCKET', 'MOAT_BACKUP_S3_ACCESS_KEY_ID', 'MOAT_BACKUP_S3_SECRET_ACCESS_KEY']) delete process.env[k];
+      for (const k of ['MOAT_BACKUP_S3_ENDPOINT', 'MOAT_BACKUP_S3_BUCKET', 'MOAT_BACKUP_S3_ACCESS_KEY_ID', 'MOAT_BACKUP_S3_SECRET_ACCESS_KEY'])
+        delete process.env[k];
     }
   });
   after(async () => {

@@ -138,13 +138,19 @@ spec:
     const examples = join(import.meta.dirname, '../../../examples/warmpool-quickstart');
     let r = await moat(['apply', '-f', join(examples, 'sandbox.yaml')]);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stdout, 'sandboxtemplate/secure-datascience-template created\nsandboxwarmpool/sandboxwarmpool-example created\nsandboxclaim/my-secure-sandbox created\n');
+    assert.equal(
+      r.stdout,
+      'sandboxtemplate/secure-datascience-template created\nsandboxwarmpool/sandboxwarmpool-example created\nsandboxclaim/my-secure-sandbox created\n',
+    );
     r = await moat(['wait', '--for=condition=Ready', 'sandbox/my-secure-sandbox', '--timeout=60s']);
     assert.equal(r.code, 0, r.stderr);
     r = await moat(['exec', 'my-secure-sandbox', '--', 'sh', '-c', 'df -h --output=target,size /workspace | tail -1; pgrep -c sleep']);
     assert.match(r.stdout, /^\/workspace\s+5\.\dG\n1\n$/, 'the claim got its own 6Gi volume at /workspace');
     r = await moat(['apply', '-f', join(examples, 'sandbox.yaml')]);
-    assert.equal(r.stdout, 'sandboxtemplate/secure-datascience-template unchanged\nsandboxwarmpool/sandboxwarmpool-example unchanged\nsandboxclaim/my-secure-sandbox unchanged\n');
+    assert.equal(
+      r.stdout,
+      'sandboxtemplate/secure-datascience-template unchanged\nsandboxwarmpool/sandboxwarmpool-example unchanged\nsandboxclaim/my-secure-sandbox unchanged\n',
+    );
 
     r = await moat(['wait', '--for=condition=Ready', 'sandboxwarmpool/sandboxwarmpool-example', '--timeout=60s']);
     assert.equal(r.code, 0, r.stderr);
@@ -153,7 +159,10 @@ spec:
     r = await moat(['get', 'claims']);
     assert.match(r.stdout, /my-secure-sandbox\s+my-secure-sandbox\s+True\s/);
     r = await moat(['get', 'templates', '-o', 'name']);
-    assert.match(r.stdout, /sandboxtemplate\/base\nsandboxtemplate\/code-interpreter\nsandboxtemplate\/python-runtime\nsandboxtemplate\/secure-datascience-template\n/);
+    assert.match(
+      r.stdout,
+      /sandboxtemplate\/base\nsandboxtemplate\/code-interpreter\nsandboxtemplate\/python-runtime\nsandboxtemplate\/secure-datascience-template\n/,
+    );
 
     // Scaling through apply reconciles the pool.
     const scaled = (await readFile(join(examples, 'sandbox.yaml'), 'utf8')).replace('replicas: 1', 'replicas: 2');
@@ -202,4 +211,3 @@ spec:
     assert.equal((await moat(['get', 'claim', 'from-tpl'])).code, 1);
   });
 });
-

@@ -48,7 +48,9 @@ describe('gvisor runtime class', () => {
   let uid: string;
   before(async () => {
     server = await startTestServer();
-    ({ metadata: { uid } } = await createGvisor(server, 'gv', { limits: { memory: '256Mi' }, env: { GREETING: 'hi' } }));
+    ({
+      metadata: { uid },
+    } = await createGvisor(server, 'gv', { limits: { memory: '256Mi' }, env: { GREETING: 'hi' } }));
   });
   after(() => server.close());
 
@@ -72,11 +74,15 @@ describe('gvisor runtime class', () => {
   });
 
   test('root inside owns files as an unprivileged host uid; no CAP_SYS_ADMIN; mount fails', async () => {
-    const r = await sh(server, 'gv', [
-      'echo x > /data/owned; echo y > /owned-root',
-      'mount -t tmpfs none /mnt 2>/dev/null && echo mount-ok || echo mount-denied',
-      'grep -E "CapEff" /proc/self/status',
-    ].join('; '));
+    const r = await sh(
+      server,
+      'gv',
+      [
+        'echo x > /data/owned; echo y > /owned-root',
+        'mount -t tmpfs none /mnt 2>/dev/null && echo mount-ok || echo mount-denied',
+        'grep -E "CapEff" /proc/self/status',
+      ].join('; '),
+    );
     assert.match(r.stdout, /mount-denied/);
     const capEff = BigInt('0x' + /CapEff:\s+([0-9a-f]+)/.exec(r.stdout)![1]);
     assert.equal(capEff & (1n << 21n), 0n, 'no CAP_SYS_ADMIN');
@@ -109,7 +115,9 @@ describe('gvisor runtime class', () => {
     const r = await execApi(server, 'gv', { command: ['python3', '-c', 'b = bytearray(600 * 1024 * 1024); print(len(b))'] });
     assert.doesNotMatch(r.stdout, /629145600/, 'the allocation did not succeed');
     const after = await sh(server, 'gv', 'echo alive');
-    t.diagnostic(`hog: ${JSON.stringify(r.exit)}; afterwards: ${after.stdout ? 'sandbox alive' : `sandbox gone (${JSON.stringify(after.exit ?? after.error)})`}; runsc state: ${(await runsc(server, 'state', uid)).stdout.match(/"status": "(\w+)"/)?.[1] ?? 'missing'}`);
+    t.diagnostic(
+      `hog: ${JSON.stringify(r.exit)}; afterwards: ${after.stdout ? 'sandbox alive' : `sandbox gone (${JSON.stringify(after.exit ?? after.error)})`}; runsc state: ${(await runsc(server, 'state', uid)).stdout.match(/"status": "(\w+)"/)?.[1] ?? 'missing'}`,
+    );
     assert.equal((await fetch(server.url + '/healthz')).status, 200);
   });
 

@@ -83,173 +83,188 @@ async function hostMemory(uid: string): Promise<number> {
 const api = (server: TestServer, name: string, action: string) => server.api(`${NS}/${name}/${action}`, { method: 'POST' });
 const get = async (server: TestServer, name: string) => (await (await server.api(`${NS}/${name}`)).json()) as any;
 const condition = (s: any, type: string) => s.status.conditions.find((c: any) => c.type === type);
-const reasons = async (server: TestServer, name: string) => ((await (await server.api(`${NS}/${name}/events`)).json()) as any).items.map((e: any) => e.reason) as string[];
+const reasons = async (server: TestServer, name: string) =>
+  ((await (await server.api(`${NS}/${name}/events`)).json()) as any).items.map((e: any) => e.reason) as string[];
 const MiB = 2 ** 20;
 
 for (const { runtime, skip } of testRuntimes())
-describe(`hibernate and wake (${runtime})`, { skip }, () => {
-  let server: TestServer;
-  let uid: string;
-  const expect = expectation(runtime);
-  /** Asserts the condition hibernate set: Checkpointed where the runtime can save the workload, otherwise StoppedWithDisks and why. */
-  const checkHibernated = async (s: any) => {
-    assert.equal(s.status.phase, 'Hibernated');
-    assert.equal(condition(s, 'Ready').status, 'False');
-    const c = condition(s, 'Hibernated');
-    assert.equal(c.status, 'True');
-    if (expect.kept) assert.equal(c.reason, 'Checkpointed', c.message);
-    else {
-      assert.equal(c.reason, 'StoppedWithDisks', c.message);
-      assert.match(c.message, /memory was not saved/);
-      assert.match(c.message, expect.reason);
-    }
-    return c;
-  };
-  /** After a wake: the same process with the same memory, or (fallback) the main command started afresh on the kept disks. */
-  const checkWoken = (before: Held, now: Held) => {
-    if (expect.kept) {
-      assert.deepEqual({ ...now, hits: 0 }, { ...before, hits: 0 }, 'the same process, with the same memory');
-      assert.equal(now.hits, before.hits + 1, 'the counter goes on from where it was');
-    } else {
-      assert.notEqual(now.token, before.token, 'memory was not kept: the process started afresh');
-      assert.equal(now.hits, 1);
-    }
-  };
-  before(async () => {
-    server = await startTestServer();
-    uid = (await createReady(server, 'hib', { runtime, command: ['python3', '-c', STATEFUL] })).metadata.uid;
+  describe(`hibernate and wake (${runtime})`, { skip }, () => {
+    let server: TestServer;
+    let uid: string;
+    const expect = expectation(runtime);
+    /** Asserts the condition hibernate set: Checkpointed where the runtime can save the workload, otherwise StoppedWithDisks and why. */
+    const checkHibernated = async (s: any) => {
+      assert.equal(s.status.phase, 'Hibernated');
+      assert.equal(condition(s, 'Ready').status, 'False');
+      const c = condition(s, 'Hibernated');
+      assert.equal(c.status, 'True');
+      if (expect.kept) assert.equal(c.reason, 'Checkpointed', c.message);
+      else {
+        assert.equal(c.reason, 'StoppedWithDisks', c.message);
+        assert.match(c.message, /memory was not saved/);
+        assert.match(c.message, expect.reason);
+      }
+      return c;
+    };
+    /** After a wake: the same process with the same memory, or (fallback) the main command started afresh on the kept disks. */
+    const checkWoken = (before: Held, now: Held) => {
+      if (expect.kept) {
+        assert.deepEqual({ ...now, hits: 0 }, { ...before, hits: 0 }, 'the same process, with the same memory');
+        assert.equal(now.hits, before.hits + 1, 'the counter goes on from where it was');
+      } else {
+        assert.notEqual(now.token, before.token, 'memory was not kept: the process started afresh');
+        assert.equal(now.hits, 1);
+      }
+    };
+    before(async () => {
+      server = await startTestServer();
+      uid = (await createReady(server, 'hib', { runtime, command: ['python3', '-c', STATEFUL] })).metadata.uid;
+    });
+    after(() => server.close());
+
+    test('hibernate saves a Python process with its memory, frees it, and an exec wakes it with its state', async () => {
+      await sh(server, 'hib', 'echo kept > /root/on-disk; echo kept > /data/on-disk');
+      const held = await waitStateful(server, 'hib');
+      assert.equal(held.ballast, 24 * MiB);
+      const used = await hostMemory(uid);
+      assert.ok(used > 24 * MiB, `the sandbox uses its memory on the host (${used})`);
+
+      const res = await api(server, 'hib', 'hibernate');
+      assert.equal(res.status, 200, await res.clone().text());
+      const c = await checkHibernated(await res.json());
+      assert.equal((await api(server, 'hib', 'hibernate')).status, 200, 'hibernating a hibernated sandbox is a no-op');
+      const dir = join(server.dataDir, SANDBOX_DIRS[runtime]!, uid);
+      if (expect.kept) await access(join(dir, 'checkpoint', 'complete.json'));
+      else await assert.rejects(access(join(dir, 'checkpoint')), 'no half-made checkpoint is left');
+      const freed = await hostMemory(uid);
+      assert.ok(freed < 8 * MiB, `the memory is freed on the host (${used} → ${freed} bytes)`);
+
+      const t0 = Date.now();
+      const now = await (expect.kept ? ask(server, 'hib') : waitStateful(server, 'hib'));
+      const wakeMs = Date.now() - t0;
+      checkWoken(held, now);
+      assert.equal((await sh(server, 'hib', 'cat /root/on-disk /data/on-disk')).stdout, 'kept\nkept\n', 'the disks are kept either way');
+      const woken = await get(server, 'hib');
+      assert.equal(woken.status.phase, 'Running');
+      assert.equal(condition(woken, 'Ready').status, 'True');
+      assert.equal(condition(woken, 'Hibernated').status, 'False');
+      assert.equal(condition(woken, 'Hibernated').reason, expect.kept ? 'Restored' : 'Restarted', condition(woken, 'Hibernated').message);
+      const r = await reasons(server, 'hib');
+      assert.deepEqual(
+        r.filter((x) => ['Hibernated', 'HibernatedWithoutMemory', 'Woken'].includes(x)),
+        [expect.kept ? 'Hibernated' : 'HibernatedWithoutMemory', 'Woken'],
+      );
+      process.stderr.write(`# ${runtime}: ${c.reason}; woken by an exec in ${wakeMs} ms; ${c.message}\n`);
+
+      // Wake through the API as well.
+      const again = await ask(server, 'hib');
+      await api(server, 'hib', 'hibernate');
+      const w = await api(server, 'hib', 'wake');
+      assert.equal(w.status, 200, await w.clone().text());
+      assert.equal(((await w.json()) as any).status.phase, 'Running');
+      checkWoken(again, await waitStateful(server, 'hib'));
+      assert.equal((await api(server, 'hib', 'wake')).status, 200, 'waking a running sandbox is a no-op');
+    });
+
+    test('a connection through port exposure wakes a hibernated sandbox', async () => {
+      const before = await ask(server, 'hib');
+      await checkHibernated(await (await api(server, 'hib', 'hibernate')).json());
+      assert.equal((await get(server, 'hib')).status.phase, 'Hibernated');
+      let res = await server.api(`${NS}/hib/ports/9000/`);
+      assert.equal((await get(server, 'hib')).status.phase, 'Running', 'the connection woke it');
+      // After a fresh start the main command needs a moment before it listens.
+      for (let i = 0; res.status !== 200 && !expect.kept && i < 100; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        res = await server.api(`${NS}/hib/ports/9000/`);
+      }
+      assert.equal(res.status, 200, await res.clone().text());
+      checkWoken(before, (await res.json()) as Held);
+    });
+
+    test('a paused sandbox can be hibernated', async () => {
+      const before = await ask(server, 'hib');
+      assert.equal((await api(server, 'hib', 'pause')).status, 200);
+      const res = await api(server, 'hib', 'hibernate');
+      assert.equal(res.status, 200, await res.clone().text());
+      await checkHibernated(await res.json());
+      checkWoken(before, await waitStateful(server, 'hib'));
+    });
+
+    test(
+      'a workload the runtime cannot save: stopped with its disks, and status says so',
+      {
+        skip:
+          runtime !== 'runc'
+            ? 'only runc (CRIU) has a workload it refuses here'
+            : !expect.kept
+              ? 'CRIU cannot run on this host: every hibernate falls back (tested above)'
+              : false,
+      },
+      async () => {
+        await createReady(server, 'nockpt', { runtime });
+        await sh(server, 'nockpt', 'echo kept > /data/f; echo kept > /root/f');
+        // An AF_ALG (kernel crypto) socket: CRIU has no support for the family.
+        const alg = `import socket, time\\ns = socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET)\\ns.bind(("hash", "sha256"))\\nopen("/tmp/alg.ready", "w").close()\\ntime.sleep(3600)`;
+        await sh(server, 'nockpt', `printf '${alg}' > /tmp/alg.py; setsid python3 /tmp/alg.py </dev/null >/tmp/alg.log 2>&1 &`);
+        for (let i = 0; (await sh(server, 'nockpt', 'test -e /tmp/alg.ready')).exit?.exitCode !== 0; i++) {
+          if (i > 100) throw new Error(`the AF_ALG process did not start: ${(await sh(server, 'nockpt', 'cat /tmp/alg.log')).stdout}`);
+          await new Promise((res) => setTimeout(res, 100));
+        }
+        const res = await api(server, 'nockpt', 'hibernate');
+        assert.equal(res.status, 200, await res.clone().text());
+        const s = (await res.json()) as any;
+        assert.equal(s.status.phase, 'Hibernated');
+        const c = condition(s, 'Hibernated');
+        assert.equal(c.reason, 'StoppedWithDisks');
+        assert.match(c.message, /memory was not saved/);
+        assert.ok((await reasons(server, 'nockpt')).includes('HibernatedWithoutMemory'));
+        const r = await sh(server, 'nockpt', 'cat /data/f /root/f; test -e /tmp/alg.ready && echo same-process || echo fresh-start');
+        assert.equal(r.stdout, 'kept\nkept\nfresh-start\n', 'disks kept, processes started afresh');
+        const woken = await get(server, 'nockpt');
+        assert.equal(woken.status.phase, 'Running');
+        assert.equal(condition(woken, 'Hibernated').reason, 'Restarted');
+      },
+    );
   });
-  after(() => server.close());
-
-  test('hibernate saves a Python process with its memory, frees it, and an exec wakes it with its state', async () => {
-    await sh(server, 'hib', 'echo kept > /root/on-disk; echo kept > /data/on-disk');
-    const held = await waitStateful(server, 'hib');
-    assert.equal(held.ballast, 24 * MiB);
-    const used = await hostMemory(uid);
-    assert.ok(used > 24 * MiB, `the sandbox uses its memory on the host (${used})`);
-
-    const res = await api(server, 'hib', 'hibernate');
-    assert.equal(res.status, 200, await res.clone().text());
-    const c = await checkHibernated(await res.json());
-    assert.equal((await api(server, 'hib', 'hibernate')).status, 200, 'hibernating a hibernated sandbox is a no-op');
-    const dir = join(server.dataDir, SANDBOX_DIRS[runtime]!, uid);
-    if (expect.kept) await access(join(dir, 'checkpoint', 'complete.json'));
-    else await assert.rejects(access(join(dir, 'checkpoint')), 'no half-made checkpoint is left');
-    const freed = await hostMemory(uid);
-    assert.ok(freed < 8 * MiB, `the memory is freed on the host (${used} → ${freed} bytes)`);
-
-    const t0 = Date.now();
-    const now = await (expect.kept ? ask(server, 'hib') : waitStateful(server, 'hib'));
-    const wakeMs = Date.now() - t0;
-    checkWoken(held, now);
-    assert.equal((await sh(server, 'hib', 'cat /root/on-disk /data/on-disk')).stdout, 'kept\nkept\n', 'the disks are kept either way');
-    const woken = await get(server, 'hib');
-    assert.equal(woken.status.phase, 'Running');
-    assert.equal(condition(woken, 'Ready').status, 'True');
-    assert.equal(condition(woken, 'Hibernated').status, 'False');
-    assert.equal(condition(woken, 'Hibernated').reason, expect.kept ? 'Restored' : 'Restarted', condition(woken, 'Hibernated').message);
-    const r = await reasons(server, 'hib');
-    assert.deepEqual(r.filter((x) => ['Hibernated', 'HibernatedWithoutMemory', 'Woken'].includes(x)), [expect.kept ? 'Hibernated' : 'HibernatedWithoutMemory', 'Woken']);
-    process.stderr.write(`# ${runtime}: ${c.reason}; woken by an exec in ${wakeMs} ms; ${c.message}\n`);
-
-    // Wake through the API as well.
-    const again = await ask(server, 'hib');
-    await api(server, 'hib', 'hibernate');
-    const w = await api(server, 'hib', 'wake');
-    assert.equal(w.status, 200, await w.clone().text());
-    assert.equal(((await w.json()) as any).status.phase, 'Running');
-    checkWoken(again, await waitStateful(server, 'hib'));
-    assert.equal((await api(server, 'hib', 'wake')).status, 200, 'waking a running sandbox is a no-op');
-  });
-
-  test('a connection through port exposure wakes a hibernated sandbox', async () => {
-    const before = await ask(server, 'hib');
-    await checkHibernated(await (await api(server, 'hib', 'hibernate')).json());
-    assert.equal((await get(server, 'hib')).status.phase, 'Hibernated');
-    let res = await server.api(`${NS}/hib/ports/9000/`);
-    assert.equal((await get(server, 'hib')).status.phase, 'Running', 'the connection woke it');
-    // After a fresh start the main command needs a moment before it listens.
-    for (let i = 0; res.status !== 200 && !expect.kept && i < 100; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      res = await server.api(`${NS}/hib/ports/9000/`);
-    }
-    assert.equal(res.status, 200, await res.clone().text());
-    checkWoken(before, (await res.json()) as Held);
-  });
-
-  test('a paused sandbox can be hibernated', async () => {
-    const before = await ask(server, 'hib');
-    assert.equal((await api(server, 'hib', 'pause')).status, 200);
-    const res = await api(server, 'hib', 'hibernate');
-    assert.equal(res.status, 200, await res.clone().text());
-    await checkHibernated(await res.json());
-    checkWoken(before, await waitStateful(server, 'hib'));
-  });
-
-  test('a workload the runtime cannot save: stopped with its disks, and status says so', { skip: runtime !== 'runc' ? 'only runc (CRIU) has a workload it refuses here' : !expect.kept ? 'CRIU cannot run on this host: every hibernate falls back (tested above)' : false }, async () => {
-    await createReady(server, 'nockpt', { runtime });
-    await sh(server, 'nockpt', 'echo kept > /data/f; echo kept > /root/f');
-    // An AF_ALG (kernel crypto) socket: CRIU has no support for the family.
-    const alg = `import socket, time\\ns = socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET)\\ns.bind(("hash", "sha256"))\\nopen("/tmp/alg.ready", "w").close()\\ntime.sleep(3600)`;
-    await sh(server, 'nockpt', `printf '${alg}' > /tmp/alg.py; setsid python3 /tmp/alg.py </dev/null >/tmp/alg.log 2>&1 &`);
-    for (let i = 0; (await sh(server, 'nockpt', 'test -e /tmp/alg.ready')).exit?.exitCode !== 0; i++) {
-      if (i > 100) throw new Error(`the AF_ALG process did not start: ${(await sh(server, 'nockpt', 'cat /tmp/alg.log')).stdout}`);
-      await new Promise((res) => setTimeout(res, 100));
-    }
-    const res = await api(server, 'nockpt', 'hibernate');
-    assert.equal(res.status, 200, await res.clone().text());
-    const s = (await res.json()) as any;
-    assert.equal(s.status.phase, 'Hibernated');
-    const c = condition(s, 'Hibernated');
-    assert.equal(c.reason, 'StoppedWithDisks');
-    assert.match(c.message, /memory was not saved/);
-    assert.ok((await reasons(server, 'nockpt')).includes('HibernatedWithoutMemory'));
-    const r = await sh(server, 'nockpt', 'cat /data/f /root/f; test -e /tmp/alg.ready && echo same-process || echo fresh-start');
-    assert.equal(r.stdout, 'kept\nkept\nfresh-start\n', 'disks kept, processes started afresh');
-    const woken = await get(server, 'nockpt');
-    assert.equal(woken.status.phase, 'Running');
-    assert.equal(condition(woken, 'Hibernated').reason, 'Restarted');
-  });
-});
 
 for (const { runtime, skip } of testRuntimes())
-describe(`hibernate across a control-plane restart (${runtime})`, { skip }, () => {
-  let dataDir: string;
-  let live: { child: ChildProcess; server: TestServer } | undefined;
-  const expect = expectation(runtime);
-  before(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), 'moat-hibernate-'));
-  });
-  after(async () => {
-    if (live) {
-      await live.server.api(`${NS}/rest?wait=true`, { method: 'DELETE' });
+  describe(`hibernate across a control-plane restart (${runtime})`, { skip }, () => {
+    let dataDir: string;
+    let live: { child: ChildProcess; server: TestServer } | undefined;
+    const expect = expectation(runtime);
+    before(async () => {
+      dataDir = await mkdtemp(join(tmpdir(), 'moat-hibernate-'));
+    });
+    after(async () => {
+      if (live) {
+        await live.server.api(`${NS}/rest?wait=true`, { method: 'DELETE' });
+        await kill(live.child);
+      }
+      await rm(dataDir, { recursive: true, force: true });
+    });
+
+    test('a sandbox hibernated before the server stops stays hibernated after it starts, and wakes with its state', async () => {
+      live = await spawnServer(dataDir);
+      await createReady(live.server, 'rest', { runtime, command: ['python3', '-c', STATEFUL] });
+      const held = await waitStateful(live.server, 'rest');
+      const res = await api(live.server, 'rest', 'hibernate');
+      assert.equal(res.status, 200, await res.clone().text());
+      const reason = condition((await res.json()) as any, 'Hibernated').reason;
+      assert.equal(reason, expect.kept ? 'Checkpointed' : 'StoppedWithDisks');
+
       await kill(live.child);
-    }
-    await rm(dataDir, { recursive: true, force: true });
+      live = await spawnServer(dataDir);
+      const s = await get(live.server, 'rest');
+      assert.equal(s.status.phase, 'Hibernated', 'not restarted, not removed as an orphan');
+      assert.equal(condition(s, 'Hibernated').reason, reason);
+      assert.ok(!(await reasons(live.server, 'rest')).includes('Restarting'));
+
+      const now = await (expect.kept ? ask(live.server, 'rest') : waitStateful(live.server, 'rest'));
+      if (expect.kept) {
+        assert.equal(now.token, held.token);
+        assert.equal(now.pid, held.pid);
+        assert.equal(now.hits, held.hits + 1);
+      } else assert.notEqual(now.token, held.token);
+      assert.equal((await get(live.server, 'rest')).status.phase, 'Running');
+    });
   });
-
-  test('a sandbox hibernated before the server stops stays hibernated after it starts, and wakes with its state', async () => {
-    live = await spawnServer(dataDir);
-    await createReady(live.server, 'rest', { runtime, command: ['python3', '-c', STATEFUL] });
-    const held = await waitStateful(live.server, 'rest');
-    const res = await api(live.server, 'rest', 'hibernate');
-    assert.equal(res.status, 200, await res.clone().text());
-    const reason = condition((await res.json()) as any, 'Hibernated').reason;
-    assert.equal(reason, expect.kept ? 'Checkpointed' : 'StoppedWithDisks');
-
-    await kill(live.child);
-    live = await spawnServer(dataDir);
-    const s = await get(live.server, 'rest');
-    assert.equal(s.status.phase, 'Hibernated', 'not restarted, not removed as an orphan');
-    assert.equal(condition(s, 'Hibernated').reason, reason);
-    assert.ok(!(await reasons(live.server, 'rest')).includes('Restarting'));
-
-    const now = await (expect.kept ? ask(live.server, 'rest') : waitStateful(live.server, 'rest'));
-    if (expect.kept) {
-      assert.equal(now.token, held.token);
-      assert.equal(now.pid, held.pid);
-      assert.equal(now.hits, held.hits + 1);
-    } else assert.notEqual(now.token, held.token);
-    assert.equal((await get(live.server, 'rest')).status.phase, 'Running');
-  });
-});

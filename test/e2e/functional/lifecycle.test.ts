@@ -37,7 +37,7 @@ describe('scheduled shutdown and idle reclaim', () => {
   test('at its shutdownTime a sandbox with shutdownPolicy Delete is deleted, as an event and an audit record', async () => {
     await createWith(server, 'short', { shutdownTime: inSeconds(3), shutdownPolicy: 'Delete' });
     assert.equal(await phase(server, 'short'), 'Running');
-    await until('the sandbox is deleted after its shutdownTime', async () => ((await phase(server, 'short')) === 'gone') || undefined, 20_000);
+    await until('the sandbox is deleted after its shutdownTime', async () => (await phase(server, 'short')) === 'gone' || undefined, 20_000);
     const audit = await apiJson<any>(server, '/apis/moat.dev/v1/audit?sandbox=short&action=lifecycle.delete');
     assert.equal(audit.items.length, 1, JSON.stringify(audit));
     assert.equal(audit.items[0].result, 'success');
@@ -64,8 +64,12 @@ describe('scheduled shutdown and idle reclaim', () => {
 
   test('idle policy: paused, then hibernated, then deleted, each audited', async () => {
     await createWith(server, 'sleepy', { idlePolicy: { pauseAfterSeconds: 1, hibernateAfterSeconds: 4, deleteAfterSeconds: 8 } });
-    for (const [step, want] of [['paused', 'Paused'], ['hibernated', 'Hibernated'], ['deleted', 'gone']] as const) {
-      await until(step, async () => ((await phase(server, 'sleepy')) === want) || undefined, 20_000);
+    for (const [step, want] of [
+      ['paused', 'Paused'],
+      ['hibernated', 'Hibernated'],
+      ['deleted', 'gone'],
+    ] as const) {
+      await until(step, async () => (await phase(server, 'sleepy')) === want || undefined, 20_000);
     }
     const audit = await apiJson<any>(server, '/apis/moat.dev/v1/audit?sandbox=sleepy');
     const steps = audit.items.map((e: any) => e.action).filter((a: string) => a.startsWith('lifecycle.'));
@@ -90,9 +94,9 @@ describe('scheduled shutdown and idle reclaim', () => {
   test("a claimed sandbox's extend moves its claim's shutdown", async () => {
     await create(server, 'sandboxtemplates', templateBody('ttl-tpl', {}, { ttlSeconds: 5 }));
     await create(server, 'sandboxclaims', claimBody('ttl-claim', 'ttl-tpl'));
-    await until('the claim is served', async () => ((await phase(server, 'ttl-claim')) === 'Running') || undefined, 60_000);
-    const first = Date.parse(((await apiJson<any>(server, `${NS}/ttl-claim`)).spec.shutdownTime));
-    assert.ok(first > Date.now() && first < Date.now() + 6000, 'the sandbox shows its claim\'s shutdown');
+    await until('the claim is served', async () => (await phase(server, 'ttl-claim')) === 'Running' || undefined, 60_000);
+    const first = Date.parse((await apiJson<any>(server, `${NS}/ttl-claim`)).spec.shutdownTime);
+    assert.ok(first > Date.now() && first < Date.now() + 6000, "the sandbox shows its claim's shutdown");
     const res = await server.api(`${NS}/ttl-claim/extend`, { method: 'POST', json: { ttlSeconds: 300 } });
     assert.equal(res.status, 200, await res.clone().text());
     const claim = await apiJson<any>(server, `${EXT}/sandboxclaims/ttl-claim`);
@@ -107,7 +111,7 @@ describe('scheduled shutdown and idle reclaim', () => {
     await sleep(4000);
     assert.equal(await phase(server, 'idler'), 'Running', 'not paused while a command runs');
     assert.equal((await busy).stdout, 'done\n');
-    await until('paused once idle', async () => ((await phase(server, 'idler')) === 'Paused') || undefined, 15_000);
+    await until('paused once idle', async () => (await phase(server, 'idler')) === 'Paused' || undefined, 15_000);
     assert.ok((await reasons(server, 'idler')).includes('IdlePaused'));
     assert.equal((await sh(server, 'idler', 'echo back')).stdout, 'back\n');
     assert.equal(await phase(server, 'idler'), 'Running');
@@ -137,7 +141,7 @@ describe('scheduled shutdown across a crash of the server', () => {
       await kill(live.child);
       await sleep(5000);
       live = await spawnServer(dataDir);
-      await until('deleted after the restart', async () => ((await phase(live.server, 'doomed')) === 'gone') || undefined, 20_000);
+      await until('deleted after the restart', async () => (await phase(live.server, 'doomed')) === 'gone' || undefined, 20_000);
     } finally {
       // Whatever happened, nothing of this test may outlive it.
       await live.server.api(`${NS}/doomed?wait=true`, { method: 'DELETE' }).catch(() => {});

@@ -22,8 +22,11 @@ interface Backup {
   sha256: string;
   key: string;
 }
-interface Stored { metadata: { name: string; uid: string }; spec: { podTemplate: { spec: { runtimeClassName?: string } } }; status: { phase: string; image?: { digest: string } } }
-
+interface Stored {
+  metadata: { name: string; uid: string };
+  spec: { podTemplate: { spec: { runtimeClassName?: string } } };
+  status: { phase: string; image?: { digest: string } };
+}
 
 const post = (server: TestServer, path: string, json: unknown) => server.api(`${API}${path}`, { method: 'POST', json });
 
@@ -108,7 +111,7 @@ describe('backups of the writable layer (rootfs)', () => {
       assert.equal(stored.subarray(0, 4).toString('hex'), '28b52ffd', 'a zstd frame');
       assert.ok(b.compressedBytes < b.sizeBytes / 4, `compressed ${b.compressedBytes} of ${b.sizeBytes}`);
       await run(server, src, 'echo after > /root/after'); // thawed, or continued
-      assert.equal((await (await server.api(`${NS}/${src}`)).json() as Stored).status.phase, 'Running');
+      assert.equal(((await (await server.api(`${NS}/${src}`)).json()) as Stored).status.phase, 'Running');
       // Paused: runc and gVisor are frozen on the host all the same; a paused microVM's guest cache cannot be flushed (409).
       assert.equal((await server.api(`${NS}/${src}/pause`, { method: 'POST' })).status, 200);
       const paused = await post(server, '/backups', { sandbox: src, rootfs: true });
@@ -120,11 +123,17 @@ describe('backups of the writable layer (rootfs)', () => {
         assert.equal(paused.status, 201, pausedText);
         assert.equal((await server.api(`${API}/backups/${(JSON.parse(pausedText) as Backup).id}`, { method: 'DELETE' })).status, 204);
       }
-      assert.equal((await (await server.api(`${NS}/${src}`)).json() as Stored).status.phase, 'Paused', 'still paused');
+      assert.equal(((await (await server.api(`${NS}/${src}`)).json()) as Stored).status.phase, 'Paused', 'still paused');
       assert.equal((await server.api(`${NS}/${src}/resume`, { method: 'POST' })).status, 200);
       const list = (await (await server.api(`${API}/backups`)).json()) as { items: Backup[] };
-      assert.deepEqual(list.items.filter((x) => x.id === b.id).map((x) => [x.kind, x.sandbox]), [['rootfs', src]]);
-      assert.ok(!(await (await server.api(`${API}/backups?volume=rf-vol`)).json() as { items: Backup[] }).items.some((x) => x.id === b.id), 'not listed as a volume\'s');
+      assert.deepEqual(
+        list.items.filter((x) => x.id === b.id).map((x) => [x.kind, x.sandbox]),
+        [['rootfs', src]],
+      );
+      assert.ok(
+        !((await (await server.api(`${API}/backups?volume=rf-vol`)).json()) as { items: Backup[] }).items.some((x) => x.id === b.id),
+        "not listed as a volume's",
+      );
 
       // A rootfs backup restored as a volume: 400.
       const asVolume = await post(server, `/backups/${b.id}/restore`, { volume: `rf-as-volume-${runtime}` });
@@ -144,7 +153,10 @@ describe('backups of the writable layer (rootfs)', () => {
       assert.equal(s.status.image?.digest, b.imageDigest, 'the same image, by digest');
       assert.equal(s.spec.podTemplate.spec.runtimeClassName, runtime);
       assert.equal(await run(server, dst, CHECK), before);
-      assert.equal((await run(server, dst, 'test -e /root/after || echo absent; test -e /data/d || echo data-not-included')).trim(), 'absent\ndata-not-included');
+      assert.equal(
+        (await run(server, dst, 'test -e /root/after || echo absent; test -e /data/d || echo data-not-included')).trim(),
+        'absent\ndata-not-included',
+      );
       // Writable.
       await run(server, dst, 'echo more >> /root/proj/deep/er/seq.txt && sync');
 
@@ -191,7 +203,12 @@ describe('backups of the writable layer (rootfs)', () => {
 
   test('the CLI: moat backup create --sandbox NAME --rootfs, list shows the kind, restore --sandbox NEW', async () => {
     const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
-    const env = { ...(process.env as Record<string, string>), MOAT_URL: server.url, MOAT_API_KEY: server.adminKey, MOAT_CONFIG: join(server.dataDir, 'cli.json') };
+    const env = {
+      ...(process.env as Record<string, string>),
+      MOAT_URL: server.url,
+      MOAT_API_KEY: server.adminKey,
+      MOAT_CONFIG: join(server.dataDir, 'cli.json'),
+    };
     const moat = async (...args: string[]) => {
       const r = await runProcess(process.execPath, [CLI, ...args], { env });
       assert.equal(r.code, 0, `moat ${args.join(' ')}: ${r.stderr}`);

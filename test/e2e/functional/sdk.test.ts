@@ -56,14 +56,20 @@ describe('TypeScript SDK against a real server', () => {
     await sbx.files.write('/workspace/dir/b.bin', Buffer.from([1, 2, 3]));
     assert.equal(await sbx.files.readText('/workspace/dir/a.txt'), 'A');
     assert.deepEqual([...(await sbx.files.read('/workspace/dir/b.bin'))], [1, 2, 3]);
-    assert.deepEqual((await sbx.files.list('/workspace/dir')).map((e) => e.name), ['a.txt', 'b.bin']);
+    assert.deepEqual(
+      (await sbx.files.list('/workspace/dir')).map((e) => e.name),
+      ['a.txt', 'b.bin'],
+    );
     await sbx.files.remove('/workspace/dir', { recursive: true });
     assert.equal(await sbx.files.exists('/workspace/dir'), false);
   });
 
   test('errors are MoatErrors with status and reason', async () => {
     await assert.rejects(moat.sandboxes.get('nope'), (e: unknown) => e instanceof MoatError && e.status === 404 && e.reason === 'NotFound');
-    await assert.rejects(moat.sandboxes.create({ image: 'nosuch' }), (e: unknown) => e instanceof MoatError && e.status === 404 && /known images/.test(e.message));
+    await assert.rejects(
+      moat.sandboxes.create({ image: 'nosuch' }),
+      (e: unknown) => e instanceof MoatError && e.status === 404 && /known images/.test(e.message),
+    );
     await assert.rejects(sbx.files.read('/no/such'), (e: unknown) => e instanceof MoatError && e.status === 404);
   });
 
@@ -73,7 +79,10 @@ describe('TypeScript SDK against a real server', () => {
   });
 
   test('create({ template }) claims from a warm pool when one exists, and delete removes the claim', async () => {
-    await moat.templates.create({ metadata: { name: 'sdk-tpl' }, spec: { podTemplate: { spec: { containers: [{ image: 'base' }] } }, envVarsInjectionPolicy: 'Allowed' } });
+    await moat.templates.create({
+      metadata: { name: 'sdk-tpl' },
+      spec: { podTemplate: { spec: { containers: [{ image: 'base' }] } }, envVarsInjectionPolicy: 'Allowed' },
+    });
     await moat.warmPools.create({ metadata: { name: 'sdk-pool' }, spec: { replicas: 1, sandboxTemplateRef: { name: 'sdk-tpl' } } });
     await moat.warmPools.wait('sdk-pool', { timeoutSeconds: 60 });
     const s = await moat.sandboxes.create({ template: 'sdk-tpl', env: { GREETING: 'hi' } });
@@ -90,6 +99,9 @@ describe('TypeScript SDK against a real server', () => {
     await moat.sandboxes.delete('sdk-cold');
     await assert.rejects(moat.claims.get('sdk-cold'), (err: unknown) => err instanceof MoatError && err.status === 404);
 
-    await assert.rejects(moat.sandboxes.create({ template: 'no-such-template' }), (err: unknown) => err instanceof MoatError && err.reason === 'TemplateNotFound' && /no-such-template/.test(err.message));
+    await assert.rejects(
+      moat.sandboxes.create({ template: 'no-such-template' }),
+      (err: unknown) => err instanceof MoatError && err.reason === 'TemplateNotFound' && /no-such-template/.test(err.message),
+    );
   });
 });

@@ -13,7 +13,6 @@ interface Volume {
   retain: boolean;
 }
 
-
 async function volume(server: TestServer, name: string): Promise<Volume | undefined> {
   const res = await server.api(`${VOLUMES}/${name}`);
   if (res.status === 404) return undefined;

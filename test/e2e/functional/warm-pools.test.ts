@@ -55,7 +55,11 @@ describe('templates, claims and warm pools', () => {
     const early = await sh(server, member.metadata.name, 'true');
     assert.equal(early.status, 409);
 
-    const claim = await create(server, 'sandboxclaims', claimBody('agent-1', 'idle', { env: [{ name: 'TASK', value: 'forty-two' }], additionalPodMetadata: { labels: { team: 'a' } } }));
+    const claim = await create(
+      server,
+      'sandboxclaims',
+      claimBody('agent-1', 'idle', { env: [{ name: 'TASK', value: 'forty-two' }], additionalPodMetadata: { labels: { team: 'a' } } }),
+    );
     assert.equal(condition(claim)?.status, 'True', JSON.stringify(claim.status));
     assert.equal(condition(claim, 'WarmPool')?.reason, 'FromWarmPool');
     assert.equal(claim.status.warmPool, 'idle-pool');
@@ -126,7 +130,10 @@ describe('templates, claims and warm pools', () => {
     assert.equal(condition(claim)?.reason, 'ImageNotFound');
     assert.match(condition(claim)!.message, /image "does-not-exist" not found; known images: .*base/);
     await create(server, 'sandboxwarmpools', poolBody('no-image-pool', 'no-image', 2));
-    await until('pool ImageNotFound', async () => condition(await apiJson(server, `${EXT}/sandboxwarmpools/no-image-pool`))?.reason === 'ImageNotFound' || undefined);
+    await until(
+      'pool ImageNotFound',
+      async () => condition(await apiJson(server, `${EXT}/sandboxwarmpools/no-image-pool`))?.reason === 'ImageNotFound' || undefined,
+    );
   });
 
   test('deleting a template while claims use it leaves them running with a clear status', async () => {
@@ -142,7 +149,10 @@ describe('templates, claims and warm pools', () => {
     assert.equal((await sh(server, 'survivor', 'echo alive')).stdout, 'alive\n');
     const late = await create(server, 'sandboxclaims', claimBody('too-late', 'doomed'));
     assert.equal(condition(late)?.reason, 'TemplateNotFound');
-    await until('pool TemplateNotFound', async () => condition(await apiJson(server, `${EXT}/sandboxwarmpools/doomed-pool`))?.reason === 'TemplateNotFound' || undefined);
+    await until(
+      'pool TemplateNotFound',
+      async () => condition(await apiJson(server, `${EXT}/sandboxwarmpools/doomed-pool`))?.reason === 'TemplateNotFound' || undefined,
+    );
     assert.equal((await server.api('/healthz')).status, 200);
   });
 
@@ -169,7 +179,11 @@ describe('templates, claims and warm pools', () => {
     assert.deepEqual(await (await server.api(`${NS}/py/ports/8888/`)).json(), { status: 'ok', message: 'Sandbox Runtime is active.' });
     const viaPort = await server.api(`${NS}/py/ports/8888/execute`, { method: 'POST', json: { command: 'echo from-outside' } });
     assert.deepEqual(await viaPort.json(), { stdout: 'from-outside\n', stderr: '', exit_code: 0 });
-    const run = await sh(server, 'py', `curl -sf -X POST localhost:8888/execute -H 'content-type: application/json' -d '{"command": "sh -c \\"echo out; echo err >&2; exit 3\\""}'`);
+    const run = await sh(
+      server,
+      'py',
+      `curl -sf -X POST localhost:8888/execute -H 'content-type: application/json' -d '{"command": "sh -c \\"echo out; echo err >&2; exit 3\\""}'`,
+    );
     assert.deepEqual(JSON.parse(run.stdout), { stdout: 'out\n', stderr: 'err\n', exit_code: 3 });
     const pwd = await sh(server, 'py', `curl -sf -X POST localhost:8888/execute -d '{"command": "pwd"}'; df --output=target /workspace | tail -1`);
     assert.equal(pwd.stdout.split('"stdout": "')[1]?.split('\\n')[0], '/workspace');
@@ -188,7 +202,11 @@ describe('templates, claims and warm pools', () => {
     const claim = await create(server, 'sandboxclaims', claimBody('server-1', 'server', { env: [{ name: 'A', value: '1' }] }));
     assert.equal(condition(claim, 'WarmPool')?.reason, 'ColdStartRequired');
     await apiJson(server, `${NS}/server-1/wait?timeoutSeconds=60`, {}, 200);
-    assert.equal((await sh(server, 'server-1', 'tr "\\0" "\\n" < /proc/1/environ | grep -c "^A=1$" || true; pgrep -c sleep')).stdout, '1\n1\n', 'the main command started with the claim env');
+    assert.equal(
+      (await sh(server, 'server-1', 'tr "\\0" "\\n" < /proc/1/environ | grep -c "^A=1$" || true; pgrep -c sleep')).stdout,
+      '1\n1\n',
+      'the main command started with the claim env',
+    );
   });
 
   test('a claim past its shutdownTime is removed with its sandbox (shutdownPolicy Delete)', async () => {
@@ -202,7 +220,10 @@ describe('templates, claims and warm pools', () => {
   test('reserved labels cannot be set by users', async () => {
     const res = await server.api(NS, {
       method: 'POST',
-      json: { metadata: { name: 'sneaky', labels: { 'agents.x-k8s.io/warm-pool': 'idle-pool' } }, spec: { podTemplate: { spec: { containers: [{ image: 'base' }] } } } },
+      json: {
+        metadata: { name: 'sneaky', labels: { 'agents.x-k8s.io/warm-pool': 'idle-pool' } },
+        spec: { podTemplate: { spec: { containers: [{ image: 'base' }] } } },
+      },
     });
     assert.equal(res.status, 400);
     assert.match(await res.text(), /set by Moat/);

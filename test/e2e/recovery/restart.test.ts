@@ -28,7 +28,7 @@ describe('control-plane crash recovery', () => {
     let { child, server } = live;
     await createReady(server, 'keep');
     const orphan = await createReady(server, 'orphan');
-    await sh(server, 'keep', 'echo state > /data/f; nohup sh -c \'echo $$ > /tmp/loop.pid; while true; do sleep 1; done\' >/dev/null 2>&1 &');
+    await sh(server, 'keep', "echo state > /data/f; nohup sh -c 'echo $$ > /tmp/loop.pid; while true; do sleep 1; done' >/dev/null 2>&1 &");
     await new Promise((r) => setTimeout(r, 200));
     const alive = 'kill -0 $(cat /tmp/loop.pid) && cat /tmp/loop.pid';
     const before = (await sh(server, 'keep', alive)).stdout.trim();
@@ -83,10 +83,14 @@ describe('warm pools across a control-plane crash', () => {
     const members = await poolMembers(server, 'refill');
     assert.equal(members.length, 4);
     // Host state exactly matches the records: no orphan directory, container or pool member beyond 4.
-    await until('host state to match records', async () => {
-      const dirs = (await readdir(join(dataDir, 'sandboxes'))).sort();
-      return JSON.stringify(dirs) === JSON.stringify(members.map((m) => m.metadata.uid).sort()) ? true : undefined;
-    }, 10_000);
+    await until(
+      'host state to match records',
+      async () => {
+        const dirs = (await readdir(join(dataDir, 'sandboxes'))).sort();
+        return JSON.stringify(dirs) === JSON.stringify(members.map((m) => m.metadata.uid).sort()) ? true : undefined;
+      },
+      10_000,
+    );
   });
 });
 
@@ -134,7 +138,9 @@ describe('networks across a control-plane crash', () => {
     assert.deepEqual(veths, [`${TEST_NETWORK.ifPrefix}${networkKey(netUid)}`]);
     assert.ok(!veths.some((v) => v.includes(networkKey(orphanUid))));
     const leases = new Database(join(dataDir, 'moat.db')).prepare('SELECT sandbox_uid FROM network_leases').all() as { sandbox_uid: string }[];
-    assert.deepEqual(leases.map((l) => l.sandbox_uid), [netUid]);
+    assert.deepEqual(
+      leases.map((l) => l.sandbox_uid),
+      [netUid],
+    );
   });
 });
-

@@ -11,7 +11,16 @@ import { NS, createReady, sh, startTestServer, type TestServer } from '../../hel
 const V1 = '/apis/moat.dev/v1';
 const CLI = join(import.meta.dirname, '../../../packages/cli/dist/main.js');
 
-type Event = { seq: number; action: string; result: string; actor: { user?: string; keyId?: string; source: string }; namespace: string; sandbox: string; object: string; detail: any };
+type Event = {
+  seq: number;
+  action: string;
+  result: string;
+  actor: { user?: string; keyId?: string; source: string };
+  namespace: string;
+  sandbox: string;
+  object: string;
+  detail: any;
+};
 
 describe('audit log', () => {
   let server: TestServer;
@@ -23,7 +32,8 @@ describe('audit log', () => {
     assert.equal(res.status, 200);
     return ((await res.json()) as { items: Event[] }).items;
   };
-  const verify = async () => (await (await server.api(`${V1}/audit/verify`)).json()) as { ok: boolean; events: number; checkpoints: number; brokenAt?: number; reason?: string };
+  const verify = async () =>
+    (await (await server.api(`${V1}/audit/verify`)).json()) as { ok: boolean; events: number; checkpoints: number; brokenAt?: number; reason?: string };
   /** Events are written once their response is done; wait for the one a test looks for. */
   const eventually = (what: string, match: (e: Event) => boolean, query = '') => until(what, async () => (await events(query)).find(match), 10_000);
 
@@ -84,8 +94,12 @@ describe('audit log', () => {
     assert.equal(denied.result, 'denied');
     assert.equal(denied.detail.status, 404);
 
-    const vera = ((await (await server.api(`${V1}/users`, { method: 'POST', json: { name: 'vera', role: 'viewer' } })).json()) as { key: { key: string } }).key.key;
-    const write = await fetch(`${server.url}/apis/agents.x-k8s.io/v1alpha1/namespaces/vera/sandboxes/x`, { method: 'DELETE', headers: { authorization: `Bearer ${vera}` } });
+    const vera = ((await (await server.api(`${V1}/users`, { method: 'POST', json: { name: 'vera', role: 'viewer' } })).json()) as { key: { key: string } }).key
+      .key;
+    const write = await fetch(`${server.url}/apis/agents.x-k8s.io/v1alpha1/namespaces/vera/sandboxes/x`, {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${vera}` },
+    });
     assert.equal(write.status, 403);
     const viewer = await eventually('the viewer write', (e) => e.actor.user === 'vera');
     assert.deepEqual([viewer.result, viewer.namespace, viewer.detail.status], ['denied', 'vera', 403]);
@@ -113,7 +127,10 @@ describe('audit log', () => {
 
     const res = await server.api(`${V1}/audit/export?sandbox=audited`);
     assert.match(res.headers.get('content-type')!, /jsonl/);
-    const lines = (await res.text()).trim().split('\n').map((l) => JSON.parse(l) as Event);
+    const lines = (await res.text())
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Event);
     assert.deepEqual(lines, await events('?sandbox=audited'));
   });
 
@@ -132,7 +149,11 @@ describe('audit log', () => {
     const original = rows();
     const restore = () => {
       db.prepare('DELETE FROM audit_events WHERE seq <= ?').run(original.length);
-      const insert = db.prepare(`INSERT INTO audit_events (${Object.keys(original[0]!).join(', ')}) VALUES (${Object.keys(original[0]!).map((k) => `@${k}`).join(', ')})`);
+      const insert = db.prepare(
+        `INSERT INTO audit_events (${Object.keys(original[0]!).join(', ')}) VALUES (${Object.keys(original[0]!)
+          .map((k) => `@${k}`)
+          .join(', ')})`,
+      );
       for (const r of original) insert.run(r);
     };
     const expectBroken = async (at: number, reason: RegExp) => {
@@ -152,7 +173,9 @@ describe('audit log', () => {
 
     // Swap the contents of events 8 and 9, sequence numbers kept: the order changed.
     const [e8, e9] = [original[7]!, original[8]!];
-    const swap = db.prepare('UPDATE audit_events SET time = @time, action = @action, object = @object, detail = @detail, prev_hash = @prev_hash, hash = @hash WHERE seq = @seq');
+    const swap = db.prepare(
+      'UPDATE audit_events SET time = @time, action = @action, object = @object, detail = @detail, prev_hash = @prev_hash, hash = @hash WHERE seq = @seq',
+    );
     swap.run({ ...e9, seq: 8 });
     swap.run({ ...e8, seq: 9 });
     await expectBroken(8, /event 8 does not follow event 7/);
@@ -176,7 +199,9 @@ describe('audit log', () => {
   test('moat audit list --sandbox and verify (exit code 1 on a broken chain)', async () => {
     const moat = (args: string[]) =>
       new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', MOAT_URL: server.url, MOAT_API_KEY: server.adminKey } });
+        const child = spawn(process.execPath, [CLI, ...args], {
+          env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', MOAT_URL: server.url, MOAT_API_KEY: server.adminKey },
+        });
         let stdout = '';
         let stderr = '';
         child.stdout.on('data', (d) => (stdout += d));

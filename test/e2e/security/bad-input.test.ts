@@ -28,7 +28,11 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
   });
 
   test('an unknown image is 404 and lists the known images', async () => {
-    const body = await status(await server.api(NS, { method: 'POST', json: sandboxBody('x1', { image: 'nosuch' }) }), 404, /image "nosuch" not found; known images: .*base/);
+    const body = await status(
+      await server.api(NS, { method: 'POST', json: sandboxBody('x1', { image: 'nosuch' }) }),
+      404,
+      /image "nosuch" not found; known images: .*base/,
+    );
     assert.ok(body.details.known.includes('base'));
   });
 
@@ -66,7 +70,14 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
   test('paths that are relative or contain .. are 400 and touch nothing', async () => {
     for (const p of ['etc/passwd', '/../../etc/passwd', '/tmp/../../etc/shadow', '']) {
       await status(await server.api(`${NS}/target/files/content?path=${encodeURIComponent(p)}`), 400);
-      await status(await server.api(`${NS}/target/files/content?path=${encodeURIComponent(p)}`, { method: 'PUT', body: 'x', headers: { 'content-type': 'application/octet-stream' } }), 400);
+      await status(
+        await server.api(`${NS}/target/files/content?path=${encodeURIComponent(p)}`, {
+          method: 'PUT',
+          body: 'x',
+          headers: { 'content-type': 'application/octet-stream' },
+        }),
+        400,
+      );
     }
   });
 
@@ -77,7 +88,11 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
     await status(await server.api(`${NS}/target/files/content?path=${encodeURIComponent(marker)}`), 404);
     // A symlink to the host path, and through it a write: lands in the sandbox, the host file is unchanged.
     await sh(server, 'target', `ln -s ${marker} /link && ln -s / /rootlink`);
-    const res = await server.api(`${NS}/target/files/content?path=/link`, { method: 'PUT', body: 'overwritten', headers: { 'content-type': 'application/octet-stream' } });
+    const res = await server.api(`${NS}/target/files/content?path=/link`, {
+      method: 'PUT',
+      body: 'overwritten',
+      headers: { 'content-type': 'application/octet-stream' },
+    });
     assert.ok(res.status < 500);
     assert.equal(await readFile(marker, 'utf8'), 'host-secret');
     const viaRoot = await server.api(`${NS}/target/files/content?path=${encodeURIComponent('/rootlink' + marker)}`);
@@ -87,7 +102,10 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
   test('an upload over the limit is 413 and the old file survives', async () => {
     await sh(server, 'target', 'echo original > /keep.txt');
     const big = Buffer.alloc(2 * 1024 * 1024, 1);
-    await status(await server.api(`${NS}/target/files/content?path=/keep.txt`, { method: 'PUT', body: big, headers: { 'content-type': 'application/octet-stream' } }), 413);
+    await status(
+      await server.api(`${NS}/target/files/content?path=/keep.txt`, { method: 'PUT', body: big, headers: { 'content-type': 'application/octet-stream' } }),
+      413,
+    );
     // Without content-length (chunked), the limit still holds.
     const stream = new ReadableStream({
       start(c) {
@@ -95,7 +113,12 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
         c.close();
       },
     });
-    const res = await server.api(`${NS}/target/files/content?path=/keep.txt`, { method: 'PUT', body: stream, headers: { 'content-type': 'application/octet-stream' }, duplex: 'half' } as RequestInit);
+    const res = await server.api(`${NS}/target/files/content?path=/keep.txt`, {
+      method: 'PUT',
+      body: stream,
+      headers: { 'content-type': 'application/octet-stream' },
+      duplex: 'half',
+    } as RequestInit);
     assert.equal(res.status, 413);
     assert.equal((await sh(server, 'target', 'cat /keep.txt; ls -a / | grep -c moat-upload || true')).stdout, 'original\n0\n');
   });
@@ -107,7 +130,11 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
     pack.finalize();
     const chunks: Buffer[] = [];
     for await (const c of pack) chunks.push(c as Buffer);
-    await status(await server.api(`${NS}/target/files/archive?path=/up`, { method: 'PUT', body: Buffer.concat(chunks), headers: { 'content-type': 'application/x-tar' } }), 400, /\.\./);
+    await status(
+      await server.api(`${NS}/target/files/archive?path=/up`, { method: 'PUT', body: Buffer.concat(chunks), headers: { 'content-type': 'application/x-tar' } }),
+      400,
+      /\.\./,
+    );
     assert.equal((await sh(server, 'target', 'test -e /escape.txt; echo $?')).stdout, '1\n');
   });
 

@@ -7,7 +7,11 @@ import { Moat } from '@moat/sdk';
 import { NS, sandboxBody, sh, startTestServer, type TestServer } from '../../helpers/server.js';
 
 const NSV1 = '/apis/moat.dev/v1/namespaces/default';
-const KEYS = { openai: `sk-real-${randomBytes(16).toString('hex')}`, anthropic: `sk-ant-${randomBytes(16).toString('hex')}`, github: `ghp_${randomBytes(16).toString('hex')}` };
+const KEYS = {
+  openai: `sk-real-${randomBytes(16).toString('hex')}`,
+  anthropic: `sk-ant-${randomBytes(16).toString('hex')}`,
+  github: `ghp_${randomBytes(16).toString('hex')}`,
+};
 
 interface Seen {
   method: string;
@@ -44,8 +48,15 @@ describe('API gateway: credentials stay outside the sandbox', () => {
     if (req.url === '/v1/models') return json(res, 200, { object: 'list', data: [{ id: 'gpt-test' }, { id: 'gpt-forbidden' }] });
     if (req.url === '/v1/embeddings') return json(res, 200, { data: [{ embedding: [0.1] }], usage: { prompt_tokens: 3, total_tokens: 3 } });
     const body = JSON.parse(req.body) as { model: string; stream?: boolean };
-    if (body.model === 'echo-key') return json(res, 401, { error: { message: `Incorrect API key provided: ${req.headers.authorization}` } }, { 'x-echo': String(req.headers.authorization) });
-    if (!body.stream) return json(res, 200, { id: 'c1', choices: [{ message: { role: 'assistant', content: 'hello' } }], usage: { prompt_tokens: 11, completion_tokens: 7 } });
+    if (body.model === 'echo-key')
+      return json(
+        res,
+        401,
+        { error: { message: `Incorrect API key provided: ${req.headers.authorization}` } },
+        { 'x-echo': String(req.headers.authorization) },
+      );
+    if (!body.stream)
+      return json(res, 200, { id: 'c1', choices: [{ message: { role: 'assistant', content: 'hello' } }], usage: { prompt_tokens: 11, completion_tokens: 7 } });
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     res.write(`data: ${JSON.stringify({ choices: [{ delta: { content: 'first' } }] })}\n\n`);
     await releaseSecond; // the second event waits until the sandbox has shown the first: no buffering on the way
@@ -77,7 +88,8 @@ describe('API gateway: credentials stay outside the sandbox', () => {
 
   before(async () => {
     server = await startTestServer({ network: { pinnedHosts: { 'openai.test': '127.0.0.1', 'anthropic.test': '127.0.0.1', 'github.test': '127.0.0.1' } } });
-    for (const [name, value] of Object.entries(KEYS)) assert.equal((await server.api(`${NSV1}/secrets`, { method: 'POST', json: { name, value } })).status, 201);
+    for (const [name, value] of Object.entries(KEYS))
+      assert.equal((await server.api(`${NSV1}/secrets`, { method: 'POST', json: { name, value } })).status, 201);
     assert.equal((await server.api(`${NSV1}/gateway`, { method: 'PUT', json: await config() })).status, 200);
     for (const name of ['agent', 'other']) {
       assert.equal((await server.api(NS, { method: 'POST', json: agentBody(name) })).status, 201);
@@ -92,7 +104,9 @@ describe('API gateway: credentials stay outside the sandbox', () => {
 
   const curl = (args: string) => sh(server, 'agent', `curl -sS -w '\\n%{http_code}' ${args}`);
   const chat = (model: string, extra = '') =>
-    curl(`-H "Authorization: Bearer $MOAT_SANDBOX_TOKEN" -H 'content-type: application/json' -d '{"model":"${model}","messages":[{"role":"user","content":"hi"}]${extra}}' "$OPENAI_BASE_URL/chat/completions"`);
+    curl(
+      `-H "Authorization: Bearer $MOAT_SANDBOX_TOKEN" -H 'content-type: application/json' -d '{"model":"${model}","messages":[{"role":"user","content":"hi"}]${extra}}' "$OPENAI_BASE_URL/chat/completions"`,
+    );
   const leaks = (text: string) => Object.values(KEYS).filter((k) => text.includes(k));
 
   test('OpenAI-compatible calls: the upstream sees the real key, the sandbox only its token', async () => {
@@ -107,20 +121,26 @@ describe('API gateway: credentials stay outside the sandbox', () => {
     assert.match(models.stdout, /gpt-test[\s\S]*\n200$/);
     assert.doesNotMatch(models.stdout, /gpt-forbidden/, 'the list shows only models the allow-list permits');
     assert.match((await curl('-H "Authorization: Bearer $OPENAI_API_KEY" "$OPENAI_BASE_URL/models/gpt-forbidden"')).stdout, /not allowed[\s\S]*\n403$/);
-    const emb = await curl(`-H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"model":"text-embedding-3-small","input":"x"}' "$OPENAI_BASE_URL/embeddings"`);
+    const emb = await curl(
+      `-H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"model":"text-embedding-3-small","input":"x"}' "$OPENAI_BASE_URL/embeddings"`,
+    );
     assert.match(emb.stdout, /\n200$/);
     assert.deepEqual((await openai).seen.map((s) => s.url).slice(-2), ['/v1/models', '/v1/embeddings']);
   });
 
   test('Anthropic-compatible /v1/messages streams through with x-api-key swapped in; usage is recorded per sandbox and model', async () => {
-    const r = await curl(`-N -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d '{"model":"claude-test","max_tokens":5,"stream":true,"messages":[]}' "$ANTHROPIC_BASE_URL/v1/messages"`);
+    const r = await curl(
+      `-N -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d '{"model":"claude-test","max_tokens":5,"stream":true,"messages":[]}' "$ANTHROPIC_BASE_URL/v1/messages"`,
+    );
     assert.match(r.stdout, /message_start[\s\S]*message_delta[\s\S]*\n200$/);
     const got = (await anthropic).seen.at(-1)!;
     assert.equal(got.headers['x-api-key'], KEYS.anthropic);
     assert.equal(got.headers['anthropic-version'], '2023-06-01');
     assert.ok(!('stream_options' in JSON.parse(got.body)), 'Anthropic bodies go as sent');
 
-    const usage = (await (await server.api(`${NSV1}/gateway/usage`)).json()) as { items: { sandbox: string; model: string; requests: number; inputTokens: number; outputTokens: number; user: string; agent: string }[] };
+    const usage = (await (await server.api(`${NSV1}/gateway/usage`)).json()) as {
+      items: { sandbox: string; model: string; requests: number; inputTokens: number; outputTokens: number; user: string; agent: string }[];
+    };
     const claude = usage.items.find((u) => u.model === 'claude-test')!;
     assert.deepEqual({ ...claude }, { ...claude, sandbox: 'agent', requests: 1, inputTokens: 20, outputTokens: 9, user: 'admin', agent: 'default' });
     assert.equal(usage.items.find((u) => u.model === 'gpt-test')?.inputTokens, 11);
@@ -133,7 +153,13 @@ describe('API gateway: credentials stay outside the sandbox', () => {
   test('SSE passes through unbuffered: the sandbox sees the first event before the upstream sends the second', { timeout: 30_000 }, async () => {
     const res = await server.api(`${NS}/agent/exec`, {
       method: 'POST',
-      json: { command: ['sh', '-c', `curl -sN -H "Authorization: Bearer $MOAT_SANDBOX_TOKEN" -H 'content-type: application/json' -d '{"model":"gpt-test","stream":true,"messages":[]}' "$OPENAI_BASE_URL/chat/completions"`] },
+      json: {
+        command: [
+          'sh',
+          '-c',
+          `curl -sN -H "Authorization: Bearer $MOAT_SANDBOX_TOKEN" -H 'content-type: application/json' -d '{"model":"gpt-test","stream":true,"messages":[]}' "$OPENAI_BASE_URL/chat/completions"`,
+        ],
+      },
     });
     let out = '';
     const decoder = new TextDecoder();
@@ -166,13 +192,17 @@ describe('API gateway: credentials stay outside the sandbox', () => {
   test('the key never reaches the sandbox: environment, files, error answers', async () => {
     const echoed = await chat('echo-key');
     assert.match(echoed.stdout, /Incorrect API key provided: Bearer \[redacted by moat\][\s\S]*\n401$/);
-    const look = await sh(server, 'agent', `env; cat /proc/1/environ; grep -rsl -e ${KEYS.openai.slice(0, 12)} -e ${KEYS.github.slice(0, 8)} /etc /tmp /root /run /var /home /data || echo clean`);
+    const look = await sh(
+      server,
+      'agent',
+      `env; cat /proc/1/environ; grep -rsl -e ${KEYS.openai.slice(0, 12)} -e ${KEYS.github.slice(0, 8)} /etc /tmp /root /run /var /home /data || echo clean`,
+    );
     assert.deepEqual(leaks(look.stdout + look.stderr), []);
     assert.match(look.stdout, /MOAT_SANDBOX_TOKEN=moat_sbx_/);
     assert.match(look.stdout, /clean\n$/);
   });
 
-  test('the token is bound to its sandbox: none, another sandbox\'s, or from elsewhere are refused', async () => {
+  test("the token is bound to its sandbox: none, another sandbox's, or from elsewhere are refused", async () => {
     assert.match((await curl('"$OPENAI_BASE_URL/models"')).stdout, /missing sandbox token[\s\S]*\n401$/);
     const otherToken = (await sh(server, 'other', 'printf %s "$MOAT_SANDBOX_TOKEN"')).stdout;
     assert.match(otherToken, /^moat_sbx_/);
@@ -180,7 +210,11 @@ describe('API gateway: credentials stay outside the sandbox', () => {
     const forged = otherToken.replace(/.$/, (c) => (c === 'A' ? 'B' : 'A'));
     assert.match((await curl(`-H "Authorization: Bearer ${forged}" "$OPENAI_BASE_URL/models"`)).stdout, /bad signature[\s\S]*\n401$/);
     // Long-running processes find a fresh token in a file the server keeps rotated.
-    const fromFile = await sh(server, 'agent', 'for i in $(seq 50); do [ -s "$MOAT_SANDBOX_TOKEN_FILE" ] && break; sleep 0.1; done; curl -sS -w "\\n%{http_code}" -H "Authorization: Bearer $(cat "$MOAT_SANDBOX_TOKEN_FILE")" "$OPENAI_BASE_URL/models"');
+    const fromFile = await sh(
+      server,
+      'agent',
+      'for i in $(seq 50); do [ -s "$MOAT_SANDBOX_TOKEN_FILE" ] && break; sleep 0.1; done; curl -sS -w "\\n%{http_code}" -H "Authorization: Bearer $(cat "$MOAT_SANDBOX_TOKEN_FILE")" "$OPENAI_BASE_URL/models"',
+    );
     assert.match(fromFile.stdout, /gpt-test[\s\S]*\n200$/, fromFile.stderr);
     const gw = (await sh(server, 'agent', 'printf %s "$MOAT_GATEWAY_URL"')).stdout;
     const fromHost = await fetch(`${gw}/v1/models`, { headers: { authorization: `Bearer ${otherToken}` } }).catch((err: Error) => err);
@@ -197,7 +231,11 @@ describe('API gateway: credentials stay outside the sandbox', () => {
     assert.match((await chat('gpt-test')).stdout, /\n200$/);
     assert.match((await chat('gpt-test')).stdout, /budget of \d+ requests today[\s\S]*\n429$/);
 
-    const events = ((await (await server.api('/apis/moat.dev/v1/audit?action=gateway.call')).json()) as { items: { result: string; sandbox: string; object: string; detail: Record<string, unknown> }[] }).items;
+    const events = (
+      (await (await server.api('/apis/moat.dev/v1/audit?action=gateway.call')).json()) as {
+        items: { result: string; sandbox: string; object: string; detail: Record<string, unknown> }[];
+      }
+    ).items;
     assert.ok(events.some((e) => e.result === 'success' && e.detail.model === 'gpt-test' && e.detail.inputTokens === 11 && e.sandbox === 'agent'));
     assert.ok(events.some((e) => e.result === 'denied' && e.detail.status === 403 && String(e.detail.error).includes('gpt-forbidden')));
     assert.ok(events.some((e) => e.result === 'denied' && e.detail.status === 429));
@@ -208,13 +246,25 @@ describe('API gateway: credentials stay outside the sandbox', () => {
   });
 
   test('upstreams must be public or pinned by the operator; unlisted secrets stay unusable', async () => {
-    await server.api(`${NSV1}/gateway`, { method: 'PUT', json: { ...(await config()), openai: { baseUrl: `http://127.0.0.1:${(await openai).port}`, secret: 'openai' } } });
+    await server.api(`${NSV1}/gateway`, {
+      method: 'PUT',
+      json: { ...(await config()), openai: { baseUrl: `http://127.0.0.1:${(await openai).port}`, secret: 'openai' } },
+    });
     assert.match((await chat('gpt-test')).stdout, /not a public address[\s\S]*\n403$/);
-    await server.api(`${NSV1}/gateway`, { method: 'PUT', json: { ...(await config()), openai: { baseUrl: `http://openai.test:${(await openai).port}`, secret: 'anthropic-unlisted' } } });
+    await server.api(`${NSV1}/gateway`, {
+      method: 'PUT',
+      json: { ...(await config()), openai: { baseUrl: `http://openai.test:${(await openai).port}`, secret: 'anthropic-unlisted' } },
+    });
     assert.match((await chat('gpt-test')).stdout, /does not list secret \\"anthropic-unlisted\\" in spec.secrets[\s\S]*\n403$/);
     const closed = await upstream(() => {});
     await closed.close();
-    await server.api(`${NSV1}/gateway`, { method: 'PUT', json: { ...(await config()), credentials: [{ name: 'down', baseUrl: `http://github.test:${closed.port}`, headers: { Authorization: 'Bearer {{secret:github}}' } }] } });
+    await server.api(`${NSV1}/gateway`, {
+      method: 'PUT',
+      json: {
+        ...(await config()),
+        credentials: [{ name: 'down', baseUrl: `http://github.test:${closed.port}`, headers: { Authorization: 'Bearer {{secret:github}}' } }],
+      },
+    });
     const down = await curl(`-H "Authorization: Bearer $MOAT_SANDBOX_TOKEN" -d x "$MOAT_GATEWAY_URL/proxy/down/x"`);
     assert.match(down.stdout, /upstream failed[\s\S]*\n502$/);
     assert.deepEqual(leaks(down.stdout), []);

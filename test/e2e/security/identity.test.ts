@@ -34,7 +34,10 @@ interface Action {
   allowed(r: Reply): boolean;
 }
 
-const ok = (...codes: number[]) => (r: Reply) => codes.includes(r.status);
+const ok =
+  (...codes: number[]) =>
+  (r: Reply) =>
+    codes.includes(r.status);
 const missing = (what: RegExp) => (r: Reply) => r.status === 404 && what.test(r.body.message);
 const emptyTar = Buffer.alloc(1024);
 
@@ -46,7 +49,12 @@ function objectActions(plural: string, fixture: string, body: (name: string) => 
     { route: `GET ${plural}/{name}`, verb: 'read', run: (c, ns) => c('GET', `${EXT(ns, plural)}/${fixture}`), allowed: ok(200) },
     { route: `PUT ${plural}/{name}`, verb: 'write', run: (c, ns) => c('PUT', `${EXT(ns, plural)}/${fixture}`, body(fixture)), allowed: ok(200) },
     { route: `DELETE ${plural}/{name}`, verb: 'write', run: (c, ns) => c('DELETE', `${EXT(ns, plural)}/ghost`), allowed: missing(/"ghost" not found/) },
-    { route: `GET ${plural}/{name}/wait`, verb: 'read', run: (c, ns) => c('GET', `${EXT(ns, plural)}/${fixture}/wait?timeoutSeconds=0`), allowed: ok(200, 408) },
+    {
+      route: `GET ${plural}/{name}/wait`,
+      verb: 'read',
+      run: (c, ns) => c('GET', `${EXT(ns, plural)}/${fixture}/wait?timeoutSeconds=0`),
+      allowed: ok(200, 408),
+    },
   ];
 }
 
@@ -55,7 +63,12 @@ const files = (ns: string, q: string) => `${SBX(ns)}/box/files${q}`;
 /** Every namespaced route of the API (the route-coverage test below keeps this list complete). */
 const ACTIONS: Action[] = [
   { route: 'GET sandboxes', verb: 'read', run: (c, ns) => c('GET', SBX(ns)), allowed: ok(200) },
-  { route: 'POST sandboxes', verb: 'write', run: (c, ns) => c('POST', SBX(ns), sandboxBody('new', { image: 'no-such-image' })), allowed: (r) => r.body.reason === 'ImageNotFound' },
+  {
+    route: 'POST sandboxes',
+    verb: 'write',
+    run: (c, ns) => c('POST', SBX(ns), sandboxBody('new', { image: 'no-such-image' })),
+    allowed: (r) => r.body.reason === 'ImageNotFound',
+  },
   { route: 'GET sandboxes/{name}', verb: 'read', run: (c, ns) => c('GET', `${SBX(ns)}/box`), allowed: ok(200) },
   { route: 'DELETE sandboxes/{name}', verb: 'write', run: (c, ns) => c('DELETE', `${SBX(ns)}/ghost`), allowed: missing(/sandbox "ghost" not found/) },
   { route: 'GET sandboxes/{name}/wait', verb: 'read', run: (c, ns) => c('GET', `${SBX(ns)}/box/wait?timeoutSeconds=5`), allowed: ok(200) },
@@ -70,26 +83,59 @@ const ACTIONS: Action[] = [
   { route: 'GET sandboxes/{name}/files/stat', verb: 'read', run: (c, ns) => c('GET', files(ns, '/stat?path=/etc')), allowed: ok(200) },
   { route: 'POST sandboxes/{name}/files/mkdir', verb: 'write', run: (c, ns) => c('POST', files(ns, '/mkdir?path=/tmp/d&parents=true')), allowed: ok(201) },
   { route: 'DELETE sandboxes/{name}/files', verb: 'write', run: (c, ns) => c('DELETE', files(ns, '?path=/tmp/nope')), allowed: missing(/no such file/) },
-  { route: 'POST sandboxes/{name}/files/rename', verb: 'write', run: (c, ns) => c('POST', files(ns, '/rename'), { from: '/tmp/nope', to: '/tmp/nope2' }), allowed: missing(/no such file/) },
+  {
+    route: 'POST sandboxes/{name}/files/rename',
+    verb: 'write',
+    run: (c, ns) => c('POST', files(ns, '/rename'), { from: '/tmp/nope', to: '/tmp/nope2' }),
+    allowed: missing(/no such file/),
+  },
   { route: 'GET sandboxes/{name}/files/archive', verb: 'read', run: (c, ns) => c('GET', files(ns, '/archive?path=/etc/default')), allowed: ok(200) },
   { route: 'PUT sandboxes/{name}/files/archive', verb: 'write', run: (c, ns) => c('PUT', files(ns, '/archive?path=/tmp'), emptyTar), allowed: ok(200) },
   { route: 'GET sandboxes/{name}/ports/{port}', verb: 'write', run: (c, ns) => c('GET', `${SBX(ns)}/box/ports/9/`), allowed: ok(502) },
   ...(['pause', 'resume', 'hibernate', 'wake'] as const).map((a): Action => ({
-    route: `POST sandboxes/{name}/${a}`, verb: 'write', run: (c, ns) => c('POST', `${SBX(ns)}/ghost/${a}`), allowed: missing(/sandbox "ghost" not found/),
+    route: `POST sandboxes/{name}/${a}`,
+    verb: 'write',
+    run: (c, ns) => c('POST', `${SBX(ns)}/ghost/${a}`),
+    allowed: missing(/sandbox "ghost" not found/),
   })),
-  { route: 'POST sandboxes/{name}/extend', verb: 'write', run: (c, ns) => c('POST', `${SBX(ns)}/ghost/extend`, { ttlSeconds: 60 }), allowed: missing(/sandbox "ghost" not found/) },
+  {
+    route: 'POST sandboxes/{name}/extend',
+    verb: 'write',
+    run: (c, ns) => c('POST', `${SBX(ns)}/ghost/extend`, { ttlSeconds: 60 }),
+    allowed: missing(/sandbox "ghost" not found/),
+  },
   { route: 'GET volumes', verb: 'read', run: (c, ns) => c('GET', VOLUMES(ns)), allowed: ok(200) },
-  { route: 'POST volumes', verb: 'write', run: (c, ns) => c('POST', VOLUMES(ns), { name: `v-${Math.random().toString(36).slice(2, 8)}`, size: '16Mi' }), allowed: ok(201) },
+  {
+    route: 'POST volumes',
+    verb: 'write',
+    run: (c, ns) => c('POST', VOLUMES(ns), { name: `v-${Math.random().toString(36).slice(2, 8)}`, size: '16Mi' }),
+    allowed: ok(201),
+  },
   { route: 'GET volumes/{name}', verb: 'read', run: (c, ns) => c('GET', `${VOLUMES(ns)}/vol`), allowed: ok(200) },
   { route: 'DELETE volumes/{name}', verb: 'write', run: (c, ns) => c('DELETE', `${VOLUMES(ns)}/ghost`), allowed: missing(/volume "ghost" not found/) },
   { route: 'GET backups', verb: 'read', run: (c, ns) => c('GET', BACKUPS(ns)), allowed: ok(200) },
   { route: 'POST backups', verb: 'write', run: (c, ns) => c('POST', BACKUPS(ns), { volume: 'ghost' }), allowed: missing(/volume "ghost" not found/) },
-  { route: 'POST volumes/{name}/backups', verb: 'write', run: (c, ns) => c('POST', `${VOLUMES(ns)}/ghost/backups`), allowed: missing(/volume "ghost" not found/) },
+  {
+    route: 'POST volumes/{name}/backups',
+    verb: 'write',
+    run: (c, ns) => c('POST', `${VOLUMES(ns)}/ghost/backups`),
+    allowed: missing(/volume "ghost" not found/),
+  },
   { route: 'GET backups/{id}', verb: 'read', run: (c, ns) => c('GET', `${BACKUPS(ns)}/${NO_BACKUP}`), allowed: missing(/backup "bk-0+" not found/) },
   { route: 'DELETE backups/{id}', verb: 'write', run: (c, ns) => c('DELETE', `${BACKUPS(ns)}/${NO_BACKUP}`), allowed: missing(/backup "bk-0+" not found/) },
-  { route: 'POST backups/{id}/restore', verb: 'write', run: (c, ns) => c('POST', `${BACKUPS(ns)}/${NO_BACKUP}/restore`, { volume: 'r' }), allowed: missing(/backup "bk-0+" not found/) },
+  {
+    route: 'POST backups/{id}/restore',
+    verb: 'write',
+    run: (c, ns) => c('POST', `${BACKUPS(ns)}/${NO_BACKUP}/restore`, { volume: 'r' }),
+    allowed: missing(/backup "bk-0+" not found/),
+  },
   { route: 'GET secrets', verb: 'read', run: (c, ns) => c('GET', SECRETS(ns)), allowed: ok(200) },
-  { route: 'POST secrets', verb: 'write', run: (c, ns) => c('POST', SECRETS(ns), { name: `s-${Math.random().toString(36).slice(2, 8)}`, value: 'v' }), allowed: ok(201) },
+  {
+    route: 'POST secrets',
+    verb: 'write',
+    run: (c, ns) => c('POST', SECRETS(ns), { name: `s-${Math.random().toString(36).slice(2, 8)}`, value: 'v' }),
+    allowed: ok(201),
+  },
   { route: 'GET secrets/{name}', verb: 'read', run: (c, ns) => c('GET', `${SECRETS(ns)}/sec`), allowed: ok(200) },
   { route: 'PUT secrets/{name}', verb: 'write', run: (c, ns) => c('PUT', `${SECRETS(ns)}/sec`, { value: 'v2' }), allowed: ok(200) },
   { route: 'DELETE secrets/{name}', verb: 'write', run: (c, ns) => c('DELETE', `${SECRETS(ns)}/ghost`), allowed: missing(/secret "ghost" not found/) },
@@ -162,7 +208,11 @@ describe('identity, tenancy and authorization', () => {
     server = await startTestServer();
     admin = caller(server.adminKey);
     keys.admin = server.adminKey;
-    for (const [name, role] of [['alice', 'member'], ['bob', 'member'], ['vic', 'viewer']]) {
+    for (const [name, role] of [
+      ['alice', 'member'],
+      ['bob', 'member'],
+      ['vic', 'viewer'],
+    ]) {
       keys[name] = (await must(admin, 'POST', `${V1}/users`, { name, role }, 201)).key.key;
     }
     await must(caller(keys.alice!), 'POST', `${V1}/users/alice/agents`, { name: 'coder' }, 201);
@@ -215,10 +265,17 @@ describe('identity, tenancy and authorization', () => {
     const doc = (await (await admin('GET', '/openapi.json')).body) as { paths: Record<string, Record<string, unknown>> };
     const routes = Object.entries(doc.paths).flatMap(([path, ops]) => {
       const below = path.split('/namespaces/{namespace}/')[1];
-      return below ? Object.keys(ops).filter((m) => m !== 'head').map((m) => `${m.toUpperCase()} ${below}`) : [];
+      return below
+        ? Object.keys(ops)
+            .filter((m) => m !== 'head')
+            .map((m) => `${m.toUpperCase()} ${below}`)
+        : [];
     });
     const inMatrix = new Set(ACTIONS.map((a) => a.route));
-    assert.deepEqual(routes.filter((r) => !inMatrix.has(r) && !r.endsWith('/{*}')), []);
+    assert.deepEqual(
+      routes.filter((r) => !inMatrix.has(r) && !r.endsWith('/{*}')),
+      [],
+    );
     assert.ok(routes.length >= 30, `${routes.length} routes`);
   });
 
@@ -283,7 +340,8 @@ describe('identity, tenancy and authorization', () => {
         // "delete user" addresses another (missing) user; it is refused as an admin action before the lookup.
         const served = may === 'admin' || (may === 'self' && needs !== 'admin') || (may === 'read' && needs === 'read');
         if (served) assert.ok(allowed(r), `should be served: ${what}`);
-        else if (may === 'nothing' && name !== 'delete user') assert.ok(r.status === 404 && r.body.message === `user "${target}" not found`, `should look missing: ${what}`);
+        else if (may === 'nothing' && name !== 'delete user')
+          assert.ok(r.status === 404 && r.body.message === `user "${target}" not found`, `should look missing: ${what}`);
         else assert.ok(r.status === 403 || r.status === 404, `should be refused: ${what}`);
       }
       const users = await call('GET', `${V1}/users`);
@@ -379,7 +437,13 @@ describe('moat login, users, agents and keys (the built CLI)', () => {
   });
 
   function moat(args: string[], opts: { key?: string; input?: string } = {}) {
-    const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: work, MOAT_CONFIG: join(work, 'config.json'), MOAT_URL: server.url, ...(opts.key ? { MOAT_API_KEY: opts.key } : {}) };
+    const env: Record<string, string> = {
+      PATH: process.env.PATH ?? '',
+      HOME: work,
+      MOAT_CONFIG: join(work, 'config.json'),
+      MOAT_URL: server.url,
+      ...(opts.key ? { MOAT_API_KEY: opts.key } : {}),
+    };
     return runProcess(process.execPath, [CLI, ...args], { env, input: opts.input });
   }
 
@@ -411,14 +475,17 @@ describe('moat login, users, agents and keys (the built CLI)', () => {
     assert.equal(denied.code, 1);
     assert.match(denied.stderr, /only an admin/);
     const users = await moat(['users', 'list', '-o', 'json'], { key: server.adminKey });
-    assert.deepEqual(JSON.parse(users.stdout).items.map((u: { name: string }) => u.name), ['admin', 'carol']);
+    assert.deepEqual(
+      JSON.parse(users.stdout).items.map((u: { name: string }) => u.name),
+      ['admin', 'carol'],
+    );
     assert.equal((await moat(['users', 'set', 'carol', '--role', 'viewer'], { key: server.adminKey })).code, 0);
     assert.match((await moat(['agents', 'create', 'other'])).stderr, /viewer/);
   });
 });
 
 describe('upgrading a data dir from before users existed', () => {
-  test("the old admin key keeps working and owns namespace default; its user is an admin", async () => {
+  test('the old admin key keeps working and owns namespace default; its user is an admin', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'moat-upgrade-'));
     try {
       // The store as the first three migrations left it, with the key `moat up` printed then.
@@ -428,7 +495,19 @@ describe('upgrading a data dir from before users existed', () => {
       const { error } = await new Migrator({ db: old, provider: { getMigrations: async () => before } }).migrateToLatest();
       assert.ifError(error);
       const key = `moat_0123456789ab_${randomBytes(32).toString('base64url')}`;
-      await old.insertInto('api_keys').values({ id: '0123456789ab', name: 'admin (first start)', hash: createHash('sha256').update(key).digest('hex'), user: 'admin', role: 'admin', created_at: new Date().toISOString(), expires_at: null, revoked_at: null }).execute();
+      await old
+        .insertInto('api_keys')
+        .values({
+          id: '0123456789ab',
+          name: 'admin (first start)',
+          hash: createHash('sha256').update(key).digest('hex'),
+          user: 'admin',
+          role: 'admin',
+          created_at: new Date().toISOString(),
+          expires_at: null,
+          revoked_at: null,
+        })
+        .execute();
       await old.destroy();
       await writeFile(join(dir, 'admin-key'), key + '\n', { mode: 0o600 });
 

@@ -97,7 +97,10 @@ describe('network isolation and the egress proxy', () => {
         { action: 'allow', host: 'other.test', methods: ['GET'], paths: ['/public'] },
       ],
     };
-    for (const [name, p] of [['agent', policy], ['closed', undefined]] as const) {
+    for (const [name, p] of [
+      ['agent', policy],
+      ['closed', undefined],
+    ] as const) {
       assert.equal((await server.api(NS, { method: 'POST', json: sandbox(name, p) })).status, 201);
       assert.equal((await server.api(`${NS}/${name}/wait?timeoutSeconds=60`)).status, 200);
     }
@@ -109,8 +112,16 @@ describe('network isolation and the egress proxy', () => {
   });
 
   test('an allowed host works through the proxy, plain HTTP and CONNECT, with the proxy found from the environment', async () => {
-    const r = await sh(server, 'agent', `curl -sS --max-time 10 http://allowed.test:${port}/hi; echo; curl -sS --max-time 10 -p -d payload http://allowed.test:${port}/tunnel; echo; echo $HTTPS_PROXY`);
-    assert.equal(r.stdout, `upstream saw GET /hi\nupstream saw POST /tunnel payload\nhttp://${TEST_NETWORK.serviceAddress}:${TEST_NETWORK.proxyPort}\n`, r.stderr);
+    const r = await sh(
+      server,
+      'agent',
+      `curl -sS --max-time 10 http://allowed.test:${port}/hi; echo; curl -sS --max-time 10 -p -d payload http://allowed.test:${port}/tunnel; echo; echo $HTTPS_PROXY`,
+    );
+    assert.equal(
+      r.stdout,
+      `upstream saw GET /hi\nupstream saw POST /tunnel payload\nhttp://${TEST_NETWORK.serviceAddress}:${TEST_NETWORK.proxyPort}\n`,
+      r.stderr,
+    );
   });
 
   test('a denied request gets a 403 that names the rule; method and path rules apply to plain HTTP', async () => {
@@ -143,7 +154,10 @@ describe('network isolation and the egress proxy', () => {
   });
 
   test('nothing is reachable directly: not the host, not another sandbox, not metadata or private ranges', async () => {
-    const hostAddresses = Object.values(networkInterfaces()).flat().filter((a) => a && a.family === 'IPv4' && !a.internal).map((a) => a!.address);
+    const hostAddresses = Object.values(networkInterfaces())
+      .flat()
+      .filter((a) => a && a.family === 'IPv4' && !a.internal)
+      .map((a) => a!.address);
     assert.equal(await tcpOpen(server, 'agent', TEST_NETWORK.serviceAddress, TEST_NETWORK.proxyPort), 'open', 'the proxy itself is reachable');
     assert.equal(await tcpOpen(server, 'agent', TEST_NETWORK.serviceAddress, hostPort), 'closed');
     for (const a of hostAddresses) assert.equal(await tcpOpen(server, 'agent', a, hostPort), 'closed', a);
@@ -231,11 +245,19 @@ describe('network isolation and the egress proxy', () => {
     const { metadata } = (await (await server.api(`${NS}/agent`)).json()) as { metadata: { uid: string } };
     const byHost = await new Promise<string>((resolve, reject) => {
       const u = new URL(server.url);
-      const req = httpRequest({ host: u.hostname, port: u.port, path: '/via-host', headers: { host: `9000-${metadata.uid}.sandbox.localhost`, authorization: `Bearer ${server.adminKey}` } }, (r) => {
-        let body = '';
-        r.on('data', (d) => (body += d));
-        r.on('end', () => resolve(body));
-      });
+      const req = httpRequest(
+        {
+          host: u.hostname,
+          port: u.port,
+          path: '/via-host',
+          headers: { host: `9000-${metadata.uid}.sandbox.localhost`, authorization: `Bearer ${server.adminKey}` },
+        },
+        (r) => {
+          let body = '';
+          r.on('data', (d) => (body += d));
+          r.on('end', () => resolve(body));
+        },
+      );
       req.on('error', reject);
       req.end();
     });
@@ -265,8 +287,11 @@ describe('network isolation and the egress proxy', () => {
 
   test('a host firewall flush is repaired: the table comes back and isolation holds', async () => {
     await run('nft', ['delete', 'table', 'inet', TEST_NETWORK.name]);
-    await until('the firewall table to be back', async () => ((await run('nft', ['list', 'table', 'inet', TEST_NETWORK.name], { allowFail: true })).code === 0 ? true : undefined), 10_000);
+    await until(
+      'the firewall table to be back',
+      async () => ((await run('nft', ['list', 'table', 'inet', TEST_NETWORK.name], { allowFail: true })).code === 0 ? true : undefined),
+      10_000,
+    );
     assert.equal(await tcpOpen(server, 'agent', TEST_NETWORK.serviceAddress, hostPort), 'closed');
   });
 });
-

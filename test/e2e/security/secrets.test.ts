@@ -54,7 +54,10 @@ describe('secrets', () => {
     const created = await server.api(SECRETS, { method: 'POST', json: { name: 'tok', value: VALUE } });
     assert.equal(created.status, 201);
     const answers = [await created.text(), await (await server.api(SECRETS)).text(), await (await server.api(`${SECRETS}/tok`)).text()];
-    assert.ok(answers.every((a) => !a.includes(VALUE)), answers.join('\n'));
+    assert.ok(
+      answers.every((a) => !a.includes(VALUE)),
+      answers.join('\n'),
+    );
     assert.equal((await server.api(SECRETS, { method: 'POST', json: { name: 'tok', value: 'x' } })).status, 409);
     assert.equal((await server.api(SECRETS, { method: 'POST', json: { name: 'x', value: 'v', extra: 1 } })).status, 400);
     assert.equal((await server.api(SECRETS, { method: 'POST', json: { name: 'Bad_Name', value: 'v' } })).status, 400);
@@ -78,7 +81,9 @@ describe('secrets', () => {
     await ready(server, withSecrets('exposed', [{ name: 'tok', exposeAsEnv: 'TOKEN' }], ['sh', '-c', 'echo "$TOKEN" > /tmp/main-saw; exec sleep infinity']));
     assert.equal((await sh(server, 'exposed', 'echo "$TOKEN"')).stdout, `${VALUE}\n`, 'execs get it');
     assert.equal((await sh(server, 'exposed', 'cat /tmp/main-saw')).stdout, `${VALUE}\n`, 'the main process got it');
-    const events = (await (await server.api('/apis/moat.dev/v1/audit?action=secrets.expose-env')).json()) as { items: { sandbox: string; object: string; result: string; actor: { user: string } }[] };
+    const events = (await (await server.api('/apis/moat.dev/v1/audit?action=secrets.expose-env')).json()) as {
+      items: { sandbox: string; object: string; result: string; actor: { user: string } }[];
+    };
     assert.ok(events.items.length >= 2);
     assert.ok(events.items.every((e) => e.sandbox === 'exposed' && e.object === 'secrets/tok' && e.result === 'success' && e.actor.user === 'admin'));
 
@@ -95,7 +100,9 @@ describe('secrets', () => {
     await moat.secrets.replace('sdk-made', 'sdk-value-2');
     const cli = (args: string[], input = '') =>
       new Promise<{ code: number; stdout: string }>((resolve) => {
-        const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', MOAT_URL: server.url, MOAT_API_KEY: server.adminKey } });
+        const child = spawn(process.execPath, [CLI, ...args], {
+          env: { PATH: process.env.PATH ?? '', HOME: '/nonexistent', MOAT_URL: server.url, MOAT_API_KEY: server.adminKey },
+        });
         let stdout = '';
         child.stdout.on('data', (d) => (stdout += d));
         child.on('close', (code) => resolve({ code: code ?? -1, stdout }));
@@ -109,7 +116,10 @@ describe('secrets', () => {
     assert.deepEqual(await dataDirHolds(dataDir, 'cli-value'), []);
     await moat.secrets.delete('sdk-made');
     assert.equal((await cli(['secrets', 'delete', 'cli-made'])).code, 0);
-    assert.deepEqual((await moat.secrets.list()).map((i) => i.name), ['tok']);
+    assert.deepEqual(
+      (await moat.secrets.list()).map((i) => i.name),
+      ['tok'],
+    );
   });
 
   test('rotate-key re-encrypts every secret under a new master key; values survive, the old key is gone', async () => {
@@ -119,12 +129,14 @@ describe('secrets', () => {
     assert.deepEqual(await rotated.json(), { reencrypted: 1 });
     const keyAfter = await readFile(join(dataDir, 'master.key'), 'utf8');
     assert.notEqual(keyAfter, keyBefore);
-    assert.deepEqual((await readdir(dataDir)).filter((f) => f.startsWith('master.key')), ['master.key']);
+    assert.deepEqual(
+      (await readdir(dataDir)).filter((f) => f.startsWith('master.key')),
+      ['master.key'],
+    );
     assert.equal((await sh(server, 'exposed', 'echo "$TOKEN"')).stdout, `${VALUE}\n`);
     await server.api(`${SECRETS}/tok`, { method: 'PUT', json: { value: `${VALUE}-2` } });
     assert.equal((await sh(server, 'exposed', 'echo "$TOKEN"')).stdout, `${VALUE}-2\n`);
   });
-
 });
 
 // A describe of its own: its servers run after the one above has stopped (they share the test network).
@@ -148,7 +160,11 @@ describe('secrets under MOAT_MASTER_KEY', () => {
       assert.match(((await refused.json()) as { message: string }).message, /MOAT_MASTER_KEY_PREVIOUS/);
       const before = keyIds();
       await s.close();
-      assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('master.key')), [], 'no key file when the key comes from the environment');
+      assert.deepEqual(
+        (await readdir(dir)).filter((f) => f.startsWith('master.key')),
+        [],
+        'no key file when the key comes from the environment',
+      );
 
       process.env.MOAT_MASTER_KEY = k2;
       process.env.MOAT_MASTER_KEY_PREVIOUS = k1;

@@ -37,10 +37,17 @@ export function registerAudit(program: Command, ctx: Context): void {
     .action(async (opts: FilterOptions & { limit?: string; output?: string }) => {
       const format = checkFormat(opts.output, ['json', 'yaml'] as const);
       const { limit, output: _output, ...filters } = opts;
-      const items = await (await ctx.moat()).audit.list({ ...(await filterFrom(ctx, filters)), ...(limit ? { limit: parseIntArg(limit, '--limit', 1, 10000) } : {}) });
+      const items = await (
+        await ctx.moat()
+      ).audit.list({ ...(await filterFrom(ctx, filters)), ...(limit ? { limit: parseIntArg(limit, '--limit', 1, 10000) } : {}) });
       if (format) return void ctx.out(render({ items }, format));
       const who = (a: (typeof items)[number]['actor']) => (a.user ? `${a.user}${a.agent ? `/${a.agent}` : ''}` : `(key ${a.keyId ?? 'none'})`);
-      ctx.out(formatTable(['SEQ', 'TIME', 'ACTOR', 'ACTION', 'NAMESPACE', 'OBJECT', 'RESULT'], items.map((e) => [String(e.seq), e.time, who(e.actor), e.action, e.namespace || '-', e.object || '-', e.result])));
+      ctx.out(
+        formatTable(
+          ['SEQ', 'TIME', 'ACTOR', 'ACTION', 'NAMESPACE', 'OBJECT', 'RESULT'],
+          items.map((e) => [String(e.seq), e.time, who(e.actor), e.action, e.namespace || '-', e.object || '-', e.result]),
+        ),
+      );
     });
   withFilters(audit.command('export').description('matching events as JSON Lines on stdout')).action(async (opts: FilterOptions) => {
     ctx.out(await (await ctx.moat()).audit.export(await filterFrom(ctx, opts)));

@@ -10,18 +10,24 @@ export function registerBackup(program: Command, ctx: Context): void {
   const backup = program.command('backup').alias('backups').description("backups of volumes and sandboxes' writable layers in the server's object store");
   backup
     .command('create')
-    .description("back up a volume, a sandbox's volume, or (--sandbox NAME --rootfs) a sandbox's writable layer: consistent, zstd-compressed, SHA-256 checksummed")
+    .description(
+      "back up a volume, a sandbox's volume, or (--sandbox NAME --rootfs) a sandbox's writable layer: consistent, zstd-compressed, SHA-256 checksummed",
+    )
     .option('--volume <name>', 'the volume')
-    .option('--sandbox <name>', "the sandbox whose volume (or, with --rootfs, writable layer) to back up")
-    .option('--rootfs', "with --sandbox: its writable layer (what it changed outside its volume), not its volume")
+    .option('--sandbox <name>', 'the sandbox whose volume (or, with --rootfs, writable layer) to back up')
+    .option('--rootfs', 'with --sandbox: its writable layer (what it changed outside its volume), not its volume')
     .option('-o, --output <format>', 'json or yaml')
     .action(async (opts: { volume?: string; sandbox?: string; rootfs?: boolean; output?: string }) => {
       const format = checkFormat(opts.output, ['json', 'yaml'] as const);
       if (!opts.volume === !opts.sandbox) throw new CliError('give --volume NAME or --sandbox NAME');
       if (opts.rootfs && !opts.sandbox) throw new CliError('--rootfs backs up a sandbox: give --sandbox NAME --rootfs');
-      const b = await (await ctx.moat()).backups.create(opts.volume ? { volume: opts.volume } : { sandbox: opts.sandbox!, ...(opts.rootfs ? { rootfs: true } : {}) });
+      const b = await (
+        await ctx.moat()
+      ).backups.create(opts.volume ? { volume: opts.volume } : { sandbox: opts.sandbox!, ...(opts.rootfs ? { rootfs: true } : {}) });
       if (format) return void ctx.out(render(b, format));
-      ctx.out(`backup ${b.id} of ${of(b)} created: ${humanBytes(b.sizeBytes)} → ${humanBytes(b.compressedBytes)} in ${b.durationMs ?? 0} ms, sha256 ${b.sha256}\n`);
+      ctx.out(
+        `backup ${b.id} of ${of(b)} created: ${humanBytes(b.sizeBytes)} → ${humanBytes(b.compressedBytes)} in ${b.durationMs ?? 0} ms, sha256 ${b.sha256}\n`,
+      );
     });
   backup
     .command('list', { isDefault: true })
@@ -33,7 +39,19 @@ export function registerBackup(program: Command, ctx: Context): void {
       const items = await (await ctx.moat()).backups.list(opts.volume);
       if (format) return void ctx.out(render({ items }, format));
       const now = Date.now();
-      ctx.out(formatTable(['ID', 'KIND', 'SOURCE', 'SIZE', 'COMPRESSED', 'AGE'], items.map((b) => [b.id, b.kind, (b.kind === 'rootfs' ? b.sandbox : b.volume) ?? '', humanBytes(b.sizeBytes), humanBytes(b.compressedBytes), humanAge(b.createdAt, now)])));
+      ctx.out(
+        formatTable(
+          ['ID', 'KIND', 'SOURCE', 'SIZE', 'COMPRESSED', 'AGE'],
+          items.map((b) => [
+            b.id,
+            b.kind,
+            (b.kind === 'rootfs' ? b.sandbox : b.volume) ?? '',
+            humanBytes(b.sizeBytes),
+            humanBytes(b.compressedBytes),
+            humanAge(b.createdAt, now),
+          ]),
+        ),
+      );
     });
   backup
     .command('restore <id>')

@@ -29,9 +29,7 @@ export function registerExec(program: Command, ctx: Context): void {
   program
     .command('exec')
     .summary('run a command in a sandbox; exits with its exit code')
-    .description(
-      'run a command in a sandbox; exits with its exit code (128+N if killed by signal N, 124 on --timeout, 127 if the program does not exist)',
-    )
+    .description('run a command in a sandbox; exits with its exit code (128+N if killed by signal N, 124 on --timeout, 127 if the program does not exist)')
     .argument('<name>', 'sandbox')
     .argument('<command...>', 'command and arguments, after --')
     .option('-i, --stdin', 'pass stdin to the command')

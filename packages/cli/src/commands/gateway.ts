@@ -40,6 +40,11 @@ export function registerGateway(program: Command, ctx: Context): void {
       const format = checkFormat(opts.output, ['json', 'yaml'] as const);
       const items = await (await ctx.moat()).gateway.usage(opts.day ? { day: opts.day } : {});
       if (format) return void ctx.out(render({ items }, format));
-      ctx.out(formatTable(['SANDBOX', 'MODEL', 'USER', 'AGENT', 'REQUESTS', 'INPUT', 'OUTPUT'], items.map((u) => [u.sandbox, u.model, u.user, u.agent, String(u.requests), String(u.inputTokens), String(u.outputTokens)])));
+      ctx.out(
+        formatTable(
+          ['SANDBOX', 'MODEL', 'USER', 'AGENT', 'REQUESTS', 'INPUT', 'OUTPUT'],
+          items.map((u) => [u.sandbox, u.model, u.user, u.agent, String(u.requests), String(u.inputTokens), String(u.outputTokens)]),
+        ),
+      );
     });
 }

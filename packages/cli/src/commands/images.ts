@@ -14,7 +14,12 @@ export function registerImages(program: Command, ctx: Context): void {
       const items = await (await ctx.moat()).images.list();
       if (format) return void ctx.out(render({ items }, format));
       const now = Date.now();
-      ctx.out(formatTable(['NAME', 'DIGEST', 'SIZE', 'AGE'], items.map((i) => [i.name, shortDigest(i.digest), humanBytes(i.sizeBytes), humanAge(i.createdAt, now)])));
+      ctx.out(
+        formatTable(
+          ['NAME', 'DIGEST', 'SIZE', 'AGE'],
+          items.map((i) => [i.name, shortDigest(i.digest), humanBytes(i.sizeBytes), humanAge(i.createdAt, now)]),
+        ),
+      );
     });
 
   images

@@ -22,7 +22,8 @@ export function registerLogin(program: Command, ctx: Context): void {
       if (!apiKey) throw new CliError('no API key: pipe it on stdin or give --api-key');
       const me = await new Moat({ url, apiKey }).whoami();
       const namespace = opts.namespace ?? me.namespace;
-      if (!me.namespaces.includes(namespace) && me.role !== 'admin') throw new CliError(`namespace "${namespace}" is not one of this key's: ${me.namespaces.join(', ')}`);
+      if (!me.namespaces.includes(namespace) && me.role !== 'admin')
+        throw new CliError(`namespace "${namespace}" is not one of this key's: ${me.namespaces.join(', ')}`);
       await writeConfig(file, { ...saved, url, apiKey, namespace });
       ctx.out(`logged in to ${url} as ${me.user}${me.agent ? ` (agent ${me.agent})` : ''}, role ${me.role}, namespace ${namespace}; saved to ${file}\n`);
     });

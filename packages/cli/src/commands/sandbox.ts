@@ -136,7 +136,12 @@ export function registerSandbox(program: Command, ctx: Context): void {
       const moat = await ctx.moat();
       const events = await (await moat.sandboxes.get(name)).events();
       if (format) return ctx.out(render({ items: events }, format));
-      ctx.out(formatTable(['AGE', 'TYPE', 'REASON', 'MESSAGE'], events.map((e) => [humanAge(e.time), e.type, e.reason, e.message])));
+      ctx.out(
+        formatTable(
+          ['AGE', 'TYPE', 'REASON', 'MESSAGE'],
+          events.map((e) => [humanAge(e.time), e.type, e.reason, e.message]),
+        ),
+      );
     });
 
   sandbox

@@ -24,9 +24,17 @@ export function registerSecrets(program: Command, ctx: Context): void {
       const items = await (await ctx.moat()).secrets.list();
       if (format) return void ctx.out(render({ items }, format));
       const now = Date.now();
-      ctx.out(formatTable(['NAME', 'UPDATED', 'AGE'], items.map((s) => [s.name, humanAge(s.updatedAt, now), humanAge(s.createdAt, now)])));
+      ctx.out(
+        formatTable(
+          ['NAME', 'UPDATED', 'AGE'],
+          items.map((s) => [s.name, humanAge(s.updatedAt, now), humanAge(s.createdAt, now)]),
+        ),
+      );
     });
-  for (const [verb, what] of [['create', 'create a secret'], ['set', "replace a secret's value"]] as const) {
+  for (const [verb, what] of [
+    ['create', 'create a secret'],
+    ['set', "replace a secret's value"],
+  ] as const) {
     secrets
       .command(`${verb} <name>`)
       .description(`${what}; the value is read from stdin and never shown again`)

@@ -14,7 +14,12 @@ export function registerVolume(program: Command, ctx: Context): void {
       const items = await (await ctx.moat()).volumes.list();
       if (format) return void ctx.out(render({ items }, format));
       const now = Date.now();
-      ctx.out(formatTable(['NAME', 'SIZE', 'SANDBOX', 'RETAIN', 'AGE'], items.map((v) => [v.name, v.size, v.sandbox ?? '-', v.retain ? 'yes' : 'no', humanAge(v.createdAt, now)])));
+      ctx.out(
+        formatTable(
+          ['NAME', 'SIZE', 'SANDBOX', 'RETAIN', 'AGE'],
+          items.map((v) => [v.name, v.size, v.sandbox ?? '-', v.retain ? 'yes' : 'no', humanAge(v.createdAt, now)]),
+        ),
+      );
     });
   volume
     .command('create <name>')

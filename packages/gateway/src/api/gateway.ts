@@ -98,7 +98,11 @@ export class ApiGateway<Caller> {
         await this.forward(req, res, up, rest + query(req.url), undefined, call);
       } else {
         const api: LlmApi | undefined = OPENAI.test(path) ? 'openai' : ANTHROPIC.test(path) ? 'anthropic' : undefined;
-        if (!api) throw new GatewayError(404, `no gateway route ${req.method} ${path}: use /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /v1/messages or /proxy/<name>/...`);
+        if (!api)
+          throw new GatewayError(
+            404,
+            `no gateway route ${req.method} ${path}: use /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /v1/messages or /proxy/<name>/...`,
+          );
         call.api = api;
         const body = req.method === 'POST' ? await readBody(req, MAX_LLM_BODY) : undefined;
         const request = body?.length ? parseLlmBody(body, path) : undefined;
@@ -126,24 +130,48 @@ export class ApiGateway<Caller> {
     }
   }
 
-  private async forward(req: IncomingMessage, res: ServerResponse, up: Upstream, path: string, body: Buffer | undefined, call: GatewayCall, allowModel?: (m: string) => boolean): Promise<void> {
+  private async forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    up: Upstream,
+    path: string,
+    body: Buffer | undefined,
+    call: GatewayCall,
+    allowModel?: (m: string) => boolean,
+  ): Promise<void> {
     const base = new URL(up.baseUrl);
     const target = new URL(base.pathname.replace(/\/+$/, '') + path, base);
     const host = canonicalHost(target.hostname) ?? target.hostname;
     const dest = await resolveDestination(host, { pinned: this.pinned, lookup: this.opts.lookup ?? systemLookup, explicitIpRule: false });
     if (!dest.ok) throw new GatewayError(dest.status, `upstream ${host}: ${dest.reason}`);
     const lookup: LookupFunction = (_h, options, cb) =>
-      (options as { all?: boolean }).all ? (cb as unknown as (e: null, a: { address: string; family: number }[]) => void)(null, [{ address: dest.address, family: dest.address.includes(':') ? 6 : 4 }]) : cb(null, dest.address, dest.address.includes(':') ? 6 : 4);
+      (options as { all?: boolean }).all
+        ? (cb as unknown as (e: null, a: { address: string; family: number }[]) => void)(null, [
+            { address: dest.address, family: dest.address.includes(':') ? 6 : 4 },
+          ])
+        : cb(null, dest.address, dest.address.includes(':') ? 6 : 4);
 
     const overridden = new Set(Object.keys(up.headers).map((k) => k.toLowerCase()));
-    const headers = dropPairs(upstreamRequestHeaders(dropPairs(req.rawHeaders, (k) => DROP_FROM_SANDBOX.has(k)), target.host), (k) => overridden.has(k) || (!!body && k === 'content-length'));
+    const headers = dropPairs(
+      upstreamRequestHeaders(
+        dropPairs(req.rawHeaders, (k) => DROP_FROM_SANDBOX.has(k)),
+        target.host,
+      ),
+      (k) => overridden.has(k) || (!!body && k === 'content-length'),
+    );
     for (const [k, v] of Object.entries(up.headers)) headers.push(k, v);
     // Plain bodies: the credential can be scrubbed from them.
     headers.push('accept-encoding', 'identity');
     if (body) headers.push('content-length', String(body.length));
 
     const client = target.protocol === 'https:' ? https : http;
-    const upstream = client.request(target, { method: req.method, headers, lookup, agent: target.protocol === 'https:' ? this.agents.https : this.agents.http, timeout: 30_000 });
+    const upstream = client.request(target, {
+      method: req.method,
+      headers,
+      lookup,
+      agent: target.protocol === 'https:' ? this.agents.https : this.agents.http,
+      timeout: 30_000,
+    });
     res.on('close', () => {
       if (!res.writableFinished) upstream.destroy();
     });
@@ -159,7 +187,9 @@ export class ApiGateway<Caller> {
     upstream.setTimeout(0); // an answer may stream for as long as it takes
     call.status = ures.statusCode ?? 502;
     // Scrubbing may change the length: the answer goes chunked.
-    const out = dropPairs(downstreamResponseHeaders(ures.rawHeaders), (k) => k === 'content-length').map((v, i) => (i % 2 === 1 ? redactText(v, up.secrets) : v));
+    const out = dropPairs(downstreamResponseHeaders(ures.rawHeaders), (k) => k === 'content-length').map((v, i) =>
+      i % 2 === 1 ? redactText(v, up.secrets) : v,
+    );
     if (allowModel && call.status === 200) {
       // A model list is small: read whole, it lists only what the tenant may use.
       const chunks: Buffer[] = [];

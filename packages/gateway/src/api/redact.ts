@@ -62,4 +62,8 @@ export class Redactor extends Transform {
 }
 
 /** A header or message with the secrets replaced. */
-export const redactText = (text: string, secrets: string[]) => redact(Buffer.from(text), secrets.filter(Boolean).map((s) => Buffer.from(s))).toString();
+export const redactText = (text: string, secrets: string[]) =>
+  redact(
+    Buffer.from(text),
+    secrets.filter(Boolean).map((s) => Buffer.from(s)),
+  ).toString();

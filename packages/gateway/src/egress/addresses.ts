@@ -75,6 +75,9 @@ export async function resolveDestination(
   if (!addresses.length) return { ok: false, status: 502, reason: `cannot resolve ${host}: no addresses` };
   const usable = addresses.find(isPublicAddress);
   if (usable !== undefined) return { ok: true, address: usable };
-  const shown = addresses.slice(0, 4).map((a) => `${a} (${addressClass(a)})`).join(', ');
+  const shown = addresses
+    .slice(0, 4)
+    .map((a) => `${a} (${addressClass(a)})`)
+    .join(', ');
   return { ok: false, status: 403, reason: `${host} resolves to ${shown}, not a public address` };
 }

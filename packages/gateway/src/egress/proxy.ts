@@ -156,7 +156,11 @@ export class EgressProxy {
       released = true;
       usage.active--;
     };
-    const dest = await resolveDestination(target.host, { pinned: this.pinned, lookup: this.lookup, explicitIpRule: this.explicitIpRule(sandbox, target, decision) });
+    const dest = await resolveDestination(target.host, {
+      pinned: this.pinned,
+      lookup: this.lookup,
+      explicitIpRule: this.explicitIpRule(sandbox, target, decision),
+    });
     if (!dest.ok || req.socket.destroyed) {
       release();
       if (dest.ok) return this.gone(p);
@@ -194,7 +198,15 @@ export class EgressProxy {
     upstream.on('error', (err) => {
       if (res.headersSent) return void res.destroy();
       // The close handler above records it.
-      this.replyHttp(res, p, 502, what, `cannot reach ${hostPort(target)} (${dest.address}): ${(err as NodeJS.ErrnoException).code ?? err.message}`, sandbox, false);
+      this.replyHttp(
+        res,
+        p,
+        502,
+        what,
+        `cannot reach ${hostPort(target)} (${dest.address}): ${(err as NodeJS.ErrnoException).code ?? err.message}`,
+        sandbox,
+        false,
+      );
     });
     req.on('error', () => upstream.destroy());
     req.pipe(up).pipe(upstream);
@@ -222,7 +234,11 @@ export class EgressProxy {
       return this.replyRaw(socket, p, 429, what, `too many concurrent connections (limit ${usage.limits.maxConnections})`, sandbox);
     }
     usage.active++;
-    const dest = await resolveDestination(target.host, { pinned: this.pinned, lookup: this.lookup, explicitIpRule: this.explicitIpRule(sandbox, target, decision) });
+    const dest = await resolveDestination(target.host, {
+      pinned: this.pinned,
+      lookup: this.lookup,
+      explicitIpRule: this.explicitIpRule(sandbox, target, decision),
+    });
     if (!dest.ok || socket.destroyed) {
       usage.active--;
       if (dest.ok) return this.gone(p);
@@ -361,7 +377,11 @@ export class EgressProxy {
   private replyRaw(socket: Duplex, p: Pending, status: number, what: string, reason: string, sandbox?: EgressSandbox): void {
     const { headers, body } = this.refusal(p, status, what, reason, sandbox);
     headers.Connection = 'close';
-    socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`);
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${Object.entries(headers)
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join('')}\r\n${body}`,
+    );
     // The client should hang up now; one that does not is not left holding a socket.
     setTimeout(() => socket.destroy(), 5000).unref();
     this.emit(p);

@@ -39,7 +39,10 @@ interface Capacity {
 }
 
 const USERS = `${MOAT_API}/users`;
-const quotaText = (q: Quota) => Object.entries(q).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
+const quotaText = (q: Quota) =>
+  Object.entries(q)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ') || 'none';
 
 /** A new key, shown once: the server keeps only its hash. */
 function NewKey({ secret, onDismiss }: { secret: { label: string; key: string }; onDismiss: () => void }) {
@@ -53,7 +56,15 @@ function NewKey({ secret, onDismiss }: { secret: { label: string; key: string };
         {secret.key}
       </code>
       <div className="row">
-        <button type="button" onClick={() => navigator.clipboard?.writeText(secret.key).then(() => setCopied(true), () => {})}>
+        <button
+          type="button"
+          onClick={() =>
+            navigator.clipboard?.writeText(secret.key).then(
+              () => setCopied(true),
+              () => {},
+            )
+          }
+        >
           {copied ? 'Copied' : 'Copy'}
         </button>
         <button type="button" onClick={onDismiss}>
@@ -93,10 +104,16 @@ function QuotaFields({ value, onChange }: { value: Quota; onChange: (q: Quota) =
   };
   return (
     <>
-      <Field label="Max sandboxes">{(id) => <input id={id} type="number" min={0} value={value.sandboxes ?? ''} onChange={(e) => set('sandboxes', e.target.value)} />}</Field>
+      <Field label="Max sandboxes">
+        {(id) => <input id={id} type="number" min={0} value={value.sandboxes ?? ''} onChange={(e) => set('sandboxes', e.target.value)} />}
+      </Field>
       <Field label="CPU">{(id) => <input id={id} placeholder="e.g. 4" value={value.cpu ?? ''} onChange={(e) => set('cpu', e.target.value)} />}</Field>
-      <Field label="Memory">{(id) => <input id={id} placeholder="e.g. 8Gi" value={value.memory ?? ''} onChange={(e) => set('memory', e.target.value)} />}</Field>
-      <Field label="Storage">{(id) => <input id={id} placeholder="e.g. 50Gi" value={value.storage ?? ''} onChange={(e) => set('storage', e.target.value)} />}</Field>
+      <Field label="Memory">
+        {(id) => <input id={id} placeholder="e.g. 8Gi" value={value.memory ?? ''} onChange={(e) => set('memory', e.target.value)} />}
+      </Field>
+      <Field label="Storage">
+        {(id) => <input id={id} placeholder="e.g. 50Gi" value={value.storage ?? ''} onChange={(e) => set('storage', e.target.value)} />}
+      </Field>
     </>
   );
 }
@@ -162,7 +179,10 @@ function UserPanel({ user, onChanged, onSecret }: { user: User; onChanged: () =>
           <QuotaFields value={agentQuota.quota} onChange={(quota) => setAgentQuota({ ...agentQuota, quota })} />
         </Form>
       ) : null}
-      <Form label="Create agent" onSubmit={async () => (await api(`${base}/agents`, { method: 'POST', json: { name: agentName } }), setAgentName(''), agents.reload())}>
+      <Form
+        label="Create agent"
+        onSubmit={async () => (await api(`${base}/agents`, { method: 'POST', json: { name: agentName } }), setAgentName(''), agents.reload())}
+      >
         <Field label="Agent name">{(id) => <input id={id} required value={agentName} onChange={(e) => setAgentName(e.target.value)} />}</Field>
       </Form>
 
@@ -177,7 +197,15 @@ function UserPanel({ user, onChanged, onSecret }: { user: User; onChanged: () =>
             <td>{k.name}</td>
             <td>{k.agent ?? '(user key)'}</td>
             <td>{new Date(k.createdAt).toLocaleString()}</td>
-            <td>{k.revokedAt ? <span className="bad">revoked</span> : k.expiresAt ? `expires ${new Date(k.expiresAt).toLocaleString()}` : <span className="ok">active</span>}</td>
+            <td>
+              {k.revokedAt ? (
+                <span className="bad">revoked</span>
+              ) : k.expiresAt ? (
+                `expires ${new Date(k.expiresAt).toLocaleString()}`
+              ) : (
+                <span className="ok">active</span>
+              )}
+            </td>
             <td>
               {k.revokedAt ? null : (
                 <ConfirmButton
@@ -232,14 +260,15 @@ function Capacity() {
             </dd>
             <dt>Memory</dt>
             <dd>
-              <meter min={0} max={c.memory.totalBytes} value={c.memory.totalBytes - c.memory.freeBytes} aria-label="memory in use" /> {bytes(c.memory.totalBytes - c.memory.freeBytes)} used of{' '}
-              {bytes(c.memory.totalBytes)}
+              <meter min={0} max={c.memory.totalBytes} value={c.memory.totalBytes - c.memory.freeBytes} aria-label="memory in use" />{' '}
+              {bytes(c.memory.totalBytes - c.memory.freeBytes)} used of {bytes(c.memory.totalBytes)}
             </dd>
             {c.disk ? (
               <>
                 <dt>Disk</dt>
                 <dd>
-                  <meter min={0} max={c.disk.totalBytes} value={c.disk.totalBytes - c.disk.freeBytes} aria-label="disk in use" /> {bytes(c.disk.freeBytes)} free of {bytes(c.disk.totalBytes)}
+                  <meter min={0} max={c.disk.totalBytes} value={c.disk.totalBytes - c.disk.freeBytes} aria-label="disk in use" /> {bytes(c.disk.freeBytes)} free
+                  of {bytes(c.disk.totalBytes)}
                 </dd>
               </>
             ) : null}
@@ -261,7 +290,11 @@ function Capacity() {
                   <th scope="row">{r}</th>
                   <td>{v.available ? <span className="ok">yes</span> : <span className="muted">no</span>}</td>
                   <td>{v.total}</td>
-                  <td>{Object.entries(v.byPhase).map(([p, n]) => `${p} ${n}`).join(', ') || '—'}</td>
+                  <td>
+                    {Object.entries(v.byPhase)
+                      .map(([p, n]) => `${p} ${n}`)
+                      .join(', ') || '—'}
+                  </td>
                 </tr>
               ))}
             </tbody>

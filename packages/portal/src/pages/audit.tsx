@@ -89,10 +89,20 @@ export default function Audit({ me }: { me: Me }) {
         <div className="row wrap">
           {FIELDS.map(([k, label]) => (
             <Field key={k} label={label}>
-              {(id) => <input id={id} name={k} value={draft[k] ?? ''} onChange={(e) => setDraft({ ...draft, [k]: e.target.value })} placeholder={k === 'action' ? 'e.g. POST sandboxclaims' : ''} />}
+              {(id) => (
+                <input
+                  id={id}
+                  name={k}
+                  value={draft[k] ?? ''}
+                  onChange={(e) => setDraft({ ...draft, [k]: e.target.value })}
+                  placeholder={k === 'action' ? 'e.g. POST sandboxclaims' : ''}
+                />
+              )}
             </Field>
           ))}
-          <Field label="Since">{(id) => <input id={id} type="datetime-local" value={draft.since ?? ''} onChange={(e) => setDraft({ ...draft, since: e.target.value })} />}</Field>
+          <Field label="Since">
+            {(id) => <input id={id} type="datetime-local" value={draft.since ?? ''} onChange={(e) => setDraft({ ...draft, since: e.target.value })} />}
+          </Field>
           <button type="submit" className="primary">
             Apply
           </button>
@@ -101,7 +111,9 @@ export default function Audit({ me }: { me: Me }) {
           </button>
         </div>
         <div className="row wrap">
-          <Field label="Search">{(id) => <input id={id} type="search" value={text} onChange={(e) => setText(e.target.value)} placeholder="any text in an event" />}</Field>
+          <Field label="Search">
+            {(id) => <input id={id} type="search" value={text} onChange={(e) => setText(e.target.value)} placeholder="any text in an event" />}
+          </Field>
           <Field label="Result">
             {(id) => (
               <select id={id} value={result} onChange={(e) => setResult(e.target.value)}>

@@ -89,7 +89,9 @@ export function Files({ me, namespace, name }: { me: Me; namespace: string; name
           Refresh
         </button>
         {writable ? (
-          <Field label="Upload files here">{(id) => <input id={id} ref={fileInput} type="file" multiple onChange={(e) => void upload(e.target.files)} />}</Field>
+          <Field label="Upload files here">
+            {(id) => <input id={id} ref={fileInput} type="file" multiple onChange={(e) => void upload(e.target.files)} />}
+          </Field>
         ) : null}
       </form>
       <p role="status" className="muted">
@@ -155,7 +157,13 @@ export function Files({ me, namespace, name }: { me: Me; namespace: string; name
               </button>
             </div>
           </div>
-          {view.text !== undefined ? <pre tabIndex={0} aria-label={`Contents of ${view.path}`}>{view.text}</pre> : <p className="muted">{view.note}</p>}
+          {view.text !== undefined ? (
+            <pre tabIndex={0} aria-label={`Contents of ${view.path}`}>
+              {view.text}
+            </pre>
+          ) : (
+            <p className="muted">{view.note}</p>
+          )}
         </section>
       ) : null}
     </section>

@@ -36,7 +36,11 @@ interface EgressItem {
 const HISTORY = 300; // samples kept: ten minutes at one every two seconds
 
 function Overview({ sandbox, samples }: { sandbox: Sandbox; samples: Sample[] }) {
-  const events = usePoll(async () => (await api<{ items: EventItem[] }>(`${sandboxPath(sandbox.metadata.namespace, sandbox.metadata.name)}/events`)).items, 5000, [sandbox.metadata.uid, sandbox.status.phase]);
+  const events = usePoll(
+    async () => (await api<{ items: EventItem[] }>(`${sandboxPath(sandbox.metadata.namespace, sandbox.metadata.name)}/events`)).items,
+    5000,
+    [sandbox.metadata.uid, sandbox.status.phase],
+  );
   const c = sandbox.spec.podTemplate.spec.containers[0];
   const limits = c?.resources?.limits ?? {};
   const cpuPoints: { t: number; v: number }[] = [];
@@ -66,7 +70,11 @@ function Overview({ sandbox, samples }: { sandbox: Sandbox; samples: Sample[] })
           <dt>Template</dt>
           <dd>{sandbox.metadata.labels?.[LABELS.template] ?? '—'}</dd>
           <dt>Limits</dt>
-          <dd>{Object.entries(limits).map(([k, v]) => `${k} ${v}`).join(', ') || 'defaults'}</dd>
+          <dd>
+            {Object.entries(limits)
+              .map(([k, v]) => `${k} ${v}`)
+              .join(', ') || 'defaults'}
+          </dd>
           <dt>Address</dt>
           <dd>{sandbox.status.network?.address ?? '—'}</dd>
           <dt>UID</dt>
@@ -102,7 +110,11 @@ function Overview({ sandbox, samples }: { sandbox: Sandbox; samples: Sample[] })
 }
 
 function Egress({ sandbox }: { sandbox: Sandbox }) {
-  const log = usePoll(async () => (await api<{ items: EgressItem[] }>(`${sandboxPath(sandbox.metadata.namespace, sandbox.metadata.name)}/egress?limit=500`)).items, 5000, [sandbox.metadata.uid]);
+  const log = usePoll(
+    async () => (await api<{ items: EgressItem[] }>(`${sandboxPath(sandbox.metadata.namespace, sandbox.metadata.name)}/egress?limit=500`)).items,
+    5000,
+    [sandbox.metadata.uid],
+  );
   return (
     <section className="card" aria-labelledby="egress-title">
       <h2 id="egress-title">Egress log</h2>
@@ -188,10 +200,16 @@ export default function SandboxDetail({ me, namespace, name, tab }: { me: Me; na
             <Terminal namespace={namespace} name={name} />
           </Suspense>
         ) : (
-          <p className="muted">{canWrite(me, namespace) ? `The terminal needs a Running sandbox (this one is ${s.status.phase}).` : 'Your key may only read this sandbox.'}</p>
+          <p className="muted">
+            {canWrite(me, namespace) ? `The terminal needs a Running sandbox (this one is ${s.status.phase}).` : 'Your key may only read this sandbox.'}
+          </p>
         )
       ) : tab === 'files' ? (
-        running ? <Files me={me} namespace={namespace} name={name} /> : <p className="muted">Files can be browsed while the sandbox is Running (it is {s.status.phase}).</p>
+        running ? (
+          <Files me={me} namespace={namespace} name={name} />
+        ) : (
+          <p className="muted">Files can be browsed while the sandbox is Running (it is {s.status.phase}).</p>
+        )
       ) : tab === 'egress' ? (
         <Egress sandbox={s} />
       ) : (

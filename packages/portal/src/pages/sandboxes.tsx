@@ -1,5 +1,20 @@
 import { useRef, useState, type FormEvent } from 'react';
-import { EXTENSIONS_API_VERSION, LABELS, MOAT_API, SANDBOX_API, api, bytes, condition, duration, objectPath, sandboxPath, type KObject, type Me, type Sandbox, type Usage } from '../api.js';
+import {
+  EXTENSIONS_API_VERSION,
+  LABELS,
+  MOAT_API,
+  SANDBOX_API,
+  api,
+  bytes,
+  condition,
+  duration,
+  objectPath,
+  sandboxPath,
+  type KObject,
+  type Me,
+  type Sandbox,
+  type Usage,
+} from '../api.js';
 import { ConfirmButton, ErrorBox, Field, Phase, Table, href, useAction, useNow, usePoll } from '../ui.js';
 
 interface UsageItem {
@@ -22,7 +37,13 @@ export function SandboxActions({ me, sandbox, onChange, onDeleted }: { me: Me; s
   return (
     <div className="actions" role="group" aria-label={`Actions for ${name}`}>
       {phase === 'Paused' ? (
-        <ConfirmButton label="Resume" question={`Resume sandbox "${name}"? Its processes continue where they stopped.`} disabled={!writable} title={why} onConfirm={async () => (await api(`${path}/resume`, { method: 'POST' }), onChange())} />
+        <ConfirmButton
+          label="Resume"
+          question={`Resume sandbox "${name}"? Its processes continue where they stopped.`}
+          disabled={!writable}
+          title={why}
+          onConfirm={async () => (await api(`${path}/resume`, { method: 'POST' }), onChange())}
+        />
       ) : (
         <ConfirmButton
           label="Pause"
@@ -33,7 +54,13 @@ export function SandboxActions({ me, sandbox, onChange, onDeleted }: { me: Me; s
         />
       )}
       {phase === 'Hibernated' ? (
-        <ConfirmButton label="Wake" question={`Wake sandbox "${name}"? It is restored from disk (with its memory where the runtime could save it).`} disabled={!writable} title={why} onConfirm={async () => (await api(`${path}/wake`, { method: 'POST' }), onChange())} />
+        <ConfirmButton
+          label="Wake"
+          question={`Wake sandbox "${name}"? It is restored from disk (with its memory where the runtime could save it).`}
+          disabled={!writable}
+          title={why}
+          onConfirm={async () => (await api(`${path}/wake`, { method: 'POST' }), onChange())}
+        />
       ) : (
         <ConfirmButton
           label="Hibernate"
@@ -68,7 +95,11 @@ export function SandboxActions({ me, sandbox, onChange, onDeleted }: { me: Me; s
 function Ttl({ shutdownTime, now }: { shutdownTime?: string | undefined; now: number }) {
   if (!shutdownTime) return <span className="muted">none</span>;
   const left = Date.parse(shutdownTime) - now;
-  return <time dateTime={shutdownTime} title={`shuts down at ${new Date(shutdownTime).toLocaleString()}`}>{left > 0 ? duration(left) : 'due'}</time>;
+  return (
+    <time dateTime={shutdownTime} title={`shuts down at ${new Date(shutdownTime).toLocaleString()}`}>
+      {left > 0 ? duration(left) : 'due'}
+    </time>
+  );
 }
 
 function CreateSandbox({ me, onCreated }: { me: Me; onCreated: (ns: string, name: string) => void }) {
@@ -84,7 +115,12 @@ function CreateSandbox({ me, onCreated }: { me: Me; onCreated: (ns: string, name
     e.preventDefault();
     void run(async () => {
       // A claim gets a sandbox of its own name from the template (from a warm pool when one is ready).
-      const claim = { apiVersion: EXTENSIONS_API_VERSION, kind: 'SandboxClaim', metadata: { name: name.trim() }, spec: { sandboxTemplateRef: { name: chosen } } };
+      const claim = {
+        apiVersion: EXTENSIONS_API_VERSION,
+        kind: 'SandboxClaim',
+        metadata: { name: name.trim() },
+        spec: { sandboxTemplateRef: { name: chosen } },
+      };
       await api(objectPath('sandboxclaims', namespace), { method: 'POST', json: claim });
       onCreated(namespace, name.trim());
       setName('');
@@ -115,7 +151,9 @@ function CreateSandbox({ me, onCreated }: { me: Me; onCreated: (ns: string, name
           )}
         </Field>
         <Field label="Name" hint="lowercase letters, digits and -">
-          {(id) => <input id={id} name="name" required pattern="[a-z0-9]([-a-z0-9]*[a-z0-9])?" maxLength={63} value={name} onChange={(e) => setName(e.target.value)} />}
+          {(id) => (
+            <input id={id} name="name" required pattern="[a-z0-9]([-a-z0-9]*[a-z0-9])?" maxLength={63} value={name} onChange={(e) => setName(e.target.value)} />
+          )}
         </Field>
         <button className="primary" type="submit" disabled={busy || !chosen}>
           {busy ? 'Creating…' : 'Create'}
@@ -132,7 +170,10 @@ export function SandboxList({ me }: { me: Me }) {
   const cpu = useRef(new Map<string, number>());
   const list = usePoll(
     async () => {
-      const [sandboxes, usage] = await Promise.all([api<{ items: Sandbox[] }>(`${SANDBOX_API}/sandboxes`), api<{ time: string; items: UsageItem[] }>(`${MOAT_API}/portal/usage`)]);
+      const [sandboxes, usage] = await Promise.all([
+        api<{ items: Sandbox[] }>(`${SANDBOX_API}/sandboxes`),
+        api<{ time: string; items: UsageItem[] }>(`${MOAT_API}/portal/usage`),
+      ]);
       const t = Date.parse(usage.time);
       for (const u of usage.items) {
         const key = `${u.namespace}/${u.name}`;
@@ -151,11 +192,17 @@ export function SandboxList({ me }: { me: Me }) {
     <section aria-labelledby="sandboxes-title">
       <div className="row spread">
         <h1 id="sandboxes-title">Sandboxes</h1>
-        <Field label="Filter">{(id) => <input id={id} type="search" value={filter} onChange={(e) => setFilter(e.target.value)} placeholder="namespace/name" />}</Field>
+        <Field label="Filter">
+          {(id) => <input id={id} type="search" value={filter} onChange={(e) => setFilter(e.target.value)} placeholder="namespace/name" />}
+        </Field>
       </div>
       <CreateSandbox me={me} onCreated={(ns, name) => (window.location.hash = href('sandboxes', ns, name))} />
       <ErrorBox error={list.error} />
-      <Table headers={['Name', 'Namespace', 'Status', 'Runtime', 'Template', 'Owner', 'Age', 'CPU', 'Memory', 'TTL', 'Actions']} caption="Sandboxes you can see, updated every two seconds" aria-busy={!list.data}>
+      <Table
+        headers={['Name', 'Namespace', 'Status', 'Runtime', 'Template', 'Owner', 'Age', 'CPU', 'Memory', 'TTL', 'Actions']}
+        caption="Sandboxes you can see, updated every two seconds"
+        aria-busy={!list.data}
+      >
         {items.map((s) => {
           const key = `${s.metadata.namespace}/${s.metadata.name}`;
           const u = list.data?.usage.get(key);
@@ -166,7 +213,11 @@ export function SandboxList({ me }: { me: Me }) {
             <tr key={key} data-sandbox={key}>
               <th scope="row">
                 <a href={href('sandboxes', s.metadata.namespace, s.metadata.name)}>{s.metadata.name}</a>
-                {s.metadata.labels?.[LABELS.pool] ? <span className="badge" title="waiting unclaimed in a warm pool">pool</span> : null}
+                {s.metadata.labels?.[LABELS.pool] ? (
+                  <span className="badge" title="waiting unclaimed in a warm pool">
+                    pool
+                  </span>
+                ) : null}
               </th>
               <td>{s.metadata.namespace}</td>
               <td>

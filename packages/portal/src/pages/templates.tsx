@@ -39,7 +39,12 @@ function editable(o: KObject): string {
   delete (meta as Record<string, unknown>).generation;
   const labels = { ...meta.labels };
   delete labels[LABELS.builtin];
-  return stringify({ apiVersion: o.apiVersion, kind: o.kind, metadata: { ...meta, ...(Object.keys(labels).length ? { labels } : { labels: undefined }) }, spec: o.spec });
+  return stringify({
+    apiVersion: o.apiVersion,
+    kind: o.kind,
+    metadata: { ...meta, ...(Object.keys(labels).length ? { labels } : { labels: undefined }) },
+    spec: o.spec,
+  });
 }
 
 interface Editing {
@@ -119,7 +124,13 @@ function Editor({ editing, me, onDone }: { editing: Editing; me: Me; onDone: () 
         </p>
       ) : null}
       <div className="row">
-        <button type="button" className="primary" onClick={() => void save()} disabled={busy || !writable} title={writable ? undefined : 'your key may only read this namespace'}>
+        <button
+          type="button"
+          className="primary"
+          onClick={() => void save()}
+          disabled={busy || !writable}
+          title={writable ? undefined : 'your key may only read this namespace'}
+        >
           {busy ? 'Saving…' : 'Save'}
         </button>
         <button type="button" onClick={onDone}>
@@ -150,7 +161,13 @@ export default function Templates({ me }: { me: Me }) {
   const [editing, setEditing] = useState<Editing>();
   const ns0 = me.namespace ?? me.namespaces[0] ?? 'default';
   const edit = (kind: Kind, o: KObject) =>
-    setEditing({ kind, namespace: o.metadata.namespace, name: o.metadata.name, builtin: o.metadata.labels?.[LABELS.builtin] === 'true', text: editable({ ...o, apiVersion: o.apiVersion ?? EXTENSIONS_API_VERSION, kind }) });
+    setEditing({
+      kind,
+      namespace: o.metadata.namespace,
+      name: o.metadata.name,
+      builtin: o.metadata.labels?.[LABELS.builtin] === 'true',
+      text: editable({ ...o, apiVersion: o.apiVersion ?? EXTENSIONS_API_VERSION, kind }),
+    });
   if (editing) return <Editor editing={editing} me={me} onDone={() => (setEditing(undefined), data.reload())} />;
   return (
     <>
@@ -183,7 +200,10 @@ export default function Templates({ me }: { me: Me }) {
                       label="Delete"
                       danger
                       question={`Delete template "${t.metadata.name}"? Sandboxes made from it stay.`}
-                      onConfirm={async () => (await api(objectPath('sandboxtemplates', t.metadata.namespace, t.metadata.name), { method: 'DELETE' }), data.reload())}
+                      onConfirm={async () => (
+                        await api(objectPath('sandboxtemplates', t.metadata.namespace, t.metadata.name), { method: 'DELETE' }),
+                        data.reload()
+                      )}
                     />
                   ) : null}
                 </td>
@@ -222,7 +242,10 @@ export default function Templates({ me }: { me: Me }) {
                       label="Delete"
                       danger
                       question={`Delete warm pool "${p.metadata.name}" and its idle sandboxes?`}
-                      onConfirm={async () => (await api(objectPath('sandboxwarmpools', p.metadata.namespace, p.metadata.name), { method: 'DELETE' }), data.reload())}
+                      onConfirm={async () => (
+                        await api(objectPath('sandboxwarmpools', p.metadata.namespace, p.metadata.name), { method: 'DELETE' }),
+                        data.reload()
+                      )}
                     />
                   ) : null}
                 </td>

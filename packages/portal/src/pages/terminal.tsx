@@ -19,7 +19,14 @@ export default function Terminal({ namespace, name }: { namespace: string; name:
   const termRef = useRef<XTerm>(undefined);
 
   useEffect(() => {
-    const term = new XTerm({ cursorBlink: true, convertEol: false, fontSize: 14, scrollback: 5000, screenReaderMode: false, fontFamily: 'ui-monospace, SFMono-Regular, Menlo, Consolas, monospace' });
+    const term = new XTerm({
+      cursorBlink: true,
+      convertEol: false,
+      fontSize: 14,
+      scrollback: 5000,
+      screenReaderMode: false,
+      fontFamily: 'ui-monospace, SFMono-Regular, Menlo, Consolas, monospace',
+    });
     termRef.current = term;
     const fit = new FitAddon();
     term.loadAddon(fit);
@@ -59,10 +66,20 @@ export default function Terminal({ namespace, name }: { namespace: string; name:
       if (msg.type === 'exit') setState({ kind: 'exited', text: `The shell exited${msg.signal ? ` on ${msg.signal}` : ` with code ${msg.exitCode}`}.` });
       else if (msg.type === 'error') setState({ kind: 'error', text: msg.message ?? 'the exec failed' });
     };
-    ws.onclose = (ev) => setState((s) => (s.kind === 'open' || s.kind === 'connecting' ? { kind: 'error', text: `Disconnected${ev.reason ? `: ${ev.reason}` : ''}.` } : s));
+    ws.onclose = (ev) =>
+      setState((s) => (s.kind === 'open' || s.kind === 'connecting' ? { kind: 'error', text: `Disconnected${ev.reason ? `: ${ev.reason}` : ''}.` } : s));
     ws.onerror = () => setState({ kind: 'error', text: 'The terminal connection failed (is the sandbox Running, and may your key exec in it?).' });
     const input = term.onData((d) => ws.readyState === WebSocket.OPEN && ws.send(frame(0, enc.encode(d))));
-    const binary = term.onBinary((d) => ws.readyState === WebSocket.OPEN && ws.send(frame(0, Uint8Array.from(d, (c) => c.charCodeAt(0)))));
+    const binary = term.onBinary(
+      (d) =>
+        ws.readyState === WebSocket.OPEN &&
+        ws.send(
+          frame(
+            0,
+            Uint8Array.from(d, (c) => c.charCodeAt(0)),
+          ),
+        ),
+    );
     const resized = term.onResize(({ rows, cols }) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ type: 'resize', rows, cols })));
     const observer = new ResizeObserver(() => fit.fit());
     observer.observe(el.current!);

@@ -117,8 +117,7 @@ const QUEUE_HIGH = 512 * 1024;
 /** Below this much frame payload, header and payload are written together. */
 const COALESCE = 16 * 1024;
 
-const unavailable = (what: string, err?: NodeJS.ErrnoException) =>
-  new AgentError('EUNAVAILABLE', `${what}${err ? `: ${err.code ?? err.message}` : ''}`);
+const unavailable = (what: string, err?: NodeJS.ErrnoException) => new AgentError('EUNAVAILABLE', `${what}${err ? `: ${err.code ?? err.message}` : ''}`);
 const protocolError = (msg: string) => new AgentError('EPROTO', `sandbox agent protocol error: ${msg}`);
 const hex = (t: number) => `0x${t.toString(16).padStart(2, '0')}`;
 

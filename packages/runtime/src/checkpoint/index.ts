@@ -60,5 +60,8 @@ export async function treeBytes(dir: string): Promise<number> {
 export async function criuErrors(log: string): Promise<string> {
   const text = await readFile(log, 'utf8').catch(() => '');
   const lines = text.split('\n').filter((l) => /Error|error|fail/.test(l));
-  return lines.slice(-3).map((l) => l.replace(/^\(\s*[\d.]+\)\s*/, '').trim()).join('; ');
+  return lines
+    .slice(-3)
+    .map((l) => l.replace(/^\(\s*[\d.]+\)\s*/, '').trim())
+    .join('; ');
 }

@@ -7,8 +7,20 @@ import type { CreateOptions, DiskKind, HibernateResult, RuntimeDriver, RuntimeSt
 
 /** The driver methods a test can make fail (see `FakeDriver.fail`). */
 export type FakeMethod =
-  | 'check' | 'create' | 'destroy' | 'state' | 'pause' | 'resume' | 'hibernate' | 'wake' | 'hibernated'
-  | 'setHostname' | 'listIds' | 'usage' | 'quiesce' | 'thaw';
+  | 'check'
+  | 'create'
+  | 'destroy'
+  | 'state'
+  | 'pause'
+  | 'resume'
+  | 'hibernate'
+  | 'wake'
+  | 'hibernated'
+  | 'setHostname'
+  | 'listIds'
+  | 'usage'
+  | 'quiesce'
+  | 'thaw';
 
 /** What the fake keeps of one sandbox. */
 export interface FakeSandbox {

@@ -43,8 +43,11 @@ export class GvisorDriver extends OciDriver {
 
   protected override runtimeArgs(): string[] {
     return [
-      '-c', NETNS_WORKAROUND, this.runsc,
-      '--root', this.stateDir,
+      '-c',
+      NETNS_WORKAROUND,
+      this.runsc,
+      '--root',
+      this.stateDir,
       // ptrace works everywhere; kvm needs /dev/kvm (and hangs where nested virtualisation is missing).
       '--platform=ptrace',
       // The sandbox's network namespace (joined by path) is handed to gVisor's own network stack.
@@ -92,7 +95,10 @@ export class GvisorDriver extends OciDriver {
     const dir = this.dir(id);
     await unlink(join(dir, 'sock', 'agent.sock')).catch(() => {});
     // The argument order is what NETNS_WORKAROUND recognises.
-    const r = await this.detached([...this.runtimeArgs(), 'restore', '--detach', '--image-path', join(ck, 'images'), '--bundle', join(dir, 'bundle'), id], this.logPath(id));
+    const r = await this.detached(
+      [...this.runtimeArgs(), 'restore', '--detach', '--image-path', join(ck, 'images'), '--bundle', join(dir, 'bundle'), id],
+      this.logPath(id),
+    );
     return r.code === 0 ? undefined : `runsc restore failed: ${r.tail}`;
   }
 

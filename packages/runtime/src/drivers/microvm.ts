@@ -20,7 +20,18 @@ import { Qmp } from '../vm/qmp.js';
 import { GUEST_AGENT, plugVmNetwork } from '../vm/network.js';
 import { ensureSnapshot } from '../vm/snapshot.js';
 import { checkpointDir, clearCheckpoint, completeCheckpoint, readCheckpoint, savedBefore, startCheckpoint } from '../checkpoint/index.js';
-import { QuiesceError, type CreateOptions, type DiskKind, type DriverContext, type HibernateResult, type QuiesceContext, type RuntimeDriver, type RuntimeState, type SandboxRuntimeSpec, type WakeResult } from './types.js';
+import {
+  QuiesceError,
+  type CreateOptions,
+  type DiskKind,
+  type DriverContext,
+  type HibernateResult,
+  type QuiesceContext,
+  type RuntimeDriver,
+  type RuntimeState,
+  type SandboxRuntimeSpec,
+  type WakeResult,
+} from './types.js';
 
 export interface MicrovmDriverOptions extends DriverContext {
   /** packages/guest/init by default. */
@@ -61,8 +72,15 @@ export class MicrovmDriver implements RuntimeDriver {
 
   async check(): Promise<void> {
     const tools: [string, string][] = [
-      ['qemu-system-x86_64', 'qemu-system-x86'], ['socat', 'socat'], ['cpio', 'cpio'], ['nsenter', 'util-linux'],
-      ['tc', 'iproute2'], ['mkfs.ext4', 'e2fsprogs'], ['depmod', 'kmod'], ['dpkg-deb', 'dpkg'], ['apt-get', 'apt'],
+      ['qemu-system-x86_64', 'qemu-system-x86'],
+      ['socat', 'socat'],
+      ['cpio', 'cpio'],
+      ['nsenter', 'util-linux'],
+      ['tc', 'iproute2'],
+      ['mkfs.ext4', 'e2fsprogs'],
+      ['depmod', 'kmod'],
+      ['dpkg-deb', 'dpkg'],
+      ['apt-get', 'apt'],
     ];
     for (const [tool, pkg] of tools) if (!(await which(tool))) throw new Error(`${tool} is missing: apt-get install ${pkg}`);
     const busybox = await readFile('/bin/busybox').catch(() => undefined);
@@ -114,13 +132,16 @@ export class MicrovmDriver implements RuntimeDriver {
    */
   async quiesce<T>(id: string, what: DiskKind, copy: () => Promise<T>, ctx: QuiesceContext): Promise<T> {
     const flushed = "(a microVM's guest cache must be flushed)";
-    if (!ctx.running) throw new QuiesceError(what === 'data' ? `resume it to back it up ${flushed}` : `resume or wake it to back up its writable layer ${flushed}`, true);
+    if (!ctx.running)
+      throw new QuiesceError(what === 'data' ? `resume it to back it up ${flushed}` : `resume or wake it to back up its writable layer ${flushed}`, true);
     if (what === 'data') {
       await this.mustInGuest(id, ['/bin/sh', '-c', 'sync && fsfreeze -f "$1"', 'sh', ctx.dataMountPath], 'freeze the volume');
       try {
         return await copy();
       } finally {
-        await this.mustInGuest(id, ['/bin/sh', '-c', 'fsfreeze -u "$1"', 'sh', ctx.dataMountPath], 'thaw the volume').catch((err: unknown) => ctx.warn(err, 'could not thaw a microVM volume'));
+        await this.mustInGuest(id, ['/bin/sh', '-c', 'fsfreeze -u "$1"', 'sh', ctx.dataMountPath], 'thaw the volume').catch((err: unknown) =>
+          ctx.warn(err, 'could not thaw a microVM volume'),
+        );
       }
     }
     await this.mustInGuest(id, ['sync'], 'sync the writable layer');
@@ -186,16 +207,24 @@ export class MicrovmDriver implements RuntimeDriver {
     ]);
     await opts.ready;
     const guest = await plugVmNetwork(spec.netnsPath);
-    const procs = await makeVmCgroup(spec.id, { memoryBytes: shape.memoryMiB * MiB + QEMU_OVERHEAD_BYTES, cpuMillicores: spec.limits.cpuMillicores, pids: QEMU_PIDS });
+    const procs = await makeVmCgroup(spec.id, {
+      memoryBytes: shape.memoryMiB * MiB + QEMU_OVERHEAD_BYTES,
+      cpuMillicores: spec.limits.cpuMillicores,
+      pids: QEMU_PIDS,
+    });
 
     await this.startRelay(spec.id, spec.netnsPath);
     const f = vmFiles(dir);
     const jailId = vmUid(spec.id);
     const args = qemuArgs({
-      boot, accel: accel.accel, shape,
+      boot,
+      accel: accel.accel,
+      shape,
       ram: { file: snap.ram, share: false },
       disks: { base, disk: p('disk.img'), data },
-      taps: true, dir, incoming: true,
+      taps: true,
+      dir,
+      incoming: true,
       jail: { uid: jailId, gid: jailId, chroot: p('jail') },
     });
     // Sockets of an earlier QEMU (a hibernated or crashed one) would be taken for this one's.
@@ -206,11 +235,24 @@ export class MicrovmDriver implements RuntimeDriver {
     // Jailed in the sandbox's network namespace plus mount, IPC and UTS namespaces of its own (not pid: its pid
     // file must name it as the host sees it), and it joins its cgroup before exec so every byte it allocates is charged there.
     const jail = ['--', 'unshare', '--mount', '--propagation', 'private', '--ipc', '--uts', '--'];
-    const child = spawn('nsenter', [`--net=${spec.netnsPath}`, ...jail, 'sh', '-c', 'for f in $MOAT_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"', 'sh', 'qemu-system-x86_64', ...args], {
-      detached: true,
-      stdio: ['ignore', logFd, logFd, stateFd],
-      env: { ...process.env, MOAT_CGROUP_PROCS: procs.join(' ') },
-    });
+    const child = spawn(
+      'nsenter',
+      [
+        `--net=${spec.netnsPath}`,
+        ...jail,
+        'sh',
+        '-c',
+        'for f in $MOAT_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"',
+        'sh',
+        'qemu-system-x86_64',
+        ...args,
+      ],
+      {
+        detached: true,
+        stdio: ['ignore', logFd, logFd, stateFd],
+        env: { ...process.env, MOAT_CGROUP_PROCS: procs.join(' ') },
+      },
+    );
     closeSync(stateFd);
     closeSync(logFd);
     let exited: string | undefined;
@@ -315,7 +357,9 @@ export class MicrovmDriver implements RuntimeDriver {
     }
     await clearCheckpoint(dir);
     // The guest's clock stood still while it was on disk: give it the host's time (best effort; busybox/coreutils date).
-    await this.agent(spec.id).exec({ command: ['/bin/sh', '-c', 'date -s "@$1" >/dev/null 2>&1 || true', 'sh', String(Math.floor(Date.now() / 1000))] }).done.catch(() => {});
+    await this.agent(spec.id)
+      .exec({ command: ['/bin/sh', '-c', 'date -s "@$1" >/dev/null 2>&1 || true', 'sh', String(Math.floor(Date.now() / 1000))] })
+      .done.catch(() => {});
     return { restored: true };
   }
 
@@ -342,10 +386,14 @@ export class MicrovmDriver implements RuntimeDriver {
     const sock = join(this.dir(id), 'sock', 'agent.sock');
     // One forked socat per connection: each agent operation keeps its own connection, as with a container's unix socket.
     // Its only messages are refused connections while the guest starts, which the agent client reports itself.
-    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', 'socat', `UNIX-LISTEN:${sock},fork,mode=600,unlink-early`, `TCP:${GUEST_AGENT.host}:${GUEST_AGENT.port},nodelay`], {
-      detached: true,
-      stdio: 'ignore',
-    });
+    const child = spawn(
+      'nsenter',
+      [`--net=${netnsPath}`, '--', 'socat', `UNIX-LISTEN:${sock},fork,mode=600,unlink-early`, `TCP:${GUEST_AGENT.host}:${GUEST_AGENT.port},nodelay`],
+      {
+        detached: true,
+        stdio: 'ignore',
+      },
+    );
     child.unref();
     await writeFile(join(this.dir(id), 'relay.pid'), String(child.pid));
   }
@@ -382,7 +430,8 @@ export class MicrovmDriver implements RuntimeDriver {
   }
 
   async setHostname(id: string, hostname: string): Promise<void> {
-    const script = 'hostname "$1" && echo "$1" > /etc/hostname && printf "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n" "$1" > /etc/hosts';
+    const script =
+      'hostname "$1" && echo "$1" > /etc/hostname && printf "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n" "$1" > /etc/hosts';
     const { exitCode, stderr } = await this.inGuest(id, ['/bin/sh', '-c', script, 'sh', hostname]);
     if (exitCode !== 0) throw new Error(`setting the hostname in the microVM failed (exit ${exitCode}): ${stderr}`);
   }
@@ -392,7 +441,10 @@ export class MicrovmDriver implements RuntimeDriver {
     const [qemu, relay] = await Promise.all([this.livePid(id, 'qemu.pid'), this.livePid(id, 'relay.pid')]);
     if (!qemu || !relay) return 'stopped';
     // QEMU's processes are alive: only a paused VM says so (a monitor that does not answer is not a stopped VM).
-    const status = await this.qmp(id, (q) => q.execute<{ status: string }>('query-status')).then((r) => r.status, () => 'unknown');
+    const status = await this.qmp(id, (q) => q.execute<{ status: string }>('query-status')).then(
+      (r) => r.status,
+      () => 'unknown',
+    );
     return status === 'paused' ? 'paused' : 'running';
   }
 
@@ -505,4 +557,8 @@ function isStaticElf(b: Buffer): boolean {
   return true;
 }
 
-const exists = (p: string) => access(p).then(() => true, () => false);
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );

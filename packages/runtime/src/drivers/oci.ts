@@ -13,7 +13,17 @@ import { run, which } from '../run.js';
 import { HostnameSetter } from '../hostname.js';
 import { hostUid } from '../userns.js';
 import { checkpointDir, clearCheckpoint, completeCheckpoint, readCheckpoint, savedBefore, startCheckpoint } from '../checkpoint/index.js';
-import type { CreateOptions, DiskKind, DriverContext, HibernateResult, QuiesceContext, RuntimeDriver, RuntimeState, SandboxRuntimeSpec, WakeResult } from './types.js';
+import type {
+  CreateOptions,
+  DiskKind,
+  DriverContext,
+  HibernateResult,
+  QuiesceContext,
+  RuntimeDriver,
+  RuntimeState,
+  SandboxRuntimeSpec,
+  WakeResult,
+} from './types.js';
 
 export interface OciDriverOptions extends DriverContext {
   readyTimeoutMs?: number;
@@ -98,7 +108,10 @@ export abstract class OciDriver implements RuntimeDriver {
   async quiesce<T>(id: string, what: DiskKind, copy: () => Promise<T>, ctx: QuiesceContext): Promise<T> {
     const mount = this.hostMount(id, what);
     if (!(await isMountPoint(mount))) return copy();
-    if (ctx.running) await this.agent(id).exec({ command: ['sync'] }).done.catch(() => {}); // best effort: gVisor's cache
+    if (ctx.running)
+      await this.agent(id)
+        .exec({ command: ['sync'] })
+        .done.catch(() => {}); // best effort: gVisor's cache
     await run('fsfreeze', ['-f', mount]);
     try {
       return await copy();
@@ -357,5 +370,8 @@ export function writeHostFiles(dir: string, hostname: string) {
 let memsw: Promise<boolean> | undefined;
 const memswCached = () => (memsw ??= memswAvailable());
 
-const exists = (p: string) => access(p).then(() => true, () => false);
-
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );

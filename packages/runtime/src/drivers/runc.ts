@@ -24,16 +24,23 @@ export class RuncDriver extends OciDriver {
   protected async checkpoint(id: string, ck: string): Promise<string | undefined> {
     await mkdir(join(ck, 'images'));
     await mkdir(join(ck, 'work'));
-    const r = await run(this.bin, [
-      ...this.runtimeArgs(), 'checkpoint',
-      '--image-path', join(ck, 'images'),
-      '--work-path', join(ck, 'work'),
-      // The agent's listening socket and any connection through it are reached from the host by path.
-      '--ext-unix-sk',
-      '--tcp-established',
-      '--file-locks',
-      id,
-    ], { allowFail: true });
+    const r = await run(
+      this.bin,
+      [
+        ...this.runtimeArgs(),
+        'checkpoint',
+        '--image-path',
+        join(ck, 'images'),
+        '--work-path',
+        join(ck, 'work'),
+        // The agent's listening socket and any connection through it are reached from the host by path.
+        '--ext-unix-sk',
+        '--tcp-established',
+        '--file-locks',
+        id,
+      ],
+      { allowFail: true },
+    );
     if (r.code === 0) return undefined;
     const detail = await criuErrors(join(ck, 'work', 'dump.log'));
     const hint = /vDSO area bounds|vdso symtable/.test(detail)
@@ -45,16 +52,24 @@ export class RuncDriver extends OciDriver {
   protected async restore(id: string, ck: string): Promise<string | undefined> {
     const dir = this.dir(id);
     await unlink(join(dir, 'sock', 'agent.sock')).catch(() => {});
-    const r = await this.detached([
-      ...this.runtimeArgs(), 'restore', '--detach',
-      '--image-path', join(ck, 'images'),
-      '--work-path', join(ck, 'work'),
-      '--bundle', join(dir, 'bundle'),
-      '--ext-unix-sk',
-      '--tcp-established',
-      '--file-locks',
-      id,
-    ], this.logPath(id));
+    const r = await this.detached(
+      [
+        ...this.runtimeArgs(),
+        'restore',
+        '--detach',
+        '--image-path',
+        join(ck, 'images'),
+        '--work-path',
+        join(ck, 'work'),
+        '--bundle',
+        join(dir, 'bundle'),
+        '--ext-unix-sk',
+        '--tcp-established',
+        '--file-locks',
+        id,
+      ],
+      this.logPath(id),
+    );
     if (r.code === 0) return undefined;
     const detail = await criuErrors(join(ck, 'work', 'restore.log'));
     return `runc restore (CRIU) failed: ${detail || r.tail}`;

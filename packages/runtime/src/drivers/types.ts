@@ -71,7 +71,10 @@ export interface QuiesceContext {
  * message then says what to do ("resume it..."). Otherwise the attempt failed.
  */
 export class QuiesceError extends Error {
-  constructor(message: string, readonly refused = false) {
+  constructor(
+    message: string,
+    readonly refused = false,
+  ) {
     super(message);
     this.name = 'QuiesceError';
   }

@@ -123,7 +123,10 @@ export class ImageStore {
 }
 
 async function exists(p: string) {
-  return lstat(p).then(() => true, () => false);
+  return lstat(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 function sha256File(path: string): Promise<string> {

@@ -238,7 +238,9 @@ export class SandboxNetworks {
       }
       for (const a of l.addr_info ?? []) {
         if (a.family === 'inet' && (poolContains(this.pool, a.local) || a.local === this.serviceAddress)) {
-          throw new Error(`host interface ${l.ifname} has address ${a.local}, inside Moat's sandbox subnet ${this.pool.subnet} or service address: configure others`);
+          throw new Error(
+            `host interface ${l.ifname} has address ${a.local}, inside Moat's sandbox subnet ${this.pool.subnet} or service address: configure others`,
+          );
         }
       }
     }
@@ -257,7 +259,12 @@ export class SandboxNetworks {
     }
     const ipv6 = existsSync('/proc/sys/net/ipv6');
     await run('ip', ['-batch', '-'], {
-      input: [...(ipv6 ? [`link set ${dev} addrgenmode none`] : []), `addr flush dev ${dev}`, `addr add ${this.serviceAddress}/32 dev ${dev}`, `link set ${dev} up`].join('\n'),
+      input: [
+        ...(ipv6 ? [`link set ${dev} addrgenmode none`] : []),
+        `addr flush dev ${dev}`,
+        `addr add ${this.serviceAddress}/32 dev ${dev}`,
+        `link set ${dev} up`,
+      ].join('\n'),
     });
   }
 }

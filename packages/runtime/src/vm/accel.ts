@@ -18,9 +18,15 @@ export interface AccelChoice {
  */
 export async function chooseAccel(boot: GuestBoot, cacheFile: string, timeoutMs = 8000): Promise<AccelChoice> {
   const forced = process.env.MOAT_MICROVM_ACCEL;
-  if (forced === 'kvm' || forced === 'tcg') return { accel: forced, ...(forced === 'tcg' ? { warning: 'MOAT_MICROVM_ACCEL=tcg: microVMs run under software emulation (TCG)' } : {}) };
+  if (forced === 'kvm' || forced === 'tcg')
+    return { accel: forced, ...(forced === 'tcg' ? { warning: 'MOAT_MICROVM_ACCEL=tcg: microVMs run under software emulation (TCG)' } : {}) };
   if (forced) throw new Error(`MOAT_MICROVM_ACCEL must be kvm or tcg, not "${forced}"`);
-  if (!(await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false))) {
+  if (
+    !(await access('/dev/kvm', constants.R_OK | constants.W_OK).then(
+      () => true,
+      () => false,
+    ))
+  ) {
     return { accel: 'tcg', warning: 'no usable /dev/kvm: microVMs run under software emulation (TCG), boots and execs are much slower' };
   }
   // Probed once per host boot (and guest kernel): a hanging KVM would otherwise cost the timeout at every server start.
@@ -28,20 +34,45 @@ export async function chooseAccel(boot: GuestBoot, cacheFile: string, timeoutMs 
   const cached = JSON.parse(await readFile(cacheFile, 'utf8').catch(() => '{}')) as { key?: string; choice?: AccelChoice };
   if (cached.key === key && cached.choice) return cached.choice;
   const ok = await probeKvm(boot, timeoutMs);
-  const choice: AccelChoice = ok === true
-    ? { accel: 'kvm' }
-    : { accel: 'tcg', warning: `KVM does not work on this host (${ok}): microVMs run under software emulation (TCG), boots and execs are much slower` };
+  const choice: AccelChoice =
+    ok === true
+      ? { accel: 'kvm' }
+      : { accel: 'tcg', warning: `KVM does not work on this host (${ok}): microVMs run under software emulation (TCG), boots and execs are much slower` };
   await writeFile(cacheFile, JSON.stringify({ key, choice }));
   return choice;
 }
 
 function probeKvm(boot: GuestBoot, timeoutMs: number): Promise<true | string> {
   return new Promise((resolve) => {
-    const child = spawn('qemu-system-x86_64', [
-      '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-M', 'microvm', '-m', '128M', '-smp', '1',
-      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', 'stdio',
-      '-kernel', boot.kernel, '-initrd', boot.initrd, '-append', 'console=ttyS0 quiet panic=-1 moat.probe',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      'qemu-system-x86_64',
+      [
+        '-accel',
+        'kvm',
+        '-cpu',
+        'host,-arch-capabilities',
+        '-M',
+        'microvm',
+        '-m',
+        '128M',
+        '-smp',
+        '1',
+        '-nodefaults',
+        '-no-user-config',
+        '-display',
+        'none',
+        '-no-reboot',
+        '-serial',
+        'stdio',
+        '-kernel',
+        boot.kernel,
+        '-initrd',
+        boot.initrd,
+        '-append',
+        'console=ttyS0 quiet panic=-1 moat.probe',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');

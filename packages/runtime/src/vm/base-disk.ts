@@ -23,13 +23,22 @@ export function ensureBaseDisk(cacheDir: string, image: Image, progress?: (l: st
 }
 
 async function build(file: string, image: Image, progress?: (l: string) => void): Promise<string> {
-  if (await stat(file).then(() => true, () => false)) return file;
+  if (
+    await stat(file).then(
+      () => true,
+      () => false,
+    )
+  )
+    return file;
   await mkdir(join(file, '..'), { recursive: true });
   progress?.(`making the microVM disk of image ${image.name} (${image.digest.slice(0, 19)})`);
   const tmp = await mkdtemp(`${file}.tmp-`);
   try {
     const maps = { owner: join(tmp, 'owner.map'), group: join(tmp, 'group.map') };
-    for (const [kind, fmt] of [['owner', '%U'], ['group', '%G']] as const) {
+    for (const [kind, fmt] of [
+      ['owner', '%U'],
+      ['group', '%G'],
+    ] as const) {
       const ids = new Set((await run('find', [image.rootfs, '-printf', `${fmt}\n`])).stdout.split('\n').filter(Boolean).map(Number));
       // Ids outside the range were never the guest's: they become nobody.
       const lines = [...ids].map((id) => `+${id} +${id >= USERNS_HOST_BASE && id < USERNS_HOST_BASE + USERNS_SIZE ? id - USERNS_HOST_BASE : 65534}`);
@@ -40,12 +49,33 @@ async function build(file: string, image: Image, progress?: (l: string) => void)
     await run('sh', [
       '-c',
       'tar --owner-map="$2" --group-map="$3" --numeric-owner --xattrs --acls -C "$1" -c . | tar -x --numeric-owner -p --xattrs --acls -C "$4"',
-      'sh', image.rootfs, maps.owner, maps.group, tree,
+      'sh',
+      image.rootfs,
+      maps.owner,
+      maps.group,
+      tree,
     ]);
     const used = Number((await run('du', ['-sb', tree])).stdout.split('\t')[0]);
     // Room for ext4's own metadata; the disk is read-only, so no more than that.
     const size = Math.ceil((used * 1.15 + 64 * 2 ** 20) / 2 ** 20);
-    await run('mkfs.ext4', ['-q', '-F', '-L', 'moat-image', '-d', tree, '-b', '4096', '-m', '0', '-O', '^has_journal', '-E', 'root_owner=0:0', join(tmp, 'disk.ext4'), `${size}M`]);
+    await run('mkfs.ext4', [
+      '-q',
+      '-F',
+      '-L',
+      'moat-image',
+      '-d',
+      tree,
+      '-b',
+      '4096',
+      '-m',
+      '0',
+      '-O',
+      '^has_journal',
+      '-E',
+      'root_owner=0:0',
+      join(tmp, 'disk.ext4'),
+      `${size}M`,
+    ]);
     await rename(join(tmp, 'disk.ext4'), file);
     return file;
   } finally {

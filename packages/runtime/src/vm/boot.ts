@@ -83,7 +83,7 @@ async function latestKernelRelease(cacheDir: string): Promise<string> {
   if (known.aptCache === aptCache && known.release) return known.release;
   const r = await run('apt-cache', ['depends', 'linux-image-amd64'], { allowFail: true });
   const release = /Depends: linux-image-(\d[^\s]*-amd64)/.exec(r.stdout)?.[1];
-  if (!release) throw new Error('cannot find Debian\'s kernel package for microVMs: `apt-cache depends linux-image-amd64` names none (run apt-get update)');
+  if (!release) throw new Error("cannot find Debian's kernel package for microVMs: `apt-cache depends linux-image-amd64` names none (run apt-get update)");
   await mkdir(cacheDir, { recursive: true });
   await writeFile(file, JSON.stringify({ aptCache, release }));
   return release;
@@ -139,4 +139,8 @@ async function pruneOtherBoots(cacheDir: string, key: string) {
   }
 }
 
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );

@@ -31,7 +31,10 @@ export async function makeVmCgroup(id: string, l: VmCgroupLimits): Promise<strin
   const procs: string[] = [];
   const settings: Record<string, [string, string][]> = {
     memory: [['memory.limit_in_bytes', String(l.memoryBytes)]],
-    cpu: [['cpu.cfs_period_us', '100000'], ['cpu.cfs_quota_us', String(quota)]],
+    cpu: [
+      ['cpu.cfs_period_us', '100000'],
+      ['cpu.cfs_quota_us', String(quota)],
+    ],
     cpuacct: [],
     pids: [['pids.max', String(l.pids)]],
   };
@@ -49,7 +52,10 @@ export async function removeVmCgroup(id: string): Promise<void> {
   const rel = cgroupPath(id);
   for (const dir of [join(ROOT, rel), ...['memory', 'cpu', 'cpuacct', 'pids'].map((c) => join(ROOT, c, rel))]) {
     for (let i = 0; ; i++) {
-      const err = await rmdir(dir).then(() => undefined, (e: NodeJS.ErrnoException) => e);
+      const err = await rmdir(dir).then(
+        () => undefined,
+        (e: NodeJS.ErrnoException) => e,
+      );
       if (!err || err.code === 'ENOENT') break;
       if (err.code !== 'EBUSY' || i >= 200) throw new Error(`cannot remove cgroup ${dir}: ${err.message}`);
       await sleep(10);
@@ -57,4 +63,8 @@ export async function removeVmCgroup(id: string): Promise<void> {
   }
 }
 
-const isV2 = () => stat(join(ROOT, 'cgroup.controllers')).then(() => true, () => false);
+const isV2 = () =>
+  stat(join(ROOT, 'cgroup.controllers')).then(
+    () => true,
+    () => false,
+  );

@@ -37,7 +37,13 @@ export function ensureSnapshot(cacheDir: string, boot: GuestBoot, accel: Accel, 
 
 async function make(dir: string, boot: GuestBoot, accel: Accel, shape: VmShape, progress?: (l: string) => void): Promise<Snapshot> {
   const snap = { ram: join(dir, 'ram'), state: join(dir, 'state') };
-  if (await stat(snap.state).then(() => true, () => false)) return snap;
+  if (
+    await stat(snap.state).then(
+      () => true,
+      () => false,
+    )
+  )
+    return snap;
   await mkdir(join(dir, '..'), { recursive: true });
   progress?.(`booting a ${shape.memoryMiB} MiB, ${shape.vcpus}-vCPU microVM (${accel}) to snapshot it; later VMs of this shape resume from it`);
   const tmp = await mkdtemp(`${dir}.tmp-`);
@@ -76,7 +82,13 @@ async function make(dir: string, boot: GuestBoot, accel: Accel, shape: VmShape, 
         if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`snapshot migration ${s.status}: ${s['error-desc'] ?? ''}`);
         await sleep(20);
       }
-      while (!(await stat(join(tmp, 'state')).then(() => true, () => false))) await sleep(20);
+      while (
+        !(await stat(join(tmp, 'state')).then(
+          () => true,
+          () => false,
+        ))
+      )
+        await sleep(20);
       await qmp.execute('quit').catch(() => {});
       qmp.close();
       await exited;

@@ -53,7 +53,14 @@ export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiE
   }) as unknown as FastifyInstance; // pino's Logger type is narrower than Fastify's base logger
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => {
-    void reply.status(404).send({ kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 404, reason: 'NotFound', message: `no route ${req.method} ${req.url.split('?')[0]}; see /openapi.json` });
+    void reply.status(404).send({
+      kind: 'Status',
+      apiVersion: 'v1',
+      status: 'Failure',
+      code: 404,
+      reason: 'NotFound',
+      message: `no route ${req.method} ${req.url.split('?')[0]}; see /openapi.json`,
+    });
   });
 
   await app.register(swagger, {
@@ -75,14 +82,22 @@ export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiE
   });
   auditRequests(app, ctx.audit);
   app.addHook('onResponse', async (req, reply) => {
-    req.log.info({ method: req.method, url: req.url.split('?')[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, key: req.principal?.keyId }, 'request');
+    req.log.info(
+      { method: req.method, url: req.url.split('?')[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, key: req.principal?.keyId },
+      'request',
+    );
   });
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok', version: ctx.version }));
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   sandboxRoutes(app, ctx);
-  objectRoutes(app, ctx.identity, ctx.backend.templates, { plural: 'sandboxtemplates', kind: 'SandboxTemplate', body: SandboxTemplateSchema, tag: 'templates' });
+  objectRoutes(app, ctx.identity, ctx.backend.templates, {
+    plural: 'sandboxtemplates',
+    kind: 'SandboxTemplate',
+    body: SandboxTemplateSchema,
+    tag: 'templates',
+  });
   objectRoutes(app, ctx.identity, ctx.backend.claims, { plural: 'sandboxclaims', kind: 'SandboxClaim', body: SandboxClaimSchema, tag: 'claims' });
   objectRoutes(app, ctx.identity, ctx.backend.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
   execRoutes(app, ctx);

@@ -12,6 +12,14 @@ export async function auditEgress(audit: AuditLog, identity: Identity, r: Egress
     sandbox: r.sandbox?.name,
     object: `${r.method} ${r.host}:${r.port}${r.path ?? ''}`,
     result: r.allowed ? 'success' : 'denied',
-    detail: { rule: r.rule, reason: r.reason, status: r.status, resolvedAddress: r.resolvedAddress, bytesUp: r.bytesUp, bytesDown: r.bytesDown, durationMs: r.durationMs },
+    detail: {
+      rule: r.rule,
+      reason: r.reason,
+      status: r.status,
+      resolvedAddress: r.resolvedAddress,
+      bytesUp: r.bytesUp,
+      bytesDown: r.bytesDown,
+      durationMs: r.durationMs,
+    },
   });
 }

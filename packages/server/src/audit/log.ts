@@ -71,7 +71,12 @@ export function eventHash(r: Omit<AuditEventTable, 'hash'>): string {
 const toEvent = (r: AuditEventTable): AuditEvent => ({
   seq: r.seq,
   time: r.time,
-  actor: { ...(r.actor_user ? { user: r.actor_user } : {}), ...(r.actor_agent ? { agent: r.actor_agent } : {}), ...(r.key_id ? { keyId: r.key_id } : {}), source: r.source },
+  actor: {
+    ...(r.actor_user ? { user: r.actor_user } : {}),
+    ...(r.actor_agent ? { agent: r.actor_agent } : {}),
+    ...(r.key_id ? { keyId: r.key_id } : {}),
+    source: r.source,
+  },
   action: r.action,
   namespace: r.namespace ?? '',
   sandbox: r.sandbox ?? '',
@@ -147,7 +152,11 @@ export class AuditLog {
   }
 
   async query(q: AuditQuery): Promise<AuditEvent[]> {
-    let s = this.store.db.selectFrom('audit_events').selectAll().orderBy('seq').limit(q.limit ?? 1000);
+    let s = this.store.db
+      .selectFrom('audit_events')
+      .selectAll()
+      .orderBy('seq')
+      .limit(q.limit ?? 1000);
     if (q.since) s = s.where('time', '>=', new Date(q.since).toISOString());
     if (q.until) s = s.where('time', '<', new Date(q.until).toISOString());
     if (q.user) s = s.where('actor_user', '=', q.user);
@@ -172,11 +181,12 @@ export class AuditLog {
     return this.serial(async () => {
       const cps = await this.store.db.selectFrom('audit_checkpoints').selectAll().orderBy('seq').execute();
       const broken = (at: number, reason: string): VerifyReport => ({ ok: false, events: at - 1, checkpoints: cps.length, brokenAt: at, reason });
-      for (const cp of cps) if (!this.signer.verify(cp.seq, cp.hash, cp.signature)) return broken(cp.seq, `the checkpoint at event ${cp.seq} has an invalid signature`);
+      for (const cp of cps)
+        if (!this.signer.verify(cp.seq, cp.hash, cp.signature)) return broken(cp.seq, `the checkpoint at event ${cp.seq} has an invalid signature`);
       const signed = new Map(cps.map((cp) => [cp.seq, cp.hash]));
       let expected = 1;
       let prev = GENESIS;
-      for (let after = 0; ; ) {
+      for (let after = 0; ;) {
         const page = await this.store.db.selectFrom('audit_events').selectAll().where('seq', '>', after).orderBy('seq').limit(1000).execute();
         if (!page.length) break;
         for (const r of page) {
@@ -184,14 +194,16 @@ export class AuditLog {
           if (r.prev_hash !== prev) return broken(r.seq, `event ${r.seq} does not follow event ${r.seq - 1}: an event was removed, reordered or replaced`);
           const { hash, ...rest } = r;
           if (eventHash(rest) !== hash) return broken(r.seq, `event ${r.seq} was altered after it was recorded`);
-          if (signed.has(r.seq) && signed.get(r.seq) !== hash) return broken(r.seq, `the chain up to event ${r.seq} was rewritten: it does not match the signed checkpoint`);
+          if (signed.has(r.seq) && signed.get(r.seq) !== hash)
+            return broken(r.seq, `the chain up to event ${r.seq} was rewritten: it does not match the signed checkpoint`);
           prev = hash;
           expected++;
         }
         after = page[page.length - 1]!.seq;
       }
       const last = cps.at(-1);
-      if (last && last.seq >= expected) return broken(expected, `events ${expected} to ${last.seq} were removed (a signed checkpoint covers event ${last.seq})`);
+      if (last && last.seq >= expected)
+        return broken(expected, `events ${expected} to ${last.seq} were removed (a signed checkpoint covers event ${last.seq})`);
       return { ok: true, events: expected - 1, checkpoints: cps.length };
     });
   }
@@ -205,7 +217,10 @@ export class AuditLog {
   private async checkpoint(): Promise<void> {
     if (this.head.seq === this.checkpointed) return;
     const { seq, hash } = this.head;
-    await this.store.db.insertInto('audit_checkpoints').values({ seq, hash, signature: this.signer.sign(seq, hash), time: new Date().toISOString() }).execute();
+    await this.store.db
+      .insertInto('audit_checkpoints')
+      .values({ seq, hash, signature: this.signer.sign(seq, hash), time: new Date().toISOString() })
+      .execute();
     this.checkpointed = seq;
     this.checkpointedAt = Date.now();
   }

@@ -38,9 +38,7 @@ export function auditRequests(app: FastifyInstance, audit: AuditLog): void {
     const p = req.principal;
     const query = req.query && typeof req.query === 'object' && Object.keys(req.query).length ? { query: req.query } : {};
     await audit.record({
-      actor: p
-        ? actorOf(req)
-        : { keyId: keyIdOf(presentedKey(req.headers.authorization, req.headers['x-api-key'] as string | undefined)), source: req.ip },
+      actor: p ? actorOf(req) : { keyId: keyIdOf(presentedKey(req.headers.authorization, req.headers['x-api-key'] as string | undefined)), source: req.ip },
       action: `${req.method} ${template ? shorten(template).replace(/:([A-Za-z]+)/g, '{$1}') : path}`,
       namespace: typeof params.namespace === 'string' ? params.namespace : undefined,
       sandbox: template?.includes('/sandboxes/:name') ? String(params.name) : undefined,

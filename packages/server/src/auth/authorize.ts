@@ -44,5 +44,6 @@ export function requireAdmin(p: Principal, what: string): void {
 
 /** Objects are created only where a (user, agent) pair owns the namespace. */
 export async function assertOwned(identity: Identity, namespace: string): Promise<void> {
-  if (!(await identity.owner(namespace))) throw new MoatError(404, 'NotFound', `namespace "${namespace}" not found: namespaces belong to agents (\`moat agents create\`)`);
+  if (!(await identity.owner(namespace)))
+    throw new MoatError(404, 'NotFound', `namespace "${namespace}" not found: namespaces belong to agents (\`moat agents create\`)`);
 }

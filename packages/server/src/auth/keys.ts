@@ -43,7 +43,8 @@ const toInfo = (r: ApiKeyTable): KeyInfo => ({
 
 /** The key itself is returned once, here, and only its hash is kept. */
 export async function createApiKey(store: Store, opts: { name: string; user: string; agent?: string | undefined; expiresAt?: string | undefined }) {
-  if (opts.expiresAt !== undefined && !(Date.parse(opts.expiresAt) > Date.now())) throw badRequest(`expiresAt "${opts.expiresAt}" must be a date-time in the future`);
+  if (opts.expiresAt !== undefined && !(Date.parse(opts.expiresAt) > Date.now()))
+    throw badRequest(`expiresAt "${opts.expiresAt}" must be a date-time in the future`);
   const id = randomBytes(6).toString('hex');
   const key = `${PREFIX}${id}_${randomBytes(32).toString('base64url')}`;
   const row: ApiKeyTable = {
@@ -66,7 +67,14 @@ export async function listApiKeys(store: Store, user: string): Promise<KeyInfo[]
 
 export async function revokeApiKey(store: Store, user: string, id: string): Promise<KeyInfo> {
   const revokedAt = new Date().toISOString();
-  const row = await store.db.updateTable('api_keys').set({ revoked_at: revokedAt }).where('user', '=', user).where('id', '=', id).where('revoked_at', 'is', null).returningAll().executeTakeFirst();
+  const row = await store.db
+    .updateTable('api_keys')
+    .set({ revoked_at: revokedAt })
+    .where('user', '=', user)
+    .where('id', '=', id)
+    .where('revoked_at', 'is', null)
+    .returningAll()
+    .executeTakeFirst();
   if (row) return toInfo(row);
   const old = await store.db.selectFrom('api_keys').selectAll().where('user', '=', user).where('id', '=', id).executeTakeFirst();
   if (!old) throw notFound(`API key ${id} of user "${user}" not found`, { kind: 'keys', name: id });

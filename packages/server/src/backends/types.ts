@@ -36,7 +36,9 @@ export type Capability = keyof BackendCapabilities;
 /** A call for something the backend cannot do: 501, saying which backend and what, instead of a failure deeper down. */
 export function requireCapability(backend: Pick<SandboxBackend, 'kind' | 'capabilities'>, capability: Capability, what: string): void {
   if (!backend.capabilities[capability]) {
-    throw new MoatError(501, 'NotImplemented', `the ${backend.kind} backend cannot ${what} (capability "${capability}"); see docs/architecture.md`, { capability });
+    throw new MoatError(501, 'NotImplemented', `the ${backend.kind} backend cannot ${what} (capability "${capability}"); see docs/architecture.md`, {
+      capability,
+    });
   }
 }
 

@@ -51,7 +51,11 @@ export interface BackupSandboxes {
   exclusive<T>(namespace: string, name: string, verb: string, act: (s: Sandbox) => Promise<T>): Promise<T>;
   driverFor(s: Sandbox): Pick<RuntimeDriver, 'writableLayer' | 'quiesce'>;
   /** A new sandbox on `restore.imageDigest`, whose writable layer `restore.disk` writes before anything is stored. */
-  create(namespace: string, input: { metadata: { name: string }; spec: SandboxSpec }, opts: { restore: { imageDigest: string; disk: (path: string) => Promise<void> } }): Promise<Sandbox>;
+  create(
+    namespace: string,
+    input: { metadata: { name: string }; spec: SandboxSpec },
+    opts: { restore: { imageDigest: string; disk: (path: string) => Promise<void> } },
+  ): Promise<Sandbox>;
 }
 
 /** The drivers by runtime class, for the thaw after a crash. */
@@ -75,7 +79,14 @@ export class BackupService {
     private readonly log: Logger,
   ) {}
 
-  static async open(store: Store, volumes: VolumeService, sandboxes: BackupSandboxes, drivers: BackupDrivers, objects: ObjectStore, log: Logger): Promise<BackupService> {
+  static async open(
+    store: Store,
+    volumes: VolumeService,
+    sandboxes: BackupSandboxes,
+    drivers: BackupDrivers,
+    objects: ObjectStore,
+    log: Logger,
+  ): Promise<BackupService> {
     await objects.cleanup();
     const s = new BackupService(store, volumes, sandboxes, drivers, objects, log);
     await s.thawLeftovers();
@@ -106,7 +117,13 @@ export class BackupService {
   }
 
   private async row(namespace: string, id: string): Promise<BackupTable> {
-    const r = await this.store.db.selectFrom('backups').selectAll().where('namespace', '=', namespace).where('id', '=', assertBackupId(id)).where('complete', '=', 1).executeTakeFirst();
+    const r = await this.store.db
+      .selectFrom('backups')
+      .selectAll()
+      .where('namespace', '=', namespace)
+      .where('id', '=', assertBackupId(id))
+      .where('complete', '=', 1)
+      .executeTakeFirst();
     if (!r) throw notFound(`backup "${id}" not found in namespace "${namespace}"`, { kind: 'backups', name: id });
     return r;
   }
@@ -123,9 +140,24 @@ export class BackupService {
    * A new backup's record. It is stored first, incomplete, so an object written before a crash always has one
    * (see dropIncomplete), and completed once its object is stored.
    */
-  private newRow(namespace: string, sizeBytes: number, source: Pick<BackupTable, 'kind' | 'volume' | 'volume_uid' | 'sandbox' | 'sandbox_uid' | 'spec' | 'image_digest'>): BackupTable {
+  private newRow(
+    namespace: string,
+    sizeBytes: number,
+    source: Pick<BackupTable, 'kind' | 'volume' | 'volume_uid' | 'sandbox' | 'sandbox_uid' | 'spec' | 'image_digest'>,
+  ): BackupTable {
     const id = `bk-${randomBytes(8).toString('hex')}`;
-    return { id, namespace, size_bytes: sizeBytes, compressed_bytes: 0, sha256: '', store: this.objects.name, key: `${namespace}/${id}.img.zst`, created_at: new Date().toISOString(), complete: 0, ...source };
+    return {
+      id,
+      namespace,
+      size_bytes: sizeBytes,
+      compressed_bytes: 0,
+      sha256: '',
+      store: this.objects.name,
+      key: `${namespace}/${id}.img.zst`,
+      created_at: new Date().toISOString(),
+      complete: 0,
+      ...source,
+    };
   }
 
   async create(namespace: string, volume: string): Promise<BackupInfo> {
@@ -134,7 +166,15 @@ export class BackupService {
       const v = await this.store.db.selectFrom('volumes').selectAll().where('uid', '=', first.uid).executeTakeFirst();
       if (!v) throw notFound(`volume "${volume}" not found in namespace "${namespace}"`, { kind: 'volumes', name: volume });
       const started = Date.now();
-      const row = this.newRow(namespace, v.size_bytes, { kind: 'volume', volume: v.name, volume_uid: v.uid, sandbox: null, sandbox_uid: null, spec: null, image_digest: null });
+      const row = this.newRow(namespace, v.size_bytes, {
+        kind: 'volume',
+        volume: v.name,
+        volume_uid: v.uid,
+        sandbox: null,
+        sandbox_uid: null,
+        spec: null,
+        image_digest: null,
+      });
       return { ...(await this.record(row, () => this.consistent(v, () => this.upload(this.volumes.path(v.uid), row.key)))), durationMs: Date.now() - started };
     });
   }
@@ -151,15 +191,30 @@ export class BackupService {
     return this.sandboxes.exclusive(namespace, sandbox, 'backed up', async (s) => {
       const uid = s.metadata.uid;
       const phase = s.status.phase;
-      if (phase === 'Pending' || phase === 'Failed' || phase === 'Terminating') throw conflict(`sandbox "${sandbox}" is ${phase}: only a Running, Paused or Hibernated sandbox's writable layer can be backed up`);
+      if (phase === 'Pending' || phase === 'Failed' || phase === 'Terminating')
+        throw conflict(`sandbox "${sandbox}" is ${phase}: only a Running, Paused or Hibernated sandbox's writable layer can be backed up`);
       const digest = s.status.image?.digest;
       if (!digest) throw conflict(`sandbox "${sandbox}" has not started yet: it has no writable layer`);
       const { image } = this.sandboxes.driverFor(s).writableLayer(uid);
-      const size = await stat(image).then((x) => x.size, () => undefined);
+      const size = await stat(image).then(
+        (x) => x.size,
+        () => undefined,
+      );
       if (size === undefined) throw conflict(`sandbox "${sandbox}" has no writable layer on this host`);
       const started = Date.now();
-      const row = this.newRow(namespace, size, { kind: 'rootfs', volume: '', volume_uid: '', sandbox: s.metadata.name, sandbox_uid: uid, spec: JSON.stringify(s.spec), image_digest: digest });
-      return { ...(await this.record(row, () => this.quiesced(s, 'layer', () => this.upload(image, row.key), `sandbox "${sandbox}" is ${phase}`))), durationMs: Date.now() - started };
+      const row = this.newRow(namespace, size, {
+        kind: 'rootfs',
+        volume: '',
+        volume_uid: '',
+        sandbox: s.metadata.name,
+        sandbox_uid: uid,
+        spec: JSON.stringify(s.spec),
+        image_digest: digest,
+      });
+      return {
+        ...(await this.record(row, () => this.quiesced(s, 'layer', () => this.upload(image, row.key), `sandbox "${sandbox}" is ${phase}`))),
+        durationMs: Date.now() - started,
+      };
     });
   }
 
@@ -190,7 +245,10 @@ export class BackupService {
   async restore(namespace: string, id: string, volume: string): Promise<VolumeInfo & { durationMs: number }> {
     const r = await this.row(namespace, id);
     assertName(volume, 'volume');
-    if (r.kind !== 'volume') throw badRequest(`backup "${id}" is of sandbox "${r.sandbox}"'s writable layer (kind rootfs), not of a volume: restore it into a new sandbox with {"sandbox": NAME}`);
+    if (r.kind !== 'volume')
+      throw badRequest(
+        `backup "${id}" is of sandbox "${r.sandbox}"'s writable layer (kind rootfs), not of a volume: restore it into a new sandbox with {"sandbox": NAME}`,
+      );
     this.sameStore(r);
     const started = Date.now();
     const made = await this.volumes.createFrom(namespace, volume, r.size_bytes, (path) => this.fetchVerified(r, path));
@@ -205,20 +263,25 @@ export class BackupService {
   async restoreSandbox(namespace: string, id: string, sandbox: string): Promise<Sandbox> {
     const r = await this.row(namespace, id);
     assertName(sandbox, 'sandbox');
-    if (r.kind !== 'rootfs') throw badRequest(`backup "${id}" is of volume "${r.volume}", not of a sandbox's writable layer: restore it into a new volume with {"volume": NAME}`);
+    if (r.kind !== 'rootfs')
+      throw badRequest(`backup "${id}" is of volume "${r.volume}", not of a sandbox's writable layer: restore it into a new volume with {"volume": NAME}`);
     this.sameStore(r);
     const spec = JSON.parse(r.spec!) as SandboxSpec;
     if (spec.shutdownTime && Date.parse(spec.shutdownTime) <= Date.now()) delete spec.shutdownTime;
-    return this.sandboxes.create(namespace, { metadata: { name: sandbox }, spec }, {
-      restore: {
-        imageDigest: r.image_digest!,
-        disk: async (path) => {
-          await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-          await this.fetchVerified(r, path);
-          await chmod(path, 0o600);
+    return this.sandboxes.create(
+      namespace,
+      { metadata: { name: sandbox }, spec },
+      {
+        restore: {
+          imageDigest: r.image_digest!,
+          disk: async (path) => {
+            await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+            await this.fetchVerified(r, path);
+            await chmod(path, 0o600);
+          },
         },
       },
-    });
+    );
   }
 
   private sameStore(r: BackupTable): void {
@@ -239,13 +302,16 @@ export class BackupService {
       // --sparse: the zeros of the image's unused blocks stay holes.
       await zstd(['-d', '-q', '-f', '--sparse', '-o', tmp], { stdin: [await this.objects.get(r.key), tap] }).catch((err: unknown) => {
         // zstd's own frame checksums can catch a damaged object before the SHA-256 is complete.
-        if (err instanceof MoatError && err.reason === 'BackupFailed') throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" is corrupt in ${r.store}: ${err.message}; nothing was restored`);
+        if (err instanceof MoatError && err.reason === 'BackupFailed')
+          throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" is corrupt in ${r.store}: ${err.message}; nothing was restored`);
         throw err;
       });
       const got = hash.digest('hex');
-      if (got !== r.sha256) throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" is corrupt in ${r.store}: SHA-256 ${got}, expected ${r.sha256}; nothing was restored`);
+      if (got !== r.sha256)
+        throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" is corrupt in ${r.store}: SHA-256 ${got}, expected ${r.sha256}; nothing was restored`);
       const size = (await stat(tmp)).size;
-      if (size !== r.size_bytes) throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" restored to ${size} bytes, expected ${r.size_bytes}; nothing was restored`);
+      if (size !== r.size_bytes)
+        throw new MoatError(422, 'ChecksumMismatch', `backup "${r.id}" restored to ${size} bytes, expected ${r.size_bytes}; nothing was restored`);
       crashPoint('restore.written');
       await rename(tmp, path);
     } finally {
@@ -371,4 +437,3 @@ const info = (r: BackupTable): BackupInfo => ({
   key: r.key,
   createdAt: r.created_at,
 });
-

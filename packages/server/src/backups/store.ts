@@ -34,7 +34,12 @@ function checkKey(key: string): string {
 const noSpace = (err: unknown) => ['ENOSPC', 'EDQUOT'].includes((err as NodeJS.ErrnoException)?.code ?? '');
 
 export const storeFull = (store: ObjectStore, key: string) =>
-  new MoatError(507, 'InsufficientStorage', `backup store ${store.name}: no space left on device while writing "${key}"; the partial backup was removed and the volume is unchanged`, { store: store.name });
+  new MoatError(
+    507,
+    'InsufficientStorage',
+    `backup store ${store.name}: no space left on device while writing "${key}"; the partial backup was removed and the volume is unchanged`,
+    { store: store.name },
+  );
 
 /** The default: a directory on this host (`<dataDir>/backups`, or $MOAT_BACKUP_DIR). */
 export class LocalObjectStore implements ObjectStore {
@@ -158,7 +163,12 @@ export class S3ObjectStore implements ObjectStore {
     const tmp = join(this.o.spoolDir, `${randomBytes(8).toString('hex')}.tmp-spool`);
     try {
       await pipeline(body, createWriteStream(tmp, { flags: 'wx', mode: 0o600 })).catch((err: unknown) => {
-        if (noSpace(err)) throw new MoatError(507, 'InsufficientStorage', `backup store ${this.name}: no space left on device in its spool directory ${this.o.spoolDir}; the partial backup was removed and the volume is unchanged`);
+        if (noSpace(err))
+          throw new MoatError(
+            507,
+            'InsufficientStorage',
+            `backup store ${this.name}: no space left on device in its spool directory ${this.o.spoolDir}; the partial backup was removed and the volume is unchanged`,
+          );
         throw err;
       });
       const res = await this.send('PUT', key, { file: tmp, size: (await stat(tmp)).size });

@@ -17,12 +17,38 @@ const END_STREAM = 0x02;
 const COMPRESSED = 0x01;
 
 export type ConnectCode =
-  | 'canceled' | 'unknown' | 'invalid_argument' | 'deadline_exceeded' | 'not_found' | 'already_exists' | 'permission_denied'
-  | 'resource_exhausted' | 'failed_precondition' | 'aborted' | 'out_of_range' | 'unimplemented' | 'internal' | 'unavailable' | 'unauthenticated';
+  | 'canceled'
+  | 'unknown'
+  | 'invalid_argument'
+  | 'deadline_exceeded'
+  | 'not_found'
+  | 'already_exists'
+  | 'permission_denied'
+  | 'resource_exhausted'
+  | 'failed_precondition'
+  | 'aborted'
+  | 'out_of_range'
+  | 'unimplemented'
+  | 'internal'
+  | 'unavailable'
+  | 'unauthenticated';
 
 const HTTP_STATUS: Record<ConnectCode, number> = {
-  canceled: 499, unknown: 500, invalid_argument: 400, deadline_exceeded: 504, not_found: 404, already_exists: 409, permission_denied: 403,
-  resource_exhausted: 429, failed_precondition: 400, aborted: 409, out_of_range: 400, unimplemented: 501, internal: 500, unavailable: 503, unauthenticated: 401,
+  canceled: 499,
+  unknown: 500,
+  invalid_argument: 400,
+  deadline_exceeded: 504,
+  not_found: 404,
+  already_exists: 409,
+  permission_denied: 403,
+  resource_exhausted: 429,
+  failed_precondition: 400,
+  aborted: 409,
+  out_of_range: 400,
+  unimplemented: 501,
+  internal: 500,
+  unavailable: 503,
+  unauthenticated: 401,
 };
 
 export class ConnectError extends Error {
@@ -34,8 +60,36 @@ export class ConnectError extends Error {
   }
 }
 
-const BY_HTTP: Record<number, ConnectCode> = { 400: 'invalid_argument', 401: 'unauthenticated', 403: 'permission_denied', 404: 'not_found', 408: 'deadline_exceeded', 409: 'already_exists', 413: 'resource_exhausted', 422: 'invalid_argument', 429: 'resource_exhausted', 501: 'unimplemented', 502: 'unavailable', 503: 'unavailable', 504: 'deadline_exceeded', 507: 'resource_exhausted' };
-const BY_ERRNO: Record<string, ConnectCode> = { ENOENT: 'not_found', EEXIST: 'already_exists', EACCES: 'permission_denied', EPERM: 'permission_denied', EROFS: 'permission_denied', EISDIR: 'invalid_argument', ENOTDIR: 'invalid_argument', EINVAL: 'invalid_argument', ENOTEMPTY: 'failed_precondition', ENOSPC: 'resource_exhausted', EDQUOT: 'resource_exhausted', E2BIG: 'resource_exhausted' };
+const BY_HTTP: Record<number, ConnectCode> = {
+  400: 'invalid_argument',
+  401: 'unauthenticated',
+  403: 'permission_denied',
+  404: 'not_found',
+  408: 'deadline_exceeded',
+  409: 'already_exists',
+  413: 'resource_exhausted',
+  422: 'invalid_argument',
+  429: 'resource_exhausted',
+  501: 'unimplemented',
+  502: 'unavailable',
+  503: 'unavailable',
+  504: 'deadline_exceeded',
+  507: 'resource_exhausted',
+};
+const BY_ERRNO: Record<string, ConnectCode> = {
+  ENOENT: 'not_found',
+  EEXIST: 'already_exists',
+  EACCES: 'permission_denied',
+  EPERM: 'permission_denied',
+  EROFS: 'permission_denied',
+  EISDIR: 'invalid_argument',
+  ENOTDIR: 'invalid_argument',
+  EINVAL: 'invalid_argument',
+  ENOTEMPTY: 'failed_precondition',
+  ENOSPC: 'resource_exhausted',
+  EDQUOT: 'resource_exhausted',
+  E2BIG: 'resource_exhausted',
+};
 
 /** Anything thrown by a handler, as a Connect error. Unexpected ones say only "internal": the log has the rest. */
 export function toConnectError(err: unknown): ConnectError {

@@ -88,8 +88,16 @@ export function controlPlaneRoutes(scope: FastifyInstance, e2b: E2bSandboxes) {
     if (resumed || Date.now() + timeout * 1000 > s.endAt) await e2b.setTimeout(s, timeout);
     return reply.status(resumed ? 201 : 200).send(created(s, keyOf(req)));
   };
-  scope.post('/sandboxes/:sandboxID/connect', { schema: schema('E2B: connect to a sandbox (SDK ≤ 2.45)', { params: IdParams, body: Type.Optional(ConnectBody) }) }, connect);
-  scope.post('/v2/sandboxes/:sandboxID/connect', { schema: schema('E2B: connect to (or resume) a sandbox', { params: IdParams, body: Type.Optional(ConnectBody) }) }, connect);
+  scope.post(
+    '/sandboxes/:sandboxID/connect',
+    { schema: schema('E2B: connect to a sandbox (SDK ≤ 2.45)', { params: IdParams, body: Type.Optional(ConnectBody) }) },
+    connect,
+  );
+  scope.post(
+    '/v2/sandboxes/:sandboxID/connect',
+    { schema: schema('E2B: connect to (or resume) a sandbox', { params: IdParams, body: Type.Optional(ConnectBody) }) },
+    connect,
+  );
 
   scope.get('/sandboxes/:sandboxID', { schema: schema('E2B: sandbox info', { params: IdParams }) }, async (req) => {
     const s = await e2b.find(req.principal, (req.params as { sandboxID: string }).sandboxID);
@@ -103,18 +111,26 @@ export function controlPlaneRoutes(scope: FastifyInstance, e2b: E2bSandboxes) {
     return reply.status(204).send();
   });
 
-  scope.post('/sandboxes/:sandboxID/timeout', { schema: schema('E2B: set the time left, from now', { params: IdParams, body: TimeoutBody }) }, async (req, reply) => {
-    const s = await e2b.find(req.principal, (req.params as { sandboxID: string }).sandboxID, 'write');
-    await e2b.setTimeout(s, (req.body as Static<typeof TimeoutBody>).timeout);
-    return reply.status(204).send();
-  });
+  scope.post(
+    '/sandboxes/:sandboxID/timeout',
+    { schema: schema('E2B: set the time left, from now', { params: IdParams, body: TimeoutBody }) },
+    async (req, reply) => {
+      const s = await e2b.find(req.principal, (req.params as { sandboxID: string }).sandboxID, 'write');
+      await e2b.setTimeout(s, (req.body as Static<typeof TimeoutBody>).timeout);
+      return reply.status(204).send();
+    },
+  );
 
   // Memory always stays (the processes are frozen, not checkpointed), so `memory` changes nothing.
-  scope.post('/sandboxes/:sandboxID/pause', { schema: schema('E2B: pause a sandbox (409 when it already is)', { params: IdParams, body: Type.Optional(PauseBody) }) }, async (req, reply) => {
-    const s = await e2b.find(req.principal, (req.params as { sandboxID: string }).sandboxID, 'write');
-    if (!(await e2b.pause(s))) throw new MoatError(409, 'Conflict', `sandbox "${s.id}" is already paused`);
-    return reply.status(204).send();
-  });
+  scope.post(
+    '/sandboxes/:sandboxID/pause',
+    { schema: schema('E2B: pause a sandbox (409 when it already is)', { params: IdParams, body: Type.Optional(PauseBody) }) },
+    async (req, reply) => {
+      const s = await e2b.find(req.principal, (req.params as { sandboxID: string }).sandboxID, 'write');
+      if (!(await e2b.pause(s))) throw new MoatError(409, 'Conflict', `sandbox "${s.id}" is already paused`);
+      return reply.status(204).send();
+    },
+  );
 
   const list = async (req: FastifyRequest, reply: FastifyReply) => {
     const q = req.query as Static<typeof ListQuery>;

@@ -47,7 +47,11 @@ export const SandboxIdParams = Type.Object({ sandboxId: Type.String({ pattern: E
 /** Any other port, as Moat's port exposure does (the agent dials the sandbox's own loopback). */
 export function portRelayRoutes(scope: FastifyInstance, e2b: E2bSandboxes) {
   relayBodies(scope);
-  const params = Type.Object({ sandboxId: SandboxIdParams.properties.sandboxId, port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) });
+  const params = Type.Object({
+    sandboxId: SandboxIdParams.properties.sandboxId,
+    port: Type.Integer({ minimum: 1, maximum: 65535 }),
+    '*': Type.Optional(Type.String()),
+  });
   const handler = async (req: FastifyRequest, reply: Parameters<typeof relayHttp>[1]) => {
     const { sandboxId, port } = req.params as { sandboxId: string; port: number };
     const { sandbox, agent } = await e2b.running(req.principal, sandboxId);

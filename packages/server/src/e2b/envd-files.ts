@@ -62,7 +62,10 @@ export function filesHttp(scope: FastifyInstance, routes: EnvdRoutes, ctx: ApiCo
   scope.get(`${ENVD_PREFIX}/health`, { schema: { hide: true, params: SandboxIdParams } }, async (req, reply) => {
     const { sandboxId } = req.params as { sandboxId: string };
     // 502 is how the SDK's isRunning() learns that a sandbox is gone.
-    const running = await e2b.running(req.principal, sandboxId).then(() => true, () => false);
+    const running = await e2b.running(req.principal, sandboxId).then(
+      () => true,
+      () => false,
+    );
     return reply.status(running ? 204 : 502).send();
   });
 

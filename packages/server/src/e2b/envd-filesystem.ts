@@ -99,7 +99,8 @@ export function filesystemService(routes: EnvdRoutes) {
     const depth = body.recursive ? 32 : 1;
     const entry = await t.agent.stat(dir, { user: t.user });
     if (entry.type !== 'dir') throw new ConnectError('invalid_argument', `${dir} is not a directory`);
-    const snapshot = async () => new Map((await listTree(t.agent, dir, depth, t.user)).map((e) => [posix.relative(dir, e.path), `${e.type}:${e.size}:${e.mtime.getTime()}`]));
+    const snapshot = async () =>
+      new Map((await listTree(t.agent, dir, depth, t.user)).map((e) => [posix.relative(dir, e.path), `${e.type}:${e.size}:${e.mtime.getTime()}`]));
     let last = await snapshot();
     // WatchDirResponse's oneof sits on the message itself: `{"start":{}}`, not under `event` as in the process service.
     stream.send({ start: {} });

@@ -7,8 +7,18 @@ import { startExec, type ExecResult } from '../api/exec-session.js';
 import { ConnectError, ServerStream, deadlineMs } from './connect-rpc.js';
 import type { EnvdRoutes, EnvdTarget } from './envd-types.js';
 
-const Selector = Type.Object({ pid: Type.Optional(Type.Integer({ minimum: 0 })), tag: Type.Optional(Type.String({ maxLength: 256 })) }, { additionalProperties: false });
-const Pty = Type.Object({ size: Type.Optional(Type.Object({ cols: Type.Integer({ minimum: 0, maximum: 1000 }), rows: Type.Integer({ minimum: 0, maximum: 1000 }) }, { additionalProperties: false })) }, { additionalProperties: false });
+const Selector = Type.Object(
+  { pid: Type.Optional(Type.Integer({ minimum: 0 })), tag: Type.Optional(Type.String({ maxLength: 256 })) },
+  { additionalProperties: false },
+);
+const Pty = Type.Object(
+  {
+    size: Type.Optional(
+      Type.Object({ cols: Type.Integer({ minimum: 0, maximum: 1000 }), rows: Type.Integer({ minimum: 0, maximum: 1000 }) }, { additionalProperties: false }),
+    ),
+  },
+  { additionalProperties: false },
+);
 const Config = Type.Object(
   {
     cmd: Type.String({ minLength: 1, maxLength: 4096 }),
@@ -18,7 +28,10 @@ const Config = Type.Object(
   },
   { additionalProperties: false },
 );
-const StartRequest = Type.Object({ process: Config, pty: Type.Optional(Pty), tag: Type.Optional(Type.String({ maxLength: 256 })), stdin: Type.Optional(Type.Boolean()) }, { additionalProperties: false });
+const StartRequest = Type.Object(
+  { process: Config, pty: Type.Optional(Pty), tag: Type.Optional(Type.String({ maxLength: 256 })), stdin: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
 const SendInputRequest = Type.Object(
   { process: Selector, input: Type.Object({ stdin: Type.Optional(Type.String()), pty: Type.Optional(Type.String()) }, { additionalProperties: false }) },
   { additionalProperties: false },
@@ -28,7 +41,8 @@ const SendSignalRequest = Type.Object({ process: Selector, signal: SignalName },
 const SelectorRequest = Type.Object({ process: Selector }, { additionalProperties: false });
 const UpdateRequest = Type.Object({ process: Selector, pty: Type.Optional(Pty) }, { additionalProperties: false });
 
-type ProcessEvent = { start: { pid: number } } | { data: { stdout: string } | { stderr: string } | { pty: string } } | { end: EndEvent } | { keepalive: Record<string, never> };
+type ProcessEvent =
+  { start: { pid: number } } | { data: { stdout: string } | { stderr: string } | { pty: string } } | { end: EndEvent } | { keepalive: Record<string, never> };
 interface EndEvent {
   exitCode: number;
   exited: boolean;
@@ -49,7 +63,9 @@ const MAX_KEEPALIVE_MS = 30_000;
 
 /** envd's end event: Go's ProcessState (exit code, or -1 and the signal). */
 function endEvent(r: ExecResult): EndEvent {
-  return r.signal ? { exitCode: -1, exited: false, status: `signal: ${r.signal}` } : { exitCode: r.exitCode, exited: true, status: `exit status ${r.exitCode}` };
+  return r.signal
+    ? { exitCode: -1, exited: false, status: `signal: ${r.signal}` }
+    : { exitCode: r.exitCode, exited: true, status: `exit status ${r.exitCode}` };
 }
 
 /**
@@ -80,7 +96,9 @@ export function processService(routes: EnvdRoutes, ctx: ApiContext) {
     const pingMs = Math.min(MAX_KEEPALIVE_MS, (Number(headers['keepalive-ping-interval']) || 30) * 1000);
     const ping = setInterval(() => stream.send({ event: { keepalive: {} } }), pingMs);
     const deadline = deadlineMs(headers['connect-timeout-ms']);
-    const timer = deadline ? setTimeout(() => stop(new ConnectError('deadline_exceeded', `the call's deadline of ${deadline} ms passed; the process goes on`)), deadline) : undefined;
+    const timer = deadline
+      ? setTimeout(() => stop(new ConnectError('deadline_exceeded', `the call's deadline of ${deadline} ms passed; the process goes on`)), deadline)
+      : undefined;
     let detach = () => {};
     const stop = (err?: unknown) => {
       clearInterval(ping);
@@ -110,11 +128,18 @@ export function processService(routes: EnvdRoutes, ctx: ApiContext) {
     // Output can arrive before the pid is known; the start event must come first.
     let pending: ProcessEvent[] | undefined = [];
     const emit = (e: ProcessEvent) => (pending ? pending.push(e) : listeners.forEach((l) => l(e)));
-    const out = (kind: 'stdout' | 'stderr') => (b: Buffer) => emit({ data: tty ? { pty: b.toString('base64') } : kind === 'stdout' ? { stdout: b.toString('base64') } : { stderr: b.toString('base64') } });
+    const out = (kind: 'stdout' | 'stderr') => (b: Buffer) =>
+      emit({ data: tty ? { pty: b.toString('base64') } : kind === 'stdout' ? { stdout: b.toString('base64') } : { stderr: b.toString('base64') } });
     const { handle, result } = startExec(
       t.agent,
       t.sandbox,
-      { command: [config.cmd, ...(config.args ?? [])], env, user: t.user, ...(config.cwd ? { cwd: t.resolve(config.cwd) } : {}), ...(tty ? { tty, ...size } : {}) },
+      {
+        command: [config.cmd, ...(config.args ?? [])],
+        env,
+        user: t.user,
+        ...(config.cwd ? { cwd: t.resolve(config.cwd) } : {}),
+        ...(tty ? { tty, ...size } : {}),
+      },
       { onStdout: out('stdout'), onStderr: out('stderr') },
     );
     if (!stdin && !tty) handle.closeStdin();
@@ -125,15 +150,20 @@ export function processService(routes: EnvdRoutes, ctx: ApiContext) {
       return proc;
     });
     follow(stream, started, req.headers);
-    void started.then((proc) => {
-      const queued = pending!;
-      pending = undefined;
-      queued.forEach(emit);
-      result.then(
-        (r) => emit({ end: endEvent(r) }),
-        (err: Error) => emit({ end: { exitCode: -1, exited: false, status: 'error', error: err.message } }),
-      ).finally(() => remove(t.sandbox.metadata.uid, proc.pid));
-    }, () => {});
+    void started.then(
+      (proc) => {
+        const queued = pending!;
+        pending = undefined;
+        queued.forEach(emit);
+        result
+          .then(
+            (r) => emit({ end: endEvent(r) }),
+            (err: Error) => emit({ end: { exitCode: -1, exited: false, status: 'error', error: err.message } }),
+          )
+          .finally(() => remove(t.sandbox.metadata.uid, proc.pid));
+      },
+      () => {},
+    );
   });
 
   routes.stream('process.Process/Connect', SelectorRequest, async (t, body, stream, req) => {

@@ -16,7 +16,10 @@ declare module 'fastify' {
 
 /** `MOAT_E2B_TEMPLATES=name=template,...`: E2B template names and the Moat templates they stand for. */
 export function templateAliases(env = process.env.MOAT_E2B_TEMPLATES): Record<string, string> {
-  const pairs = (env ?? '').split(',').filter(Boolean).map((p) => p.split('=').map((s) => s.trim()));
+  const pairs = (env ?? '')
+    .split(',')
+    .filter(Boolean)
+    .map((p) => p.split('=').map((s) => s.trim()));
   const bad = pairs.find((p) => p.length !== 2 || !p[0] || !p[1]);
   if (bad) throw new Error(`MOAT_E2B_TEMPLATES: expected name=template pairs separated by commas, got "${bad.join('=')}"`);
   return Object.fromEntries(pairs);

@@ -23,7 +23,14 @@ export const E2B_ID_PATTERN = '^[a-z0-9]{1,63}$';
 const newId = () => [...randomBytes(20)].map((b) => ID_ALPHABET[b % ID_ALPHABET.length]).join('');
 
 /** Claim reasons after which the sandbox will never become ready. */
-const FATAL = new Set<string>([REASON.TemplateNotFound, REASON.ImageNotFound, REASON.InvalidClaim, REASON.InvalidTemplate, REASON.SandboxNameConflict, REASON.StartFailed]);
+const FATAL = new Set<string>([
+  REASON.TemplateNotFound,
+  REASON.ImageNotFound,
+  REASON.InvalidClaim,
+  REASON.InvalidTemplate,
+  REASON.SandboxNameConflict,
+  REASON.StartFailed,
+]);
 const READY_TIMEOUT_MS = 120_000;
 
 /** The built-in E2B names and what they are here; `E2bOptions.templates` adds to (and overrides) them. */
@@ -120,7 +127,9 @@ export class E2bSandboxes {
 
   /** The sandbox with this id that the key may see (`verb` read) or use (write); 404 otherwise, like a missing one. */
   async find(p: Principal, id: string, verb: 'read' | 'write' = 'read'): Promise<E2bSandbox> {
-    const namespaces = isAdmin(p) ? [...new Set((await this.claims.list(undefined, `${E2B_LABEL}=true`)).filter((c) => c.metadata.name === id).map((c) => c.metadata.namespace))] : [...p.namespaces.keys()];
+    const namespaces = isAdmin(p)
+      ? [...new Set((await this.claims.list(undefined, `${E2B_LABEL}=true`)).filter((c) => c.metadata.name === id).map((c) => c.metadata.namespace))]
+      : [...p.namespaces.keys()];
     for (const namespace of namespaces) {
       const found = await this.get(namespace, id);
       if (found) {
@@ -142,7 +151,10 @@ export class E2bSandboxes {
   async setTimeout(s: E2bSandbox, seconds: number): Promise<void> {
     const endAt = Date.now() + seconds * 1000;
     const { metadata, spec } = s.claim;
-    await this.claims.replace(s.namespace, s.id, { metadata: { labels: metadata.labels ?? {}, annotations: { ...metadata.annotations, [ANNOTATIONS.endAt]: String(endAt) } }, spec });
+    await this.claims.replace(s.namespace, s.id, {
+      metadata: { labels: metadata.labels ?? {}, annotations: { ...metadata.annotations, [ANNOTATIONS.endAt]: String(endAt) } },
+      spec,
+    });
     this.track(s.namespace, s.id, endAt);
     s.endAt = endAt;
   }
@@ -205,7 +217,12 @@ export class E2bSandboxes {
       const ready = claim.status.conditions?.find((c) => c.type === CONDITION.Ready);
       if (ready?.status === 'True') return this.withSandbox(claim);
       if (ready && FATAL.has(ready.reason)) throw new MoatError(ready.reason.endsWith('NotFound') ? 404 : 400, ready.reason, ready.message);
-      if (Date.now() > deadline) throw new MoatError(504, 'Timeout', `sandbox "${id}" was not ready within ${READY_TIMEOUT_MS / 1000} s (${ready?.reason ?? 'pending'}: ${ready?.message ?? ''})`);
+      if (Date.now() > deadline)
+        throw new MoatError(
+          504,
+          'Timeout',
+          `sandbox "${id}" was not ready within ${READY_TIMEOUT_MS / 1000} s (${ready?.reason ?? 'pending'}: ${ready?.message ?? ''})`,
+        );
       await sleep(10);
     }
   }
@@ -252,5 +269,9 @@ function homeNamespace(p: Principal): string {
 /** CPU, memory and disk as E2B reports them. */
 export function resources(s: Sandbox) {
   const l = resolveLimits(s.spec);
-  return { cpuCount: Math.max(1, Math.round(l.cpuMillicores / 1000)), memoryMB: Math.round(l.memoryBytes / 2 ** 20), diskSizeMB: Math.round(l.diskBytes / 2 ** 20) };
+  return {
+    cpuCount: Math.max(1, Math.round(l.cpuMillicores / 1000)),
+    memoryMB: Math.round(l.memoryBytes / 2 ** 20),
+    diskSizeMB: Math.round(l.diskBytes / 2 ** 20),
+  };
 }

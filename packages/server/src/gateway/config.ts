@@ -2,8 +2,15 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { Store } from '../store/store.js';
 
 const Name = Type.String({ minLength: 1, maxLength: 63, pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$' });
-const BaseUrl = Type.String({ maxLength: 2048, pattern: '^https?://[^\\s]+$', description: 'e.g. https://api.openai.com (the request path, /v1/..., is appended)' });
-const Provider = Type.Object({ baseUrl: BaseUrl, secret: Type.String({ ...Name, description: 'the secret holding the provider API key' }) }, { additionalProperties: false });
+const BaseUrl = Type.String({
+  maxLength: 2048,
+  pattern: '^https?://[^\\s]+$',
+  description: 'e.g. https://api.openai.com (the request path, /v1/..., is appended)',
+});
+const Provider = Type.Object(
+  { baseUrl: BaseUrl, secret: Type.String({ ...Name, description: 'the secret holding the provider API key' }) },
+  { additionalProperties: false },
+);
 
 /** A namespace's gateway settings: providers, model allow-list, daily budgets, credential-injection rules. */
 export const GatewayConfigSchema = Type.Object(

@@ -40,7 +40,18 @@ export class GatewayService {
     private readonly log: Logger,
   ) {}
 
-  static async start(deps: { store: Store; network: Networking; tokens: SandboxTokens; secrets: Secrets; identity: Identity; audit: AuditLog; log: Logger; port: number; pinnedHosts?: Record<string, string>; lookup?(host: string): Promise<string[]> }) {
+  static async start(deps: {
+    store: Store;
+    network: Networking;
+    tokens: SandboxTokens;
+    secrets: Secrets;
+    identity: Identity;
+    audit: AuditLog;
+    log: Logger;
+    port: number;
+    pinnedHosts?: Record<string, string>;
+    lookup?(host: string): Promise<string[]>;
+  }) {
     const { store, network, tokens, secrets, identity, audit, log } = deps;
 
     async function identify(address: string, token: string | undefined): Promise<Caller> {
@@ -49,7 +60,8 @@ export class GatewayService {
       if (!token) throw new GatewayError(401, 'missing sandbox token: send "Authorization: Bearer $MOAT_SANDBOX_TOKEN"');
       const claims = tokens.verify(token);
       if (typeof claims === 'string') throw new GatewayError(401, claims);
-      if (claims.uid !== uid) throw new GatewayError(403, `this token is sandbox "${claims.namespace}/${claims.sandbox}"'s and is valid only from its own address`);
+      if (claims.uid !== uid)
+        throw new GatewayError(403, `this token is sandbox "${claims.namespace}/${claims.sandbox}"'s and is valid only from its own address`);
       const found = await store.getSandboxByUid(uid);
       if (!found || !isLive(found.desired)) throw new GatewayError(401, 'the sandbox token was revoked: its sandbox is being deleted');
       return { sandbox: found.sandbox, user: claims.user, agent: claims.agent, address };
@@ -57,7 +69,11 @@ export class GatewayService {
 
     async function config(c: Caller): Promise<GatewayConfig> {
       const cfg = await getGatewayConfig(store, c.sandbox.metadata.namespace);
-      if (!cfg) throw new GatewayError(403, `namespace "${c.sandbox.metadata.namespace}" has no gateway configuration (PUT .../namespaces/${c.sandbox.metadata.namespace}/gateway)`);
+      if (!cfg)
+        throw new GatewayError(
+          403,
+          `namespace "${c.sandbox.metadata.namespace}" has no gateway configuration (PUT .../namespaces/${c.sandbox.metadata.namespace}/gateway)`,
+        );
       return cfg;
     }
 
@@ -67,7 +83,11 @@ export class GatewayService {
         throw new GatewayError(403, `sandbox "${c.sandbox.metadata.name}" does not list secret "${name}" in spec.secrets`);
       }
       try {
-        return await secrets.reveal(c.sandbox.metadata.namespace, name, { actor: { user: c.user, agent: c.agent, source: c.address }, purpose: 'secrets.gateway', sandbox: c.sandbox.metadata.name });
+        return await secrets.reveal(c.sandbox.metadata.namespace, name, {
+          actor: { user: c.user, agent: c.agent, source: c.address },
+          purpose: 'secrets.gateway',
+          sandbox: c.sandbox.metadata.name,
+        });
       } catch {
         throw new GatewayError(403, `secret "${name}" is not available in namespace "${c.sandbox.metadata.namespace}"`);
       }
@@ -84,8 +104,10 @@ export class GatewayService {
       const b = cfg.budgets;
       if (b?.requestsPerDay !== undefined || b?.tokensPerDay !== undefined) {
         const spent = await spentToday(store, ns);
-        if (b.requestsPerDay !== undefined && spent.requests >= b.requestsPerDay) throw new GatewayError(429, `namespace "${ns}" used its budget of ${b.requestsPerDay} requests today (UTC)`);
-        if (b.tokensPerDay !== undefined && spent.tokens >= b.tokensPerDay) throw new GatewayError(429, `namespace "${ns}" used its budget of ${b.tokensPerDay} tokens today (UTC): ${spent.tokens} used`);
+        if (b.requestsPerDay !== undefined && spent.requests >= b.requestsPerDay)
+          throw new GatewayError(429, `namespace "${ns}" used its budget of ${b.requestsPerDay} requests today (UTC)`);
+        if (b.tokensPerDay !== undefined && spent.tokens >= b.tokensPerDay)
+          throw new GatewayError(429, `namespace "${ns}" used its budget of ${b.tokensPerDay} tokens today (UTC): ${spent.tokens} used`);
       }
       const key = await secret(c, provider.secret);
       const headers: Record<string, string> = api === 'openai' ? { authorization: `Bearer ${key}` } : { 'x-api-key': key };
@@ -113,7 +135,15 @@ export class GatewayService {
       const s = c?.sandbox.metadata;
       void (async () => {
         if (c && call.api && call.error === undefined) {
-          await addUsage(store, { namespace: s!.namespace, sandbox: s!.name, model: call.model ?? '', user: c.user, agent: c.agent, inputTokens: call.inputTokens, outputTokens: call.outputTokens });
+          await addUsage(store, {
+            namespace: s!.namespace,
+            sandbox: s!.name,
+            model: call.model ?? '',
+            user: c.user,
+            agent: c.agent,
+            inputTokens: call.inputTokens,
+            outputTokens: call.outputTokens,
+          });
         }
         await audit.record({
           actor: { user: c?.user, agent: c?.agent, source: address },
@@ -122,7 +152,14 @@ export class GatewayService {
           sandbox: s?.name,
           object: call.route,
           result: call.error === undefined ? 'success' : call.status === 401 || call.status === 403 || call.status === 429 ? 'denied' : 'failed',
-          detail: { status: call.status, ...(call.model ? { model: call.model } : {}), inputTokens: call.inputTokens, outputTokens: call.outputTokens, durationMs: call.durationMs, ...(call.error ? { error: call.error } : {}) },
+          detail: {
+            status: call.status,
+            ...(call.model ? { model: call.model } : {}),
+            inputTokens: call.inputTokens,
+            outputTokens: call.outputTokens,
+            durationMs: call.durationMs,
+            ...(call.error ? { error: call.error } : {}),
+          },
         });
       })().catch((err: unknown) => log.error({ err }, 'could not record a gateway call'));
     }

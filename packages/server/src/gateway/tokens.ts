@@ -39,7 +39,13 @@ export class SandboxTokens {
   }
 
   mint(s: Sandbox, owner: { user: string; agent: string }): string {
-    const claims: TokenClaims = { uid: s.metadata.uid, namespace: s.metadata.namespace, sandbox: s.metadata.name, ...owner, exp: Math.floor(Date.now() / 1000) + this.ttlSeconds };
+    const claims: TokenClaims = {
+      uid: s.metadata.uid,
+      namespace: s.metadata.namespace,
+      sandbox: s.metadata.name,
+      ...owner,
+      exp: Math.floor(Date.now() / 1000) + this.ttlSeconds,
+    };
     const body = Buffer.from(JSON.stringify(claims)).toString('base64url');
     return `${PREFIX}${body}.${this.sign(body)}`;
   }

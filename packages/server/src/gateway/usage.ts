@@ -15,7 +15,17 @@ export interface UsageRow {
 export const today = () => new Date().toISOString().slice(0, 10);
 
 export async function addUsage(store: Store, u: Omit<UsageRow, 'day' | 'requests'>): Promise<void> {
-  const row = { day: today(), namespace: u.namespace, sandbox: u.sandbox, model: u.model, user: u.user, agent: u.agent, requests: 1, input_tokens: u.inputTokens, output_tokens: u.outputTokens };
+  const row = {
+    day: today(),
+    namespace: u.namespace,
+    sandbox: u.sandbox,
+    model: u.model,
+    user: u.user,
+    agent: u.agent,
+    requests: 1,
+    input_tokens: u.inputTokens,
+    output_tokens: u.outputTokens,
+  };
   await store.db
     .insertInto('gateway_usage')
     .values(row)
@@ -30,8 +40,25 @@ export async function addUsage(store: Store, u: Omit<UsageRow, 'day' | 'requests
 }
 
 export async function usage(store: Store, namespace: string, day: string): Promise<UsageRow[]> {
-  const rows = await store.db.selectFrom('gateway_usage').selectAll().where('namespace', '=', namespace).where('day', '=', day).orderBy('sandbox').orderBy('model').execute();
-  return rows.map((r) => ({ day: r.day, namespace: r.namespace, sandbox: r.sandbox, model: r.model, user: r.user, agent: r.agent, requests: r.requests, inputTokens: r.input_tokens, outputTokens: r.output_tokens }));
+  const rows = await store.db
+    .selectFrom('gateway_usage')
+    .selectAll()
+    .where('namespace', '=', namespace)
+    .where('day', '=', day)
+    .orderBy('sandbox')
+    .orderBy('model')
+    .execute();
+  return rows.map((r) => ({
+    day: r.day,
+    namespace: r.namespace,
+    sandbox: r.sandbox,
+    model: r.model,
+    user: r.user,
+    agent: r.agent,
+    requests: r.requests,
+    inputTokens: r.input_tokens,
+    outputTokens: r.output_tokens,
+  }));
 }
 
 /** Today's totals of a namespace, for its budgets. */

@@ -37,7 +37,13 @@ function namespaceFor(user: string, agent: string): string {
 }
 
 const toUser = (r: UserTable): User => ({ name: r.name, role: r.role as Role, quota: JSON.parse(r.quota) as Quota, createdAt: r.created_at });
-const toAgent = (r: AgentTable): Agent => ({ user: r.user, name: r.name, namespace: r.namespace, quota: JSON.parse(r.quota) as Quota, createdAt: r.created_at });
+const toAgent = (r: AgentTable): Agent => ({
+  user: r.user,
+  name: r.name,
+  namespace: r.namespace,
+  quota: JSON.parse(r.quota) as Quota,
+  createdAt: r.created_at,
+});
 /** Users, their agents and the namespaces those own. Keys are in auth/keys.ts. */
 export class Identity {
   constructor(private readonly store: Store) {}
@@ -56,7 +62,10 @@ export class Identity {
     const namespace = namespaceFor(name, DEFAULT_AGENT);
     try {
       await this.db.transaction().execute(async (tx) => {
-        await tx.insertInto('users').values({ name, role, quota: JSON.stringify(quota), created_at: now }).execute();
+        await tx
+          .insertInto('users')
+          .values({ name, role, quota: JSON.stringify(quota), created_at: now })
+          .execute();
         await tx.insertInto('agents').values({ user: name, name: DEFAULT_AGENT, namespace, quota: '{}', created_at: now }).execute();
       });
     } catch (err) {
@@ -109,7 +118,10 @@ export class Identity {
     assertName(name, 'agent name');
     const namespace = namespaceFor(user, name);
     try {
-      await this.db.insertInto('agents').values({ user, name, namespace, quota: JSON.stringify(quota), created_at: new Date().toISOString() }).execute();
+      await this.db
+        .insertInto('agents')
+        .values({ user, name, namespace, quota: JSON.stringify(quota), created_at: new Date().toISOString() })
+        .execute();
     } catch (err) {
       if (isUniqueViolation(err)) throw alreadyExists(`agent "${name}" of user "${user}" or namespace "${namespace}" already exists`, { kind: 'agents', name });
       throw err;
@@ -129,7 +141,12 @@ export class Identity {
 
   async setAgentQuota(user: string, name: string, quota: Quota): Promise<Agent> {
     await this.getAgent(user, name);
-    await this.db.updateTable('agents').set({ quota: JSON.stringify(quota) }).where('user', '=', user).where('name', '=', name).execute();
+    await this.db
+      .updateTable('agents')
+      .set({ quota: JSON.stringify(quota) })
+      .where('user', '=', user)
+      .where('name', '=', name)
+      .execute();
     return this.getAgent(user, name);
   }
 
@@ -151,7 +168,15 @@ export class Identity {
 
   private async assertEmpty(a: Agent): Promise<void> {
     const count = async (table: 'sandboxes' | 'objects') =>
-      Number((await this.db.selectFrom(table).select((eb) => eb.fn.countAll().as('n')).where('namespace', '=', a.namespace).executeTakeFirstOrThrow()).n);
+      Number(
+        (
+          await this.db
+            .selectFrom(table)
+            .select((eb) => eb.fn.countAll().as('n'))
+            .where('namespace', '=', a.namespace)
+            .executeTakeFirstOrThrow()
+        ).n,
+      );
     const n = (await count('sandboxes')) + (await count('objects'));
     if (n > 0) throw conflict(`namespace "${a.namespace}" of agent "${a.name}" of user "${a.user}" still holds ${n} object(s): delete them first`);
   }

@@ -70,7 +70,10 @@ export class Quotas {
       const running = (await this.store.listSandboxes()).filter((s) => isLive(s.desired));
       const volumes = await this.store.db.selectFrom('volumes').select(['namespace', 'size_bytes']).execute();
       const usage = (namespaces: string[]) => {
-        const u = running.filter((s) => namespaces.includes(s.sandbox.metadata.namespace)).map((s) => usageOf(s.sandbox.spec)).reduce(add, zero());
+        const u = running
+          .filter((s) => namespaces.includes(s.sandbox.metadata.namespace))
+          .map((s) => usageOf(s.sandbox.spec))
+          .reduce(add, zero());
         u.storageBytes += volumes.filter((v) => namespaces.includes(v.namespace)).reduce((n, v) => n + v.size_bytes, 0);
         return u;
       };

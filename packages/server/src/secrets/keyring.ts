@@ -22,7 +22,8 @@ const PREVIOUS = 'master.key.previous';
 
 function parseKey(text: string, from: string): Key {
   const bytes = Buffer.from(text.trim(), 'base64');
-  if (bytes.length !== 32) throw new Error(`${from}: a master key is 32 random bytes, base64-encoded (e.g. \`openssl rand -base64 32\`); got ${bytes.length} bytes`);
+  if (bytes.length !== 32)
+    throw new Error(`${from}: a master key is 32 random bytes, base64-encoded (e.g. \`openssl rand -base64 32\`); got ${bytes.length} bytes`);
   return { id: createHash('sha256').update(bytes).digest('hex').slice(0, 16), bytes };
 }
 
@@ -50,7 +51,10 @@ export class Keyring {
     const env = process.env;
     if (env.MOAT_MASTER_KEY) {
       const current = parseKey(env.MOAT_MASTER_KEY, 'MOAT_MASTER_KEY');
-      const previous = (env.MOAT_MASTER_KEY_PREVIOUS ?? '').split(',').filter(Boolean).map((k) => parseKey(k, 'MOAT_MASTER_KEY_PREVIOUS'));
+      const previous = (env.MOAT_MASTER_KEY_PREVIOUS ?? '')
+        .split(',')
+        .filter(Boolean)
+        .map((k) => parseKey(k, 'MOAT_MASTER_KEY_PREVIOUS'));
       return new Keyring(current, new Map([current, ...previous].map((k) => [k.id, k])), undefined);
     }
     const file = join(dataDir, FILE);
@@ -65,7 +69,9 @@ export class Keyring {
       await writeFile(file, text, { mode: 0o600, flag: 'wx' });
     }
     const current = parseKey(text, file);
-    const others = [await readIfThere(join(dataDir, NEXT)), await readIfThere(join(dataDir, PREVIOUS))].filter((t) => t !== undefined).map((t) => parseKey(t, dataDir));
+    const others = [await readIfThere(join(dataDir, NEXT)), await readIfThere(join(dataDir, PREVIOUS))]
+      .filter((t) => t !== undefined)
+      .map((t) => parseKey(t, dataDir));
     return new Keyring(current, new Map([current, ...others].map((k) => [k.id, k])), dataDir);
   }
 
@@ -95,7 +101,10 @@ export class Keyring {
    * every secret to it (one transaction), then the files are swapped.
    */
   async rotate(reseal: () => Promise<number>): Promise<number> {
-    if (!this.dir) throw conflict('the master key comes from MOAT_MASTER_KEY: restart with the new key in MOAT_MASTER_KEY and the old one in MOAT_MASTER_KEY_PREVIOUS; secrets are re-encrypted at start');
+    if (!this.dir)
+      throw conflict(
+        'the master key comes from MOAT_MASTER_KEY: restart with the new key in MOAT_MASTER_KEY and the old one in MOAT_MASTER_KEY_PREVIOUS; secrets are re-encrypted at start',
+      );
     const text = randomBytes(32).toString('base64') + '\n';
     await writeFile(join(this.dir, NEXT), text, { mode: 0o600 });
     const next = parseKey(text, NEXT);

@@ -44,7 +44,10 @@ export class Secrets {
     assertName(name, 'secret name');
     const now = new Date().toISOString();
     try {
-      await this.db.insertInto('secrets').values({ namespace, name, ...this.keyring.seal(value, aad(namespace, name)), created_at: now, updated_at: now }).execute();
+      await this.db
+        .insertInto('secrets')
+        .values({ namespace, name, ...this.keyring.seal(value, aad(namespace, name)), created_at: now, updated_at: now })
+        .execute();
     } catch (err) {
       if (isUniqueViolation(err)) throw alreadyExists(`secret "${name}" already exists in namespace "${namespace}"`, { kind: 'secrets', name });
       throw err;
@@ -54,7 +57,12 @@ export class Secrets {
 
   async replace(namespace: string, name: string, value: string): Promise<SecretInfo> {
     await this.row(namespace, name);
-    await this.db.updateTable('secrets').set({ ...this.keyring.seal(value, aad(namespace, name)), updated_at: new Date().toISOString() }).where('namespace', '=', namespace).where('name', '=', name).execute();
+    await this.db
+      .updateTable('secrets')
+      .set({ ...this.keyring.seal(value, aad(namespace, name)), updated_at: new Date().toISOString() })
+      .where('namespace', '=', namespace)
+      .where('name', '=', name)
+      .execute();
     return this.get(namespace, name);
   }
 
@@ -80,9 +88,12 @@ export class Secrets {
   async checkRefs(namespace: string, spec: SandboxSpec): Promise<void> {
     const names = (spec.secrets ?? []).map((s) => s.name);
     if (!names.length) return;
-    const have = new Set((await this.db.selectFrom('secrets').select('name').where('namespace', '=', namespace).where('name', 'in', names).execute()).map((r) => r.name));
+    const have = new Set(
+      (await this.db.selectFrom('secrets').select('name').where('namespace', '=', namespace).where('name', 'in', names).execute()).map((r) => r.name),
+    );
     const missing = names.filter((n) => !have.has(n));
-    if (missing.length) throw invalid(`spec.secrets: no secret ${missing.map((n) => `"${n}"`).join(', ')} in namespace "${namespace}" (create it with \`moat secrets create\`)`);
+    if (missing.length)
+      throw invalid(`spec.secrets: no secret ${missing.map((n) => `"${n}"`).join(', ')} in namespace "${namespace}" (create it with \`moat secrets create\`)`);
   }
 
   /** Only the secrets a sandbox opted into with `exposeAsEnv`; each reveal is audited. */
@@ -101,7 +112,12 @@ export class Secrets {
       const rows = await tx.selectFrom('secrets').selectAll().where('key_id', '!=', this.keyring.currentId).execute();
       for (const r of rows) {
         const value = this.keyring.open(r, aad(r.namespace, r.name));
-        await tx.updateTable('secrets').set(this.keyring.seal(value, aad(r.namespace, r.name))).where('namespace', '=', r.namespace).where('name', '=', r.name).execute();
+        await tx
+          .updateTable('secrets')
+          .set(this.keyring.seal(value, aad(r.namespace, r.name)))
+          .where('namespace', '=', r.namespace)
+          .where('name', '=', r.name)
+          .execute();
       }
       return rows.length;
     });

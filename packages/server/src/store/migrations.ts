@@ -101,7 +101,9 @@ export const migrations: Record<string, Migration> = {
         .execute();
       // Keys made before users existed become their user's; the first-start admin owns namespace "default".
       await sql`INSERT INTO users (name, role, quota, created_at) SELECT "user", MIN(role), '{}', MIN(created_at) FROM api_keys GROUP BY "user"`.execute(db);
-      await sql`INSERT INTO agents ("user", name, namespace, quota, created_at) SELECT name, 'default', CASE WHEN name = 'admin' THEN 'default' ELSE name END, '{}', created_at FROM users`.execute(db);
+      await sql`INSERT INTO agents ("user", name, namespace, quota, created_at) SELECT name, 'default', CASE WHEN name = 'admin' THEN 'default' ELSE name END, '{}', created_at FROM users`.execute(
+        db,
+      );
       await db.schema.alterTable('api_keys').addColumn('agent', 'text').execute();
       await db.schema.alterTable('api_keys').dropColumn('role').execute();
       await db.schema.createIndex('api_keys_user').on('api_keys').column('user').execute();
@@ -228,7 +230,10 @@ export const migrations: Record<string, Migration> = {
     async up(db: Kysely<unknown>) {
       // Backups of a sandbox's writable layer (kind 'rootfs'): the source sandbox, its spec (JSON) and image digest,
       // which a restore makes a new sandbox from. Volume backups keep kind 'volume' and these null.
-      await db.schema.alterTable('backups').addColumn('kind', 'text', (c) => c.notNull().defaultTo('volume')).execute();
+      await db.schema
+        .alterTable('backups')
+        .addColumn('kind', 'text', (c) => c.notNull().defaultTo('volume'))
+        .execute();
       await db.schema.alterTable('backups').addColumn('sandbox', 'text').execute();
       await db.schema.alterTable('backups').addColumn('sandbox_uid', 'text').execute();
       await db.schema.alterTable('backups').addColumn('spec', 'text').execute();

@@ -94,7 +94,11 @@ export class Store {
    * metadata and spec, only if it is still the unclaimed pool member `from`
    * (so two claims can never get the same sandbox).
    */
-  async adoptSandbox(uid: string, from: string, to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec }): Promise<Sandbox | undefined> {
+  async adoptSandbox(
+    uid: string,
+    from: string,
+    to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec },
+  ): Promise<Sandbox | undefined> {
     const row = await this.db
       .updateTable('sandboxes')
       .set((eb) => ({
@@ -163,7 +167,13 @@ export class Store {
   }
 
   async getObject(kind: ExtensionKind, namespace: string, name: string): Promise<StoredObject | undefined> {
-    const row = await this.db.selectFrom('objects').selectAll().where('kind', '=', kind).where('namespace', '=', namespace).where('name', '=', name).executeTakeFirst();
+    const row = await this.db
+      .selectFrom('objects')
+      .selectAll()
+      .where('kind', '=', kind)
+      .where('namespace', '=', namespace)
+      .where('name', '=', name)
+      .executeTakeFirst();
     return row && objectFromRow(row);
   }
 
@@ -179,7 +189,10 @@ export class Store {
   }
 
   /** Replace metadata and spec (a spec change bumps generation). */
-  async updateObject(uid: string, u: { spec: unknown; labels?: Record<string, string>; annotations?: Record<string, string> }): Promise<StoredObject | undefined> {
+  async updateObject(
+    uid: string,
+    u: { spec: unknown; labels?: Record<string, string>; annotations?: Record<string, string> },
+  ): Promise<StoredObject | undefined> {
     const old = await this.db.selectFrom('objects').select(['spec']).where('uid', '=', uid).executeTakeFirst();
     if (!old) return undefined;
     const spec = JSON.stringify(u.spec);
@@ -224,7 +237,11 @@ export class Store {
 
   /** False when the address is taken (another sandbox got it first). */
   async insertLease(address: string, sandboxUid: string): Promise<boolean> {
-    const r = await this.db.insertInto('network_leases').values({ address, sandbox_uid: sandboxUid }).onConflict((oc) => oc.doNothing()).executeTakeFirst();
+    const r = await this.db
+      .insertInto('network_leases')
+      .values({ address, sandbox_uid: sandboxUid })
+      .onConflict((oc) => oc.doNothing())
+      .executeTakeFirst();
     return Number(r.numInsertedOrUpdatedRows ?? 0) === 1;
   }
 
@@ -235,7 +252,13 @@ export class Store {
   async addEgress(record: { time: string; sandbox?: { uid: string; name: string; namespace: string } }): Promise<void> {
     await this.db
       .insertInto('egress_log')
-      .values({ time: record.time, sandbox_uid: record.sandbox?.uid ?? null, namespace: record.sandbox?.namespace ?? null, name: record.sandbox?.name ?? null, record: JSON.stringify(record) })
+      .values({
+        time: record.time,
+        sandbox_uid: record.sandbox?.uid ?? null,
+        namespace: record.sandbox?.namespace ?? null,
+        name: record.sandbox?.name ?? null,
+        record: JSON.stringify(record),
+      })
       .execute();
   }
 

@@ -17,10 +17,13 @@ export class Requeue {
     if (current && current.at <= at) return;
     if (current) clearTimeout(current.timer);
     // Timers beyond setTimeout's range (24.8 days) are capped: the work then simply asks again.
-    const timer = setTimeout(() => {
-      this.timers.delete(key);
-      void this.run(key);
-    }, Math.min(at - Date.now(), 2 ** 31 - 1));
+    const timer = setTimeout(
+      () => {
+        this.timers.delete(key);
+        void this.run(key);
+      },
+      Math.min(at - Date.now(), 2 ** 31 - 1),
+    );
     timer.unref();
     this.timers.set(key, { at, timer });
   }

@@ -31,7 +31,11 @@ export interface VolumeInfo {
 export function volumeSize(q: string | number, field = 'size'): number {
   const n = parseBytes(q, field);
   if (!Number.isFinite(n) || n < MIN_VOLUME_BYTES || n > MAX_VOLUME_BYTES) {
-    throw invalid(`${field}: ${q} is outside the allowed range ${formatBytes(MIN_VOLUME_BYTES)}..${formatBytes(MAX_VOLUME_BYTES)}`, { field, min: MIN_VOLUME_BYTES, max: MAX_VOLUME_BYTES });
+    throw invalid(`${field}: ${q} is outside the allowed range ${formatBytes(MIN_VOLUME_BYTES)}..${formatBytes(MAX_VOLUME_BYTES)}`, {
+      field,
+      min: MIN_VOLUME_BYTES,
+      max: MAX_VOLUME_BYTES,
+    });
   }
   return n;
 }
@@ -45,7 +49,10 @@ export function templateVolumeName(template: string, sandbox: string): string {
 }
 
 /** Which named volume a sandbox spec uses, if any (the template's volume is named `<template>-<sandbox>`, as Kubernetes names PVCs). */
-export function volumeOf(name: string, spec: SandboxSpec): { kind: 'template'; volume: string; sizeBytes: number; retain: boolean } | { kind: 'claim'; volume: string } | undefined {
+export function volumeOf(
+  name: string,
+  spec: SandboxSpec,
+): { kind: 'template'; volume: string; sizeBytes: number; retain: boolean } | { kind: 'claim'; volume: string } | undefined {
   const claim = spec.podTemplate.spec.volumes?.[0]?.persistentVolumeClaim.claimName;
   if (claim) return { kind: 'claim', volume: claim };
   const t = spec.volumeClaimTemplates?.[0];
@@ -114,7 +121,11 @@ export class VolumeService {
   /** Storage of a namespace's volumes, for quotas. */
   async bytesIn(namespaces: string[]): Promise<number> {
     if (!namespaces.length) return 0;
-    const r = await this.store.db.selectFrom('volumes').select((e) => e.fn.sum<number>('size_bytes').as('n')).where('namespace', 'in', namespaces).executeTakeFirst();
+    const r = await this.store.db
+      .selectFrom('volumes')
+      .select((e) => e.fn.sum<number>('size_bytes').as('n'))
+      .where('namespace', 'in', namespaces)
+      .executeTakeFirst();
     return Number(r?.n ?? 0);
   }
 
@@ -156,7 +167,10 @@ export class VolumeService {
       if (!now) return;
       if (now.sandbox_uid) {
         const s = await this.store.getSandboxByUid(now.sandbox_uid);
-        throw conflict(`volume "${name}" is attached to sandbox "${s?.sandbox.metadata.name ?? now.sandbox_uid}": delete the sandbox first`, { kind: 'volumes', name });
+        throw conflict(`volume "${name}" is attached to sandbox "${s?.sandbox.metadata.name ?? now.sandbox_uid}": delete the sandbox first`, {
+          kind: 'volumes',
+          name,
+        });
       }
       await this.drop(now);
     });
@@ -173,7 +187,11 @@ export class VolumeService {
     if (!want) return;
     const row = await this.store.db.selectFrom('volumes').selectAll().where('namespace', '=', namespace).where('name', '=', want.volume).executeTakeFirst();
     if (!row) {
-      if (want.kind === 'claim') throw notFound(`volume "${want.volume}" not found in namespace "${namespace}": create it with \`moat volume create\``, { kind: 'volumes', name: want.volume });
+      if (want.kind === 'claim')
+        throw notFound(`volume "${want.volume}" not found in namespace "${namespace}": create it with \`moat volume create\``, {
+          kind: 'volumes',
+          name: want.volume,
+        });
       // Its quota was counted with the sandbox's (identity/quotas.ts).
       await this.insert(namespace, want.volume, want.sizeBytes, { retain: want.retain, sandbox: uid, admitted: true });
       return;
@@ -191,7 +209,10 @@ export class VolumeService {
       if (Number(res.numUpdatedRows) !== 1) {
         const holder = await this.store.db.selectFrom('volumes').select('sandbox_uid').where('uid', '=', r.uid).executeTakeFirst();
         const s = holder?.sandbox_uid ? await this.store.getSandboxByUid(holder.sandbox_uid) : undefined;
-        throw conflict(`volume "${want.volume}" is attached to sandbox "${s?.sandbox.metadata.name ?? holder?.sandbox_uid}": a volume is attached to one sandbox at a time`, { kind: 'volumes', name: want.volume });
+        throw conflict(
+          `volume "${want.volume}" is attached to sandbox "${s?.sandbox.metadata.name ?? holder?.sandbox_uid}": a volume is attached to one sandbox at a time`,
+          { kind: 'volumes', name: want.volume },
+        );
       }
     });
   }
@@ -206,10 +227,16 @@ export class VolumeService {
   async flush(agent: SandboxAgent): Promise<void> {
     const h = agent.exec({ command: ['sync'] }, {});
     const timer = new Promise<void>((r) => setTimeout(r, 10_000).unref());
-    await Promise.race([h.done.then(() => {}, () => {}), timer]);
+    await Promise.race([
+      h.done.then(
+        () => {},
+        () => {},
+      ),
+      timer,
+    ]);
   }
 
-    /** After the sandbox's host state is gone: detach its volume, and delete it unless it is retained. */
+  /** After the sandbox's host state is gone: detach its volume, and delete it unless it is retained. */
   async release(sandboxUid: string): Promise<void> {
     const r = await this.store.db.selectFrom('volumes').selectAll().where('sandbox_uid', '=', sandboxUid).executeTakeFirst();
     if (!r) return;
@@ -220,7 +247,15 @@ export class VolumeService {
   }
 
   private async insert(namespace: string, name: string, sizeBytes: number, o: { retain: boolean; sandbox?: string; admitted?: boolean }): Promise<VolumeTable> {
-    const row: VolumeTable = { uid: randomUUID(), namespace, name, size_bytes: sizeBytes, created_at: new Date().toISOString(), sandbox_uid: o.sandbox ?? null, retain: o.retain ? 1 : 0 };
+    const row: VolumeTable = {
+      uid: randomUUID(),
+      namespace,
+      name,
+      size_bytes: sizeBytes,
+      created_at: new Date().toISOString(),
+      sandbox_uid: o.sandbox ?? null,
+      retain: o.retain ? 1 : 0,
+    };
     const insert = async () => {
       try {
         await this.store.db.insertInto('volumes').values(row).execute();

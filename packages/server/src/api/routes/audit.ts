@@ -17,7 +17,10 @@ const Filters = {
   sandbox: Type.Optional(Type.String({ maxLength: 253 })),
   action: Type.Optional(Type.String({ maxLength: 256 })),
 };
-const ListQuery = Type.Object({ ...Filters, after: Type.Optional(Type.Integer({ minimum: 0 })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })) }, { additionalProperties: false });
+const ListQuery = Type.Object(
+  { ...Filters, after: Type.Optional(Type.Integer({ minimum: 0 })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })) },
+  { additionalProperties: false },
+);
 const ExportQuery = Type.Object(Filters, { additionalProperties: false });
 
 /** Admins see every event; anyone else the events in their namespaces and their own. */
@@ -36,7 +39,7 @@ export function auditRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.get(`${AUDIT}/export`, { schema: { tags, summary: 'Audit events as JSON Lines, oldest first', querystring: ExportQuery } }, async (req, reply) => {
     const q = scoped(req, req.query as Static<typeof ExportQuery>);
     async function* lines() {
-      for (let after = 0; ; ) {
+      for (let after = 0; ;) {
         const page = await ctx.audit.query({ ...q, after, limit: 1000 });
         for (const e of page) yield JSON.stringify(e) + '\n';
         if (page.length < 1000) return;
@@ -46,8 +49,12 @@ export function auditRoutes(app: FastifyInstance, ctx: ApiContext) {
     return reply.type('application/jsonl').send(Readable.from(lines()));
   });
 
-  app.get(`${AUDIT}/verify`, { schema: { tags, summary: 'Check the hash chain and signed checkpoints (admin); `ok: false` names the first broken event' } }, async (req) => {
-    requireAdmin(req.principal, 'verify the audit log');
-    return ctx.audit.verify();
-  });
+  app.get(
+    `${AUDIT}/verify`,
+    { schema: { tags, summary: 'Check the hash chain and signed checkpoints (admin); `ok: false` names the first broken event' } },
+    async (req) => {
+      requireAdmin(req.principal, 'verify the audit log');
+      return ctx.audit.verify();
+    },
+  );
 }

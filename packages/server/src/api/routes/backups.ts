@@ -14,7 +14,9 @@ const CreateBody = Type.Object(
   {
     volume: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
     sandbox: Type.Optional(Type.String({ minLength: 1, maxLength: 63, description: "back up this sandbox's volume (or, with rootfs, its writable layer)" })),
-    rootfs: Type.Optional(Type.Boolean({ description: "with sandbox: back up the sandbox's writable layer (what it changed outside its volume), not its volume" })),
+    rootfs: Type.Optional(
+      Type.Boolean({ description: "with sandbox: back up the sandbox's writable layer (what it changed outside its volume), not its volume" }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -45,20 +47,31 @@ export function backupRoutes(app: FastifyInstance, ctx: ApiContext) {
     return list(await backups.list(namespace, (req.query as Static<typeof ListQuery>).volume));
   });
 
-  app.post(`${NS}/backups`, { schema: { tags, summary: "Back up a volume, a sandbox's volume, or (rootfs) a sandbox's writable layer: consistent, zstd, SHA-256", params: NsParams, body: CreateBody } }, async (req, reply) => {
-    const { namespace } = req.params as Static<typeof NsParams>;
-    authorize(req.principal, namespace, 'write');
-    const body = req.body as Static<typeof CreateBody>;
-    if (!body.volume === !body.sandbox) throw badRequest('give exactly one of volume or sandbox');
-    if (body.rootfs && !body.sandbox) throw badRequest('rootfs backs up a sandbox\'s writable layer: give {"sandbox": NAME, "rootfs": true}');
-    if (body.rootfs) {
-      requireCapability(ctx.backend, 'layerBackups', "back up a sandbox's writable layer");
-      await assertOwned(ctx.identity, namespace);
-      return reply.status(201).send(await backups.createRootfs(namespace, assertName(body.sandbox!, 'sandbox')));
-    }
-    const volume = body.volume ?? (await backups.volumeOfSandbox(namespace, assertName(body.sandbox!, 'sandbox')));
-    return reply.status(201).send(await create(namespace, volume));
-  });
+  app.post(
+    `${NS}/backups`,
+    {
+      schema: {
+        tags,
+        summary: "Back up a volume, a sandbox's volume, or (rootfs) a sandbox's writable layer: consistent, zstd, SHA-256",
+        params: NsParams,
+        body: CreateBody,
+      },
+    },
+    async (req, reply) => {
+      const { namespace } = req.params as Static<typeof NsParams>;
+      authorize(req.principal, namespace, 'write');
+      const body = req.body as Static<typeof CreateBody>;
+      if (!body.volume === !body.sandbox) throw badRequest('give exactly one of volume or sandbox');
+      if (body.rootfs && !body.sandbox) throw badRequest('rootfs backs up a sandbox\'s writable layer: give {"sandbox": NAME, "rootfs": true}');
+      if (body.rootfs) {
+        requireCapability(ctx.backend, 'layerBackups', "back up a sandbox's writable layer");
+        await assertOwned(ctx.identity, namespace);
+        return reply.status(201).send(await backups.createRootfs(namespace, assertName(body.sandbox!, 'sandbox')));
+      }
+      const volume = body.volume ?? (await backups.volumeOfSandbox(namespace, assertName(body.sandbox!, 'sandbox')));
+      return reply.status(201).send(await create(namespace, volume));
+    },
+  );
 
   app.post(`${NS}/volumes/:name/backups`, { schema: { tags, summary: 'Back up a volume', params: VolumeParams } }, async (req, reply) => {
     const { namespace, name } = req.params as Static<typeof VolumeParams>;
@@ -81,7 +94,14 @@ export function backupRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.post(
     `${NS}/backups/:id/restore`,
-    { schema: { tags, summary: 'Restore a volume backup into a new volume, or a writable-layer backup into a new sandbox (its checksum checked first)', params: IdParams, body: RestoreBody } },
+    {
+      schema: {
+        tags,
+        summary: 'Restore a volume backup into a new volume, or a writable-layer backup into a new sandbox (its checksum checked first)',
+        params: IdParams,
+        body: RestoreBody,
+      },
+    },
     async (req, reply) => {
       const { namespace, id } = req.params as Static<typeof IdParams>;
       authorize(req.principal, namespace, 'write');

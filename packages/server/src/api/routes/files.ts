@@ -12,7 +12,10 @@ import { authorize } from '../../auth/authorize.js';
 import { NameParams, SANDBOXES } from './sandboxes.js';
 
 const FILES = `${SANDBOXES}/:name/files`;
-const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }), user: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false });
+const PathQuery = Type.Object(
+  { path: Type.String({ minLength: 1, maxLength: 4096 }), user: Type.Optional(Type.String({ maxLength: 64 })) },
+  { additionalProperties: false },
+);
 
 const ERRNO_STATUS: Record<string, [number, string]> = {
   ENOENT: [404, 'NotFound'],
@@ -105,33 +108,37 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
     return reply.type('application/octet-stream').send(body);
   });
 
-  app.put(`${FILES}/content`, {
-    schema: {
-      tags: ['files'],
-      summary: 'Write a file from the raw body (parents created; replaced atomically)',
-      params: NameParams,
-      querystring: Type.Object({ ...PathQuery.properties, mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$' })) }, { additionalProperties: false }),
+  app.put(
+    `${FILES}/content`,
+    {
+      schema: {
+        tags: ['files'],
+        summary: 'Write a file from the raw body (parents created; replaced atomically)',
+        params: NameParams,
+        querystring: Type.Object({ ...PathQuery.properties, mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$' })) }, { additionalProperties: false }),
+      },
     },
-  }, async (req, reply) => {
-    checkLength(req);
-    const { agent, path, user } = await target(req, 'write');
-    if (path === '/') throw badRequest('cannot write to /');
-    const mode = parseInt((req.query as { mode?: string }).mode ?? '0644', 8);
-    // Write beside the target, then rename: a failed or oversized upload never clobbers the old file.
-    const tmp = posix.join(posix.dirname(path), `.moat-upload-${randomBytes(6).toString('hex')}`);
-    try {
-      const limit = new ByteLimit(max);
-      const source = req.body as Readable;
-      source.on('error', (e) => limit.destroy(e));
-      await agent.writeFile(tmp, source.pipe(limit), { mode, user });
-      if (limit.bytes > max) throw tooLarge(`upload is larger than the limit of ${max} bytes`);
-      return entryJson(await agent.rename(tmp, path, { user }));
-    } catch (err) {
-      void reply.header('connection', 'close'); // the body may be half-read
-      await agent.remove(tmp, { user: 'root' }).catch(() => {});
-      throw fileError(err, path);
-    }
-  });
+    async (req, reply) => {
+      checkLength(req);
+      const { agent, path, user } = await target(req, 'write');
+      if (path === '/') throw badRequest('cannot write to /');
+      const mode = parseInt((req.query as { mode?: string }).mode ?? '0644', 8);
+      // Write beside the target, then rename: a failed or oversized upload never clobbers the old file.
+      const tmp = posix.join(posix.dirname(path), `.moat-upload-${randomBytes(6).toString('hex')}`);
+      try {
+        const limit = new ByteLimit(max);
+        const source = req.body as Readable;
+        source.on('error', (e) => limit.destroy(e));
+        await agent.writeFile(tmp, source.pipe(limit), { mode, user });
+        if (limit.bytes > max) throw tooLarge(`upload is larger than the limit of ${max} bytes`);
+        return entryJson(await agent.rename(tmp, path, { user }));
+      } catch (err) {
+        void reply.header('connection', 'close'); // the body may be half-read
+        await agent.remove(tmp, { user: 'root' }).catch(() => {});
+        throw fileError(err, path);
+      }
+    },
+  );
 
   app.get(`${FILES}/list`, { schema: { tags: ['files'], summary: 'List a directory', params: NameParams, querystring: PathQuery } }, async (req) => {
     const { agent, path, user } = await target(req, 'read');
@@ -139,95 +146,137 @@ export function fileRoutes(app: FastifyInstance, ctx: ApiContext) {
     return { items: items.sort((a, b) => a.name.localeCompare(b.name)).map(entryJson) };
   });
 
-  app.get(`${FILES}/stat`, { schema: { tags: ['files'], summary: 'Stat a path (a final symlink is not followed)', params: NameParams, querystring: PathQuery } }, async (req) => {
-    const { agent, path, user } = await target(req, 'read');
-    return entryJson(await agent.stat(path, { user }).catch((err) => Promise.reject(fileError(err, path))));
-  });
-
-  app.post(`${FILES}/mkdir`, {
-    schema: { tags: ['files'], summary: 'Make a directory', params: NameParams, querystring: Type.Object({ ...PathQuery.properties, parents: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
-  }, async (req, reply) => {
-    const { agent, path, user } = await target(req, 'write');
-    const parents = (req.query as { parents?: boolean }).parents ?? true;
-    const e = await agent.mkdir(path, { parents, user }).catch((err) => Promise.reject(fileError(err, path)));
-    return reply.status(201).send(entryJson(e));
-  });
-
-  app.delete(FILES, {
-    schema: { tags: ['files'], summary: 'Remove a file or directory', params: NameParams, querystring: Type.Object({ ...PathQuery.properties, recursive: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
-  }, async (req, reply) => {
-    const { agent, path, user } = await target(req, 'write');
-    if (path === '/') throw badRequest('refusing to remove /');
-    await agent.remove(path, { recursive: (req.query as { recursive?: boolean }).recursive ?? false, user }).catch((err) => Promise.reject(fileError(err, path)));
-    return reply.status(204).send();
-  });
-
-  app.post(`${FILES}/rename`, {
-    schema: {
-      tags: ['files'],
-      summary: 'Rename (move) a path',
-      params: NameParams,
-      querystring: Type.Object({ user: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }),
-      body: Type.Object({ from: Type.String({ maxLength: 4096 }), to: Type.String({ maxLength: 4096 }) }, { additionalProperties: false }),
+  app.get(
+    `${FILES}/stat`,
+    { schema: { tags: ['files'], summary: 'Stat a path (a final symlink is not followed)', params: NameParams, querystring: PathQuery } },
+    async (req) => {
+      const { agent, path, user } = await target(req, 'read');
+      return entryJson(await agent.stat(path, { user }).catch((err) => Promise.reject(fileError(err, path))));
     },
-  }, async (req) => {
-    const { agent, user } = await target(req, 'write');
-    const body = req.body as { from: string; to: string };
-    const from = sandboxPath(body.from, 'from');
-    const to = sandboxPath(body.to, 'to');
-    return entryJson(await agent.rename(from, to, { user }).catch((err) => Promise.reject(fileError(err, from))));
-  });
+  );
 
-  app.get(`${FILES}/archive`, { schema: { tags: ['files'], summary: 'Download a tree as a tar archive', params: NameParams, querystring: PathQuery } }, async (req, reply) => {
-    const { agent, path, user } = await target(req, 'read');
-    const root = await agent.stat(path, { user }).catch((err) => Promise.reject(fileError(err, path)));
-    const pack = tar.pack();
-    void packTree(agent, pack, path, root, user).then(
-      () => pack.finalize(),
-      (err) => pack.destroy(err as Error),
-    );
-    return reply.type('application/x-tar').send(pack);
-  });
+  app.post(
+    `${FILES}/mkdir`,
+    {
+      schema: {
+        tags: ['files'],
+        summary: 'Make a directory',
+        params: NameParams,
+        querystring: Type.Object({ ...PathQuery.properties, parents: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+      },
+    },
+    async (req, reply) => {
+      const { agent, path, user } = await target(req, 'write');
+      const parents = (req.query as { parents?: boolean }).parents ?? true;
+      const e = await agent.mkdir(path, { parents, user }).catch((err) => Promise.reject(fileError(err, path)));
+      return reply.status(201).send(entryJson(e));
+    },
+  );
 
-  app.put(`${FILES}/archive`, {
-    schema: { tags: ['files'], summary: 'Upload a tar archive and extract it under path', params: NameParams, querystring: PathQuery },
-  }, async (req, reply) => {
-    checkLength(req);
-    const { agent, path, user } = await target(req, 'write');
-    const limit = new ByteLimit(max);
-    const extract = tar.extract();
-    let files = 0;
-    let bytes = 0;
-    extract.on('entry', (header, stream, next) => {
-      stream.on('error', () => {}); // destroying the extractor errors every open entry; the pipeline reports it once
-      const rel = header.name.replace(/^\.?\/+/, '');
-      const done = (err?: unknown) => (err ? extract.destroy(err as Error) : next());
-      if (rel === '' || rel === '.') return stream.resume().on('end', () => done());
-      let dest: string;
-      try {
-        // Concatenate, not join: join would fold a "../" away instead of letting sandboxPath reject it.
-        dest = sandboxPath(`${path}/${rel}`, `archive entry "${header.name}"`);
-      } catch (err) {
-        return done(err);
-      }
-      if (header.type === 'directory') {
-        stream.resume();
-        agent.mkdir(dest, { parents: true, user, mode: header.mode ?? 0o755 }).then(() => done(), (e) => done(fileError(e, dest)));
-      } else if (header.type === 'file' || header.type === 'contiguous-file') {
-        files++;
-        bytes += header.size ?? 0;
-        agent.writeFile(dest, stream as unknown as Readable, { mode: (header.mode ?? 0o644) & 0o7777, user }).then(() => done(), (e) => done(fileError(e, dest)));
-      } else {
-        stream.resume().on('end', () => done()); // links and devices are not recreated
-      }
-    });
-    await pipeline(req.body as Readable, limit, extract).catch((err) => {
-      // The body was abandoned half-read: this connection cannot carry another request.
-      void reply.header('connection', 'close');
-      throw err instanceof MoatError ? err : badRequest(`invalid tar archive: ${(err as Error).message}`);
-    });
-    return { files, bytes };
-  });
+  app.delete(
+    FILES,
+    {
+      schema: {
+        tags: ['files'],
+        summary: 'Remove a file or directory',
+        params: NameParams,
+        querystring: Type.Object({ ...PathQuery.properties, recursive: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+      },
+    },
+    async (req, reply) => {
+      const { agent, path, user } = await target(req, 'write');
+      if (path === '/') throw badRequest('refusing to remove /');
+      await agent
+        .remove(path, { recursive: (req.query as { recursive?: boolean }).recursive ?? false, user })
+        .catch((err) => Promise.reject(fileError(err, path)));
+      return reply.status(204).send();
+    },
+  );
+
+  app.post(
+    `${FILES}/rename`,
+    {
+      schema: {
+        tags: ['files'],
+        summary: 'Rename (move) a path',
+        params: NameParams,
+        querystring: Type.Object({ user: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }),
+        body: Type.Object({ from: Type.String({ maxLength: 4096 }), to: Type.String({ maxLength: 4096 }) }, { additionalProperties: false }),
+      },
+    },
+    async (req) => {
+      const { agent, user } = await target(req, 'write');
+      const body = req.body as { from: string; to: string };
+      const from = sandboxPath(body.from, 'from');
+      const to = sandboxPath(body.to, 'to');
+      return entryJson(await agent.rename(from, to, { user }).catch((err) => Promise.reject(fileError(err, from))));
+    },
+  );
+
+  app.get(
+    `${FILES}/archive`,
+    { schema: { tags: ['files'], summary: 'Download a tree as a tar archive', params: NameParams, querystring: PathQuery } },
+    async (req, reply) => {
+      const { agent, path, user } = await target(req, 'read');
+      const root = await agent.stat(path, { user }).catch((err) => Promise.reject(fileError(err, path)));
+      const pack = tar.pack();
+      void packTree(agent, pack, path, root, user).then(
+        () => pack.finalize(),
+        (err) => pack.destroy(err as Error),
+      );
+      return reply.type('application/x-tar').send(pack);
+    },
+  );
+
+  app.put(
+    `${FILES}/archive`,
+    {
+      schema: { tags: ['files'], summary: 'Upload a tar archive and extract it under path', params: NameParams, querystring: PathQuery },
+    },
+    async (req, reply) => {
+      checkLength(req);
+      const { agent, path, user } = await target(req, 'write');
+      const limit = new ByteLimit(max);
+      const extract = tar.extract();
+      let files = 0;
+      let bytes = 0;
+      extract.on('entry', (header, stream, next) => {
+        stream.on('error', () => {}); // destroying the extractor errors every open entry; the pipeline reports it once
+        const rel = header.name.replace(/^\.?\/+/, '');
+        const done = (err?: unknown) => (err ? extract.destroy(err as Error) : next());
+        if (rel === '' || rel === '.') return stream.resume().on('end', () => done());
+        let dest: string;
+        try {
+          // Concatenate, not join: join would fold a "../" away instead of letting sandboxPath reject it.
+          dest = sandboxPath(`${path}/${rel}`, `archive entry "${header.name}"`);
+        } catch (err) {
+          return done(err);
+        }
+        if (header.type === 'directory') {
+          stream.resume();
+          agent.mkdir(dest, { parents: true, user, mode: header.mode ?? 0o755 }).then(
+            () => done(),
+            (e) => done(fileError(e, dest)),
+          );
+        } else if (header.type === 'file' || header.type === 'contiguous-file') {
+          files++;
+          bytes += header.size ?? 0;
+          agent.writeFile(dest, stream as unknown as Readable, { mode: (header.mode ?? 0o644) & 0o7777, user }).then(
+            () => done(),
+            (e) => done(fileError(e, dest)),
+          );
+        } else {
+          stream.resume().on('end', () => done()); // links and devices are not recreated
+        }
+      });
+      await pipeline(req.body as Readable, limit, extract).catch((err) => {
+        // The body was abandoned half-read: this connection cannot carry another request.
+        void reply.header('connection', 'close');
+        throw err instanceof MoatError ? err : badRequest(`invalid tar archive: ${(err as Error).message}`);
+      });
+      return { files, bytes };
+    },
+  );
 }
 
 async function packTree(agent: SandboxAgent, pack: tar.Pack, base: string, root: Entry, user: string) {

@@ -49,13 +49,17 @@ export function identityRoutes(app: FastifyInstance, ctx: ApiContext) {
     return list('User', await identity.listUsers());
   });
 
-  app.post(USERS, { schema: { tags, summary: "Create a user (admin); the answer holds the user's first API key, shown only once", body: CreateUser } }, async (req, reply) => {
-    requireAdmin(req.principal, 'create users');
-    const body = req.body as Static<typeof CreateUser>;
-    const user = await identity.createUser(body.name, body.role, checkQuota(body.quota ?? {}));
-    const key = await createApiKey(store, { name: 'first key', user: user.name });
-    return reply.status(201).send({ ...user, key });
-  });
+  app.post(
+    USERS,
+    { schema: { tags, summary: "Create a user (admin); the answer holds the user's first API key, shown only once", body: CreateUser } },
+    async (req, reply) => {
+      requireAdmin(req.principal, 'create users');
+      const body = req.body as Static<typeof CreateUser>;
+      const user = await identity.createUser(body.name, body.role, checkQuota(body.quota ?? {}));
+      const key = await createApiKey(store, { name: 'first key', user: user.name });
+      return reply.status(201).send({ ...user, key });
+    },
+  );
 
   app.get(`${USERS}/:user`, { schema: { tags, summary: 'Get a user', params: UserParams } }, async (req) => {
     const { user } = req.params as Static<typeof UserParams>;
@@ -71,13 +75,17 @@ export function identityRoutes(app: FastifyInstance, ctx: ApiContext) {
     return identity.updateUser(user, { ...(body.role ? { role: body.role } : {}), ...(body.quota ? { quota: checkQuota(body.quota) } : {}) });
   });
 
-  app.delete(`${USERS}/:user`, { schema: { tags, summary: 'Delete a user who owns nothing any more, with their keys (admin)', params: UserParams } }, async (req, reply) => {
-    const { user } = req.params as Static<typeof UserParams>;
-    authorizeUser(req.principal, user, 'read');
-    requireAdmin(req.principal, 'delete users');
-    await identity.deleteUser(user);
-    return reply.status(204).send();
-  });
+  app.delete(
+    `${USERS}/:user`,
+    { schema: { tags, summary: 'Delete a user who owns nothing any more, with their keys (admin)', params: UserParams } },
+    async (req, reply) => {
+      const { user } = req.params as Static<typeof UserParams>;
+      authorizeUser(req.principal, user, 'read');
+      requireAdmin(req.principal, 'delete users');
+      await identity.deleteUser(user);
+      return reply.status(204).send();
+    },
+  );
 
   app.get(`${USERS}/:user/agents`, { schema: { tags, summary: "List a user's agents", params: UserParams } }, async (req) => {
     const { user } = req.params as Static<typeof UserParams>;
@@ -86,13 +94,17 @@ export function identityRoutes(app: FastifyInstance, ctx: ApiContext) {
     return list('Agent', await identity.listAgents(user));
   });
 
-  app.post(`${USERS}/:user/agents`, { schema: { tags, summary: 'Create an agent and its namespace', params: UserParams, body: CreateAgent } }, async (req, reply) => {
-    const { user } = req.params as Static<typeof UserParams>;
-    authorizeUser(req.principal, user, 'write');
-    const body = req.body as Static<typeof CreateAgent>;
-    if (body.quota) requireAdmin(req.principal, 'set quotas');
-    return reply.status(201).send(await identity.createAgent(user, body.name, checkQuota(body.quota ?? {})));
-  });
+  app.post(
+    `${USERS}/:user/agents`,
+    { schema: { tags, summary: 'Create an agent and its namespace', params: UserParams, body: CreateAgent } },
+    async (req, reply) => {
+      const { user } = req.params as Static<typeof UserParams>;
+      authorizeUser(req.principal, user, 'write');
+      const body = req.body as Static<typeof CreateAgent>;
+      if (body.quota) requireAdmin(req.principal, 'set quotas');
+      return reply.status(201).send(await identity.createAgent(user, body.name, checkQuota(body.quota ?? {})));
+    },
+  );
 
   app.get(`${USERS}/:user/agents/:agent`, { schema: { tags, summary: 'Get an agent', params: AgentParams } }, async (req) => {
     const { user, agent } = req.params as Static<typeof AgentParams>;
@@ -100,19 +112,27 @@ export function identityRoutes(app: FastifyInstance, ctx: ApiContext) {
     return identity.getAgent(user, agent);
   });
 
-  app.patch(`${USERS}/:user/agents/:agent`, { schema: { tags, summary: "Set an agent's quota (admin)", params: AgentParams, body: UpdateAgent } }, async (req) => {
-    const { user, agent } = req.params as Static<typeof AgentParams>;
-    authorizeUser(req.principal, user, 'read');
-    requireAdmin(req.principal, 'set quotas');
-    return identity.setAgentQuota(user, agent, checkQuota((req.body as Static<typeof UpdateAgent>).quota));
-  });
+  app.patch(
+    `${USERS}/:user/agents/:agent`,
+    { schema: { tags, summary: "Set an agent's quota (admin)", params: AgentParams, body: UpdateAgent } },
+    async (req) => {
+      const { user, agent } = req.params as Static<typeof AgentParams>;
+      authorizeUser(req.principal, user, 'read');
+      requireAdmin(req.principal, 'set quotas');
+      return identity.setAgentQuota(user, agent, checkQuota((req.body as Static<typeof UpdateAgent>).quota));
+    },
+  );
 
-  app.delete(`${USERS}/:user/agents/:agent`, { schema: { tags, summary: 'Delete an agent whose namespace is empty, with its keys', params: AgentParams } }, async (req, reply) => {
-    const { user, agent } = req.params as Static<typeof AgentParams>;
-    authorizeUser(req.principal, user, 'write');
-    await identity.deleteAgent(user, agent);
-    return reply.status(204).send();
-  });
+  app.delete(
+    `${USERS}/:user/agents/:agent`,
+    { schema: { tags, summary: 'Delete an agent whose namespace is empty, with its keys', params: AgentParams } },
+    async (req, reply) => {
+      const { user, agent } = req.params as Static<typeof AgentParams>;
+      authorizeUser(req.principal, user, 'write');
+      await identity.deleteAgent(user, agent);
+      return reply.status(204).send();
+    },
+  );
 
   app.get(`${USERS}/:user/keys`, { schema: { tags, summary: "List a user's API keys (never the keys themselves)", params: UserParams } }, async (req) => {
     const { user } = req.params as Static<typeof UserParams>;
@@ -121,14 +141,25 @@ export function identityRoutes(app: FastifyInstance, ctx: ApiContext) {
     return list('ApiKey', await listApiKeys(store, user));
   });
 
-  app.post(`${USERS}/:user/keys`, { schema: { tags, summary: 'Create an API key for the user or one of its agents; the key is shown only in this answer', params: UserParams, body: CreateKey } }, async (req, reply) => {
-    const { user } = req.params as Static<typeof UserParams>;
-    authorizeUser(req.principal, user, 'write');
-    const body = req.body as Static<typeof CreateKey>;
-    await identity.getUser(user);
-    if (body.agent) await identity.getAgent(user, body.agent);
-    return reply.status(201).send(await createApiKey(store, { name: body.name, user, agent: body.agent, expiresAt: body.expiresAt }));
-  });
+  app.post(
+    `${USERS}/:user/keys`,
+    {
+      schema: {
+        tags,
+        summary: 'Create an API key for the user or one of its agents; the key is shown only in this answer',
+        params: UserParams,
+        body: CreateKey,
+      },
+    },
+    async (req, reply) => {
+      const { user } = req.params as Static<typeof UserParams>;
+      authorizeUser(req.principal, user, 'write');
+      const body = req.body as Static<typeof CreateKey>;
+      await identity.getUser(user);
+      if (body.agent) await identity.getAgent(user, body.agent);
+      return reply.status(201).send(await createApiKey(store, { name: body.name, user, agent: body.agent, expiresAt: body.expiresAt }));
+    },
+  );
 
   app.delete(`${USERS}/:user/keys/:id`, { schema: { tags, summary: 'Revoke an API key', params: KeyParams } }, async (req) => {
     const { user, id } = req.params as Static<typeof KeyParams>;

@@ -7,10 +7,14 @@ export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
     items: (await ctx.images.list()).map(({ rootfs: _hostPath, ...image }) => image),
   }));
 
-  app.get(`/apis/${MOAT_API_VERSION}/info`, { schema: { tags: ['server'], summary: 'Server version, sandbox backend and its capabilities, runtimes and limits' } }, async () => ({
-    version: ctx.version,
-    backend: { kind: ctx.backend.kind, capabilities: ctx.backend.capabilities },
-    runtimes: ctx.backend.runtimes,
-    limits: ctx.limits,
-  }));
+  app.get(
+    `/apis/${MOAT_API_VERSION}/info`,
+    { schema: { tags: ['server'], summary: 'Server version, sandbox backend and its capabilities, runtimes and limits' } },
+    async () => ({
+      version: ctx.version,
+      backend: { kind: ctx.backend.kind, capabilities: ctx.backend.capabilities },
+      runtimes: ctx.backend.runtimes,
+      limits: ctx.limits,
+    }),
+  );
 }

@@ -46,10 +46,18 @@ export async function portalRoutes(app: FastifyInstance, ctx: ApiContext, dir = 
       route.schema = { ...route.schema, hide: true };
     });
     const page = async (_req: unknown, reply: import('fastify').FastifyReply) => {
-      const csp = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
-      void reply.header('cache-control', 'no-cache').header('x-frame-options', 'DENY').header('x-content-type-options', 'nosniff').header('referrer-policy', 'same-origin');
+      const csp =
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+      void reply
+        .header('cache-control', 'no-cache')
+        .header('x-frame-options', 'DENY')
+        .header('x-content-type-options', 'nosniff')
+        .header('referrer-policy', 'same-origin');
       if (!index) return reply.status(503).type('text/html; charset=utf-8').send(NOT_BUILT);
-      return reply.header('content-security-policy', csp).type('text/html; charset=utf-8').send(await readFile(index));
+      return reply
+        .header('content-security-policy', csp)
+        .type('text/html; charset=utf-8')
+        .send(await readFile(index));
     };
     scope.get('/', page);
     scope.get('/index.html', page);
@@ -67,41 +75,51 @@ export async function portalRoutes(app: FastifyInstance, ctx: ApiContext, dir = 
     }
   });
 
-  app.get(`${PORTAL_API}/usage`, { schema: { tags: ['portal'], summary: "Resource usage of every running sandbox the caller may see, with each one's owner" } }, async (req) => {
-    const all = (await ctx.backend.sandboxes.list()).filter((s) => authorize(req.principal, s.metadata.namespace, 'read', false));
-    const owners = new Map<string, { user: string; agent: string } | undefined>();
-    for (const ns of new Set(all.map((s) => s.metadata.namespace))) owners.set(ns, await ctx.identity.owner(ns));
-    const items = await Promise.all(
-      all.map(async (s) => {
-        const usage = s.status.phase === 'Running' ? await ctx.backend.sandboxes.usage(s) : undefined;
-        return {
-          namespace: s.metadata.namespace,
-          name: s.metadata.name,
-          owner: owners.get(s.metadata.namespace),
-          template: s.metadata.labels?.[LABELS.template],
-          ...(usage ? { usage } : {}),
-        };
-      }),
-    );
-    return { time: new Date().toISOString(), items };
-  });
+  app.get(
+    `${PORTAL_API}/usage`,
+    { schema: { tags: ['portal'], summary: "Resource usage of every running sandbox the caller may see, with each one's owner" } },
+    async (req) => {
+      const all = (await ctx.backend.sandboxes.list()).filter((s) => authorize(req.principal, s.metadata.namespace, 'read', false));
+      const owners = new Map<string, { user: string; agent: string } | undefined>();
+      for (const ns of new Set(all.map((s) => s.metadata.namespace))) owners.set(ns, await ctx.identity.owner(ns));
+      const items = await Promise.all(
+        all.map(async (s) => {
+          const usage = s.status.phase === 'Running' ? await ctx.backend.sandboxes.usage(s) : undefined;
+          return {
+            namespace: s.metadata.namespace,
+            name: s.metadata.name,
+            owner: owners.get(s.metadata.namespace),
+            template: s.metadata.labels?.[LABELS.template],
+            ...(usage ? { usage } : {}),
+          };
+        }),
+      );
+      return { time: new Date().toISOString(), items };
+    },
+  );
 
-  app.get(`${PORTAL_API}/capacity`, { schema: { tags: ['portal'], summary: "The host's CPU, memory and disk, and sandboxes per runtime (admin)" } }, async (req) => {
-    requireAdmin(req.principal, 'see host capacity');
-    const fs = await statfs(ctx.images.dir).catch(() => undefined);
-    const sandboxes = await ctx.backend.sandboxes.list();
-    const perRuntime = Object.fromEntries(RUNTIME_CLASSES.map((r) => [r, { available: ctx.backend.runtimes[r]?.available ?? false, total: 0, byPhase: {} as Record<string, number> }]));
-    for (const s of sandboxes) {
-      const r = (s.status.runtimeClassName ?? s.spec.podTemplate.spec.runtimeClassName ?? 'runc') as string;
-      const row = (perRuntime[r] ??= { available: false, total: 0, byPhase: {} });
-      row.total++;
-      row.byPhase[s.status.phase] = (row.byPhase[s.status.phase] ?? 0) + 1;
-    }
-    return {
-      cpu: { cores: cpus().length, load: loadavg() },
-      memory: { totalBytes: totalmem(), freeBytes: freemem() },
-      ...(fs ? { disk: { totalBytes: fs.blocks * fs.bsize, freeBytes: fs.bavail * fs.bsize } } : {}),
-      sandboxes: { total: sandboxes.length, perRuntime },
-    };
-  });
+  app.get(
+    `${PORTAL_API}/capacity`,
+    { schema: { tags: ['portal'], summary: "The host's CPU, memory and disk, and sandboxes per runtime (admin)" } },
+    async (req) => {
+      requireAdmin(req.principal, 'see host capacity');
+      const fs = await statfs(ctx.images.dir).catch(() => undefined);
+      const sandboxes = await ctx.backend.sandboxes.list();
+      const perRuntime = Object.fromEntries(
+        RUNTIME_CLASSES.map((r) => [r, { available: ctx.backend.runtimes[r]?.available ?? false, total: 0, byPhase: {} as Record<string, number> }]),
+      );
+      for (const s of sandboxes) {
+        const r = (s.status.runtimeClassName ?? s.spec.podTemplate.spec.runtimeClassName ?? 'runc') as string;
+        const row = (perRuntime[r] ??= { available: false, total: 0, byPhase: {} });
+        row.total++;
+        row.byPhase[s.status.phase] = (row.byPhase[s.status.phase] ?? 0) + 1;
+      }
+      return {
+        cpu: { cores: cpus().length, load: loadavg() },
+        memory: { totalBytes: totalmem(), freeBytes: freemem() },
+        ...(fs ? { disk: { totalBytes: fs.blocks * fs.bsize, freeBytes: fs.bavail * fs.bsize } } : {}),
+        sandboxes: { total: sandboxes.length, perRuntime },
+      };
+    },
+  );
 }

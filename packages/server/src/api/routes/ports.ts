@@ -16,7 +16,11 @@ const PortParams = Type.Object({
   port: Type.Integer({ minimum: 1, maximum: 65535 }),
   '*': Type.Optional(Type.String()),
 });
-const UidParams = Type.Object({ uid: Type.String({ pattern: '^[0-9a-f-]{36}$' }), port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) });
+const UidParams = Type.Object({
+  uid: Type.String({ pattern: '^[0-9a-f-]{36}$' }),
+  port: Type.Integer({ minimum: 1, maximum: 65535 }),
+  '*': Type.Optional(Type.String()),
+});
 
 /**
  * Port exposure: HTTP and WebSocket to a port a process listens on inside a

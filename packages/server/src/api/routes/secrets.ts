@@ -24,13 +24,17 @@ export function secretRoutes(app: FastifyInstance, ctx: ApiContext) {
     return list(await secrets.list(namespace));
   });
 
-  app.post(SECRETS, { schema: { tags, summary: 'Create a secret; its value is stored encrypted and never returned', params: NsParams, body: CreateBody } }, async (req, reply) => {
-    const { namespace } = req.params as Static<typeof NsParams>;
-    authorize(req.principal, assertName(namespace, 'namespace'), 'write');
-    await assertOwned(ctx.identity, namespace);
-    const body = req.body as Static<typeof CreateBody>;
-    return reply.status(201).send(await secrets.create(namespace, body.name, body.value));
-  });
+  app.post(
+    SECRETS,
+    { schema: { tags, summary: 'Create a secret; its value is stored encrypted and never returned', params: NsParams, body: CreateBody } },
+    async (req, reply) => {
+      const { namespace } = req.params as Static<typeof NsParams>;
+      authorize(req.principal, assertName(namespace, 'namespace'), 'write');
+      await assertOwned(ctx.identity, namespace);
+      const body = req.body as Static<typeof CreateBody>;
+      return reply.status(201).send(await secrets.create(namespace, body.name, body.value));
+    },
+  );
 
   app.get(`${SECRETS}/:name`, { schema: { tags, summary: "A secret's name and times", params: NameParams } }, async (req) => {
     const { namespace, name } = req.params as Static<typeof NameParams>;
@@ -51,8 +55,12 @@ export function secretRoutes(app: FastifyInstance, ctx: ApiContext) {
     return reply.status(204).send();
   });
 
-  app.post(`/apis/${MOAT_API_VERSION}/secrets/rotate-key`, { schema: { tags, summary: 'Make a new master key and re-encrypt every secret with it (admin)' } }, async (req) => {
-    requireAdmin(req.principal, 'rotate the master key');
-    return { reencrypted: await secrets.rotateKey() };
-  });
+  app.post(
+    `/apis/${MOAT_API_VERSION}/secrets/rotate-key`,
+    { schema: { tags, summary: 'Make a new master key and re-encrypt every secret with it (admin)' } },
+    async (req) => {
+      requireAdmin(req.principal, 'rotate the master key');
+      return { reencrypted: await secrets.rotateKey() };
+    },
+  );
 }

@@ -138,24 +138,28 @@ function whoami(p: Principal, session: Session | undefined) {
 export function sessionRoutes(app: FastifyInstance, ctx: ApiContext, sessions: PortalSessions) {
   const tags = ['session'];
 
-  app.post(SESSION_PATH, {
-    config: { ownAuth: true },
-    schema: {
-      tags,
-      security: [],
-      summary: 'Sign in to the portal with an API key: sets an HttpOnly session cookie; send the answered csrfToken as X-Moat-CSRF on changes',
-      body: SignIn,
+  app.post(
+    SESSION_PATH,
+    {
+      config: { ownAuth: true },
+      schema: {
+        tags,
+        security: [],
+        summary: 'Sign in to the portal with an API key: sets an HttpOnly session cookie; send the answered csrfToken as X-Moat-CSRF on changes',
+        body: SignIn,
+      },
     },
-  }, async (req, reply: FastifyReply) => {
-    // Against login CSRF (signing a victim's browser in as someone else): a form cannot send this header.
-    checkOrigin(req, false);
-    if (req.headers[CSRF_HEADER] === undefined) throw forbidden('signing in needs an X-Moat-CSRF header (any value)');
-    const principal = await authenticate(ctx.store, ctx.identity, (req.body as Static<typeof SignIn>).apiKey);
-    req.principal = principal; // the audit event names who signed in
-    const { id, session } = await sessions.open(principal);
-    void reply.setCookie(SESSION_COOKIE, id, { ...cookieOptions(req), expires: new Date(session.expiresAt) });
-    return reply.status(201).send(whoami(principal, session));
-  });
+    async (req, reply: FastifyReply) => {
+      // Against login CSRF (signing a victim's browser in as someone else): a form cannot send this header.
+      checkOrigin(req, false);
+      if (req.headers[CSRF_HEADER] === undefined) throw forbidden('signing in needs an X-Moat-CSRF header (any value)');
+      const principal = await authenticate(ctx.store, ctx.identity, (req.body as Static<typeof SignIn>).apiKey);
+      req.principal = principal; // the audit event names who signed in
+      const { id, session } = await sessions.open(principal);
+      void reply.setCookie(SESSION_COOKIE, id, { ...cookieOptions(req), expires: new Date(session.expiresAt) });
+      return reply.status(201).send(whoami(principal, session));
+    },
+  );
 
   app.get(SESSION_PATH, { schema: { tags, summary: 'Who the session (or key) is, with the CSRF token of a cookie session' } }, async (req) =>
     whoami(req.principal, sessions.session(req)),

@@ -11,7 +11,9 @@ const NameParams = Type.Object({ namespace: Type.String({ maxLength: 63 }), name
 const CreateBody = Type.Object(
   {
     name: Type.String({ minLength: 1, maxLength: 63, description: 'a DNS-1123 label' }),
-    size: Type.Union([Type.String({ minLength: 1, maxLength: 32 }), Type.Integer({ minimum: 1 })], { description: 'ext4 size: 1Gi, 500Mi, bytes (16Mi to 1Ti)' }),
+    size: Type.Union([Type.String({ minLength: 1, maxLength: 32 }), Type.Integer({ minimum: 1 })], {
+      description: 'ext4 size: 1Gi, 500Mi, bytes (16Mi to 1Ti)',
+    }),
   },
   { additionalProperties: false },
 );
@@ -29,13 +31,17 @@ export function volumeRoutes(app: FastifyInstance, ctx: ApiContext) {
     return list(await volumes.list(namespace));
   });
 
-  app.post(VOLUMES, { schema: { tags, summary: 'Create an empty volume (ext4 of the given size), kept until deleted', params: NsParams, body: CreateBody } }, async (req, reply) => {
-    const { namespace } = req.params as Static<typeof NsParams>;
-    authorize(req.principal, assertName(namespace, 'namespace'), 'write');
-    await assertOwned(ctx.identity, namespace);
-    const body = req.body as Static<typeof CreateBody>;
-    return reply.status(201).send(await volumes.create(namespace, assertName(body.name, 'name'), volumeSize(body.size, 'size')));
-  });
+  app.post(
+    VOLUMES,
+    { schema: { tags, summary: 'Create an empty volume (ext4 of the given size), kept until deleted', params: NsParams, body: CreateBody } },
+    async (req, reply) => {
+      const { namespace } = req.params as Static<typeof NsParams>;
+      authorize(req.principal, assertName(namespace, 'namespace'), 'write');
+      await assertOwned(ctx.identity, namespace);
+      const body = req.body as Static<typeof CreateBody>;
+      return reply.status(201).send(await volumes.create(namespace, assertName(body.name, 'name'), volumeSize(body.size, 'size')));
+    },
+  );
 
   app.get(`${VOLUMES}/:name`, { schema: { tags, summary: 'Get a volume: size, the sandbox it is attached to', params: NameParams } }, async (req) => {
     const { namespace, name } = req.params as Static<typeof NameParams>;

@@ -1,6 +1,21 @@
 import {
-  CONDITION, LABELS, REASON, MoatError, alreadyExists, conflict, invalid,
-  type Condition, type ConditionReason, type ConditionType, type Sandbox, type SandboxClaim, type SandboxSpec, type SandboxClaimSpec, type SandboxClaimStatus, type SandboxTemplate, type SandboxWarmPool,
+  CONDITION,
+  LABELS,
+  REASON,
+  MoatError,
+  alreadyExists,
+  conflict,
+  invalid,
+  type Condition,
+  type ConditionReason,
+  type ConditionType,
+  type Sandbox,
+  type SandboxClaim,
+  type SandboxSpec,
+  type SandboxClaimSpec,
+  type SandboxClaimStatus,
+  type SandboxTemplate,
+  type SandboxWarmPool,
 } from '@moat/core';
 import type { Logger } from 'pino';
 import { isLive, type Store } from '../../../store/store.js';
@@ -11,7 +26,11 @@ import type { Templates } from './pools.js';
 import { msUntil } from './rules.js';
 
 const cond = (type: ConditionType, status: Condition['status'], reason: ConditionReason, message = ''): Condition => ({
-  type, status, reason, message, lastTransitionTime: new Date().toISOString(),
+  type,
+  status,
+  reason,
+  message,
+  lastTransitionTime: new Date().toISOString(),
 });
 
 /** Claim status as stored: how it was served. Readiness is read live from the sandbox. */
@@ -99,7 +118,14 @@ export class ClaimController extends ObjectController<SandboxClaim> {
     }
     const templateName = claim.spec.sandboxTemplateRef?.name;
     if (sandbox && templateName && !(await this.templates.resolve(claim.metadata.namespace, templateName))) {
-      set(cond(CONDITION.TemplateAvailable, 'False', REASON.TemplateNotFound, `sandbox template "${templateName}" was deleted; this claim's sandbox keeps running`));
+      set(
+        cond(
+          CONDITION.TemplateAvailable,
+          'False',
+          REASON.TemplateNotFound,
+          `sandbox template "${templateName}" was deleted; this claim's sandbox keeps running`,
+        ),
+      );
     }
     return { ...claim, status };
   }
@@ -167,7 +193,8 @@ export class ClaimController extends ObjectController<SandboxClaim> {
 
   private async serve(claim: SandboxClaim): Promise<void> {
     const { namespace, name } = claim.metadata;
-    const fail = (reason: ConditionReason, message: string) => this.setStatus(claim, { ...claim.status, conditions: [cond(CONDITION.Ready, 'False', reason, message)] });
+    const fail = (reason: ConditionReason, message: string) =>
+      this.setStatus(claim, { ...claim.status, conditions: [cond(CONDITION.Ready, 'False', reason, message)] });
 
     let pools: SandboxWarmPool[] = [];
     let templateName = claim.spec.sandboxTemplateRef?.name;
@@ -197,7 +224,14 @@ export class ClaimController extends ObjectController<SandboxClaim> {
     if (!cold) {
       for (const pool of pools) {
         const adopted = await this.pools.take(pool, { ...shape, name });
-        if (adopted) return this.served(claim, template, adopted, cond(CONDITION.WarmPool, 'True', REASON.FromWarmPool, `taken from warm pool "${pool.metadata.name}"`), pool.metadata.name);
+        if (adopted)
+          return this.served(
+            claim,
+            template,
+            adopted,
+            cond(CONDITION.WarmPool, 'True', REASON.FromWarmPool, `taken from warm pool "${pool.metadata.name}"`),
+            pool.metadata.name,
+          );
       }
     }
     const why = cold
@@ -205,14 +239,24 @@ export class ClaimController extends ObjectController<SandboxClaim> {
       : claim.spec.warmpool === 'none'
         ? cond(CONDITION.WarmPool, 'False', REASON.WarmPoolDisabled, 'the claim asked for a fresh sandbox (warmpool: none)')
         : pools.length
-          ? cond(CONDITION.WarmPool, 'False', REASON.PoolExhausted, `no ready sandbox in warm pool${pools.length > 1 ? 's' : ''} ${pools.map((p) => `"${p.metadata.name}"`).join(', ')}; started one cold`)
+          ? cond(
+              CONDITION.WarmPool,
+              'False',
+              REASON.PoolExhausted,
+              `no ready sandbox in warm pool${pools.length > 1 ? 's' : ''} ${pools.map((p) => `"${p.metadata.name}"`).join(', ')}; started one cold`,
+            )
           : cond(CONDITION.WarmPool, 'False', REASON.NoWarmPool, `no warm pool holds template "${template.metadata.name}"; started one cold`);
     try {
-      const created = await this.sandboxes.create(namespace, { metadata: { name, labels: shape.labels, annotations: shape.annotations }, spec: shape.spec }, { internal: true });
+      const created = await this.sandboxes.create(
+        namespace,
+        { metadata: { name, labels: shape.labels, annotations: shape.annotations }, spec: shape.spec },
+        { internal: true },
+      );
       await this.served(claim, template, created, why);
     } catch (err) {
       if (!(err instanceof MoatError) || err.code >= 500) throw err;
-      const reason = err.reason === REASON.ImageNotFound ? REASON.ImageNotFound : err.reason === 'AlreadyExists' ? REASON.SandboxNameConflict : REASON.InvalidTemplate;
+      const reason =
+        err.reason === REASON.ImageNotFound ? REASON.ImageNotFound : err.reason === 'AlreadyExists' ? REASON.SandboxNameConflict : REASON.InvalidTemplate;
       await fail(reason, err.message);
     }
   }

@@ -74,7 +74,9 @@ function claimVolumes(t: SandboxTemplate, claim: SandboxClaim) {
   }
   const own = t.spec.volumeClaimTemplates ?? [];
   if (policy === 'Allowed' && wanted.some((w) => own.some((o) => o.metadata.name === w.metadata.name))) {
-    throw invalid(`spec.volumeClaimTemplates: template "${t.metadata.name}" defines that volume and its volumeClaimTemplatesPolicy (Allowed) does not let claims override it`);
+    throw invalid(
+      `spec.volumeClaimTemplates: template "${t.metadata.name}" defines that volume and its volumeClaimTemplatesPolicy (Allowed) does not let claims override it`,
+    );
   }
   return wanted;
 }

@@ -8,7 +8,12 @@ import type { Activity } from './activity.js';
 import { idleStep, isExpired, msUntil, nextIdleStepIn, type IdleStep } from './rules.js';
 
 type Step = IdleStep | 'expire';
-const EVENT: Record<Step, string> = { pause: EVENT_REASON.IdlePaused, hibernate: EVENT_REASON.IdleHibernated, expire: EVENT_REASON.Expired, delete: EVENT_REASON.Expired };
+const EVENT: Record<Step, string> = {
+  pause: EVENT_REASON.IdlePaused,
+  hibernate: EVENT_REASON.IdleHibernated,
+  expire: EVENT_REASON.Expired,
+  delete: EVENT_REASON.Expired,
+};
 /** A step that failed is tried again this much later. */
 const RETRY_MS = 5000;
 

@@ -1,15 +1,23 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import {
-  EXTENSIONS_API_VERSION, alreadyExists, assertName, badRequest, notFound, randomSuffix, timeout,
-  type Condition, type ExtensionKind, type ExtensionObject, type ObjectMeta,
+  EXTENSIONS_API_VERSION,
+  alreadyExists,
+  assertName,
+  badRequest,
+  notFound,
+  randomSuffix,
+  timeout,
+  type Condition,
+  type ExtensionKind,
+  type ExtensionObject,
+  type ObjectMeta,
 } from '@moat/core';
 import type { ObjectInput } from '../../types.js';
 import { isUniqueViolation } from '../../../store/errors.js';
 import type { Store, StoredObject } from '../../../store/store.js';
 import { parseSelector } from './selector.js';
 import { Serial } from '../../../util/serial.js';
-
 
 export type { ObjectInput };
 export type AnyObject = ExtensionObject<string, unknown, unknown>;
@@ -78,9 +86,11 @@ export abstract class ObjectController<T extends AnyObject> {
   /** Replace labels, annotations and spec (kubectl apply's update). */
   async replace(namespace: string, name: string, input: ObjectInput): Promise<T> {
     const old = await this.mustFind(namespace, name);
-    if (input.metadata.name && input.metadata.name !== name) throw badRequest(`metadata.name "${input.metadata.name}" does not match the name in the path "${name}"`);
+    if (input.metadata.name && input.metadata.name !== name)
+      throw badRequest(`metadata.name "${input.metadata.name}" does not match the name in the path "${name}"`);
     const spec = await this.validate(namespace, input.spec as T['spec'], old);
-    const updated = (await this.store.updateObject(old.metadata.uid, { spec, labels: input.metadata.labels, annotations: input.metadata.annotations })) as T | undefined;
+    const updated = (await this.store.updateObject(old.metadata.uid, { spec, labels: input.metadata.labels, annotations: input.metadata.annotations })) as
+      T | undefined;
     if (!updated) throw this.missing(namespace, name);
     this.changes.emit(updated.metadata.uid);
     await this.changed(updated);
@@ -111,7 +121,7 @@ export abstract class ObjectController<T extends AnyObject> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const o = await this.get(namespace, name);
-      const conditions = ((o.status as { conditions?: Condition[] }).conditions ?? []);
+      const conditions = (o.status as { conditions?: Condition[] }).conditions ?? [];
       if (conditions.some((c) => c.type === condition && c.status === 'True')) return o;
       const left = deadline - Date.now();
       if (left <= 0) throw timeout(`timed out waiting for ${this.noun} "${name}" to be ${condition}`);

@@ -1,4 +1,16 @@
-import { CONDITION, LABELS, MoatError, REASON, type Condition, type ConditionReason, type Sandbox, type SandboxSpec, type SandboxTemplate, type SandboxWarmPool, type SandboxWarmPoolSpec } from '@moat/core';
+import {
+  CONDITION,
+  LABELS,
+  MoatError,
+  REASON,
+  type Condition,
+  type ConditionReason,
+  type Sandbox,
+  type SandboxSpec,
+  type SandboxTemplate,
+  type SandboxWarmPool,
+  type SandboxWarmPoolSpec,
+} from '@moat/core';
 import type { Logger } from 'pino';
 import type { Store } from '../../../store/store.js';
 import { Requeue } from '../../../util/requeue.js';
@@ -12,7 +24,11 @@ const REFILL_DELAY_MS = 100;
 const MAX_REFILL_DELAY_MS = 1000;
 
 const condition = (status: Condition['status'], reason: ConditionReason, message: string): Condition => ({
-  type: CONDITION.Ready, status, reason, message, lastTransitionTime: new Date().toISOString(),
+  type: CONDITION.Ready,
+  status,
+  reason,
+  message,
+  lastTransitionTime: new Date().toISOString(),
 });
 
 /** What pools do to sandboxes (the sandbox controller). */
@@ -20,7 +36,10 @@ export interface PoolSandboxes {
   create(namespace: string, input: ObjectInput & { spec: SandboxSpec }, opts: { internal: true }): Promise<Sandbox>;
   delete(namespace: string, name: string, wait?: boolean): Promise<unknown>;
   list(namespace?: string, labelSelector?: string): Promise<Sandbox[]>;
-  adopt(member: Sandbox, to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec }): Promise<Sandbox | undefined>;
+  adopt(
+    member: Sandbox,
+    to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec },
+  ): Promise<Sandbox | undefined>;
   /** The watch on sandboxes: every change, by uid. */
   onChange(listener: (uid: string) => void): void;
 }
@@ -147,10 +166,13 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
     const pending = this.refills.get(uid);
     const first = pending?.first ?? Date.now();
     if (pending) clearTimeout(pending.timer);
-    const timer = setTimeout(() => {
-      this.refills.delete(uid);
-      void this.reconcileUid(uid);
-    }, Math.max(0, Math.min(REFILL_DELAY_MS, first + MAX_REFILL_DELAY_MS - Date.now())));
+    const timer = setTimeout(
+      () => {
+        this.refills.delete(uid);
+        void this.reconcileUid(uid);
+      },
+      Math.max(0, Math.min(REFILL_DELAY_MS, first + MAX_REFILL_DELAY_MS - Date.now())),
+    );
     this.refills.set(uid, { timer, first });
   }
 
@@ -196,20 +218,30 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
     if (!template) {
       return this.setStatus(pool, {
         ...pool.status,
-        conditions: [condition('False', REASON.TemplateNotFound, `sandbox template "${pool.spec.sandboxTemplateRef.name}" not found in namespace "${namespace}"; the pool keeps its members and makes no new ones`)],
+        conditions: [
+          condition(
+            'False',
+            REASON.TemplateNotFound,
+            `sandbox template "${pool.spec.sandboxTemplateRef.name}" not found in namespace "${namespace}"; the pool keeps its members and makes no new ones`,
+          ),
+        ],
       });
     }
     const hash = templateHash(template);
     let members = await this.members(pool);
     const recreate = pool.spec.updateStrategy?.type === 'Recreate';
-    const gone = members.filter((m) => m.status.phase === 'Failed' || (recreate && m.metadata.annotations?.[HASH_ANNOTATION] !== hash && !this.reserved.has(m.metadata.uid)));
+    const gone = members.filter(
+      (m) => m.status.phase === 'Failed' || (recreate && m.metadata.annotations?.[HASH_ANNOTATION] !== hash && !this.reserved.has(m.metadata.uid)),
+    );
     const failure = members.find((m) => m.status.phase === 'Failed')?.status.conditions.find((c) => c.type === CONDITION.Ready)?.message;
     if (failure) this.failed(uid);
     await Promise.all(gone.map((m) => this.remove(m, false)));
     members = members.filter((m) => !gone.includes(m));
 
     const want = pool.spec.replicas;
-    let problem: { reason: ConditionReason; message: string } | undefined = failure ? { reason: REASON.SandboxStartFailed, message: `a member failed to start: ${failure}` } : undefined;
+    let problem: { reason: ConditionReason; message: string } | undefined = failure
+      ? { reason: REASON.SandboxStartFailed, message: `a member failed to start: ${failure}` }
+      : undefined;
     if (members.length < want && !this.backingOff(uid)) {
       const shape = sandboxFromTemplate(template);
       for (let i = members.length; i < want; i++) {
@@ -217,7 +249,11 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
           const created = await this.sandboxes.create(
             namespace,
             {
-              metadata: { generateName: `${name.slice(0, 56)}-`, labels: { ...shape.labels, [LABELS.pool]: name }, annotations: { ...shape.annotations, [HASH_ANNOTATION]: hash } },
+              metadata: {
+                generateName: `${name.slice(0, 56)}-`,
+                labels: { ...shape.labels, [LABELS.pool]: name },
+                annotations: { ...shape.annotations, [HASH_ANNOTATION]: hash },
+              },
               spec: shape.spec,
             },
             { internal: true }, // a pool member: it starts in the background, one at a time
@@ -232,8 +268,15 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
       }
     } else if (members.length > want) {
       // Surplus: not-ready ones first, then the newest.
-      const order = [...members].sort((a, b) => Number(isReady(a.status)) - Number(isReady(b.status)) || b.metadata.creationTimestamp.localeCompare(a.metadata.creationTimestamp));
-      await Promise.all(order.filter((m) => !this.reserved.has(m.metadata.uid)).slice(0, members.length - want).map((m) => this.remove(m, false)));
+      const order = [...members].sort(
+        (a, b) => Number(isReady(a.status)) - Number(isReady(b.status)) || b.metadata.creationTimestamp.localeCompare(a.metadata.creationTimestamp),
+      );
+      await Promise.all(
+        order
+          .filter((m) => !this.reserved.has(m.metadata.uid))
+          .slice(0, members.length - want)
+          .map((m) => this.remove(m, false)),
+      );
     }
     if (!problem) this.backoff.delete(uid);
     const ready = members.filter((m) => isReady(m.status)).length;

@@ -33,7 +33,11 @@ export async function runProbe(agent: SandboxAgent, sandbox: Sandbox, probe: Pro
         {
           createConnection: () => socket,
           path,
-          headers: { host: `localhost:${portNumber(sandbox, port)}`, 'user-agent': 'moat-probe', ...Object.fromEntries(httpHeaders.map((h) => [h.name, h.value])) },
+          headers: {
+            host: `localhost:${portNumber(sandbox, port)}`,
+            'user-agent': 'moat-probe',
+            ...Object.fromEntries(httpHeaders.map((h) => [h.name, h.value])),
+          },
           timeout: timeoutMs,
         },
         (res) => {

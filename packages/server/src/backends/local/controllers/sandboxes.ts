@@ -4,8 +4,28 @@ import { readFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  CONDITION, EVENT_REASON, LABELS, REASON, MoatError, RUNTIME_CLASSES, SANDBOX_API_VERSION, alreadyExists, assertName, badRequest, conflict, invalid, notFound,
-  randomSuffix, resolveLimits, sandboxPath, validateEgressPolicy, timeout, type Sandbox, type SandboxInput, type SandboxSpec, type SandboxStatus,
+  CONDITION,
+  EVENT_REASON,
+  LABELS,
+  REASON,
+  MoatError,
+  RUNTIME_CLASSES,
+  SANDBOX_API_VERSION,
+  alreadyExists,
+  assertName,
+  badRequest,
+  conflict,
+  invalid,
+  notFound,
+  randomSuffix,
+  resolveLimits,
+  sandboxPath,
+  validateEgressPolicy,
+  timeout,
+  type Sandbox,
+  type SandboxInput,
+  type SandboxSpec,
+  type SandboxStatus,
 } from '@moat/core';
 import type { DialOptions, ExecHandle, ExecHandlers, ExecRequest, Image, RuntimeDriver, SandboxAgent, SandboxRuntimeSpec, Usage } from '@moat/runtime';
 import PQueue from 'p-queue';
@@ -133,12 +153,24 @@ export class SandboxController implements Sandboxes {
     const runtime = this.validateSpec(input.spec);
     const imageName = input.spec.podTemplate.spec.containers[0]!.image;
     const digest = opts.restore?.imageDigest;
-    if (digest && !(await this.images.byDigest(digest).then(() => true, () => false))) {
-      throw conflict(`image "${imageName}" at ${digest}, which the backup was taken from, is no longer in the image store: the writable layer only fits that image, so it cannot be restored`);
+    if (
+      digest &&
+      !(await this.images.byDigest(digest).then(
+        () => true,
+        () => false,
+      ))
+    ) {
+      throw conflict(
+        `image "${imageName}" at ${digest}, which the backup was taken from, is no longer in the image store: the writable layer only fits that image, so it cannot be restored`,
+      );
     }
     const known = digest ? [imageName] : await this.images.knownNames();
     if (!known.includes(imageName)) {
-      throw new MoatError(404, 'ImageNotFound', `image "${imageName}" not found; known images: ${known.join(', ')}`, { kind: 'images', name: imageName, known });
+      throw new MoatError(404, 'ImageNotFound', `image "${imageName}" not found; known images: ${known.join(', ')}`, {
+        kind: 'images',
+        name: imageName,
+        known,
+      });
     }
     if (await this.store.getSandbox(namespace, name)) {
       throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`, { name, kind: 'sandboxes' });
@@ -170,7 +202,9 @@ export class SandboxController implements Sandboxes {
         await opts.restore.disk(this.driverFor(sandbox).writableLayer(sandbox.metadata.uid).image);
         crashPoint('restore.staged');
       } catch (err) {
-        await this.driverFor(sandbox).destroy(sandbox.metadata.uid).catch(() => {});
+        await this.driverFor(sandbox)
+          .destroy(sandbox.metadata.uid)
+          .catch(() => {});
         throw err;
       }
     }
@@ -184,7 +218,10 @@ export class SandboxController implements Sandboxes {
         });
       });
     } catch (err) {
-      if (opts.restore) await this.driverFor(sandbox).destroy(sandbox.metadata.uid).catch(() => {});
+      if (opts.restore)
+        await this.driverFor(sandbox)
+          .destroy(sandbox.metadata.uid)
+          .catch(() => {});
       if (isUniqueViolation(err)) throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`);
       throw err;
     }
@@ -198,7 +235,10 @@ export class SandboxController implements Sandboxes {
    * metadata and spec, atomically, so no two claims can get one sandbox.
    * Undefined when the member is gone or was taken meanwhile.
    */
-  async adopt(member: Sandbox, to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec }): Promise<Sandbox | undefined> {
+  async adopt(
+    member: Sandbox,
+    to: { name: string; labels: Record<string, string>; annotations: Record<string, string>; spec: SandboxSpec },
+  ): Promise<Sandbox | undefined> {
     const uid = member.metadata.uid;
     return this.locks.run(uid, async () => {
       let adopted: Sandbox | undefined;
@@ -222,7 +262,11 @@ export class SandboxController implements Sandboxes {
         .finally(() => this.renaming.delete(uid));
       this.renaming.set(uid, renaming);
       void renaming.catch(() => {});
-      void this.store.addEvent(adopted, { type: 'Normal', reason: EVENT_REASON.Claimed, message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})` });
+      void this.store.addEvent(adopted, {
+        type: 'Normal',
+        reason: EVENT_REASON.Claimed,
+        message: `taken from warm pool "${member.metadata.labels?.[LABELS.pool]}" (was ${member.metadata.name})`,
+      });
       this.emit(uid);
       return adopted;
     });
@@ -320,7 +364,9 @@ export class SandboxController implements Sandboxes {
   }
 
   async usage(sandbox: Sandbox): Promise<Usage | undefined> {
-    return this.driverFor(sandbox).usage(sandbox.metadata.uid).catch(() => undefined);
+    return this.driverFor(sandbox)
+      .usage(sandbox.metadata.uid)
+      .catch(() => undefined);
   }
 
   async logs(sandbox: Sandbox): Promise<string> {
@@ -350,7 +396,10 @@ export class SandboxController implements Sandboxes {
   /** Restores a hibernated sandbox (its processes and memory, or a fresh start on its disks). Waking a running sandbox is a no-op. */
   wake(namespace: string, name: string): Promise<Sandbox> {
     return this.desire(namespace, name, 'Running', 'woken', ['Hibernated'], (s) => {
-      if (isExpired(s)) throw conflict(`sandbox "${name}" shut down at its shutdownTime ${s.spec.shutdownTime}: extend it (\`moat sandbox extend ${name} --ttl 1h\`) to use it again`);
+      if (isExpired(s))
+        throw conflict(
+          `sandbox "${name}" shut down at its shutdownTime ${s.spec.shutdownTime}: extend it (\`moat sandbox extend ${name} --ttl 1h\`) to use it again`,
+        );
     });
   }
 
@@ -362,7 +411,13 @@ export class SandboxController implements Sandboxes {
     return this.exclusive(namespace, name, 'expired', async (s) => {
       if (s.status.phase === 'Running' || s.status.phase === 'Paused') s = await this.converge(s.metadata.uid, 'Hibernated');
       const expired = withCondition(
-        withCondition(s.status, { type: CONDITION.Expired, status: 'True', reason: REASON.ShutdownTimeReached, message: `shut down at ${s.spec.shutdownTime}; extend it to use it again`, lastTransitionTime: new Date().toISOString() }),
+        withCondition(s.status, {
+          type: CONDITION.Expired,
+          status: 'True',
+          reason: REASON.ShutdownTimeReached,
+          message: `shut down at ${s.spec.shutdownTime}; extend it to use it again`,
+          lastTransitionTime: new Date().toISOString(),
+        }),
         readyCondition('False', REASON.SandboxExpired, `the sandbox expired at ${s.spec.shutdownTime}`),
       );
       return (await this.setStatus(s, expired)) ?? s;
@@ -373,7 +428,13 @@ export class SandboxController implements Sandboxes {
   async revive(namespace: string, name: string): Promise<Sandbox> {
     const revived = await this.exclusive(namespace, name, 'revived', async (s) => {
       if (!isExpired(s)) return s;
-      const status = withCondition(s.status, { type: CONDITION.Expired, status: 'False', reason: REASON.Extended, message: `extended to ${s.spec.shutdownTime}`, lastTransitionTime: new Date().toISOString() });
+      const status = withCondition(s.status, {
+        type: CONDITION.Expired,
+        status: 'False',
+        reason: REASON.Extended,
+        message: `extended to ${s.spec.shutdownTime}`,
+        lastTransitionTime: new Date().toISOString(),
+      });
       return (await this.setStatus(s, status)) ?? s;
     });
     return revived.status.phase === 'Hibernated' ? this.wake(namespace, name) : revived;
@@ -462,7 +523,14 @@ export class SandboxController implements Sandboxes {
    * A verb: under the lock, checks that the sandbox is in a phase the verb applies to (`to`'s phase itself is a
    * no-op), records the desire and converges to it.
    */
-  private desire(namespace: string, name: string, to: Exclude<Desired, 'Deleted'>, verb: string, from: SandboxStatus['phase'][], check?: (s: Sandbox) => void): Promise<Sandbox> {
+  private desire(
+    namespace: string,
+    name: string,
+    to: Exclude<Desired, 'Deleted'>,
+    verb: string,
+    from: SandboxStatus['phase'][],
+    check?: (s: Sandbox) => void,
+  ): Promise<Sandbox> {
     return this.exclusive(namespace, name, verb, async (sandbox) => {
       if (sandbox.status.phase === to) return sandbox;
       if (!from.includes(sandbox.status.phase)) {
@@ -525,7 +593,11 @@ export class SandboxController implements Sandboxes {
       if (phase === 'Running' && !isReady(sandbox.status)) this.probeUntilReady(sandbox);
       return;
     }
-    await this.store.addEvent(sandbox, { type: 'Warning', reason: EVENT_REASON.Restarting, message: `found ${state} after a control-plane restart; starting it again with its disks` });
+    await this.store.addEvent(sandbox, {
+      type: 'Warning',
+      reason: EVENT_REASON.Restarting,
+      message: `found ${state} after a control-plane restart; starting it again with its disks`,
+    });
     await this.start(sandbox);
   }
 
@@ -540,16 +612,33 @@ export class SandboxController implements Sandboxes {
     if (state === 'running' || state === 'paused') {
       if (state === 'paused') await driver.resume(uid);
       await this.setStatus(sandbox, withCondition({ ...sandbox.status, phase: 'Running' }, readyCondition('True', REASON.SandboxRunning, '')));
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Woken, message: 'found running after a control-plane restart (a wake was cut short)' });
+      await this.store.addEvent(sandbox, {
+        type: 'Normal',
+        reason: EVENT_REASON.Woken,
+        message: 'found running after a control-plane restart (a wake was cut short)',
+      });
       return;
     }
     if (sandbox.status.phase !== 'Hibernated') {
       const status = withCondition(
-        withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', REASON.Hibernated, 'the sandbox is hibernated: exec, file calls and port connections wake it')),
-        { type: CONDITION.Hibernated, status: 'True', reason: REASON.Checkpointed, message: 'processes and memory saved to disk (found after a control-plane restart)', lastTransitionTime: new Date().toISOString() },
+        withCondition(
+          { ...sandbox.status, phase: 'Hibernated' },
+          readyCondition('False', REASON.Hibernated, 'the sandbox is hibernated: exec, file calls and port connections wake it'),
+        ),
+        {
+          type: CONDITION.Hibernated,
+          status: 'True',
+          reason: REASON.Checkpointed,
+          message: 'processes and memory saved to disk (found after a control-plane restart)',
+          lastTransitionTime: new Date().toISOString(),
+        },
       );
       await this.setStatus(sandbox, status);
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Hibernated, message: 'a hibernate cut short by a control-plane restart had saved the sandbox: it stays hibernated' });
+      await this.store.addEvent(sandbox, {
+        type: 'Normal',
+        reason: EVENT_REASON.Hibernated,
+        message: 'a hibernate cut short by a control-plane restart had saved the sandbox: it stays hibernated',
+      });
     }
     this.log.info({ sandbox: sandbox.metadata.name }, 'sandbox stays hibernated');
   }
@@ -575,7 +664,13 @@ export class SandboxController implements Sandboxes {
       if (!isLive((await this.store.getSandboxByUid(uid))?.desired ?? 'Deleted')) return; // deleted meanwhile: teardown follows
       const degraded = await driver.degraded?.();
       const base: SandboxStatus = degraded
-        ? withCondition(sandbox.status, { type: CONDITION.RuntimeDegraded, status: 'True', reason: REASON.SoftwareEmulation, message: degraded, lastTransitionTime: new Date().toISOString() })
+        ? withCondition(sandbox.status, {
+            type: CONDITION.RuntimeDegraded,
+            status: 'True',
+            reason: REASON.SoftwareEmulation,
+            message: degraded,
+            lastTransitionTime: new Date().toISOString(),
+          })
         : sandbox.status;
       const status: SandboxStatus = {
         ...base,
@@ -587,14 +682,25 @@ export class SandboxController implements Sandboxes {
       const probe = container.readinessProbe;
       await this.setStatus(
         sandbox,
-        withCondition(status, probe ? readyCondition('False', REASON.ReadinessProbePending, 'waiting for the readiness probe to pass') : readyCondition('True', REASON.SandboxRunning, '')),
+        withCondition(
+          status,
+          probe
+            ? readyCondition('False', REASON.ReadinessProbePending, 'waiting for the readiness probe to pass')
+            : readyCondition('True', REASON.SandboxRunning, ''),
+        ),
       );
-      await this.store.addEvent(sandbox, { type: 'Normal', reason: EVENT_REASON.Started, message: `started in ${Date.now() - started} ms from ${image.digest}` });
+      await this.store.addEvent(sandbox, {
+        type: 'Normal',
+        reason: EVENT_REASON.Started,
+        message: `started in ${Date.now() - started} ms from ${image.digest}`,
+      });
       if (probe) this.probeUntilReady(sandbox);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error({ err, sandbox: sandbox.metadata.name }, 'sandbox failed to start');
-      await this.driverFor(sandbox).destroy(uid).catch(() => {});
+      await this.driverFor(sandbox)
+        .destroy(uid)
+        .catch(() => {});
       await attaching; // never undo a network that is still being made
       await this.network.detach(uid).catch(() => {});
       const status = withCondition({ ...sandbox.status, phase: 'Failed' }, readyCondition('False', REASON.StartFailed, message));
@@ -625,10 +731,25 @@ export class SandboxController implements Sandboxes {
     const ms = Date.now() - started;
     const now = new Date().toISOString();
     const condition = r.checkpointed
-      ? { type: CONDITION.Hibernated, status: 'True' as const, reason: REASON.Checkpointed, message: `processes and memory saved to disk (${r.bytes} bytes)`, lastTransitionTime: now }
-      : { type: CONDITION.Hibernated, status: 'True' as const, reason: REASON.StoppedWithDisks, message: `stopped with its disks kept; memory was not saved: ${r.reason}`, lastTransitionTime: now };
+      ? {
+          type: CONDITION.Hibernated,
+          status: 'True' as const,
+          reason: REASON.Checkpointed,
+          message: `processes and memory saved to disk (${r.bytes} bytes)`,
+          lastTransitionTime: now,
+        }
+      : {
+          type: CONDITION.Hibernated,
+          status: 'True' as const,
+          reason: REASON.StoppedWithDisks,
+          message: `stopped with its disks kept; memory was not saved: ${r.reason}`,
+          lastTransitionTime: now,
+        };
     const status = withCondition(
-      withCondition({ ...sandbox.status, phase: 'Hibernated' }, readyCondition('False', REASON.Hibernated, 'the sandbox is hibernated: exec, file calls and port connections wake it')),
+      withCondition(
+        { ...sandbox.status, phase: 'Hibernated' },
+        readyCondition('False', REASON.Hibernated, 'the sandbox is hibernated: exec, file calls and port connections wake it'),
+      ),
       condition,
     );
     await this.setStatus(sandbox, status);
@@ -670,7 +791,9 @@ export class SandboxController implements Sandboxes {
     const uid = sandbox.metadata.uid;
     const container = sandbox.spec.podTemplate.spec.containers[0]!;
     const digest = sandbox.status.image?.digest;
-    const image = digest ? await this.images.byDigest(digest) : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
+    const image = digest
+      ? await this.images.byDigest(digest)
+      : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
     const volume = await this.volumes?.forSandbox(uid);
     return {
       id: uid,
@@ -739,7 +862,13 @@ export class SandboxController implements Sandboxes {
   private async teardown(sandbox: Sandbox): Promise<void> {
     // A named volume may outlive the sandbox: what was written must reach its image first (a microVM's guest cache).
     const uid = sandbox.metadata.uid;
-    if ((await this.volumes?.forSandbox(uid)) && (await this.driverFor(sandbox).state(uid).catch(() => 'missing')) === 'running') await this.volumes!.flush(this.driverFor(sandbox).agent(uid));
+    if (
+      (await this.volumes?.forSandbox(uid)) &&
+      (await this.driverFor(sandbox)
+        .state(uid)
+        .catch(() => 'missing')) === 'running'
+    )
+      await this.volumes!.flush(this.driverFor(sandbox).agent(uid));
     await this.driverFor(sandbox).destroy(sandbox.metadata.uid);
     crashPoint('teardown.destroyed');
     await this.volumes?.release(sandbox.metadata.uid); // kept or deleted by its retention policy, once nothing mounts it
@@ -773,7 +902,6 @@ export class SandboxController implements Sandboxes {
       this.changes.on(uid, done);
     });
   }
-
 }
 
 function checkProbe(spec: SandboxSpec): void {
@@ -798,7 +926,8 @@ function checkProbe(spec: SandboxSpec): void {
 /** The one volume (volumeClaimTemplates[0], or a named one in volumes[0]) may be mounted at another path than /data. */
 function checkVolumeMount(spec: SandboxSpec): void {
   const claim = spec.podTemplate.spec.volumes?.[0];
-  if (claim && spec.volumeClaimTemplates?.length) throw invalid('spec: give volumeClaimTemplates or podTemplate.spec.volumes, not both: a sandbox has one volume');
+  if (claim && spec.volumeClaimTemplates?.length)
+    throw invalid('spec: give volumeClaimTemplates or podTemplate.spec.volumes, not both: a sandbox has one volume');
   if (claim) assertName(claim.persistentVolumeClaim.claimName, 'spec.podTemplate.spec.volumes[0].persistentVolumeClaim.claimName');
   const template = spec.volumeClaimTemplates?.[0]?.metadata.name;
   if (template) assertName(template, 'spec.volumeClaimTemplates[0].metadata.name');
@@ -806,9 +935,12 @@ function checkVolumeMount(spec: SandboxSpec): void {
   if (!mount) return;
   const field = 'spec.podTemplate.spec.containers[0].volumeMounts[0]';
   const volume = spec.volumeClaimTemplates?.[0]?.metadata.name ?? spec.podTemplate.spec.volumes?.[0]?.name;
-  if (mount.name !== volume) throw invalid(`${field}: no volumeClaimTemplate is named "${mount.name}"${volume ? ` (the sandbox's volume is "${volume}")` : ''}`);
+  if (mount.name !== volume)
+    throw invalid(`${field}: no volumeClaimTemplate is named "${mount.name}"${volume ? ` (the sandbox's volume is "${volume}")` : ''}`);
   sandboxPath(mount.mountPath, `${field}.mountPath`);
-  if (['/', '/proc', '/sys', '/dev', '/tmp', '/.moat', '/etc', '/usr', '/bin', '/lib'].some((p) => mount.mountPath === p || mount.mountPath.startsWith('/.moat/'))) {
+  if (
+    ['/', '/proc', '/sys', '/dev', '/tmp', '/.moat', '/etc', '/usr', '/bin', '/lib'].some((p) => mount.mountPath === p || mount.mountPath.startsWith('/.moat/'))
+  ) {
     throw invalid(`${field}.mountPath: ${mount.mountPath} is not allowed`);
   }
 }

@@ -1,6 +1,15 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { Value } from '@sinclair/typebox/value';
-import { EXTENSIONS_API_VERSION, LABELS, conflict, invalid, SandboxTemplateSchema, type SandboxSpec, type SandboxTemplate, type SandboxTemplateSpec } from '@moat/core';
+import {
+  EXTENSIONS_API_VERSION,
+  LABELS,
+  conflict,
+  invalid,
+  SandboxTemplateSchema,
+  type SandboxSpec,
+  type SandboxTemplate,
+  type SandboxTemplateSpec,
+} from '@moat/core';
 import { parse } from 'yaml';
 import type { Store } from '../../../store/store.js';
 import { ObjectController, type ObjectInput } from './objects.js';
@@ -15,7 +24,8 @@ function loadBuiltins(): SandboxTemplate[] {
     .sort()
     .map((f) => {
       const doc = parse(readFileSync(new URL(f, BUILTIN_DIR), 'utf8')) as unknown;
-      if (!Value.Check(SandboxTemplateSchema, doc)) throw new Error(`built-in template ${f} is invalid: ${[...Value.Errors(SandboxTemplateSchema, doc)][0]?.message}`);
+      if (!Value.Check(SandboxTemplateSchema, doc))
+        throw new Error(`built-in template ${f} is invalid: ${[...Value.Errors(SandboxTemplateSchema, doc)][0]?.message}`);
       return {
         apiVersion: EXTENSIONS_API_VERSION,
         kind: 'SandboxTemplate' as const,
@@ -86,19 +96,24 @@ export class TemplateController extends ObjectController<SandboxTemplate> {
     if (!namespace) return own; // across namespaces: only what users made
     const match = parseSelector(labelSelector);
     const shadowed = new Set(own.map((t) => t.metadata.name));
-    const builtins = this.builtins.map((b) => this.builtin(namespace, b.metadata.name)!).filter((b) => !shadowed.has(b.metadata.name) && match(b.metadata.labels ?? {}));
+    const builtins = this.builtins
+      .map((b) => this.builtin(namespace, b.metadata.name)!)
+      .filter((b) => !shadowed.has(b.metadata.name) && match(b.metadata.labels ?? {}));
     return [...builtins, ...own];
   }
 
   /** Applying a built-in template's name creates the namespace's own copy. */
   override async replace(namespace: string, name: string, input: ObjectInput): Promise<SandboxTemplate> {
-    if (!(await super.find(namespace, name)) && this.builtin(namespace, name)) return this.create(namespace, { ...input, metadata: { ...input.metadata, name } });
+    if (!(await super.find(namespace, name)) && this.builtin(namespace, name))
+      return this.create(namespace, { ...input, metadata: { ...input.metadata, name } });
     return super.replace(namespace, name, input);
   }
 
   override async delete(namespace: string, name: string, wait = false): Promise<SandboxTemplate> {
     if (!(await super.find(namespace, name)) && this.builtin(namespace, name)) {
-      throw conflict(`sandbox template "${name}" is built into Moat and cannot be deleted; a template of the same name in namespace "${namespace}" would replace it`);
+      throw conflict(
+        `sandbox template "${name}" is built into Moat and cannot be deleted; a template of the same name in namespace "${namespace}" would replace it`,
+      );
     }
     const deleted = await super.delete(namespace, name, wait);
     this.changes.emit('template', { namespace, name });
