@@ -44,9 +44,15 @@ export async function chooseAccel(boot: GuestBoot, cacheFile: string, timeoutMs 
 
 function probeKvm(boot: GuestBoot, timeoutMs: number): Promise<true | string> {
   return new Promise((resolve) => {
+    // coreutils' timeout bounds the test guest's life even when this server dies first (a crash, a quick close):
+    // a guest that hangs in KVM would otherwise spin a core for good. It leads its own process group, so the
+    // kills below take the guest with it.
     const child = spawn(
-      'qemu-system-x86_64',
+      'timeout',
       [
+        '--signal=KILL',
+        `${Math.ceil(timeoutMs / 1000) + 2}s`,
+        'qemu-system-x86_64',
         '-accel',
         'kvm',
         '-cpu',
@@ -71,16 +77,21 @@ function probeKvm(boot: GuestBoot, timeoutMs: number): Promise<true | string> {
         '-append',
         'console=ttyS0 quiet panic=-1 moat.probe',
       ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
+      { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
     );
+    const kill = () => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {} // gone already
+    };
     let out = '';
     const timer = setTimeout(() => {
-      child.kill('SIGKILL');
+      kill();
       resolve(`a test guest did not boot within ${timeoutMs} ms`);
     }, timeoutMs);
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
-      if (out.includes('moat-guest: probe ok')) child.kill('SIGKILL');
+      if (out.includes('moat-guest: probe ok')) kill();
     });
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     child.on('exit', (code) => {
