@@ -54,6 +54,11 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
     await status(await server.api(NS, { method: 'POST', body: '{"metadata": ', headers: { 'content-type': 'application/json' } }), 400, /JSON/);
   });
 
+  test('a DELETE with content-type application/json and no body is a DELETE, as Kubernetes clients send it', async () => {
+    await status(await server.api(`${NS}/no-such-sandbox`, { method: 'DELETE', headers: { 'content-type': 'application/json' } }), 404, /not found/);
+    await status(await server.api(NS, { method: 'POST', body: '', headers: { 'content-type': 'application/json' } }), 400, /body/i);
+  });
+
   test('bad quantities and unknown runtimes are 422', async () => {
     await status(await server.api(NS, { method: 'POST', json: sandboxBody('x4', { limits: { memory: 'lots' } }) }), 422, /memory/);
     await status(await server.api(NS, { method: 'POST', json: sandboxBody('x5', { limits: { memory: '1Ki' } }) }), 422, /outside the allowed range/);

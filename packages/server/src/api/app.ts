@@ -52,6 +52,12 @@ export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiE
     rewriteUrl: (req) => extensions.reduce<string | undefined>((url, e) => url ?? e.rewriteUrl?.(req), undefined) ?? rewritePort(req),
   }) as unknown as FastifyInstance; // pino's Logger type is narrower than Fastify's base logger
   app.setErrorHandler(errorHandler);
+  // Kubernetes clients may send `content-type: application/json` with an empty body on DELETE: that is no body.
+  const json = app.getDefaultJsonParser('error', 'error');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    if (req.method === 'DELETE' && body === '') return done(null, undefined);
+    json(req, body as string, done);
+  });
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({
       kind: 'Status',
