@@ -480,7 +480,7 @@ void op_exec(struct rec *req)
 	if ((v = rec_get(req, "cols")) && parse_ulong(v, 10, 65535, &cols) < 0)
 		fail(EINVAL, "invalid cols");
 	const char *user = rec_get(req, "user");
-	resolve_user(user ? user : "0", &s.user);
+	resolve_user(user ? user : g_default_user, &s.user);
 	s.envp = build_env(req, &s.user, s.tty);
 
 	struct exec_io io = { .tty = s.tty, .in = -1, .out = -1, .err = -1 };

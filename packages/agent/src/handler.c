@@ -12,6 +12,8 @@
 /* A connection must deliver its request within this time, so idle connections cannot pile up handlers. */
 #define REQUEST_TIMEOUT_MS 30000
 
+const char *g_default_user = "0";
+
 /* Reads the request frame. Bad input is rejected as soon as it is recognizable. */
 static void read_request(struct frame *f)
 {
@@ -85,10 +87,10 @@ void handler_main(int sock)
 	} else {
 		path = need_path(&req, "path");
 	}
-	resolve_user(user ? user : "0", &u);
+	resolve_user(user ? user : g_default_user, &u);
 	int e = become_user(&u);
 	if (e)
-		fail(e, "cannot switch to user %s: %s", user ? user : "0", strerror(e));
+		fail(e, "cannot switch to user %s: %s", user ? user : g_default_user, strerror(e));
 	/* Modes in requests are exact, not filtered through whatever umask init inherited. */
 	umask(0);
 

@@ -4,6 +4,7 @@
  *
  *   moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]
  *   moat-init --seed-rng HEX     (a microVM's boot script: see seed_rng)
+ *   moat-init --stdio            (one connection on stdin/stdout: see serve_stdio)
  *
  * In a microVM (packages/guest) the agent listens on TCP on the VM's private
  * control link instead of a unix socket, and the main command comes from
@@ -57,6 +58,7 @@ static int lfd = -1, sfd = -1;
 static pid_t main_pid;
 static int exit_code;
 static int shutting_down;
+static int stdio_mode;
 /* Live handlers, so shutdown signals reach the programs they started. */
 static pid_t *handlers;
 static size_t nhandlers, handlers_cap;
@@ -355,9 +357,122 @@ static int seed_rng(const char *hex)
 	return 0;
 }
 
+/*
+ * --stdio: serves one connection whose bytes arrive on stdin and leave on
+ * stdout. On Kubernetes, Moat copies this binary into a pod and starts it per
+ * operation through the pods/exec API (docs/kubernetes.md): the pod's own PID 1
+ * stays the image's, so there is no listener and no init here. A handler runs
+ * on one end of a socketpair, unchanged; this process relays the other end to
+ * stdin/stdout (EOF on stdin becomes a half-close, as the host's end() would
+ * be on a socket) and reaps what the handler's programs leave behind.
+ */
+static int serve_stdio(void)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		logmsg("socketpair: %s", strerror(errno));
+		return 1;
+	}
+	static char self[16];
+	snprintf(self, sizeof self, "%u", (unsigned)geteuid());
+	g_default_user = self;
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	pid_t pid = fork();
+	if (pid < 0) {
+		logmsg("fork: %s", strerror(errno));
+		return 1;
+	}
+	if (pid == 0) {
+		/* The handler's stdin and stdout are the relay's: it must not hold the host's stream open. */
+		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (nul < 0 || dup2(nul, 0) < 0 || dup2(nul, 1) < 0)
+			_exit(1);
+		close(nul);
+		close(sv[0]);
+		close(sfd);
+		set_nonblock(sv[1]);
+		handler_main(sv[1]);
+	}
+	close(sv[1]);
+	set_nonblock(0);
+	set_nonblock(1);
+	set_nonblock(sv[0]);
+	/*
+	 * Two pumps, stdin -> socket and socket -> stdout. A pump holding bytes its
+	 * destination cannot take yet stops reading its source: neither direction
+	 * ever blocks the other (the handler may be writing output while the host
+	 * still sends stdin).
+	 */
+	struct pump {
+		int from, to;
+		char buf[CHUNK];
+		size_t len, off;
+		int done;
+	} p[2] = { { .from = 0, .to = sv[0] }, { .from = sv[0], .to = 1 } };
+	while (!p[1].done) {
+		struct pollfd pf[5];
+		int n = 0, at[2][2] = { { -1, -1 }, { -1, -1 } };
+		for (int k = 0; k < 2; k++) {
+			if (p[k].done)
+				continue;
+			at[k][p[k].len ? 1 : 0] = n;
+			pf[n++] = p[k].len ? (struct pollfd){ .fd = p[k].to, .events = POLLOUT } : (struct pollfd){ .fd = p[k].from, .events = POLLIN };
+		}
+		pf[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+		if (poll(pf, (nfds_t)n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pf[n - 1].revents) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+				if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+					kill(pid, (int)si.ssi_signo);
+			while (waitpid(-1, NULL, WNOHANG) > 0) {
+			}
+		}
+		for (int k = 0; k < 2; k++) {
+			struct pump *q = &p[k];
+			if (at[k][0] >= 0 && pf[at[k][0]].revents) {
+				ssize_t r = read(q->from, q->buf, sizeof q->buf);
+				if (r > 0) {
+					q->len = (size_t)r;
+					q->off = 0;
+				} else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+					/* stdin's EOF: the host is done sending, a half-close; the socket's: the handler is done. */
+					q->done = 1;
+					if (k == 0)
+						shutdown(sv[0], SHUT_WR);
+				}
+			}
+			if (q->len && (at[k][1] < 0 || pf[at[k][1]].revents)) {
+				ssize_t w = write(q->to, q->buf + q->off, q->len);
+				if (w > 0) {
+					q->off += (size_t)w;
+					q->len -= (size_t)w;
+				} else if (w < 0 && errno != EINTR && errno != EAGAIN) {
+					/* The host went away (stdout broke) or the handler did: this direction is over. */
+					q->done = 1;
+					q->len = 0;
+					if (k == 1)
+						break;
+				}
+			}
+		}
+	}
+	/* The handler answered and closed, or the host went away: either way the handler must end. */
+	close(sv[0]);
+	close(1);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+	}
+	return 0;
+}
+
 static void usage(int code)
 {
-	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]\n");
+	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]\n"
+		"       moat-init --stdio\n");
 	exit(code);
 }
 
@@ -380,6 +495,8 @@ int main(int argc, char **argv)
 				usage(2);
 			*(argv[i][2] == 'l' ? &listen_tcp : &main_file) = argv[i + 1];
 			i++;
+		} else if (strcmp(argv[i], "--stdio") == 0) {
+			stdio_mode = 1;
 		} else if (strcmp(argv[i], "--seed-rng") == 0) {
 			return i + 1 < argc ? seed_rng(argv[i + 1]) : 2;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -412,6 +529,8 @@ int main(int argc, char **argv)
 		logmsg("signalfd: %s", strerror(errno));
 		return 1;
 	}
+	if (stdio_mode)
+		return serve_stdio();
 	/* Outside a pid namespace (tests, debugging) we still want orphans of our programs reaped here. */
 	if (getpid() != 1)
 		prctl(PR_SET_CHILD_SUBREAPER, 1);

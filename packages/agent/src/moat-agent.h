@@ -131,6 +131,8 @@ __attribute__((noreturn)) void op_dial(const struct rec *req);
 
 /* handler.c */
 
+/* Whom a request without "user" runs as: root as PID 1, the caller's own uid under --stdio. */
+extern const char *g_default_user;
 __attribute__((noreturn)) void handler_main(int sock);
 
 #endif

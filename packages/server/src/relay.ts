@@ -5,7 +5,7 @@
  * accepts nothing from outside.
  */
 import { request, type IncomingHttpHeaders } from 'node:http';
-import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { MoatError, type Sandbox } from '@moat/core';
 import { AgentError, type SandboxAgent } from '@moat/runtime';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -47,7 +47,7 @@ export function pathAfter(req: FastifyRequest, prefix: string): string {
   return rest.startsWith('/') ? rest : `/${rest}`;
 }
 
-async function dial(t: RelayTarget): Promise<Socket> {
+async function dial(t: RelayTarget): Promise<Duplex> {
   try {
     return await t.agent.dial(t.port, { timeoutMs: 10_000 }); // an open connection keeps the sandbox from idling (the backend's agent counts it)
   } catch (err) {

@@ -1,6 +1,6 @@
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { posix } from 'node:path';
-import type { Readable } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import {
   FrameDecoder,
   FrameType as T,
@@ -127,7 +127,7 @@ const hex = (t: number) => `0x${t.toString(16).padStart(2, '0')}`;
  * us buffer without bound.
  */
 class Conn {
-  private readonly sock: Socket;
+  private readonly sock: Duplex;
   private readonly decoder = new FrameDecoder();
   private queue: Frame[] = [];
   private queuedBytes = 0;
@@ -137,8 +137,8 @@ class Conn {
   /** We closed it: later socket events are expected, not failures. */
   private closedByUs = false;
 
-  constructor(path: string, connectTimeoutMs: number) {
-    this.sock = connect({ path });
+  constructor(transport: AgentTransport, connectTimeoutMs: number) {
+    this.sock = transport({ allowHalfOpen: false });
     const timer = setTimeout(() => this.fail(unavailable(`sandbox agent did not accept the connection within ${connectTimeoutMs} ms`)), connectTimeoutMs);
     this.sock.once('connect', () => {
       this.connected = true;
@@ -322,7 +322,7 @@ async function* chunksOf(data: Buffer | string | AsyncIterable<Buffer | string> 
  */
 export interface SandboxAgent {
   ping(timeoutMs?: number): Promise<void>;
-  dial(port: number, opts?: DialOptions): Promise<Socket>;
+  dial(port: number, opts?: DialOptions): Promise<Duplex>;
   exec(req: ExecRequest, handlers?: ExecHandlers): ExecHandle;
   readFile(path: string, opts?: UserOpt): AsyncIterable<Buffer>;
   writeFile(path: string, data: Buffer | string | AsyncIterable<Buffer> | Readable, opts?: UserOpt & { mode?: number; append?: boolean }): Promise<Entry>;
@@ -333,15 +333,21 @@ export interface SandboxAgent {
   rename(from: string, to: string, opts?: UserOpt): Promise<Entry>;
 }
 
-/** Client of one sandbox's moat-init (docs/agent-protocol.md): one unix-socket connection per operation. */
+/**
+ * Opens one connection to a sandbox's agent, emitting 'connect' once it can carry bytes: a unix socket on this
+ * host, a pods/exec stream of `moat-init --stdio` on Kubernetes. `allowHalfOpen`: the stream's end() is a half-close.
+ */
+export type AgentTransport = (opts: { allowHalfOpen: boolean }) => Duplex;
+
+/** Client of one sandbox's moat-init (docs/agent-protocol.md): one connection per operation. */
 export class AgentClient implements SandboxAgent {
   private readonly connectTimeoutMs: number;
   private readonly maxListEntries: number;
+  private readonly transport: AgentTransport;
 
-  constructor(
-    readonly socketPath: string,
-    opts: AgentClientOptions = {},
-  ) {
+  /** `target`: the agent's unix socket, or how to open a connection to it. */
+  constructor(target: string | AgentTransport, opts: AgentClientOptions = {}) {
+    this.transport = typeof target === 'string' ? ({ allowHalfOpen }) => connect({ path: target, allowHalfOpen }) : target;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 5000;
     this.maxListEntries = opts.maxListEntries ?? 100_000;
   }
@@ -349,7 +355,7 @@ export class AgentClient implements SandboxAgent {
   /** Connects and sends the request at once (the socket queues it until connected: no extra round trip). */
   private open(type: number, pairs: RecordPairs): Conn {
     const payload = encode(pairs);
-    const c = new Conn(this.socketPath, this.connectTimeoutMs);
+    const c = new Conn(this.transport, this.connectTimeoutMs);
     c.send(type, payload);
     return c;
   }
@@ -389,7 +395,7 @@ export class AgentClient implements SandboxAgent {
    * through as half-closes. Rejects with the agent's code: ECONNREFUSED,
    * ETIMEDOUT, EINVAL (port out of range, non-loopback host)...
    */
-  dial(port: number, opts: DialOptions = {}): Promise<Socket> {
+  dial(port: number, opts: DialOptions = {}): Promise<Duplex> {
     if (!Number.isInteger(port)) return Promise.reject(new AgentError('EINVAL', `invalid port ${port}`));
     let req: Buffer;
     try {
@@ -400,7 +406,7 @@ export class AgentClient implements SandboxAgent {
     }
     const timeoutMs = opts.timeoutMs ?? 15_000;
     return new Promise((resolve, reject) => {
-      const sock = connect({ path: this.socketPath, allowHalfOpen: opts.allowHalfOpen ?? false });
+      const sock = this.transport({ allowHalfOpen: opts.allowHalfOpen ?? false });
       let connected = false;
       let header: { type: number; length: number } | null = null;
       const settle = (err: AgentError | null) => {

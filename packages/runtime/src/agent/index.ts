@@ -2,6 +2,7 @@ export {
   AgentClient,
   AgentError,
   type AgentClientOptions,
+  type AgentTransport,
   type DialOptions,
   type Entry,
   type ExecHandle,

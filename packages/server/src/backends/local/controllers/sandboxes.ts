@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
-import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   CONDITION,
@@ -355,7 +355,7 @@ export class SandboxController implements Sandboxes {
         handle.done.then(release, release);
         return handle;
       },
-      async dial(port: number, opts?: DialOptions): Promise<Socket> {
+      async dial(port: number, opts?: DialOptions): Promise<Duplex> {
         const socket = await agent.dial(port, opts);
         socket.once('close', activity.hold(uid));
         return socket;
