@@ -2,40 +2,12 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { runProcess } from '../helpers/run-process.js';
+import { devClusterUp, type DevCluster } from '../helpers/dev-cluster.js';
 
-const devCluster = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'dev-cluster');
-
-/** Runs scripts/dev-cluster with its progress (cold builds take a while) shown in the test's output. */
-function devClusterLoud(command: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(devCluster, [command], { stdio: ['ignore', 'inherit', 'inherit'] });
-    child.on('error', reject);
-    child.on('close', (code) => resolve(code ?? -1));
-  });
-}
-
-/** `env`'s output: `[export ]NAME=value` lines (paths and image names, which printf %q leaves unquoted). */
-function parseEnv(text: string): Record<string, string> {
-  const vars: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const m = /^(?:export )?([A-Z_]+)=(.*)$/.exec(line);
-    if (m) vars[m[1]!] = m[2]!;
-  }
-  return vars;
-}
-
-const hostEnv = process.env as Record<string, string>;
 let env: Record<string, string>;
-
-async function kubectl(...args: string[]): Promise<string> {
-  const r = await runProcess('kubectl', args, { env });
-  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: exit ${r.code}\n${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
+let kubectl: DevCluster['kubectl'];
 
 /** `kubectl port-forward` to a local port it picks; resolves once it forwards. */
 function portForward(target: string, port: number): Promise<{ url: string; child: ChildProcessWithoutNullStreams }> {
@@ -110,17 +82,11 @@ describe('dev cluster (scripts/dev-cluster)', () => {
   let dir: string;
   let manifest: string;
   before(async () => {
-    if ((await runProcess(devCluster, ['status'], { env: hostEnv })).code !== 0) {
-      assert.equal(await devClusterLoud('up'), 0, 'scripts/dev-cluster up failed');
-    }
-    const printed = await runProcess(devCluster, ['env'], { env: hostEnv });
-    assert.equal(printed.code, 0, printed.stderr);
-    const vars = parseEnv(printed.stdout);
-    assert.ok(vars.KUBECONFIG && vars.PYTHON_RUNTIME_IMAGE, printed.stdout);
-    env = { ...hostEnv, KUBECONFIG: vars.KUBECONFIG };
+    const cluster = await devClusterUp();
+    ({ env, kubectl } = cluster);
     dir = await mkdtemp(join(tmpdir(), 'moat-dev-cluster-'));
     manifest = join(dir, 'python-sandbox.yaml');
-    await writeFile(manifest, tutorial(vars.PYTHON_RUNTIME_IMAGE));
+    await writeFile(manifest, tutorial(cluster.pythonImage));
     await kubectl('delete', '-f', manifest, '--ignore-not-found', '--wait'); // what an interrupted run left
   });
   after(() => rm(dir, { recursive: true, force: true }));

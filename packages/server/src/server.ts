@@ -2,6 +2,7 @@ import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
+import { MoatError } from '@moat/core';
 import { DEFAULT_IMAGE, ImageStore, ensureDir } from '@moat/runtime';
 import { buildApp } from './api/app.js';
 import { auditEgress } from './audit/egress.js';
@@ -11,6 +12,8 @@ import type { ApiContext } from './api/context.js';
 import { createApiKey } from './auth/keys.js';
 import { e2bRoutes, rewriteE2bRequest, templateAliases } from './e2b/index.js';
 import { LocalBackend } from './backends/local/index.js';
+import { KubernetesBackend, type KubernetesBackendOptions } from './backends/kubernetes/index.js';
+import type { SandboxBackend } from './backends/types.js';
 import { BOOTSTRAP_ADMIN, Identity } from './identity/identity.js';
 import { Quotas } from './identity/quotas.js';
 import { tenancy } from './tenancy.js';
@@ -20,7 +23,7 @@ import { Networking, gatewayPort, pinnedHosts, type NetworkOptions } from './net
 import { Keyring } from './secrets/keyring.js';
 import { Secrets } from './secrets/secrets.js';
 import { Store } from './store/store.js';
-import { BackupService } from './backups/service.js';
+import { BackupService, type BackupSandboxes } from './backups/service.js';
 import { objectStoreFromEnv, type ObjectStore } from './backups/store.js';
 import { VolumeService } from './volumes/service.js';
 
@@ -52,6 +55,8 @@ export interface ServerOptions {
   resumeOnUse?: boolean;
   /** Where backups go (default: S3 when $MOAT_BACKUP_S3_ENDPOINT is set, else the directory $MOAT_BACKUP_DIR or `<dataDir>/backups`). */
   backupStore?: ObjectStore;
+  /** Run sandboxes on a Kubernetes cluster through agent-sandbox instead of on this host (docs/kubernetes.md). */
+  kubernetes?: KubernetesBackendOptions;
 }
 
 export interface RunningServer {
@@ -60,6 +65,12 @@ export interface RunningServer {
   dataDir: string;
   close(): Promise<void>;
 }
+
+/** Backups of sandboxes' writable layers need this host's sandboxes; on a cluster the routes answer 501 first. */
+const noBackups = (): never => {
+  throw new MoatError(501, 'NotImplemented', 'the kubernetes backend cannot back up sandboxes');
+};
+const noLocalSandboxes: BackupSandboxes = { get: noBackups, exclusive: noBackups, driverFor: noBackups, create: noBackups };
 
 export function defaultDataDir(): string {
   if (process.env.MOAT_DATA_DIR) return process.env.MOAT_DATA_DIR;
@@ -101,44 +112,30 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   await secrets.reseal();
   await keyring.retire();
   const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
-
-  if (opts.prepareDefaultImage ?? true) await images.ensure(DEFAULT_IMAGE, say);
-
-  const network = await Networking.start(opts.network ?? {}, store, logger, (r) => auditEgress(audit, identity, r));
-  const gateway = await GatewayService.start({
-    store,
-    network,
-    tokens: await SandboxTokens.open(join(dataDir, 'sandbox-token.key'), SANDBOX_TOKEN_TTL_SECONDS),
-    secrets,
-    identity,
-    audit,
-    log: logger,
-    port: gatewayPort(opts.network ?? {}),
-    pinnedHosts: pinnedHosts(opts.network ?? {}),
-    ...(opts.network?.lookup ? { lookup: opts.network.lookup } : {}),
-  });
   const quotas = new Quotas(store, identity);
-  const tenants = tenancy(identity, quotas, secrets, gateway);
   // Named volumes and backups (docs/lifecycle.md) exist before recovery, which restarts sandboxes with their volumes.
   const volumes = await VolumeService.open(store, quotas, join(dataDir, 'volumes'));
-  const backend = await LocalBackend.open({
+  const host = opts.kubernetes ? undefined : await startHost(opts, { store, dataDir, images, identity, audit, secrets, quotas, volumes, logger, say });
+  const tenants = host?.tenants ?? tenancy(identity, quotas, secrets);
+  let backend: SandboxBackend;
+  if (host) backend = host.backend;
+  else {
+    const cluster = await KubernetesBackend.open({ log: logger, ...opts.kubernetes });
+    say(`sandboxes run on the Kubernetes cluster at ${cluster.server}`);
+    backend = cluster;
+  }
+  const backups = await BackupService.open(
     store,
-    dataDir,
-    images,
-    network,
-    tenancy: tenants,
     volumes,
-    audit,
-    log: logger,
-    say,
-    resumeOnUse: opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false',
-  });
-  const backups = await BackupService.open(store, volumes, backend.sandboxes, backend.drivers, opts.backupStore ?? objectStoreFromEnv(dataDir), logger);
-  await backend.start();
-  // Host upkeep, level-triggered: the firewall after a host flush, sandbox token files, the audit log's checkpoints.
+    host?.backend.sandboxes ?? noLocalSandboxes,
+    host?.backend.drivers ?? { get: () => undefined },
+    opts.backupStore ?? objectStoreFromEnv(dataDir),
+    logger,
+  );
+  await host?.backend.start();
+  // Upkeep, level-triggered: the host's firewall and sandbox token files (one host only), the audit log's checkpoints.
   const upkeep = async () => {
-    await network.ensureFirewall(logger);
-    await gateway.refreshTokenFiles(backend.sandboxes);
+    await host?.upkeep();
     await audit.flushIfStale();
   };
   await upkeep();
@@ -165,13 +162,13 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     e2bTemplates: opts.e2bTemplates ?? templateAliases(),
   };
   const app = await buildApp(ctx, logger, [{ rewriteUrl: rewriteE2bRequest, routes: e2bRoutes }]);
-  const host = opts.host ?? '127.0.0.1';
-  await app.listen({ port: opts.port ?? DEFAULT_PORT, host });
+  const listenOn = opts.host ?? '127.0.0.1';
+  await app.listen({ port: opts.port ?? DEFAULT_PORT, host: listenOn });
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
   const key = await adminKey(store, identity, dataDir);
   return {
-    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    url: `http://${listenOn.includes(':') ? `[${listenOn}]` : listenOn}:${port}`,
     adminKey: key,
     dataDir,
     async close() {
@@ -179,10 +176,65 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       await app.close();
       await inflight;
       await backend.close();
-      await gateway.close();
-      await network.close();
+      await host?.close();
       await audit.flush();
       await store.close();
+    },
+  };
+}
+
+interface HostParts {
+  store: Store;
+  dataDir: string;
+  images: ImageStore;
+  identity: Identity;
+  audit: AuditLog;
+  secrets: Secrets;
+  quotas: Quotas;
+  volumes: VolumeService;
+  logger: Logger;
+  say: (line: string) => void;
+}
+
+/** Sandboxes on this host: its networks and egress proxy, the API gateway they reach, and the local backend. */
+async function startHost(opts: ServerOptions, p: HostParts) {
+  if (opts.prepareDefaultImage ?? true) await p.images.ensure(DEFAULT_IMAGE, p.say);
+  const network = await Networking.start(opts.network ?? {}, p.store, p.logger, (r) => auditEgress(p.audit, p.identity, r));
+  const gateway = await GatewayService.start({
+    store: p.store,
+    network,
+    tokens: await SandboxTokens.open(join(p.dataDir, 'sandbox-token.key'), SANDBOX_TOKEN_TTL_SECONDS),
+    secrets: p.secrets,
+    identity: p.identity,
+    audit: p.audit,
+    log: p.logger,
+    port: gatewayPort(opts.network ?? {}),
+    pinnedHosts: pinnedHosts(opts.network ?? {}),
+    ...(opts.network?.lookup ? { lookup: opts.network.lookup } : {}),
+  });
+  const tenants = tenancy(p.identity, p.quotas, p.secrets, gateway);
+  const backend = await LocalBackend.open({
+    store: p.store,
+    dataDir: p.dataDir,
+    images: p.images,
+    network,
+    tenancy: tenants,
+    volumes: p.volumes,
+    audit: p.audit,
+    log: p.logger,
+    say: p.say,
+    resumeOnUse: opts.resumeOnUse ?? process.env.MOAT_RESUME_ON_USE !== 'false',
+  });
+  return {
+    backend,
+    tenants,
+    async upkeep() {
+      await network.ensureFirewall(p.logger);
+      await gateway.refreshTokenFiles(backend.sandboxes);
+    },
+    async close() {
+      await gateway.close();
+      await network.close();
     },
   };
 }

@@ -11,8 +11,8 @@ export interface ApiTenancy extends Tenancy {
   env(sandbox: Sandbox, actor?: Actor): Promise<Record<string, string>>;
 }
 
-/** Quotas, secrets and the gateway, as sandboxes need them. */
-export function tenancy(identity: Identity, quotas: Quotas, secrets: Secrets, gateway: GatewayService): ApiTenancy {
+/** Quotas, secrets and the gateway (on one host), as sandboxes need them. */
+export function tenancy(identity: Identity, quotas: Quotas, secrets: Secrets, gateway?: GatewayService): ApiTenancy {
   return {
     async admit<T>(namespace: string, spec: SandboxSpec, insert: () => Promise<T>): Promise<T> {
       await secrets.checkRefs(namespace, spec);
@@ -26,7 +26,7 @@ export function tenancy(identity: Identity, quotas: Quotas, secrets: Secrets, ga
         exposed = await secrets.exposedEnv(sandbox, actor ?? { user: owner?.user, agent: owner?.agent, source: 'sandbox start' });
       }
       // Opted-in secrets win: exposing OPENAI_API_KEY means bypassing the gateway on purpose.
-      return { ...(await gateway.env(sandbox)), ...exposed };
+      return { ...(await gateway?.env(sandbox)), ...exposed };
     },
   };
 }

@@ -132,7 +132,7 @@ describe('warm pools', () => {
 });
 
 test('a backend without a capability answers 501 and names it', () => {
-  const cluster = { kind: 'kubernetes' as const, capabilities: { pause: false, hibernate: true, layerBackups: false } };
+  const cluster = { kind: 'kubernetes' as const, capabilities: { pause: false, hibernate: true, layerBackups: false, volumes: false } };
   assert.throws(
     () => requireCapability(cluster, 'pause', 'pause sandboxes'),
     (err: Error & { code?: number; reason?: string }) => {

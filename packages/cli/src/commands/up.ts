@@ -3,20 +3,26 @@ import { resolve } from 'node:path';
 import { parseIntArg } from '../args.js';
 import { configPath, readConfig, writeConfig } from '../config.js';
 import type { Context } from '../context.js';
+import { CliError } from '../errors.js';
 
 interface UpOptions {
   port?: string;
   host?: string;
   dataDir?: string;
+  kubernetes?: boolean;
+  kubeconfig?: string;
 }
 
 export function registerUp(program: Command, ctx: Context): void {
   program
     .command('up')
+    .alias('server')
     .description('run the Moat server in the foreground (Ctrl-C stops it)')
     .option('--port <port>', 'port to listen on (default 6628)')
     .option('--host <host>', 'address to listen on (default 127.0.0.1)')
     .option('--data-dir <dir>', 'where sandboxes, images and the database live')
+    .option('--kubernetes', 'run sandboxes on a Kubernetes cluster with agent-sandbox (in a pod: its service account; else $KUBECONFIG)')
+    .option('--kubeconfig <file>', 'the cluster to use with --kubernetes')
     .action(async (opts: UpOptions) => {
       ctx.exitCode = await up(ctx, opts);
     });
@@ -26,12 +32,17 @@ async function up(ctx: Context, opts: UpOptions): Promise<number> {
   const { io } = ctx;
   // Loaded here only: the server pulls in native modules that the other commands never need.
   const { startServer } = await import('@moat/server');
-  const server = await startServer({
+  if (opts.kubeconfig && !opts.kubernetes) throw new CliError('--kubeconfig needs --kubernetes', 2);
+  const kubeconfig = opts.kubeconfig === undefined ? undefined : resolve(io.cwd, opts.kubeconfig);
+  const starting = startServer({
+    ...(opts.kubernetes ? { kubernetes: kubeconfig ? { kubeconfig } : {} } : {}),
     port: opts.port === undefined ? undefined : parseIntArg(opts.port, '--port', 0, 65535),
     host: opts.host,
     dataDir: opts.dataDir === undefined ? undefined : resolve(io.cwd, opts.dataDir),
     log: (line) => ctx.err(line.endsWith('\n') ? line : `${line}\n`),
   });
+  // A cluster that cannot be reached or lacks agent-sandbox is the user's to fix, not a bug: its message says how.
+  const server = await (opts.kubernetes ? starting.catch((err: Error) => Promise.reject(new CliError(err.message))) : starting);
 
   const file = configPath(io.env);
   let saved = true;

@@ -19,6 +19,7 @@ import { portalRoutes } from './routes/portal.js';
 import { portRoutes, rewritePortHost } from './routes/ports.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { secretRoutes } from './routes/secrets.js';
+import { requireCapability } from '../backends/types.js';
 import { backupRoutes } from './routes/backups.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { PortalSessions, sessionRoutes } from './routes/session.js';
@@ -111,8 +112,12 @@ export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiE
   identityRoutes(app, ctx);
   auditRoutes(app, ctx);
   secretRoutes(app, ctx);
-  volumeRoutes(app, ctx);
-  backupRoutes(app, ctx);
+  await app.register(async (scope) => {
+    // Named volumes are directories on this host (and backups are of them); on a cluster a sandbox's volume is its PVC.
+    scope.addHook('onRequest', async () => requireCapability(ctx.backend, 'volumes', 'keep named volumes and their backups'));
+    volumeRoutes(scope, ctx);
+    backupRoutes(scope, ctx);
+  });
   gatewayRoutes(app, ctx);
   sessionRoutes(app, ctx, sessions);
   await portalRoutes(app, ctx);

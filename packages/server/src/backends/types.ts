@@ -29,6 +29,8 @@ export interface BackendCapabilities {
   hibernate: boolean;
   /** Back up and restore a sandbox's writable layer. */
   layerBackups: boolean;
+  /** Named volumes on this host (`moat volume`), and their backups. */
+  volumes: boolean;
 }
 
 export type Capability = keyof BackendCapabilities;

@@ -73,6 +73,9 @@ const notFoundE2b = (id: string) => new MoatError(404, 'NotFound', `sandbox "${i
 export class E2bSandboxes {
   private readonly deadlines = new Map<string, { namespace: string; id: string; endAt: number }>();
   private timer: NodeJS.Timeout | undefined;
+  /** Whether the deadlines of the sandboxes that existed at start are known (see load). */
+  private loaded = false;
+  private loadFailed = false;
 
   constructor(
     private readonly claims: Claims,
@@ -82,11 +85,25 @@ export class E2bSandboxes {
   ) {}
 
   async start(): Promise<void> {
-    for (const c of await this.claims.list(undefined, `${E2B_LABEL}=true`)) {
-      this.track(c.metadata.namespace, c.metadata.name, Number(c.metadata.annotations?.[ANNOTATIONS.endAt] ?? 0));
-    }
-    this.timer = setInterval(() => void this.expire(), 1000);
+    await this.load();
+    this.timer = setInterval(() => void (this.loaded ? this.expire() : this.load()), 1000);
     this.timer.unref();
+  }
+
+  /**
+   * The deadlines of the E2B sandboxes that exist. A backend that cannot list every namespace yet (a cluster's
+   * RBAC, an apiserver that is away) must not keep the server from starting: it is tried again each second.
+   */
+  private async load(): Promise<void> {
+    try {
+      for (const c of await this.claims.list(undefined, `${E2B_LABEL}=true`)) {
+        this.track(c.metadata.namespace, c.metadata.name, Number(c.metadata.annotations?.[ANNOTATIONS.endAt] ?? 0));
+      }
+      this.loaded = true;
+    } catch (err) {
+      if (!this.loadFailed) this.log.warn({ err }, 'cannot list E2B sandboxes yet: their timeouts are enforced once it works');
+      this.loadFailed = true;
+    }
   }
 
   stop(): void {
@@ -212,7 +229,8 @@ export class E2bSandboxes {
 
   private async waitReady(namespace: string, id: string): Promise<E2bSandbox> {
     const deadline = Date.now() + READY_TIMEOUT_MS;
-    for (;;) {
+    // 10 ms at first (a warm claim is ready at once), backing off to 200 ms: on a cluster each look is an apiserver GET.
+    for (let pause = 10; ; pause = Math.min(200, pause * 2)) {
       const claim = await this.claims.get(namespace, id);
       const ready = claim.status.conditions?.find((c) => c.type === CONDITION.Ready);
       if (ready?.status === 'True') return this.withSandbox(claim);
@@ -223,7 +241,7 @@ export class E2bSandboxes {
           'Timeout',
           `sandbox "${id}" was not ready within ${READY_TIMEOUT_MS / 1000} s (${ready?.reason ?? 'pending'}: ${ready?.message ?? ''})`,
         );
-      await sleep(10);
+      await sleep(pause);
     }
   }
 

@@ -36,7 +36,7 @@ const RESYNC_MS = 60_000;
  */
 export class LocalBackend implements SandboxBackend {
   readonly kind = 'local' as const;
-  readonly capabilities: BackendCapabilities = { pause: true, hibernate: true, layerBackups: true };
+  readonly capabilities: BackendCapabilities = { pause: true, hibernate: true, layerBackups: true, volumes: true };
   private resyncTimer?: NodeJS.Timeout;
   private inflight?: Promise<void>;
 

@@ -1,0 +1,52 @@
+import type { Logger } from 'pino';
+import type { Kube } from './kube.js';
+import { conditionIs } from './objects.js';
+import type { KubeSandboxes } from './sandboxes.js';
+import { collectionPath, toSandbox, type KubeObject } from './translate.js';
+
+/** agent-sandbox's label on the members of a warm pool. */
+const POOL_MEMBER = 'agents.x-k8s.io/warm-pool-sandbox';
+
+/**
+ * Puts Moat's agent into warm pool members as soon as they are Ready, so a claim's first exec finds it there and
+ * costs one pods/exec, not an install too. It only adds a file in the pod's /tmp: nothing agent-sandbox's
+ * controller owns changes. Idempotent, so any replica may run it.
+ */
+export class PoolWarmer {
+  private readonly done = new Set<string>();
+  private stop?: () => void;
+
+  constructor(
+    private readonly kube: Kube,
+    private readonly sandboxes: KubeSandboxes,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    // Without a resourceVersion the watch starts with every current member (ADDED), and again after a gap.
+    this.stop = this.kube.watch(
+      collectionPath('Sandbox'),
+      { labelSelector: POOL_MEMBER },
+      (type, obj) => this.onEvent(type, obj as KubeObject),
+      () => {},
+    );
+  }
+
+  private onEvent(type: string, obj: KubeObject) {
+    const key = obj.metadata.uid;
+    if (type === 'DELETED') return void this.done.delete(key);
+    if (this.done.has(key) || obj.metadata.deletionTimestamp || !conditionIs(obj, 'Ready')) return;
+    this.done.add(key);
+    this.sandboxes
+      .agent(toSandbox(obj, undefined))
+      .ping(30_000)
+      .catch((err: unknown) => {
+        this.done.delete(key); // tried again at its next change
+        this.log.warn({ err, sandbox: `${obj.metadata.namespace}/${obj.metadata.name}` }, 'could not put the agent into a warm pool member');
+      });
+  }
+
+  close(): void {
+    this.stop?.();
+  }
+}
