@@ -12,6 +12,7 @@ import { CheckpointSigner } from '../src/audit/signing.js';
 import { Identity } from '../src/identity/identity.js';
 import { Quotas } from '../src/identity/quotas.js';
 import { startServer, type RunningServer } from '../src/server.js';
+import { sharedImagesDir } from '../../../test/helpers/server.js';
 import { Store } from '../src/store/store.js';
 import { silent, storedSandbox } from './fixtures.js';
 import { startPostgres, type TestPostgres } from './postgres.js';
@@ -139,20 +140,23 @@ describe('a database that cannot be used', () => {
 });
 
 describe('whole servers on one database', () => {
-  // Two servers run on this host at once: each needs host networking of its own (names, interfaces, range, ports).
+  // Two servers run on this host at once: each needs host networking of its own (names, interfaces, range, ports),
+  // apart from test/helpers' test networks (10.234-243) and the dev cluster's (10.250-252); MOAT_TEST_NET picks another set.
   const i = Number(process.env.MOAT_TEST_NET ?? 0);
   const network = (n: 0 | 1) => ({
     name: `moatpg${n}${i}`,
     ifPrefix: `q${'ab'[n]}${'abcdefghij'[i]}`,
-    subnet: `10.${244 + i}.${n * 128}.0/17`,
-    serviceAddress: `10.${244 + i}.${n * 128}.1`,
+    subnet: `10.${220 + i}.${n * 128}.0/17`,
+    serviceAddress: `10.${220 + i}.${n * 128}.1`,
     proxyPort: 13300 + 10 * i + 2 * n,
   });
+  // The images dir every test server shares: what the runtimes prepare there in the background outlives these data dirs.
   const start = (dataDir: string, n: 0 | 1, databaseUrl: string) =>
     startServer({
       port: 0,
       dataDir,
       databaseUrl,
+      imagesDir: sharedImagesDir(),
       prepareDefaultImage: false,
       network: network(n),
       logger: pino({ level: process.env.MOAT_TEST_LOG ?? 'silent' }),
