@@ -15,8 +15,9 @@ fi
 # for microVMs: QEMU, busybox-static and cpio for the guest's initramfs, socat for the agent relay, kmod to
 # resolve the guest kernel's modules (the kernel itself is downloaded by apt on first use, not installed);
 # zstd and util-linux's fsfreeze for volume backups;
-# chromium (headless) and a font for the web portal's browser tests.
-packages=(runc runsc criu qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation)
+# chromium (headless) and a font for the web portal's browser tests; postgresql's server binaries for the tests of
+# the shared database (each starts a throwaway cluster of its own).
+packages=(runc runsc criu qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,7 @@ import { SandboxTokens } from './gateway/tokens.js';
 import { Networking, gatewayPort, pinnedHosts, type NetworkOptions } from './network.js';
 import { Keyring } from './secrets/keyring.js';
 import { Secrets } from './secrets/secrets.js';
+import { isPostgresUrl } from './store/postgres.js';
 import { Store } from './store/store.js';
 import { BackupService, type BackupSandboxes } from './backups/service.js';
 import { objectStoreFromEnv, type ObjectStore } from './backups/store.js';
@@ -37,6 +38,8 @@ export interface ServerOptions {
   host?: string;
   /** Where the store, sandboxes and images live. */
   dataDir?: string;
+  /** A PostgreSQL URL for the store, shared by replicas (default $MOAT_DATABASE_URL; unset: SQLite at `<dataDir>/moat.db`). */
+  databaseUrl?: string;
   /** Image cache; defaults to `<dataDir>/images` (tests share one to build `base` once). */
   imagesDir?: string;
   /** Progress and notices for a person at a terminal. */
@@ -89,6 +92,19 @@ async function adminKey(store: Store, identity: Identity, dataDir: string): Prom
   return key;
 }
 
+/** The shared PostgreSQL a URL names, or the embedded SQLite file; a failure names the setting that chose the database. */
+async function openStore(opts: ServerOptions, dataDir: string): Promise<Store> {
+  const url = opts.databaseUrl ?? process.env.MOAT_DATABASE_URL;
+  if (!url) return Store.open(join(dataDir, 'moat.db'));
+  const setting = opts.databaseUrl === undefined ? 'MOAT_DATABASE_URL' : 'the databaseUrl option';
+  if (!isPostgresUrl(url)) throw new Error(`${setting} must be a postgres:// or postgresql:// URL (unset it to use SQLite in the data dir)`);
+  try {
+    return await Store.open(url);
+  } catch (err) {
+    throw new Error(`${(err as Error).message} (the database ${setting} selects)`);
+  }
+}
+
 /** Build (or find) an image in a data dir's store without starting a server: setup and CI use it. */
 export async function buildImage(name: string, opts: { dataDir?: string | undefined; log?: (line: string) => void } = {}) {
   const images = new ImageStore(process.env.MOAT_IMAGES_DIR ?? join(opts.dataDir ?? defaultDataDir(), 'images'));
@@ -103,7 +119,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const logger =
     opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
-  const store = await Store.open(join(dataDir, 'moat.db'));
+  const store = await openStore(opts, dataDir);
   const identity = new Identity(store);
   const audit = await AuditLog.open(store, await CheckpointSigner.open(join(dataDir, 'audit-signing.pem')), logger);
   const keyring = await Keyring.load(dataDir);

@@ -490,7 +490,7 @@ describe('upgrading a data dir from before users existed', () => {
     try {
       // The store as the first three migrations left it, with the key `moat up` printed then.
       const old = new Kysely<any>({ dialect: new SqliteDialect({ database: new SQLite(join(dir, 'moat.db')) }) });
-      const before = Object.fromEntries(Object.entries(migrations).filter(([name]) => name < '0004'));
+      const before = Object.fromEntries(Object.entries(migrations('sqlite')).filter(([name]) => name < '0004'));
       assert.equal(Object.keys(before).length, 3);
       const { error } = await new Migrator({ db: old, provider: { getMigrations: async () => before } }).migrateToLatest();
       assert.ifError(error);

@@ -58,6 +58,12 @@ export interface VerifyReport {
 }
 
 const GENESIS = '0'.repeat(64);
+/** The chain's last event and the last event a checkpoint signed (0: none). */
+interface Head {
+  seq: number;
+  hash: string;
+  checkpointed: number;
+}
 /** A signed checkpoint after this many events, or this long after an unsigned one (and when the server stops). */
 const CHECKPOINT_EVERY = 100;
 const CHECKPOINT_AFTER_MS = 60_000;
@@ -92,13 +98,12 @@ const toEvent = (r: AuditEventTable): AuditEvent => ({
  * predecessor's hash; every CHECKPOINT_EVERY events the head is signed with a
  * key that lives in the data dir, not the store, so an edit, removal or
  * reordering in the store breaks the chain and a rewritten chain breaks a
- * checkpoint. Appends are serialised in this process, which assigns the
- * sequence numbers (one writer per store).
+ * checkpoint. Appends are serialised in this process and, through the store's
+ * exclusive section, with every other server on the same database: each reads
+ * the head from the store and appends to it, so replicas extend one chain.
  */
 export class AuditLog {
   private tail: Promise<unknown> = Promise.resolve();
-  private head = { seq: 0, hash: GENESIS };
-  private checkpointed = 0;
   private checkpointedAt = Date.now();
 
   private constructor(
@@ -108,19 +113,14 @@ export class AuditLog {
   ) {}
 
   static async open(store: Store, signer: CheckpointSigner, log: Logger): Promise<AuditLog> {
-    const a = new AuditLog(store, signer, log);
-    const last = await store.db.selectFrom('audit_events').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1).executeTakeFirst();
-    if (last) a.head = { seq: last.seq, hash: last.hash };
-    const cp = await store.db.selectFrom('audit_checkpoints').select('seq').orderBy('seq', 'desc').limit(1).executeTakeFirst();
-    a.checkpointed = cp?.seq ?? 0;
-    return a;
+    return new AuditLog(store, signer, log);
   }
 
   /** Never throws: an event that cannot be stored is logged as an error. */
   record(e: AuditInput): Promise<void> {
-    return this.serial(async () => {
+    return this.append(async (head) => {
       const base = {
-        seq: this.head.seq + 1,
+        seq: head.seq + 1,
         time: new Date().toISOString(),
         actor_user: e.actor.user ?? null,
         actor_agent: e.actor.agent ?? null,
@@ -132,18 +132,17 @@ export class AuditLog {
         object: e.object ?? null,
         result: e.result,
         detail: JSON.stringify(e.detail ?? {}),
-        prev_hash: this.head.hash,
+        prev_hash: head.hash,
       };
       const row = { ...base, hash: eventHash(base) };
       await this.store.db.insertInto('audit_events').values(row).execute();
-      this.head = { seq: row.seq, hash: row.hash };
-      if (row.seq - this.checkpointed >= CHECKPOINT_EVERY) await this.checkpoint();
+      if (row.seq - head.checkpointed >= CHECKPOINT_EVERY) await this.checkpoint({ ...head, seq: row.seq, hash: row.hash });
     }).catch((err: unknown) => this.log.error({ err, action: e.action }, 'could not record an audit event'));
   }
 
   /** Signs the current head, if anything came after the last checkpoint. */
   flush(): Promise<void> {
-    return this.serial(() => this.checkpoint());
+    return this.append((head) => this.checkpoint(head));
   }
 
   /** Called periodically: bounds how long an event stays outside a signed checkpoint. */
@@ -214,14 +213,27 @@ export class AuditLog {
     return next;
   }
 
-  private async checkpoint(): Promise<void> {
-    if (this.head.seq === this.checkpointed) return;
-    const { seq, hash } = this.head;
+  /** Runs fn on the stored head, alone: no other append here or on another server in between. */
+  private append(fn: (head: Head) => Promise<void>): Promise<void> {
+    return this.serial(() =>
+      this.store.exclusive('moat.audit', async () => {
+        const last = await this.store.db
+          .selectFrom('audit_events')
+          .select((eb) => ['seq', 'hash', eb.selectFrom('audit_checkpoints').select(eb.fn.max('seq').as('m')).as('checkpointed')])
+          .orderBy('seq', 'desc')
+          .limit(1)
+          .executeTakeFirst();
+        await fn({ seq: last?.seq ?? 0, hash: last?.hash ?? GENESIS, checkpointed: Number(last?.checkpointed ?? 0) });
+      }),
+    );
+  }
+
+  private async checkpoint({ seq, hash, checkpointed }: Head): Promise<void> {
+    if (seq === checkpointed) return;
     await this.store.db
       .insertInto('audit_checkpoints')
       .values({ seq, hash, signature: this.signer.sign(seq, hash), time: new Date().toISOString() })
       .execute();
-    this.checkpointed = seq;
     this.checkpointedAt = Date.now();
   }
 }

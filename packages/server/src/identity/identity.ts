@@ -1,4 +1,4 @@
-import { alreadyExists, assertName, conflict, invalid, isDns1123Label, notFound } from '@moat/core';
+import { MoatError, alreadyExists, assertName, conflict, invalid, isDns1123Label, notFound } from '@moat/core';
 import { isUniqueViolation } from '../store/errors.js';
 import type { AgentTable, UserTable } from '../store/schema.js';
 import type { Store } from '../store/store.js';
@@ -53,7 +53,11 @@ export class Identity {
   }
 
   async ensureBootstrapAdmin(): Promise<void> {
-    if (!(await this.findUser(BOOTSTRAP_ADMIN))) await this.createUser(BOOTSTRAP_ADMIN, 'admin', {});
+    if (await this.findUser(BOOTSTRAP_ADMIN)) return;
+    await this.createUser(BOOTSTRAP_ADMIN, 'admin', {}).catch((err: unknown) => {
+      // Another server on the same database made it first.
+      if (!(err instanceof MoatError && err.reason === 'AlreadyExists')) throw err;
+    });
   }
 
   async createUser(name: string, role: Role, quota: Quota): Promise<User> {

@@ -1,6 +1,5 @@
 import { MoatError, formatBytes, parseBytes, parseMillicores, resolveLimits, type SandboxSpec } from '@moat/core';
 import { isLive, type Store } from '../store/store.js';
-import { Serial } from '../util/serial.js';
 import type { Identity } from './identity.js';
 import type { Quota } from './types.js';
 
@@ -41,12 +40,11 @@ const cores = (m: number) => String(m / 1000);
 
 /**
  * Admission of new sandboxes against the owner's user and agent quotas. The
- * check and the insert run under one lock per user, so two creates cannot
- * both take the last slot; a refused sandbox is never stored.
+ * check and the insert run under one lock per user (the store's, which holds
+ * across servers sharing a database), so two creates cannot both take the
+ * last slot; a refused sandbox is never stored.
  */
 export class Quotas {
-  private readonly locks = new Serial();
-
   constructor(
     private readonly store: Store,
     private readonly identity: Identity,
@@ -64,7 +62,7 @@ export class Quotas {
   private async check<T>(namespace: string, want: Usage, what: string, insert: () => Promise<T>): Promise<T> {
     const owner = await this.identity.owner(namespace);
     if (!owner) return insert(); // only a namespace from before users existed has no owner, and no quota
-    return this.locks.run(owner.user, async () => {
+    return this.store.exclusive(`moat.quota.${owner.user}`, async () => {
       const user = await this.identity.getUser(owner.user);
       const agents = await this.identity.listAgents(owner.user);
       const running = (await this.store.listSandboxes()).filter((s) => isLive(s.desired));

@@ -1,7 +1,9 @@
 import SQLite from 'better-sqlite3';
-import { Kysely, Migrator, SqliteDialect, type MigrationProvider } from 'kysely';
+import { Kysely, Migrator, SqliteDialect, type Dialect, type MigrationProvider } from 'kysely';
 import type { ExtensionKind, ObjectMeta, Sandbox, SandboxSpec, SandboxStatus } from '@moat/core';
-import { migrations } from './migrations.js';
+import { Serial } from '../util/serial.js';
+import { migrations, type SqlDialect } from './migrations.js';
+import { connectPostgres, isPostgresUrl, type Postgres } from './postgres.js';
 import type { ApiKeyTable, Database, ObjectTable, SandboxTable } from './schema.js';
 
 /** What a sandbox should be (agent-sandbox's operatingMode, plus Deleted for a delete in progress). */
@@ -29,26 +31,50 @@ export interface SandboxEvent {
 }
 
 /**
- * Desired and observed state. SQLite (WAL) embedded by default; the queries
- * are plain Kysely so a PostgreSQL dialect can replace it for production.
+ * Desired and observed state. SQLite (WAL) embedded by default, for one
+ * server; PostgreSQL (a postgres:// URL) for replicas sharing one database.
+ * The queries are plain Kysely and mean the same on both (docs/database.md).
  */
 export class Store {
-  private constructor(readonly db: Kysely<Database>) {}
+  private readonly serial = new Serial();
 
-  static async open(file: string): Promise<Store> {
-    const sqlite = new SQLite(file);
-    sqlite.pragma('journal_mode = WAL');
-    sqlite.pragma('synchronous = NORMAL');
-    sqlite.pragma('busy_timeout = 5000');
-    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
-    const provider: MigrationProvider = { getMigrations: async () => migrations };
+  private constructor(
+    readonly db: Kysely<Database>,
+    readonly dialect: SqlDialect,
+    private readonly pg: Postgres | undefined,
+  ) {}
+
+  /** A SQLite file (or `:memory:`), or a `postgres://` / `postgresql://` URL; migrated to the latest schema. */
+  static async open(target: string): Promise<Store> {
+    const pg = isPostgresUrl(target) ? await connectPostgres(target) : undefined;
+    const dialect: SqlDialect = pg ? 'postgres' : 'sqlite';
+    const db = new Kysely<Database>({ dialect: pg?.dialect ?? sqliteDialect(target) });
+    // On PostgreSQL the Migrator holds an advisory lock and migrates in one transaction: replicas starting
+    // together migrate once, the others wait and find nothing left to do.
+    const provider: MigrationProvider = { getMigrations: async () => migrations(dialect) };
     const { error } = await new Migrator({ db, provider }).migrateToLatest();
-    if (error) throw error;
-    return new Store(db);
+    if (error) {
+      await db.destroy();
+      await pg?.close();
+      throw error;
+    }
+    return new Store(db, dialect, pg);
   }
 
-  close() {
-    return this.db.destroy();
+  async close() {
+    await this.db.destroy();
+    await this.pg?.close();
+  }
+
+  /**
+   * Runs fn while no other call with this name runs, in this process or, on
+   * PostgreSQL, in any replica sharing the database: for a read-modify-write
+   * that one statement cannot express (the audit chain's next link, a quota
+   * check and the insert it admits). fn must not take another one.
+   */
+  exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const pg = this.pg;
+    return this.serial.run(name, pg ? () => pg.exclusive(name, fn) : fn);
   }
 
   // --- API keys
@@ -193,8 +219,6 @@ export class Store {
     uid: string,
     u: { spec: unknown; labels?: Record<string, string>; annotations?: Record<string, string> },
   ): Promise<StoredObject | undefined> {
-    const old = await this.db.selectFrom('objects').select(['spec']).where('uid', '=', uid).executeTakeFirst();
-    if (!old) return undefined;
     const spec = JSON.stringify(u.spec);
     const row = await this.db
       .updateTable('objects')
@@ -202,7 +226,13 @@ export class Store {
         spec,
         labels: JSON.stringify(u.labels ?? {}),
         annotations: JSON.stringify(u.annotations ?? {}),
-        generation: spec === old.spec ? eb.ref('generation') : eb('generation', '+', 1),
+        // Compared with the stored spec in the statement itself, so two replicas updating at once both count.
+        generation: eb
+          .case()
+          .when('spec', '=', spec)
+          .then(eb.ref('generation'))
+          .else(eb('generation', '+', 1))
+          .end(),
         resource_version: eb('resource_version', '+', 1),
       }))
       .where('uid', '=', uid)
@@ -281,6 +311,14 @@ export class Store {
     const rows = await this.db.selectFrom('events').select(['type', 'reason', 'message', 'time']).where('sandbox_uid', '=', uid).orderBy('id').execute();
     return rows as SandboxEvent[];
   }
+}
+
+function sqliteDialect(file: string): Dialect {
+  const sqlite = new SQLite(file);
+  sqlite.pragma('journal_mode = WAL');
+  sqlite.pragma('synchronous = NORMAL');
+  sqlite.pragma('busy_timeout = 5000');
+  return new SqliteDialect({ database: sqlite });
 }
 
 function toRow(s: Sandbox, desired: Desired): SandboxTable {
