@@ -11,6 +11,8 @@ const suites: Record<string, () => Promise<void>> = {
   runtimes: async () => (await import('./runtimes.js')).benchRuntimes(),
   hibernate: async () => (await import('./hibernate.js')).benchHibernate(),
   backup: async () => (await import('./backup.js')).benchBackup(),
+  // Only when asked for: it needs the dev cluster (scripts/dev-cluster up).
+  ...(only === 'cluster' ? { cluster: async () => (await import('./cluster.js')).benchCluster() } : {}),
 };
 for (const [name, fn] of Object.entries(suites)) {
   if (!only || only === name) await fn();

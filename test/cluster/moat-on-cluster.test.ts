@@ -203,4 +203,17 @@ describe('Moat on Kubernetes (moat server --kubernetes)', () => {
       await limited.close();
     }
   });
+
+  test('deploy/kubernetes is valid for the cluster (kustomize, server-side dry run)', async () => {
+    const ns = await m.cluster.kubectl('get', 'namespace', 'moat', '--ignore-not-found', '-o', 'name');
+    if (!ns.trim()) await m.cluster.kubectl('create', 'namespace', 'moat');
+    try {
+      const out = await m.cluster.kubectl('apply', '-k', join(import.meta.dirname, '../../deploy/kubernetes'), '--dry-run=server');
+      for (const kind of ['serviceaccount/moat', 'clusterrole.rbac.authorization.k8s.io/moat', 'configmap/moat', 'deployment.apps/moat', 'service/moat']) {
+        assert.match(out, new RegExp(`${kind.replace(/\./g, '\\.')} (created|configured|unchanged) \\(server dry run\\)`), out);
+      }
+    } finally {
+      if (!ns.trim()) await m.cluster.kubectl('delete', 'namespace', 'moat', '--wait=false');
+    }
+  });
 });

@@ -96,8 +96,8 @@ describe('warm pools', () => {
     const f = await claimsFixture();
     try {
       await f.pool('p', 3);
-      const before = (await f.sandboxes.list('default', `${LABELS.pool}=p`)).sort((a, b) =>
-        a.metadata.creationTimestamp.localeCompare(b.metadata.creationTimestamp),
+      const before = (await f.sandboxes.list('default', `${LABELS.pool}=p`)).sort(
+        (a, b) => a.metadata.creationTimestamp.localeCompare(b.metadata.creationTimestamp) || a.metadata.name.localeCompare(b.metadata.name),
       );
       await f.pools.replace('default', 'p', { metadata: {}, spec: { replicas: 1, sandboxTemplateRef: { name: 'base' } } });
       await eventually('the scale-down', async () => (await f.sandboxes.list('default', `${LABELS.pool}=p`)).length === 1);

@@ -189,9 +189,9 @@ export class KubeClaims extends KubeObjects<SandboxClaim> implements Claims {
 
   override async create(namespace: string, input: ObjectInput): Promise<SandboxClaim> {
     const spec = input.spec as { warmPoolRef?: { name: string }; sandboxTemplateRef?: { name: string }; warmpool?: string };
-    if (!spec.warmPoolRef && spec.sandboxTemplateRef && spec.warmpool !== 'none' && (!spec.warmpool || spec.warmpool === 'default')) {
-      // "Any pool of the template", as on one host: agent-sandbox v0.5 takes only a named pool.
-      const pool = await this.poolFor(namespace, spec.sandboxTemplateRef.name);
+    if (!spec.warmPoolRef && spec.sandboxTemplateRef && (!spec.warmpool || spec.warmpool === 'default' || spec.warmpool === 'none')) {
+      // "Any pool of the template" (or none: a cold start), as on one host: agent-sandbox v0.5 takes only a named pool.
+      const pool = await this.poolFor(namespace, spec.sandboxTemplateRef.name, spec.warmpool !== 'none');
       input = { ...input, spec: { ...spec, warmpool: pool } };
     }
     const created = await super.create(namespace, input);
@@ -207,15 +207,15 @@ export class KubeClaims extends KubeObjects<SandboxClaim> implements Claims {
   }
 
   /**
-   * The pool to serve a claim by `template`: the user's pool of that template with the most ready members, else
-   * `shadow-pool-<template>` (made when missing; a template that does not exist gets none, see answer).
+   * The pool to serve a claim by `template`: when `warm`, the user's pool of that template with the most ready
+   * members; else `shadow-pool-<template>` (made when missing; a template that does not exist gets none, see answer).
    */
-  private async poolFor(namespace: string, template: string): Promise<string> {
+  private async poolFor(namespace: string, template: string, warm: boolean): Promise<string> {
     type Pool = { metadata: { name: string }; spec: { sandboxTemplateRef?: { name: string } }; status?: { readyReplicas?: number } };
     const pools = (await this.kube.get<{ items: Pool[] }>(collectionPath('SandboxWarmPool', namespace), 'SandboxWarmPools')).items;
     const name = `shadow-pool-${template}`;
     const own = pools
-      .filter((p) => p.spec.sandboxTemplateRef?.name === template && p.metadata.name !== name)
+      .filter((p) => warm && p.spec.sandboxTemplateRef?.name === template && p.metadata.name !== name)
       .sort((a, b) => (b.status?.readyReplicas ?? 0) - (a.status?.readyReplicas ?? 0))[0];
     if (own) return own.metadata.name;
     if (pools.some((p) => p.metadata.name === name)) return name;

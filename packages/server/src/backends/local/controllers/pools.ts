@@ -267,9 +267,12 @@ export class WarmPoolController extends ObjectController<SandboxWarmPool> {
         }
       }
     } else if (members.length > want) {
-      // Surplus: not-ready ones first, then the newest.
+      // Surplus: not-ready ones first, then the newest (members made in the same millisecond: by name).
       const order = [...members].sort(
-        (a, b) => Number(isReady(a.status)) - Number(isReady(b.status)) || b.metadata.creationTimestamp.localeCompare(a.metadata.creationTimestamp),
+        (a, b) =>
+          Number(isReady(a.status)) - Number(isReady(b.status)) ||
+          b.metadata.creationTimestamp.localeCompare(a.metadata.creationTimestamp) ||
+          b.metadata.name.localeCompare(a.metadata.name),
       );
       await Promise.all(
         order
