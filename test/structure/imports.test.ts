@@ -139,14 +139,22 @@ test("no circle between the server's folders", () => {
 
 test('only the wiring reaches past the backend seam: routes, the E2B layer, backups and the gateway see backends/types.ts', () => {
   const src = join(ROOT, 'packages', 'server', 'src');
-  const local = join(src, 'backends', 'local');
-  // server.ts builds the local backend; tenancy.ts implements the Tenancy port its sandbox controller declares.
+  // server.ts builds the backends; tenancy.ts implements the Tenancy port the local sandbox controller declares.
   const wiring = new Set([join(src, 'server.ts'), join(src, 'tenancy.ts')]);
-  const past = (files.get('server') ?? [])
-    .filter((f) => !f.startsWith(local + '/') && !wiring.has(f))
-    .filter((f) => specifiers(f).some((s) => resolveLocal(f, s)?.startsWith(local + '/')))
+  for (const name of ['local', 'kubernetes']) {
+    const backend = join(src, 'backends', name);
+    const past = (files.get('server') ?? [])
+      .filter((f) => !f.startsWith(backend + '/') && !wiring.has(f))
+      .filter((f) => specifiers(f).some((s) => resolveLocal(f, s)?.startsWith(backend + '/')))
+      .map(rel);
+    assert.deepEqual(past, [], `files outside backends/${name} that import it`);
+  }
+  // The backends stand beside each other: neither imports the other.
+  const across = (files.get('server') ?? [])
+    .filter((f) => f.startsWith(join(src, 'backends', 'kubernetes') + '/'))
+    .filter((f) => specifiers(f).some((s) => resolveLocal(f, s)?.startsWith(join(src, 'backends', 'local') + '/')))
     .map(rel);
-  assert.deepEqual(past, []);
+  assert.deepEqual(across, []);
 });
 
 test('the checker finds a circle', () => {

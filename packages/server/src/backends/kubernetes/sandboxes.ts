@@ -113,11 +113,11 @@ export class KubeSandboxes implements Sandboxes {
     return this.answer(obj);
   }
 
-  pause(): Promise<Sandbox> {
+  async pause(): Promise<Sandbox> {
     throw new MoatError(501, 'NotImplemented', 'the kubernetes backend cannot pause sandboxes (Kubernetes has no pod freeze); hibernate keeps the volumes');
   }
 
-  resume(namespace: string, name: string): Promise<Sandbox> {
+  async resume(): Promise<Sandbox> {
     return this.pause();
   }
 

@@ -12,26 +12,20 @@ import {
   badRequest,
   type Condition,
   type ExtensionKind,
+  type ObjectMeta,
   type Sandbox,
   type SandboxPhase,
   type SandboxSpec,
+  MoatError,
 } from '@moat/core';
-import { MoatError } from '@moat/core';
 
 /** A Kubernetes object as read (the fields Moat looks at). */
 export interface KubeObject {
   apiVersion?: string;
   kind?: string;
-  metadata: {
-    name: string;
-    namespace: string;
-    uid: string;
-    creationTimestamp: string;
-    resourceVersion: string;
+  metadata: Omit<ObjectMeta, 'generation'> & {
     generation?: number;
     deletionTimestamp?: string;
-    labels?: Record<string, string>;
-    annotations?: Record<string, string>;
     ownerReferences?: { kind: string; name: string; uid: string; controller?: boolean }[];
   };
   spec: Record<string, unknown>;
