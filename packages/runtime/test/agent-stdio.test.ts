@@ -17,13 +17,37 @@ import { AgentClient, type AgentTransport } from '../src/agent/index.js';
 const BIN = process.env.MOAT_INIT_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-init', import.meta.url));
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-/** Every connection is its own `moat-init --stdio` process, as every pods/exec call is. */
-const stdio: AgentTransport = () => {
+/**
+ * Every connection is its own `moat-init --stdio` process, as every pods/exec call is. Like a pods/exec stream,
+ * its output ends after the last answer, whatever became of its stdin (the process may exit before that pipe is
+ * closed on our side: that is not an error of the connection).
+ */
+const stdio: AgentTransport = ({ allowHalfOpen }) => {
   const child = spawn(BIN, ['--stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const stream = Duplex.from({ readable: child.stdout, writable: child.stdin });
+  const stream = new Duplex({
+    allowHalfOpen,
+    write(chunk: Buffer, _enc, cb) {
+      child.stdin.write(chunk, () => cb());
+    },
+    final(cb) {
+      child.stdin.end();
+      cb();
+    },
+    read() {
+      child.stdout.resume();
+    },
+    destroy(err, cb) {
+      child.kill('SIGKILL');
+      cb(err);
+    },
+  });
+  child.stdin.on('error', () => {});
+  child.stdout.on('data', (b: Buffer) => {
+    if (!stream.push(b)) child.stdout.pause();
+  });
+  child.stdout.on('end', () => stream.push(null));
   child.once('spawn', () => stream.emit('connect'));
   child.once('error', (err) => stream.destroy(err));
-  stream.once('close', () => child.kill('SIGKILL'));
   return stream;
 };
 
