@@ -169,7 +169,15 @@ describe('Moat on Kubernetes (moat server --kubernetes)', () => {
     // A service account that may only manage agent-sandbox objects in its own namespace, as a tenant's Moat would.
     await m.cluster.kubectl('create', 'namespace', LIMITED_NS);
     await m.cluster.kubectl('create', 'serviceaccount', 'moat', '-n', LIMITED_NS);
-    await m.cluster.kubectl('create', 'role', 'moat', '-n', LIMITED_NS, '--verb=*', '--resource=sandboxes.agents.x-k8s.io,pods,pods/exec');
+    await m.cluster.kubectl(
+      'create',
+      'role',
+      'moat',
+      '-n',
+      LIMITED_NS,
+      '--verb=*',
+      '--resource=sandboxes.agents.x-k8s.io,pods,pods/exec,leases.coordination.k8s.io',
+    );
     await m.cluster.kubectl('create', 'rolebinding', 'moat', '-n', LIMITED_NS, '--role=moat', `--serviceaccount=${LIMITED_NS}:moat`);
     const token = (await m.cluster.kubectl('create', 'token', 'moat', '-n', LIMITED_NS, '--duration=1h')).trim();
     const server0 = (await m.cluster.kubectl('config', 'view', '--minify', '-o', 'jsonpath={.clusters[0].cluster.server}')).trim();
@@ -209,7 +217,14 @@ describe('Moat on Kubernetes (moat server --kubernetes)', () => {
     if (!ns.trim()) await m.cluster.kubectl('create', 'namespace', 'moat');
     try {
       const out = await m.cluster.kubectl('apply', '-k', join(import.meta.dirname, '../../deploy/kubernetes'), '--dry-run=server');
-      for (const kind of ['serviceaccount/moat', 'clusterrole.rbac.authorization.k8s.io/moat', 'configmap/moat', 'deployment.apps/moat', 'service/moat']) {
+      for (const kind of [
+        'serviceaccount/moat',
+        'clusterrole.rbac.authorization.k8s.io/moat',
+        'role.rbac.authorization.k8s.io/moat-leader',
+        'configmap/moat',
+        'deployment.apps/moat',
+        'service/moat',
+      ]) {
         assert.match(out, new RegExp(`${kind.replace(/\./g, '\\.')} (created|configured|unchanged) \\(server dry run\\)`), out);
       }
     } finally {

@@ -3,9 +3,16 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { TestServer } from './server.js';
 
-/** A server in a child process: the test kills it with SIGKILL like a crash would. */
-export async function spawnServer(dataDir: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess; server: TestServer }> {
-  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', join(import.meta.dirname, 'server-process.ts'), dataDir], {
+/**
+ * A server in a child process: the test kills it with SIGKILL like a crash would. `script`: the process to run
+ * (server-process.ts, a server on this host; cluster-server-process.ts, one in cluster mode).
+ */
+export async function spawnServer(
+  dataDir: string,
+  env: Record<string, string> = {},
+  script = 'server-process.ts',
+): Promise<{ child: ChildProcess; server: TestServer }> {
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', join(import.meta.dirname, script), dataDir], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, ...env },
   });

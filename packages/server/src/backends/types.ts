@@ -18,6 +18,11 @@ export interface SandboxBackend {
   readonly templates: ExtensionObjects<SandboxTemplate>;
   readonly claims: Claims;
   readonly pools: ExtensionObjects<SandboxWarmPool>;
+  /**
+   * Whether this server runs the work done once for all replicas (E2B timeouts): always on one host; on a cluster,
+   * while it holds the leader Lease. Every replica serves the API either way.
+   */
+  leads(): boolean;
   /** Stops the backend's background work; what runs keeps running. */
   close(): Promise<void>;
 }

@@ -64,42 +64,66 @@ const parseJsonMap = (s: string | undefined): Record<string, string> => (s ? (JS
 
 const notFoundE2b = (id: string) => new MoatError(404, 'NotFound', `sandbox "${id}" not found`);
 
+/** How often the deadlines are read again from the claims: those set through other replicas of a cluster. */
+const RELOAD_MS = 5000;
+
 /**
  * E2B sandboxes are SandboxClaims named by the E2B id, so a warm pool of the
  * template serves them and deleting one removes everything. The timeout is
- * enforced here: deadlines are kept in memory and in the claim's annotations,
- * so they survive a restart of the server.
+ * enforced here, by the server that leads (on a cluster, the replica holding
+ * the Lease; any replica may set a deadline): deadlines are kept in the
+ * claim's annotations, so they survive a restart or a new leader, and in
+ * memory, read again every few seconds.
  */
 export class E2bSandboxes {
-  private readonly deadlines = new Map<string, { namespace: string; id: string; endAt: number }>();
+  private readonly deadlines = new Map<string, { namespace: string; id: string; endAt: number; trackedAt: number }>();
   private timer: NodeJS.Timeout | undefined;
-  /** Whether the deadlines of the sandboxes that existed at start are known (see load). */
-  private loaded = false;
+  /** When the deadlines were last read from the claims (0: not yet). */
+  private loadedAt = 0;
   private loadFailed = false;
+  private ticking = false;
 
   constructor(
     private readonly claims: Claims,
     private readonly sandboxes: Sandboxes,
     private readonly aliases: Record<string, string>,
     private readonly log: FastifyBaseLogger,
+    /** Whether this server enforces timeouts now (SandboxBackend.leads). */
+    private readonly leads: () => boolean,
   ) {}
 
   async start(): Promise<void> {
     await this.load();
-    this.timer = setInterval(() => void (this.loaded ? this.expire() : this.load()), 1000);
+    this.timer = setInterval(() => void this.tick(), 1000);
     this.timer.unref();
   }
 
+  private async tick(): Promise<void> {
+    if (this.ticking || !this.leads()) return;
+    this.ticking = true;
+    try {
+      if (Date.now() - this.loadedAt >= RELOAD_MS) await this.load();
+      if (this.loadedAt) await this.expire();
+    } finally {
+      this.ticking = false;
+    }
+  }
+
   /**
-   * The deadlines of the E2B sandboxes that exist. A backend that cannot list every namespace yet (a cluster's
-   * RBAC, an apiserver that is away) must not keep the server from starting: it is tried again each second.
+   * The deadlines of the E2B sandboxes that exist; those of claims gone meanwhile are forgotten. A backend that
+   * cannot list every namespace yet (a cluster's RBAC, an apiserver that is away) must not keep the server from
+   * starting: it is tried again at the next tick.
    */
   private async load(): Promise<void> {
+    const started = Date.now();
     try {
+      const seen = new Set<string>();
       for (const c of await this.claims.list(undefined, `${E2B_LABEL}=true`)) {
         this.track(c.metadata.namespace, c.metadata.name, Number(c.metadata.annotations?.[ANNOTATIONS.endAt] ?? 0));
+        seen.add(`${c.metadata.namespace}/${c.metadata.name}`);
       }
-      this.loaded = true;
+      for (const [key, d] of this.deadlines) if (!seen.has(key) && d.trackedAt < started) this.deadlines.delete(key);
+      this.loadedAt = started;
     } catch (err) {
       if (!this.loadFailed) this.log.warn({ err }, 'cannot list E2B sandboxes yet: their timeouts are enforced once it works');
       this.loadFailed = true;
@@ -259,7 +283,7 @@ export class E2bSandboxes {
   }
 
   private track(namespace: string, id: string, endAt: number) {
-    this.deadlines.set(`${namespace}/${id}`, { namespace, id, endAt });
+    this.deadlines.set(`${namespace}/${id}`, { namespace, id, endAt, trackedAt: Date.now() });
   }
 
   private async expire() {

@@ -12,7 +12,8 @@ export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
     { schema: { tags: ['server'], summary: 'Server version, sandbox backend and its capabilities, runtimes and limits' } },
     async () => ({
       version: ctx.version,
-      backend: { kind: ctx.backend.kind, capabilities: ctx.backend.capabilities },
+      // `leads`: this replica runs the work done once for all (on a cluster, it holds the leader Lease).
+      backend: { kind: ctx.backend.kind, capabilities: ctx.backend.capabilities, leads: ctx.backend.leads() },
       runtimes: ctx.backend.runtimes,
       limits: ctx.limits,
     }),

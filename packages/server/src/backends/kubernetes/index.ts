@@ -6,6 +6,7 @@ import { KubeClaims, KubeObjects, KubePools } from './objects.js';
 import { PodAgents } from './pod-agent.js';
 import { ClusterRuntimes, parseRuntimeClassMap, type RuntimeClassMap } from './runtimes.js';
 import { KubeSandboxes } from './sandboxes.js';
+import { LeaderElection } from './leader.js';
 import { PoolWarmer } from './warmer.js';
 
 export interface KubernetesBackendOptions {
@@ -15,6 +16,8 @@ export interface KubernetesBackendOptions {
   runtimeClasses?: RuntimeClassMap;
   /** moat-init to copy into pods (default: the one built with this Moat). */
   agentBinary?: string;
+  /** Where Moat's Lease lives (default $MOAT_K8S_NAMESPACE, else the kubeconfig context's namespace: in a pod, its own). */
+  namespace?: string;
   log?: Logger;
 }
 
@@ -32,6 +35,7 @@ export class KubernetesBackend implements SandboxBackend {
     private readonly kube: Kube,
     private readonly clusterRuntimes: ClusterRuntimes,
     private readonly warmer: PoolWarmer,
+    private readonly election: LeaderElection,
     readonly sandboxes: KubeSandboxes,
     readonly templates: KubeObjects<SandboxTemplate>,
     readonly pools: KubePools<SandboxWarmPool>,
@@ -55,12 +59,17 @@ export class KubernetesBackend implements SandboxBackend {
       await runtimes.refresh();
       const agents = await PodAgents.open(kube, o.agentBinary);
       const sandboxes = new KubeSandboxes(kube, runtimes, agents);
-      const warmer = new PoolWarmer(kube, sandboxes, o.log ?? pino({ level: 'silent' }));
-      warmer.start();
+      const log = o.log ?? pino({ level: 'silent' });
+      const warmer = new PoolWarmer(kube, sandboxes, log);
+      const election = new LeaderElection(kube, o.namespace ?? process.env.MOAT_K8S_NAMESPACE ?? kube.namespace, 'moat', log, (leading) =>
+        leading ? warmer.start() : warmer.close(),
+      );
+      election.start();
       return new KubernetesBackend(
         kube,
         runtimes,
         warmer,
+        election,
         sandboxes,
         new KubeObjects<SandboxTemplate>(kube, 'SandboxTemplate'),
         new KubePools<SandboxWarmPool>(kube, 'SandboxWarmPool'),
@@ -72,12 +81,18 @@ export class KubernetesBackend implements SandboxBackend {
     }
   }
 
+  /** Work done once per cluster runs on the replica holding Moat's Lease. */
+  leads(): boolean {
+    return this.election.isLeader();
+  }
+
   /** The cluster's API server, for /info and the startup banner. */
   get server(): string {
     return this.kube.server;
   }
 
   async close(): Promise<void> {
+    await this.election.stop();
     this.warmer.close();
     this.kube.close();
   }

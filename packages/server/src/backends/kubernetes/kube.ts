@@ -43,6 +43,11 @@ export class Kube {
     return new Kube(config, server, agent);
   }
 
+  /** The namespace of the kubeconfig's context (in a pod: its own), where Moat keeps what is its own (its Lease). */
+  get namespace(): string {
+    return this.config.getContextObject(this.config.getCurrentContext())?.namespace ?? 'default';
+  }
+
   /** Fresh credentials per call: a service account's token file is rotated under a running pod. */
   async headers(): Promise<OutgoingHttpHeaders> {
     const opts: RequestOptions = {};

@@ -10,7 +10,7 @@ const POOL_MEMBER = 'agents.x-k8s.io/warm-pool-sandbox';
 /**
  * Puts Moat's agent into warm pool members as soon as they are Ready, so a claim's first exec finds it there and
  * costs one pods/exec, not an install too. It only adds a file in the pod's /tmp: nothing agent-sandbox's
- * controller owns changes. Idempotent, so any replica may run it.
+ * controller owns changes. A new leader's watch starts with every current member, so none is missed.
  */
 export class PoolWarmer {
   private readonly done = new Set<string>();
@@ -22,7 +22,9 @@ export class PoolWarmer {
     private readonly log: Logger,
   ) {}
 
+  /** The leader runs it (see LeaderElection): several replicas would copy the agent in at once, which works, at a cost. */
   start(): void {
+    if (this.stop) return;
     // Without a resourceVersion the watch starts with every current member (ADDED), and again after a gap.
     this.stop = this.kube.watch(
       collectionPath('Sandbox'),
@@ -48,5 +50,6 @@ export class PoolWarmer {
 
   close(): void {
     this.stop?.();
+    this.stop = undefined;
   }
 }

@@ -77,6 +77,11 @@ export class LocalBackend implements SandboxBackend {
     return new LocalBackend(runtimes, drivers, sandboxes, templates, pools, claims, lifecycle, o.log);
   }
 
+  /** One host, one server. */
+  leads(): boolean {
+    return true;
+  }
+
   /** Recovers what a restart left (see SandboxController.recover), then starts the controllers' work. */
   async start(): Promise<void> {
     await this.sandboxes.recover();
