@@ -220,6 +220,89 @@ cluster_healthy() {
     [ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 
+# start_daemon NAME: starts one of $DAEMONS and waits until it answers (cluster_up, and `start` after a `kill`).
+start_daemon() {
+  local kubeconfig
+  case $1 in
+    etcd)
+      start etcd "$ETCD_BIN/etcd" --name "$NODE_NAME" --data-dir "$STATE/etcd" --unsafe-no-fsync --log-level warn \
+        --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+        --initial-cluster "$NODE_NAME=http://127.0.0.1:2380"
+      wait_until etcd 60 "$STATE/logs/etcd.log" in_node curl -fsS http://127.0.0.1:2379/health
+      ;;
+    kube-apiserver)
+      start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
+        --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port 6443 \
+        --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged \
+        --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+        --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" --client-ca-file "$PKI/ca.crt" \
+        --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types InternalIP \
+        --requestheader-client-ca-file "$PKI/ca.crt" --requestheader-allowed-names front-proxy-client \
+        --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+        --requestheader-extra-headers-prefix X-Remote-Extra- \
+        --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
+        --service-account-issuer https://kubernetes.default.svc.cluster.local \
+        --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key"
+      wait_until kube-apiserver 120 "$STATE/logs/kube-apiserver.log" kc get --raw /readyz
+      ;;
+    kube-controller-manager)
+      kubeconfig=$PKI/controller-manager.kubeconfig
+      start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$kubeconfig" \
+        --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
+        --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
+        --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+        --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+        --service-cluster-ip-range "$SERVICE_CIDR"
+      ;;
+    kube-scheduler)
+      kubeconfig=$PKI/scheduler.kubeconfig
+      start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$kubeconfig" \
+        --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
+        --bind-address 127.0.0.1 --leader-elect=false
+      ;;
+    containerd)
+      start containerd containerd --config "$STATE/containerd/config.toml"
+      wait_until containerd 60 "$STATE/logs/containerd.log" ctr --address "$STATE/containerd/containerd.sock" version
+      ;;
+    kubelet)
+      start kubelet "$K8S_BIN/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$PKI/kubelet.kubeconfig" \
+        --node-ip "$NODE_IP" --hostname-override "$NODE_NAME"
+      # Its own health first: after a restart the node may still read Ready from before.
+      wait_until kubelet 120 "$STATE/logs/kubelet.log" in_node curl -fsS http://127.0.0.1:10248/healthz
+      wait_until "node $NODE_NAME Ready" 120 "$STATE/logs/kubelet.log" \
+        kc wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
+      ;;
+    agent-sandbox-controller)
+      start agent-sandbox-controller "$AGENT_SANDBOX_DIR/agent-sandbox-controller" \
+        --kubeconfig "$PKI/agent-sandbox.kubeconfig" --extensions --leader-elect=false \
+        --enable-webhook --manage-webhook-certs=false --webhook-cert-dir "$PKI/webhook" --webhook-port "$WEBHOOK_PORT" \
+        --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081
+      wait_until agent-sandbox-controller 60 "$STATE/logs/agent-sandbox-controller.log" \
+        in_node curl -fsS http://127.0.0.1:18081/readyz
+      wait_until "agent-sandbox conversion webhook" 60 "$STATE/logs/agent-sandbox-controller.log" \
+        in_node bash -c ": </dev/tcp/127.0.0.1/$WEBHOOK_PORT"
+      ;;
+    *) die "no daemon \"$1\": one of ${DAEMONS[*]}" ;;
+  esac
+}
+
+# A fault for tests: SIGKILL one daemon, as a crash would (`start NAME` brings it back, with its state).
+daemon_kill() {
+  running "$1" || die "$1 is not running"
+  kill -KILL "$(cat "$RUN/$1.pid")"
+  say "$1 killed"
+}
+
+daemon_start() {
+  [[ " ${DAEMONS[*]} " == *" $1 "* ]] || die "no daemon \"$1\": one of ${DAEMONS[*]}"
+  [ -f "$RUN/env" ] || die "the dev cluster is not up: run scripts/dev-cluster up"
+  if running "$1"; then say "$1 is running"; return; fi
+  start_daemon "$1"
+  say "$1 started"
+}
+
 cluster_up() {
   local start_time=$SECONDS
   ensure_packages
@@ -244,62 +327,21 @@ cluster_up() {
   write_configs
 
   say "starting etcd v$ETCD_VERSION"
-  start etcd "$ETCD_BIN/etcd" --name "$NODE_NAME" --data-dir "$STATE/etcd" --unsafe-no-fsync --log-level warn \
-    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster "$NODE_NAME=http://127.0.0.1:2380"
-  wait_until etcd 60 "$STATE/logs/etcd.log" in_node curl -fsS http://127.0.0.1:2379/health
-
+  start_daemon etcd
   say "starting kube-apiserver, kube-controller-manager and kube-scheduler v$K8S_VERSION"
-  start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
-    --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port 6443 \
-    --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" --client-ca-file "$PKI/ca.crt" \
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-    --kubelet-preferred-address-types InternalIP \
-    --requestheader-client-ca-file "$PKI/ca.crt" --requestheader-allowed-names front-proxy-client \
-    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
-    --requestheader-extra-headers-prefix X-Remote-Extra- \
-    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key"
-  wait_until kube-apiserver 120 "$STATE/logs/kube-apiserver.log" kc get --raw /readyz
-  local kubeconfig=$PKI/controller-manager.kubeconfig
-  start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$kubeconfig" \
-    --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
-    --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
-    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
-    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR"
-  kubeconfig=$PKI/scheduler.kubeconfig
-  start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$kubeconfig" \
-    --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
-    --bind-address 127.0.0.1 --leader-elect=false
-
+  start_daemon kube-apiserver
+  start_daemon kube-controller-manager
+  start_daemon kube-scheduler
   say "starting containerd $(containerd --version | cut -d' ' -f3) and importing the images"
-  start containerd containerd --config "$STATE/containerd/config.toml"
+  start_daemon containerd
   local ctr=(ctr --address "$STATE/containerd/containerd.sock" -n k8s.io)
-  wait_until containerd 60 "$STATE/logs/containerd.log" "${ctr[@]}" version
   "${ctr[@]}" images import "$PAUSE_TAR" >/dev/null
   "${ctr[@]}" images import "$PYTHON_RUNTIME_TAR" >/dev/null
-
   say "starting the kubelet v$K8S_VERSION"
-  start kubelet "$K8S_BIN/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$PKI/kubelet.kubeconfig" \
-    --node-ip "$NODE_IP" --hostname-override "$NODE_NAME"
-  wait_until "node $NODE_NAME Ready" 120 "$STATE/logs/kubelet.log" \
-    kc wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
-
+  start_daemon kubelet
   say "starting the agent-sandbox controller v$AGENT_SANDBOX_VERSION (its conversion webhook on 127.0.0.1:$WEBHOOK_PORT)"
   apply_crds
-  start agent-sandbox-controller "$AGENT_SANDBOX_DIR/agent-sandbox-controller" \
-    --kubeconfig "$PKI/agent-sandbox.kubeconfig" --extensions --leader-elect=false \
-    --enable-webhook --manage-webhook-certs=false --webhook-cert-dir "$PKI/webhook" --webhook-port "$WEBHOOK_PORT" \
-    --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081
-  wait_until agent-sandbox-controller 60 "$STATE/logs/agent-sandbox-controller.log" \
-    in_node curl -fsS http://127.0.0.1:18081/readyz
-  wait_until "agent-sandbox conversion webhook" 60 "$STATE/logs/agent-sandbox-controller.log" \
-    in_node bash -c ": </dev/tcp/127.0.0.1/$WEBHOOK_PORT"
+  start_daemon agent-sandbox-controller
 
   echo "$PAUSE_IMAGE $PYTHON_RUNTIME_IMAGE" >"$RUN/images"
   printf 'export KUBECONFIG=%q\nPYTHON_RUNTIME_IMAGE=%q\n' "$PKI/admin.kubeconfig" "$PYTHON_RUNTIME_IMAGE" >"$RUN/env"

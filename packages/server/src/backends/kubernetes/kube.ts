@@ -91,7 +91,8 @@ export class Kube {
       req.on('error', reject);
       req.end(data);
     }).catch((err: Error) => {
-      throw new MoatError(503, 'ServiceUnavailable', `the Kubernetes API server at ${this.server} cannot be reached (${err.message}); ${what} is unchanged`);
+      const unchanged = method === 'GET' ? '' : `; ${what} is unchanged`;
+      throw new MoatError(503, 'ServiceUnavailable', `the Kubernetes API server at ${this.server} cannot be reached (${err.message})${unchanged}`);
     });
     if (status >= 200 && status < 300) return text;
     throw kubeError(status, text, what);

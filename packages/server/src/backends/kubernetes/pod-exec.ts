@@ -63,7 +63,12 @@ export class PodExecStream extends Duplex {
     ws.on('unexpected-response', (_req, res) => {
       let body = '';
       res.on('data', (c: Buffer) => (body += c.toString('utf8')));
-      res.on('end', () => this.destroy(new ExecFailure(`pods/exec was refused (${res.statusCode}): ${statusMessage(body)}`, false)));
+      res.on('end', () => {
+        const message = statusMessage(body);
+        // The apiserver relays pods/exec to the node's kubelet: say which part failed.
+        const hint = /error dialing backend/.test(message) ? ' (the node’s kubelet cannot be reached: the pod may still run)' : '';
+        this.destroy(new ExecFailure(`pods/exec was refused (${res.statusCode}): ${message}${hint}`, false));
+      });
     });
     ws.on('message', (data: Buffer) => this.onMessage(data));
     ws.on('error', (err) => this.destroy(err));
