@@ -16,8 +16,8 @@ fi
 # resolve the guest kernel's modules (the kernel itself is downloaded by apt on first use, not installed);
 # zstd and util-linux's fsfreeze for volume backups;
 # chromium (headless) and a font for the web portal's browser tests; postgresql's server binaries for the tests of
-# the shared database (each starts a throwaway cluster of its own).
-packages=(runc runsc criu qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation postgresql)
+# the shared database (each starts a throwaway cluster of its own); python3-venv for the Python tests' virtualenv.
+packages=(runc runsc criu qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation postgresql python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,6 +37,17 @@ fi
 if [ ! -f test/e2b/node_modules/.package-lock.json ] || [ test/e2b/package-lock.json -nt test/e2b/node_modules/.package-lock.json ]; then
   say "installing the e2b SDKs for test/e2b (npm ci)"
   npm ci --prefix test/e2b --no-audit --no-fund --loglevel=error
+fi
+
+# agent-sandbox's Python client and pytest for test/python (pinned in its requirements.txt), in a virtualenv of
+# their own; made again from scratch when the requirements change (a copy of them in the venv tells).
+venv=test/python/.venv
+if ! cmp -s test/python/requirements.txt "$venv/requirements.txt" || ! "$venv/bin/python" -c '' 2>/dev/null; then
+  say "installing the Python test dependencies into $venv (pip)"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input -r test/python/requirements.txt
+  cp test/python/requirements.txt "$venv/requirements.txt"
 fi
 
 say "building"
