@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { startPostgres, type TestPostgres } from '../../packages/server/test/postgres.js';
+import { pythonTemplateBody } from '../helpers/cluster-moat.js';
 import { devClusterUp, type DevCluster } from '../helpers/dev-cluster.js';
 import type { TestServer } from '../helpers/server.js';
 import { kill, spawnServer } from '../helpers/spawn-server.js';
@@ -66,17 +67,7 @@ test('the leader is killed: the other replica takes the Lease and enforces the E
   const key = ((await keyRes.json()) as { key: string }).key;
   const template = await first.api(`/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${NS}/sandboxtemplates`, {
     method: 'POST',
-    json: {
-      metadata: { name: 'python' },
-      spec: {
-        podTemplate: {
-          spec: {
-            containers: [{ name: 'python-runtime', image: cluster.pythonImage, readinessProbe: { httpGet: { path: '/', port: 8888 }, periodSeconds: 1 } }],
-            terminationGracePeriodSeconds: 1,
-          },
-        },
-      },
-    },
+    json: pythonTemplateBody('python', cluster.pythonImage),
   });
   assert.equal(template.status, 201, await template.text());
 

@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { Moat } from '@moat/sdk';
 import { startServer, type RunningServer } from '@moat/server';
 import { startPostgres, type TestPostgres } from '../../packages/server/test/postgres.js';
+import { pythonTemplateBody } from '../helpers/cluster-moat.js';
 import { devClusterUp, type DevCluster } from '../helpers/dev-cluster.js';
 
 const NS = 'admin-replicas';
@@ -59,17 +60,11 @@ test('two replicas on one database and one cluster serve the same agents, keys a
   // The admin key the first replica made works on the second; an agent made on one owns its namespace on both.
   assert.equal((await call(b, '/apis/moat.dev/v1/whoami')).status, 200);
   assert.equal((await call(a, '/apis/moat.dev/v1/users/admin/agents', { name: 'replicas' })).status, 201);
-  const template = await call(b, `/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${NS}/sandboxtemplates`, {
-    metadata: { name: 'python' },
-    spec: {
-      podTemplate: {
-        spec: {
-          containers: [{ name: 'python-runtime', image: cluster.pythonImage, readinessProbe: { httpGet: { path: '/', port: 8888 }, periodSeconds: 1 } }],
-          terminationGracePeriodSeconds: 1,
-        },
-      },
-    },
-  });
+  const template = await call(
+    b,
+    `/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${NS}/sandboxtemplates`,
+    pythonTemplateBody('python', cluster.pythonImage),
+  );
   assert.equal(template.status, 201, await template.text());
 
   const onA = new Moat({ url: a.url, apiKey: a.adminKey, namespace: NS });

@@ -6,6 +6,18 @@ import { pino } from 'pino';
 import { startServer, type RunningServer } from '@moat/server';
 import { devClusterUp, type DevCluster } from './dev-cluster.js';
 
+/** The tutorial's python-runtime as a SandboxTemplate (the body Moat's API takes). */
+export function pythonTemplateBody(name: string, image: string) {
+  const container = {
+    name: 'python-runtime',
+    image,
+    ports: [{ containerPort: 8888 }],
+    readinessProbe: { httpGet: { path: '/', port: 8888 }, periodSeconds: 1 },
+  };
+  // The tutorial's server ignores SIGTERM: without a short grace period every delete would wait 30 s for the kubelet's SIGKILL.
+  return { metadata: { name }, spec: { podTemplate: { spec: { containers: [container], terminationGracePeriodSeconds: 1 } } } };
+}
+
 /** A Moat server in cluster mode on loopback, against the dev cluster. */
 export function clusterServer(dataDir: string, kubeconfig: string): Promise<RunningServer> {
   return startServer({ port: 0, dataDir, kubernetes: { kubeconfig }, logger: pino({ level: process.env.MOAT_TEST_LOG ?? 'silent' }) });
@@ -54,16 +66,9 @@ export async function startClusterMoat(agent: string): Promise<ClusterMoat> {
     agentKey,
     api,
     async pythonTemplate(name: string) {
-      const container = {
-        name: 'python-runtime',
-        image: cluster.pythonImage,
-        ports: [{ containerPort: 8888 }],
-        readinessProbe: { httpGet: { path: '/', port: 8888 }, periodSeconds: 1 },
-      };
       const r = await api(`/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${namespace}/sandboxtemplates`, {
         method: 'POST',
-        // The tutorial's server ignores SIGTERM: without a short grace period every delete would wait 30 s for the kubelet's SIGKILL.
-        json: { metadata: { name }, spec: { podTemplate: { spec: { containers: [container], terminationGracePeriodSeconds: 1 } } } },
+        json: pythonTemplateBody(name, cluster.pythonImage),
       });
       assert.equal(r.status, 201, await r.text());
     },
