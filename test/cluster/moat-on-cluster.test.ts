@@ -59,15 +59,15 @@ describe('Moat on Kubernetes (moat server --kubernetes)', () => {
       assert.match(sbx.name, /^python-pool-/);
       const r = await sbx.exec(['sh', '-c', 'echo "hello $WHO"; id -u; exit 3'], { env: { WHO: 'cluster' } });
       assert.deepEqual([r.stdout, r.exitCode], ['hello cluster\n0\n', 3]);
-      assert.equal((await sbx.exec(['pwd'], { cwd: '/tmp' })).stdout, '/tmp\n');
+      assert.equal((await sbx.exec(['pwd'], { cwd: '/root' })).stdout, '/root\n');
 
       const blob = Buffer.alloc(3 << 20, 7);
-      await sbx.files.mkdir('/tmp/work');
-      await sbx.files.write('/tmp/work/blob', blob);
-      await sbx.files.write('/tmp/work/a.txt', 'A');
-      assert.equal(Buffer.compare(await sbx.files.read('/tmp/work/blob'), blob), 0);
+      await sbx.files.mkdir('/workspace');
+      await sbx.files.write('/workspace/blob', blob);
+      await sbx.files.write('/workspace/a.txt', 'A');
+      assert.equal(Buffer.compare(await sbx.files.read('/workspace/blob'), blob), 0);
       assert.deepEqual(
-        (await sbx.files.list('/tmp/work')).map((e) => e.name),
+        (await sbx.files.list('/workspace')).map((e) => e.name),
         ['a.txt', 'blob'],
       );
 

@@ -74,8 +74,8 @@ test('two replicas on one database and one cluster serve the same agents, keys a
     // Created through one replica, used through the other, and both see the same object.
     const there = await onB.sandboxes.get(sbx.name);
     assert.equal((await there.exec(['sh', '-c', 'echo "$((6 * 7))"'])).stdout, '42\n');
-    await sbx.files.write('/tmp/from-a', 'written through replica a');
-    assert.equal(await there.files.readText('/tmp/from-a'), 'written through replica a');
+    await sbx.files.write('/root/from-a', 'written through replica a');
+    assert.equal(await there.files.readText('/root/from-a'), 'written through replica a');
     assert.equal(there.resource.metadata.uid, sbx.resource.metadata.uid);
   } finally {
     await onB.sandboxes.delete(sbx.name);

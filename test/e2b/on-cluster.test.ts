@@ -21,8 +21,8 @@ test('the stock e2b SDK on a cluster: create from a template, commands, files, k
     // The tutorial image has no `user` account, E2B's default user: commands run as root here.
     const r = await sbx.commands.run('echo "e2b on $(uname -s)"', { user: 'root' });
     assert.equal(r.stdout, 'e2b on Linux\n');
-    await sbx.files.write('/tmp/e2b.txt', 'written by e2b', { user: 'root' });
-    assert.equal(await sbx.files.read('/tmp/e2b.txt', { user: 'root' }), 'written by e2b');
+    await sbx.files.write('/root/e2b.txt', 'written by e2b', { user: 'root' });
+    assert.equal(await sbx.files.read('/root/e2b.txt', { user: 'root' }), 'written by e2b');
     assert.equal(await sbx.isRunning(), true);
     const listed = await Sandbox.list().nextItems();
     assert.ok(listed.some((s) => s.sandboxId === sbx.sandboxId));
