@@ -109,12 +109,18 @@ node_dir() {
 start() {
   local name=$1
   shift
-  ( join_daemons_cgroup && exec setsid nsenter --net="$RUN/net" --mount="$RUN/mnt" -- "$@" ) \
+  # A daemon must not keep what its caller had open beyond stdio (a lock held around `start`, a test's pipe).
+  ( for fd in $(ls "/proc/$BASHPID/fd"); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null
+    join_daemons_cgroup && exec setsid nsenter --net="$RUN/net" --mount="$RUN/mnt" -- "$@" ) \
     </dev/null >>"$STATE/logs/$name.log" 2>&1 &
   echo $! >"$RUN/$name.pid"
 }
 
-running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# Alive, and not a zombie: a killed daemon's pid answers kill -0 until its parent reaps it.
+running() {
+  local pid
+  pid=$(cat "$RUN/$1.pid" 2>/dev/null) && [ -n "$pid" ] && [ -d "/proc/$pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
 
 write_configs() {
   mkdir -p "$STATE/containerd" "$STATE/cni/net.d"
@@ -292,6 +298,10 @@ start_daemon() {
 daemon_kill() {
   running "$1" || die "$1 is not running"
   kill -KILL "$(cat "$RUN/$1.pid")"
+  # SIGKILL is not instant: a `start` right after must not find it still running.
+  local i
+  for i in $(seq 100); do running "$1" || break; sleep 0.1; done
+  running "$1" && die "$1 did not die within 10 s"
   say "$1 killed"
 }
 

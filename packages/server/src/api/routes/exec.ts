@@ -87,6 +87,12 @@ export function execRoutes(app: FastifyInstance, ctx: ApiContext) {
           out.end(JSON.stringify({ type: 'error', reason: e.reason, message: e.message }) + '\n');
         },
       );
+      // An agent that cannot be reached ran nothing: that is the answer (502 before any output), not a 200 stream with an error line.
+      const failed = await handle.pid.then(
+        () => undefined,
+        () => result.catch((err: unknown) => err), // pid fails with the exec: its error, mapped
+      );
+      if (failed instanceof MoatError && failed.reason === 'SandboxUnavailable') throw failed;
       return reply.type('application/x-ndjson').send(out);
     },
   );

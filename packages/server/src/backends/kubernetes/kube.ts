@@ -3,6 +3,9 @@ import { request as httpsRequest, Agent as HttpsAgent, type RequestOptions } fro
 import { KubeConfig, Watch } from '@kubernetes/client-node';
 import { MoatError } from '@moat/core';
 
+/** Connection failures that mean the request never reached the apiserver. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+
 /**
  * The Kubernetes API as the backend uses it: JSON over one keep-alive connection pool, with the kubeconfig's (or
  * the pod's service account's) credentials, and every failure turned into a MoatError that says what Kubernetes
@@ -90,9 +93,10 @@ export class Kube {
       req.on('timeout', () => req.destroy(new Error('no answer within 30 s')));
       req.on('error', reject);
       req.end(data);
-    }).catch((err: Error) => {
-      const unchanged = method === 'GET' ? '' : `; ${what} is unchanged`;
-      throw new MoatError(503, 'ServiceUnavailable', `the Kubernetes API server at ${this.server} cannot be reached (${err.message})${unchanged}`);
+    }).catch((err: NodeJS.ErrnoException) => {
+      // A refused connection sent nothing; a request that lost its answer may have been applied.
+      const effect = method === 'GET' ? '' : NOT_SENT.has(err.code ?? '') ? `; ${what} is unchanged` : `; whether ${what} changed is unknown: read it again`;
+      throw new MoatError(503, 'ServiceUnavailable', `the Kubernetes API server at ${this.server} cannot be reached (${err.message})${effect}`);
     });
     if (status >= 200 && status < 300) return text;
     throw kubeError(status, text, what);

@@ -66,7 +66,11 @@ export class PodExecStream extends Duplex {
       res.on('end', () => {
         const message = statusMessage(body);
         // The apiserver relays pods/exec to the node's kubelet: say which part failed.
-        const hint = /error dialing backend/.test(message) ? ' (the node’s kubelet cannot be reached: the pod may still run)' : '';
+        const hint = /error dialing backend/.test(message)
+          ? ' (the node’s kubelet cannot be reached: the pod may still run)'
+          : /containerd\.sock|crio\.sock|code = Unavailable/.test(message)
+            ? ' (the node’s container runtime cannot be reached: the container may still run)'
+            : '';
         this.destroy(new ExecFailure(`pods/exec was refused (${res.statusCode}): ${message}${hint}`, false));
       });
     });

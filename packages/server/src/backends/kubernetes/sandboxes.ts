@@ -25,7 +25,7 @@ const STUCK: Record<string, string> = {
 
 interface Pod {
   metadata: { uid: string };
-  spec: { containers: { name: string }[] };
+  spec: { containers: { name: string }[]; nodeName?: string };
   status?: {
     containerStatuses?: { state?: { waiting?: { reason?: string; message?: string } } }[];
     conditions?: { type: string; reason?: string; message?: string; status: string }[];
@@ -78,8 +78,11 @@ export class KubeSandboxes implements Sandboxes {
     return { sandbox, desired: desiredOf(obj) };
   }
 
-  /** A pending sandbox whose pod is stuck (its image cannot be pulled, say) says so in its Ready condition. */
-  private async explain(obj: KubeObject, sandbox: Sandbox): Promise<void> {
+  /**
+   * A pending sandbox whose pod is stuck (its image cannot be pulled, say) or whose node is away says so in its
+   * Ready condition, where agent-sandbox only says its pod is not ready. Returns that condition's message.
+   */
+  private async explain(obj: KubeObject, sandbox: Sandbox): Promise<string | undefined> {
     const pod = await this.kube.find<Pod>(`/api/v1/namespaces/${encodeURIComponent(obj.metadata.namespace)}/pods/${encodeURIComponent(podName(obj))}`, 'pod');
     const waiting = pod?.status?.containerStatuses?.map((c) => c.state?.waiting).find((w) => w?.reason && STUCK[w.reason]);
     const unschedulable = pod?.status?.conditions?.find((c) => c.type === 'PodScheduled' && c.status === 'False');
@@ -87,11 +90,27 @@ export class KubeSandboxes implements Sandboxes {
       ? { reason: STUCK[waiting.reason!]!, message: `${waiting.reason}: ${waiting.message ?? ''}`.trim() }
       : unschedulable
         ? { reason: unschedulable.reason ?? 'Unschedulable', message: unschedulable.message ?? 'the pod cannot be scheduled' }
-        : undefined;
-    if (!why) return;
+        : await this.nodeAway(pod);
     const ready = sandbox.status.conditions.find((c) => c.type === CONDITION.Ready);
+    if (!why) return ready?.message;
     if (ready) Object.assign(ready, why);
     else sandbox.status.conditions.push({ type: CONDITION.Ready, status: 'False', ...why, lastTransitionTime: '' });
+    return why.message;
+  }
+
+  /** The pod's node when it is not Ready (its kubelet stopped reporting, say): the pod may well still run there. */
+  private async nodeAway(pod: Pod | undefined): Promise<{ reason: string; message: string } | undefined> {
+    if (!pod?.spec.nodeName) return undefined;
+    type Node = { status?: { conditions?: { type: string; status: string; message?: string }[] } };
+    // Moat may lack `get nodes` (a namespaced Role): then the sandbox keeps agent-sandbox's own words.
+    const node = await this.kube.find<Node>(`/api/v1/nodes/${encodeURIComponent(pod.spec.nodeName)}`, `node ${pod.spec.nodeName}`).catch(() => undefined);
+    const ready = node?.status?.conditions?.find((c) => c.type === 'Ready');
+    if (!ready || ready.status === 'True') return undefined;
+    const detail = ready.message ? ` (${ready.message.replace(/\.$/, '')})` : '';
+    return {
+      reason: 'NodeNotReady',
+      message: `node ${pod.spec.nodeName} is not ready${detail}: the pod may still run there, and serves again once the node is back`,
+    };
   }
 
   async list(namespace?: string, labelSelector?: string): Promise<Sandbox[]> {
@@ -166,9 +185,10 @@ export class KubeSandboxes implements Sandboxes {
     }
     let sandbox = this.answer(obj);
     if (sandbox.status.phase === 'Hibernated') sandbox = await this.wake(namespace, name);
-    else if (sandbox.status.phase !== 'Running') {
-      throw conflict(`sandbox "${name}" is ${sandbox.status.phase}, not Running${sandbox.status.phase === 'Pending' ? ': wait for it to be Ready' : ''}`);
-    }
+    else if (sandbox.status.phase === 'Pending') {
+      const why = await this.explain(obj, sandbox);
+      throw conflict(`sandbox "${name}" is Pending, not Running: ${why ? `${why}; ` : ''}wait for it to be Ready`);
+    } else if (sandbox.status.phase !== 'Running') throw conflict(`sandbox "${name}" is ${sandbox.status.phase}, not Running`);
     return { sandbox, agent: this.agent(sandbox) };
   }
 
