@@ -31,3 +31,23 @@ test('the stock e2b SDK on a cluster: create from a template, commands, files, k
   }
   assert.equal(await sbx.isRunning(), false);
 });
+
+test('E2B pause is refused on a cluster with the reason, up front for lifecycle.onTimeout "pause"', async () => {
+  const claims = async () => (await m.cluster.kubectl('get', 'sandboxclaims', '-n', m.namespace, '-o', 'name')).split('\n').filter(Boolean);
+  const before = await claims();
+  await assert.rejects(Sandbox.create('python', { timeoutMs: 120_000, lifecycle: { onTimeout: 'pause' } }), /cannot freeze a pod/);
+  // (The claim of the test before may still be going.)
+  assert.deepEqual(
+    (await claims()).filter((c) => !before.includes(c)),
+    [],
+    'the refused create made no claim',
+  );
+  const sbx = await Sandbox.create('python', { timeoutMs: 120_000 });
+  try {
+    await assert.rejects(sbx.pause(), /cannot freeze a pod/);
+    assert.equal(await sbx.isRunning(), true);
+    assert.equal((await sbx.commands.run('echo still here', { user: 'root' })).stdout, 'still here\n');
+  } finally {
+    await sbx.kill();
+  }
+});

@@ -31,8 +31,13 @@ export function templateAliases(env = process.env.MOAT_E2B_TEMPLATES): Record<st
  * ports (the code interpreter's 49999), relayed into the sandbox. See docs/e2b.md.
  */
 export async function e2bRoutes(app: FastifyInstance, ctx: ApiContext): Promise<void> {
-  const e2b = new E2bSandboxes(ctx.backend.claims, ctx.backend.sandboxes, { ...DEFAULT_TEMPLATE_ALIASES, ...ctx.e2bTemplates }, app.log, () =>
-    ctx.backend.leads(),
+  const e2b = new E2bSandboxes(
+    ctx.backend.claims,
+    ctx.backend.sandboxes,
+    { ...DEFAULT_TEMPLATE_ALIASES, ...ctx.e2bTemplates },
+    app.log,
+    () => ctx.backend.leads(),
+    ctx.backend.capabilities.pause,
   );
   await e2b.start();
   app.addHook('onClose', async () => e2b.stop());

@@ -90,6 +90,8 @@ export class E2bSandboxes {
     private readonly log: FastifyBaseLogger,
     /** Whether this server enforces timeouts now (SandboxBackend.leads). */
     private readonly leads: () => boolean,
+    /** Whether the backend can freeze a sandbox (not on a cluster): E2B's pause needs it. */
+    private readonly canPause: boolean,
   ) {}
 
   async start(): Promise<void> {
@@ -141,6 +143,8 @@ export class E2bSandboxes {
   async create(p: Principal, req: CreateRequest): Promise<E2bSandbox> {
     const namespace = homeNamespace(p);
     authorize(p, namespace, 'write');
+    // Refused now rather than found out at the timeout, when the sandbox could neither pause nor be left running.
+    if (req.autoPause && !this.canPause) throw cannotPause();
     const id = newId();
     const endAt = Date.now() + (req.timeout ?? 300) * 1000;
     await this.claims.create(namespace, {
@@ -209,6 +213,7 @@ export class E2bSandboxes {
   async pause(s: E2bSandbox): Promise<boolean> {
     if (!s.sandbox) throw notFoundE2b(s.id);
     if (isPaused(s)) return false;
+    if (!this.canPause) throw cannotPause();
     s.sandbox = await this.sandboxes.pause(s.namespace, s.sandbox.metadata.name);
     this.deadlines.delete(`${s.namespace}/${s.id}`);
     return true;
@@ -296,6 +301,13 @@ export class E2bSandboxes {
     }
   }
 }
+
+const cannotPause = () =>
+  new MoatError(
+    501,
+    'NotImplemented',
+    'this Moat runs sandboxes on Kubernetes, which cannot freeze a pod, so E2B pause (and lifecycle.onTimeout "pause") is not available; Moat\'s hibernate keeps a sandbox\'s volumes instead (docs/kubernetes.md)',
+  );
 
 /** E2B knows two states: a Moat sandbox that is paused or hibernated (by idle reclaim, say) is `paused` there. */
 export const isPaused = (s: E2bSandbox) => s.sandbox?.status.phase === 'Paused' || s.sandbox?.status.phase === 'Hibernated';
