@@ -6,30 +6,14 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Moat } from '@moat/sdk';
 import { startClusterMoat, type ClusterMoat } from '../helpers/cluster-moat.js';
+import { until } from '../helpers/extensions.js';
 import { runProcess } from '../helpers/run-process.js';
 
 const DEV_CLUSTER = join(import.meta.dirname, '../../scripts/dev-cluster');
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function daemon(action: 'kill' | 'start', name: string): Promise<void> {
   const r = await runProcess(DEV_CLUSTER, [action, name], { env: process.env as Record<string, string> });
   assert.equal(r.code, 0, `dev-cluster ${action} ${name}: ${r.stderr}${r.stdout}`);
-}
-
-/** Polls `check` until it returns a value, or fails with the last thing it saw. */
-async function eventually<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs / 1000} s${last ? ` (last: ${(last as Error).message})` : ''}`);
-    await sleep(500);
-  }
 }
 
 interface ExecAnswer {
@@ -71,11 +55,15 @@ describe('faults under a running sandbox on the cluster', { concurrency: false }
 
   /** Waits until exec works again (the kubelet re-registers, containerd's CRI comes back). */
   const execWorks = (timeoutMs: number) =>
-    eventually('exec works again', timeoutMs, async () => {
-      const r = await exec(['true']);
-      if (r.exitCode !== 0) throw new Error(`${r.status} ${r.message}`);
-      return true;
-    });
+    until(
+      'exec works again',
+      async () => {
+        const r = await exec(['true']);
+        if (r.exitCode !== 0) throw new Error(`${r.status} ${r.message}`);
+        return true;
+      },
+      timeoutMs,
+    );
 
   const readyCondition = async () => {
     const r = await m.api(sandboxPath());
@@ -99,35 +87,26 @@ describe('faults under a running sandbox on the cluster', { concurrency: false }
     await m?.close();
   });
 
-  test('the kubelet dies: exec answers 502 naming the kubelet; once it is back, the same container serves it', async () => {
-    const before = await identity();
-    await daemon('kill', 'kubelet');
-    try {
-      const r = await exec(['true']);
-      assert.equal(r.status, 502, r.message);
-      assert.match(r.message, /kubelet cannot be reached/);
-      // Nothing told Kubernetes yet: the sandbox is still Running, and its pod still runs.
-      assert.equal((await readyCondition()).phase, 'Running');
-    } finally {
-      await daemon('start', 'kubelet');
-    }
-    await execWorks(60_000);
-    assert.equal(await identity(), before);
-  });
-
-  test('containerd dies: the container runs on under its shim; exec says the runtime is away, then works', async () => {
-    const before = await identity();
-    await daemon('kill', 'containerd');
-    try {
-      const r = await exec(['true']);
-      assert.equal(r.status, 502, r.message);
-      assert.match(r.message, /container runtime cannot be reached/);
-    } finally {
-      await daemon('start', 'containerd');
-    }
-    await execWorks(60_000);
-    assert.equal(await identity(), before);
-  });
+  // Briefly away: Kubernetes has not noticed (the sandbox stays Running), and the container lives on (under its shim).
+  for (const [away, says] of [
+    ['kubelet', /kubelet cannot be reached/],
+    ['containerd', /container runtime cannot be reached/],
+  ] as const) {
+    test(`${away} dies: exec answers 502 saying what is away; once it is back, the same container serves it`, async () => {
+      const before = await identity();
+      await daemon('kill', away);
+      try {
+        const r = await exec(['true']);
+        assert.equal(r.status, 502, r.message);
+        assert.match(r.message, says);
+        assert.equal((await readyCondition()).phase, 'Running');
+      } finally {
+        await daemon('start', away);
+      }
+      await execWorks(60_000);
+      assert.equal(await identity(), before);
+    });
+  }
 
   test('the apiserver goes away: every call answers 503 saying so, a create leaves nothing behind; then all works', async () => {
     await daemon('kill', 'kube-apiserver');
@@ -155,10 +134,14 @@ describe('faults under a running sandbox on the cluster', { concurrency: false }
     const sandboxes = await m.cluster.kubectl('get', 'sandboxes,sandboxclaims', '-n', m.namespace, '-o', 'name');
     assert.doesNotMatch(sandboxes, /while-down/);
     // It leads afterwards (an outage past its renew deadline makes it step down; then it takes the Lease again).
-    await eventually('Moat leads again', 30_000, async () => {
-      const info = (await (await m.api('/apis/moat.dev/v1/info')).json()) as { backend: { leads: boolean } };
-      return info.backend.leads ? true : undefined;
-    });
+    await until(
+      'Moat leads again',
+      async () => {
+        const info = (await (await m.api('/apis/moat.dev/v1/info')).json()) as { backend: { leads: boolean } };
+        return info.backend.leads ? true : undefined;
+      },
+      30_000,
+    );
   });
 
   test('a long kubelet outage: the node goes NotReady, the sandbox says why, exec says why; it recovers', async () => {
@@ -166,10 +149,14 @@ describe('faults under a running sandbox on the cluster', { concurrency: false }
     await daemon('kill', 'kubelet');
     try {
       // The node controller notices after its grace period (50 s by default) and marks the pod not Ready.
-      const down = await eventually('the sandbox reports its node', 120_000, async () => {
-        const c = await readyCondition();
-        return c.ready?.status === 'False' ? c : undefined;
-      });
+      const down = await until(
+        'the sandbox reports its node',
+        async () => {
+          const c = await readyCondition();
+          return c.ready?.status === 'False' ? c : undefined;
+        },
+        120_000,
+      );
       assert.equal(down.phase, 'Pending');
       assert.equal(down.ready?.reason, 'NodeNotReady');
       assert.match(down.ready?.message ?? '', /node \S+ is not ready/);
@@ -181,6 +168,6 @@ describe('faults under a running sandbox on the cluster', { concurrency: false }
     }
     await execWorks(120_000);
     assert.equal(await identity(), before);
-    await eventually('the sandbox is Running again', 60_000, async () => ((await readyCondition()).phase === 'Running' ? true : undefined));
+    await until('the sandbox is Running again', async () => ((await readyCondition()).phase === 'Running' ? true : undefined), 60_000);
   });
 });
