@@ -200,7 +200,8 @@ export class KubeSandboxes implements Sandboxes {
 function agentPod(sandbox: Sandbox): [PodRef, string] {
   const container = sandbox.spec.podTemplate.spec.containers[0]!.name ?? '';
   const pod = sandbox.metadata.annotations?.['agents.x-k8s.io/pod-name'] ?? sandbox.metadata.name;
-  // Keyed by the sandbox and its pod: a woken sandbox's new pod of the same name gets the agent again on first use.
+  // Keyed by the sandbox and its pod: a woken sandbox's new pod (same name) gets a channel of its own, the old one
+  // having ended with its pod.
   return [{ namespace: sandbox.metadata.namespace, pod, container }, `${sandbox.metadata.uid}/${pod}`];
 }
 
