@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { AgentClient, AgentMux, MuxStream } from '../src/agent/index.js';
-import { FrameDecoder, M, MUX_WINDOW, T, encodeFrame, encodeMuxFrame, encodeRecord } from '../src/agent/protocol.js';
+import { FrameDecoder, M, MUX_MAX_STREAMS, MUX_WINDOW, T, encodeFrame, encodeMuxFrame, encodeRecord } from '../src/agent/protocol.js';
 import { defaultInitBinary } from '../src/paths.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -203,6 +203,20 @@ test('abort: destroying a stream mid-transfer kills its program; the channel and
   await h.done.catch(() => {});
   assert.ok(await gone(pid), 'the program outlived its stream');
   assert.equal((await run(a.client, ['echo', 'still here'])).stdout.toString(), 'still here\n');
+});
+
+test('at most MUX_MAX_STREAMS at a time: one more is refused with the reason, and the channel goes on', async () => {
+  const open = Array.from({ length: MUX_MAX_STREAMS }, () => {
+    const s = new MuxStream({ allowHalfOpen: false });
+    a.mux.attach(s);
+    return s;
+  });
+  const refused = new MuxStream({ allowHalfOpen: false });
+  a.mux.attach(refused);
+  const [err] = (await once(refused, 'error')) as [Error];
+  assert.match(err.message, /the sandbox agent closed the connection: too many open streams/);
+  for (const s of open) s.destroy();
+  await a.client.ping(5000);
 });
 
 test('bad frames end the agent with a message saying what was wrong', async () => {
