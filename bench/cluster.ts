@@ -11,6 +11,8 @@ import { row, time } from './stats.js';
 const N = Number(process.env.BENCH_CLUSTER_N ?? 20);
 const N_COLD = Number(process.env.BENCH_COLD ?? 5);
 const POOL = 'bench-pool';
+/** The Moat agent whose namespace (admin-<agent>) the run uses: another name keeps runs side by side apart. */
+const AGENT = process.env.BENCH_CLUSTER_AGENT ?? 'bench';
 
 /** Waits until the pool has all its members Ready again, so the next claim is served warm. */
 async function poolFull(kube: Kube, namespace: string, replicas: number) {
@@ -39,7 +41,7 @@ async function deleteClaim(m: ClusterMoat, name: string) {
 
 export async function benchCluster() {
   console.log('\n== cluster mode on the dev cluster (claim → first exec result) ==');
-  const m = await startClusterMoat('bench');
+  const m = await startClusterMoat(AGENT);
   const kube = await Kube.connect(m.cluster.kubeconfig);
   try {
     const replicas = 3;

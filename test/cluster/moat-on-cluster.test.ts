@@ -88,6 +88,36 @@ describe('Moat on Kubernetes (moat server --kubernetes)', () => {
     }
   });
 
+  test('one pods/exec session per pod carries every operation, and the next operation reopens a dropped one', async () => {
+    const sbx = await moat.sandboxes.create({ template: 'python' });
+    try {
+      // The exec's parent is its handler, whose parent is the `moat-init --mux` of the pod's one pods/exec session.
+      const channel = async () => {
+        const r = await sbx.exec(['sh', '-c', 'm=$(cut -d" " -f4 /proc/$PPID/stat); echo $m; tr "\\0" " " < /proc/$m/cmdline']);
+        const [pid, cmdline] = r.stdout.split('\n');
+        assert.match(cmdline ?? '', /moat-init-[0-9a-f]+ --mux/);
+        return Number(pid);
+      };
+      const first = await channel();
+      await sbx.files.write('/workspace/reuse.txt', 'one session');
+      assert.equal((await sbx.files.read('/workspace/reuse.txt')).toString(), 'one session');
+      const cat = sbx.spawn(['cat']);
+      cat.write('through the channel');
+      cat.end();
+      assert.equal((await cat.wait()).stdout, 'through the channel');
+      for (let i = 0; i < 5; i++) assert.equal(await channel(), first, 'a later operation got its own pods/exec session');
+
+      // The channel dies under Moat (as if the kubelet restarted): its operations fail, and the next one opens another.
+      await sbx.exec(['kill', '-9', String(first)]).catch(() => {});
+      await new Promise((r) => setTimeout(r, 1000));
+      const second = await channel();
+      assert.notEqual(second, first);
+      assert.equal(await channel(), second);
+    } finally {
+      await sbx.delete({ wait: true });
+    }
+  });
+
   test('hibernate stops the pod and keeps the Sandbox; the next exec wakes it', async () => {
     const sbx = await moat.sandboxes.create({ template: 'python' });
     try {

@@ -5,6 +5,7 @@
  *   moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]
  *   moat-init --seed-rng HEX     (a microVM's boot script: see seed_rng)
  *   moat-init --stdio            (one connection on stdin/stdout: see serve_stdio)
+ *   moat-init --mux              (many connections on stdin/stdout: see mux.c)
  *
  * In a microVM (packages/guest) the agent listens on TCP on the VM's private
  * control link instead of a unix socket, and the main command comes from
@@ -58,7 +59,7 @@ static int lfd = -1, sfd = -1;
 static pid_t main_pid;
 static int exit_code;
 static int shutting_down;
-static int stdio_mode;
+static int stdio_mode, mux_mode;
 /* Live handlers, so shutdown signals reach the programs they started. */
 static pid_t *handlers;
 static size_t nhandlers, handlers_cap;
@@ -359,9 +360,10 @@ static int seed_rng(const char *hex)
 
 /*
  * --stdio: serves one connection whose bytes arrive on stdin and leave on
- * stdout. On Kubernetes, Moat copies this binary into a pod and starts it per
- * operation through the pods/exec API (docs/kubernetes.md): the pod's own PID 1
- * stays the image's, so there is no listener and no init here. A handler runs
+ * stdout, for a caller that can start a process in the sandbox but not reach
+ * a socket there (on Kubernetes Moat runs --mux, the same for many
+ * connections, through the pods/exec API: docs/kubernetes.md). The sandbox's
+ * own PID 1 stays, so there is no listener and no init here. A handler runs
  * on one end of a socketpair, unchanged; this process relays the other end to
  * stdin/stdout (EOF on stdin becomes a half-close, as the host's end() would
  * be on a socket) and reaps what the handler's programs leave behind.
@@ -373,10 +375,6 @@ static int serve_stdio(void)
 		logmsg("socketpair: %s", strerror(errno));
 		return 1;
 	}
-	static char self[16];
-	snprintf(self, sizeof self, "%u", (unsigned)geteuid());
-	g_default_user = self;
-	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	pid_t pid = fork();
 	if (pid < 0) {
 		logmsg("fork: %s", strerror(errno));
@@ -472,7 +470,7 @@ static int serve_stdio(void)
 static void usage(int code)
 {
 	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]\n"
-		"       moat-init --stdio\n");
+		"       moat-init --stdio | --mux\n");
 	exit(code);
 }
 
@@ -497,6 +495,8 @@ int main(int argc, char **argv)
 			i++;
 		} else if (strcmp(argv[i], "--stdio") == 0) {
 			stdio_mode = 1;
+		} else if (strcmp(argv[i], "--mux") == 0) {
+			mux_mode = 1;
 		} else if (strcmp(argv[i], "--seed-rng") == 0) {
 			return i + 1 < argc ? seed_rng(argv[i + 1]) : 2;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -529,8 +529,14 @@ int main(int argc, char **argv)
 		logmsg("signalfd: %s", strerror(errno));
 		return 1;
 	}
-	if (stdio_mode)
-		return serve_stdio();
+	if (stdio_mode || mux_mode) {
+		/* Not init: a request without "user" runs as whoever started us, and we reap what our programs leave. */
+		static char self[16];
+		snprintf(self, sizeof self, "%u", (unsigned)geteuid());
+		g_default_user = self;
+		prctl(PR_SET_CHILD_SUBREAPER, 1);
+		return mux_mode ? serve_mux(sfd) : serve_stdio();
+	}
 	/* Outside a pid namespace (tests, debugging) we still want orphans of our programs reaped here. */
 	if (getpid() != 1)
 		prctl(PR_SET_CHILD_SUBREAPER, 1);

@@ -2,6 +2,7 @@
  * What moat-init's source files share. One concern each:
  *
  *   main.c     init: options, the listener, reaping, signals, shutdown
+ *   mux.c      --mux: many connections over stdin/stdout, each with its handler
  *   handler.c  a connection's handler: reads the request, runs its operation
  *   exec.c     EXEC: starts the program, relays stdin, output and signals
  *   files.c    READ, WRITE, LIST, STAT, MKDIR, REMOVE (RENAME's answer)
@@ -131,8 +132,11 @@ __attribute__((noreturn)) void op_dial(const struct rec *req);
 
 /* handler.c */
 
-/* Whom a request without "user" runs as: root as PID 1, the caller's own uid under --stdio. */
+/* Whom a request without "user" runs as: root as PID 1, the caller's own uid under --stdio and --mux. */
 extern const char *g_default_user;
 __attribute__((noreturn)) void handler_main(int sock);
+
+/* mux.c; `signal_fd` is init's signalfd (SIGCHLD, SIGTERM, SIGINT). */
+int serve_mux(int signal_fd);
 
 #endif

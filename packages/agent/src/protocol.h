@@ -23,4 +23,19 @@ enum {
 	T_END = 0x24, T_OK = 0x25, T_ENTRY = 0x26, T_ERROR = 0x2f,
 };
 
+/*
+ * moat-init --mux: many connections over one stdin/stdout. A mux frame: u8
+ * type, u32 stream id (big endian), u32 payload length (big endian, at most
+ * MAX_FRAME), payload. Each direction of a stream starts with MUX_WINDOW
+ * bytes of credit; WINDOW grants more.
+ */
+#define MUX_HEADER_SIZE 9u
+#define MUX_WINDOW (256u * 1024u)
+#define MUX_MAX_STREAMS 1024u
+
+/* Mux frame types. */
+enum {
+	M_OPEN = 0x01, M_DATA = 0x02, M_EOF = 0x03, M_CLOSE = 0x04, M_WINDOW = 0x05, M_HELLO = 0x06,
+};
+
 #endif

@@ -7,7 +7,7 @@ import * as protocol from '../src/agent/protocol.js';
 const HEADER = new URL('../../agent/src/protocol.h', import.meta.url);
 
 /** Where each enum of protocol.h lives on the host, by the prefix of its enumerators. */
-const ENUMS: Record<string, Record<string, number>> = { T_: protocol.FrameType };
+const ENUMS: Record<string, Record<string, number>> = { T_: protocol.FrameType, M_: protocol.MuxFrameType };
 
 /**
  * The value of a constant expression as protocol.h writes them: integer

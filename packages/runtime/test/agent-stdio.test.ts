@@ -1,6 +1,6 @@
-// moat-init --stdio: one agent connection over a process's stdin and stdout, as Moat runs it through a pod's
-// pods/exec stream on Kubernetes. Here the process is a local child, so the agent protocol is tested apart from
-// the cluster (test/cluster covers the pods/exec path).
+// moat-init --stdio: one agent connection over a process's stdin and stdout, for a host that can start a process
+// in the sandbox but not reach its socket (agent-mux.test.ts: many connections, as Moat runs it on Kubernetes).
+// Here the process is a local child, so the agent protocol is tested apart from any cluster.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -18,7 +18,7 @@ const BIN = process.env.MOAT_INIT_BINARY ?? fileURLToPath(new URL('../../agent/b
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /**
- * Every connection is its own `moat-init --stdio` process, as every pods/exec call is. Like a pods/exec stream,
+ * Every connection is its own `moat-init --stdio` process, as a pods/exec call of it would be. Like a pods/exec stream,
  * its output ends after the last answer, whatever became of its stdin (the process may exit before that pipe is
  * closed on our side: that is not an error of the connection).
  */

@@ -335,7 +335,7 @@ export interface SandboxAgent {
 
 /**
  * Opens one connection to a sandbox's agent, emitting 'connect' once it can carry bytes: a unix socket on this
- * host, a pods/exec stream of `moat-init --stdio` on Kubernetes. `allowHalfOpen`: the stream's end() is a half-close.
+ * host, a stream of the pod's `moat-init --mux` channel on Kubernetes (AgentMux). `allowHalfOpen`: the stream's end() is a half-close.
  */
 export type AgentTransport = (opts: { allowHalfOpen: boolean }) => Duplex;
 

@@ -11,3 +11,4 @@ export {
   type ExecExit,
   type SandboxAgent,
 } from './client.js';
+export { AgentMux, MuxStream } from './mux.js';

@@ -45,9 +45,39 @@ export type FrameTypeName = keyof typeof FrameType;
 /** Short alias. */
 export const T = FrameType;
 
+/**
+ * `moat-init --mux`: many connections over one byte stream. A mux frame is `u8 type, u32 stream id (BE), u32
+ * length (BE), payload` (at most MAX_FRAME); each direction of a stream starts with MUX_WINDOW bytes of credit.
+ */
+export const MUX_HEADER_SIZE = 9;
+export const MUX_WINDOW = 256 * 1024;
+export const MUX_MAX_STREAMS = 1024;
+
+export const MuxFrameType = {
+  /** host → agent: a new stream (ids increase), served by its own handler. */
+  OPEN: 0x01,
+  /** Bytes of the stream's connection, within the receiver's window. */
+  DATA: 0x02,
+  /** The sender's direction of the stream is done (a half-close). */
+  EOF: 0x03,
+  /** The stream is gone; from the agent, the payload may say why (a refused OPEN, say). */
+  CLOSE: 0x04,
+  /** u32: how many more bytes the receiver takes. */
+  WINDOW: 0x05,
+  /** agent → host, first, on stream 0: the agent runs. */
+  HELLO: 0x06,
+} as const;
+/** Short alias. */
+export const M = MuxFrameType;
+
 export interface Frame {
   type: number;
   payload: Buffer;
+}
+
+/** A mux frame names its stream. */
+export interface MuxFrame extends Frame {
+  stream: number;
 }
 
 /** A protocol violation by the other side (bad framing or record). */
@@ -68,6 +98,16 @@ export function frameHeader(type: number, length: number): Buffer {
 
 export function encodeFrame(type: number, payload: Buffer = Buffer.alloc(0)): Buffer {
   return Buffer.concat([frameHeader(type, payload.length), payload]);
+}
+
+export function encodeMuxFrame(type: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  if (payload.length > MAX_FRAME) throw new RangeError(`frame payload of ${payload.length} bytes exceeds ${MAX_FRAME}`);
+  const f = Buffer.allocUnsafe(MUX_HEADER_SIZE + payload.length);
+  f[0] = type;
+  f.writeUInt32BE(stream, 1);
+  f.writeUInt32BE(payload.length, 5);
+  payload.copy(f, MUX_HEADER_SIZE);
+  return f;
 }
 
 /** Ordered key/value pairs; keys may repeat (`arg`, `env`). */
@@ -119,15 +159,19 @@ export function decodeRecord(payload: Buffer): AgentRecord {
 /**
  * Incremental frame decoder. Feed it socket chunks with `push`; it returns
  * the frames completed so far. Holds at most one partial frame (≤ 1 MiB +
- * header) and never concatenates more than that.
+ * header) and never concatenates more than that. With MUX_HEADER_SIZE it
+ * decodes mux frames (MuxFrame: each with its stream).
  */
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
   /** Header of the frame being assembled, once known. */
-  private pending: { type: number; length: number } | null = null;
+  private pending: { type: number; stream: number; length: number } | null = null;
 
-  constructor(private readonly maxFrame = MAX_FRAME) {}
+  constructor(
+    private readonly maxFrame = MAX_FRAME,
+    private readonly headerSize: typeof HEADER_SIZE | typeof MUX_HEADER_SIZE = HEADER_SIZE,
+  ) {}
 
   /** Bytes held for an incomplete frame. */
   get bufferedBytes(): number {
@@ -142,14 +186,16 @@ export class FrameDecoder {
     }
     for (;;) {
       if (!this.pending) {
-        if (this.buffered < HEADER_SIZE) break;
-        const h = this.take(HEADER_SIZE);
-        const length = h.readUInt32BE(1);
+        if (this.buffered < this.headerSize) break;
+        const h = this.take(this.headerSize);
+        const length = h.readUInt32BE(this.headerSize - 4);
         if (length > this.maxFrame) throw new ProtocolError(`frame of ${length} bytes exceeds the ${this.maxFrame}-byte limit`);
-        this.pending = { type: h[0], length };
+        this.pending = { type: h[0], stream: this.headerSize === MUX_HEADER_SIZE ? h.readUInt32BE(1) : 0, length };
       }
       if (this.buffered < this.pending.length) break;
-      frames.push({ type: this.pending.type, payload: this.take(this.pending.length) });
+      const { type, stream, length } = this.pending;
+      const payload = this.take(length);
+      frames.push(this.headerSize === MUX_HEADER_SIZE ? ({ type, stream, payload } as MuxFrame) : { type, payload });
       this.pending = null;
     }
     return frames;

@@ -36,6 +36,7 @@ export class KubernetesBackend implements SandboxBackend {
     private readonly clusterRuntimes: ClusterRuntimes,
     private readonly warmer: PoolWarmer,
     private readonly election: LeaderElection,
+    private readonly agents: PodAgents,
     readonly sandboxes: KubeSandboxes,
     readonly templates: KubeObjects<SandboxTemplate>,
     readonly pools: KubePools<SandboxWarmPool>,
@@ -70,6 +71,7 @@ export class KubernetesBackend implements SandboxBackend {
         runtimes,
         warmer,
         election,
+        agents,
         sandboxes,
         new KubeObjects<SandboxTemplate>(kube, 'SandboxTemplate'),
         new KubePools<SandboxWarmPool>(kube, 'SandboxWarmPool'),
@@ -94,6 +96,7 @@ export class KubernetesBackend implements SandboxBackend {
   async close(): Promise<void> {
     await this.election.stop();
     this.warmer.close();
+    this.agents.close();
     this.kube.close();
   }
 }

@@ -35,6 +35,7 @@ export class ExecFailure extends Error {
  * `end()` closes its stdin (v5.channel.k8s.io; the apiservers of Kubernetes ≥ 1.30 speak it). It emits 'connect'
  * once the apiserver upgraded the connection, as a socket does. A failure Status from the kubelet (the command
  * is missing, the container is gone) destroys the stream with an ExecFailure; `stderr` keeps the first 16 KiB.
+ * With `keepAliveMs` it pings the apiserver that often and fails once a ping goes unanswered until the next one.
  */
 export class PodExecStream extends Duplex {
   stderr = '';
@@ -42,23 +43,26 @@ export class PodExecStream extends Duplex {
   exitCode?: number;
   private ws?: WebSocket;
   private waiting: (() => void)[] = [];
+  private keepAlive?: NodeJS.Timeout;
 
-  constructor(kube: Kube, ref: PodRef, command: string[], opts: { allowHalfOpen?: boolean } = {}) {
+  constructor(kube: Kube, ref: PodRef, command: string[], opts: { allowHalfOpen?: boolean; keepAliveMs?: number } = {}) {
     super({ allowHalfOpen: opts.allowHalfOpen ?? false });
     const q = new URLSearchParams({ container: ref.container, stdin: 'true', stdout: 'true', stderr: 'true' });
     for (const c of command) q.append('command', c);
     const url = `${kube.server.replace(/^http/, 'ws')}/api/v1/namespaces/${encodeURIComponent(ref.namespace)}/pods/${encodeURIComponent(ref.pod)}/exec?${q}`;
     kube.socketOptions().then(
-      (o) => this.open(new WebSocket(url, PROTOCOLS, { ...o, perMessageDeflate: false, handshakeTimeout: 15_000 } as WebSocket.ClientOptions)),
+      (o) =>
+        this.open(new WebSocket(url, PROTOCOLS, { ...o, perMessageDeflate: false, handshakeTimeout: 15_000 } as WebSocket.ClientOptions), opts.keepAliveMs),
       (err: Error) => this.destroy(err),
     );
   }
 
-  private open(ws: WebSocket) {
+  private open(ws: WebSocket, keepAliveMs?: number) {
     this.ws = ws;
     ws.on('open', () => {
       this.emit('connect');
       this.waiting.splice(0).forEach((f) => f());
+      if (keepAliveMs) this.startKeepAlive(ws, keepAliveMs);
     });
     ws.on('unexpected-response', (_req, res) => {
       let body = '';
@@ -79,6 +83,17 @@ export class PodExecStream extends Duplex {
     ws.on('close', () => {
       if (!this.readableEnded) this.push(null);
     });
+  }
+
+  /** A long-lived session would otherwise not notice a peer that vanished without closing (a node gone, a NAT's timeout). */
+  private startKeepAlive(ws: WebSocket, everyMs: number) {
+    let answered = true;
+    ws.on('pong', () => (answered = true));
+    this.keepAlive = setInterval(() => {
+      if (!answered) return void this.destroy(new Error(`pods/exec session: no answer to a ping within ${everyMs} ms`));
+      answered = false;
+      ws.ping();
+    }, everyMs).unref();
   }
 
   private onMessage(data: Buffer) {
@@ -122,6 +137,7 @@ export class PodExecStream extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    clearInterval(this.keepAlive);
     const ws = this.ws;
     if (ws && ws.readyState !== WebSocket.CLOSED) ws.terminate();
     cb(err);

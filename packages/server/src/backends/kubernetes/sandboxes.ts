@@ -5,6 +5,7 @@ import type { Sandboxes } from '../types.js';
 import { missingNamespace, type Kube } from './kube.js';
 import { conditionIs, until } from './objects.js';
 import type { PodAgents } from './pod-agent.js';
+import type { PodRef } from './pod-exec.js';
 import type { ClusterRuntimes } from './runtimes.js';
 import { collectionPath, objectPath, phaseOf, podName, refuseHostOnly, toKube, toSandbox, type KubeObject } from './translate.js';
 
@@ -193,10 +194,12 @@ export class KubeSandboxes implements Sandboxes {
   }
 
   agent(sandbox: Sandbox): SandboxAgent {
-    const container = sandbox.spec.podTemplate.spec.containers[0]!.name ?? '';
-    const pod = sandbox.metadata.annotations?.['agents.x-k8s.io/pod-name'] ?? sandbox.metadata.name;
-    // Keyed by the sandbox and its pod: a woken sandbox's new pod of the same name gets the agent again on first use.
-    return this.agents.agent({ namespace: sandbox.metadata.namespace, pod, container }, `${sandbox.metadata.uid}/${pod}`);
+    return this.agents.agent(...agentPod(sandbox));
+  }
+
+  /** Starts the agent's channel to a warm pool member's pod, held open for its claim's first operation. */
+  warm(sandbox: Sandbox): Promise<void> {
+    return this.agents.warm(...agentPod(sandbox));
   }
 
   /** Resource use needs the cluster's metrics API, which Moat does not require: absent here. */
@@ -211,6 +214,15 @@ export class KubeSandboxes implements Sandboxes {
       `logs of ${pod}`,
     );
   }
+}
+
+/** The container Moat's agent serves, and the key of the pod's agent channel. */
+function agentPod(sandbox: Sandbox): [PodRef, string] {
+  const container = sandbox.spec.podTemplate.spec.containers[0]!.name ?? '';
+  const pod = sandbox.metadata.annotations?.['agents.x-k8s.io/pod-name'] ?? sandbox.metadata.name;
+  // Keyed by the sandbox and its pod: a woken sandbox's new pod (same name) gets a channel of its own, the old one
+  // having ended with its pod.
+  return [{ namespace: sandbox.metadata.namespace, pod, container }, `${sandbox.metadata.uid}/${pod}`];
 }
 
 function desiredOf(obj: KubeObject): Desired {

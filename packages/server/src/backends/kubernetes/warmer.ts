@@ -8,9 +8,10 @@ import { collectionPath, toSandbox, type KubeObject } from './translate.js';
 const POOL_MEMBER = 'agents.x-k8s.io/warm-pool-sandbox';
 
 /**
- * Puts Moat's agent into warm pool members as soon as they are Ready, so a claim's first exec finds it there and
- * costs one pods/exec, not an install too. It only adds a file in the pod's /tmp: nothing agent-sandbox's
- * controller owns changes. A new leader's watch starts with every current member, so none is missed.
+ * Puts Moat's agent into warm pool members as soon as they are Ready and starts its channel (PodMux), held open,
+ * so a claim's first exec finds it running and costs no pods/exec at all. It only adds a file in the pod's /tmp:
+ * nothing agent-sandbox's controller owns changes. A new leader's watch starts with every current member, so none
+ * is missed.
  */
 export class PoolWarmer {
   private readonly done = new Set<string>();
@@ -37,15 +38,14 @@ export class PoolWarmer {
   private onEvent(type: string, obj: KubeObject) {
     const key = obj.metadata.uid;
     if (type === 'DELETED') return void this.done.delete(key);
-    if (this.done.has(key) || obj.metadata.deletionTimestamp || !conditionIs(obj, 'Ready')) return;
+    // A claimed sandbox keeps the label: its channel opens on use, never held for a claim that already came.
+    const claimed = obj.metadata.ownerReferences?.some((o) => o.kind === 'SandboxClaim');
+    if (this.done.has(key) || claimed || obj.metadata.deletionTimestamp || !conditionIs(obj, 'Ready')) return;
     this.done.add(key);
-    this.sandboxes
-      .agent(toSandbox(obj, undefined))
-      .ping(30_000)
-      .catch((err: unknown) => {
-        this.done.delete(key); // tried again at its next change
-        this.log.warn({ err, sandbox: `${obj.metadata.namespace}/${obj.metadata.name}` }, 'could not put the agent into a warm pool member');
-      });
+    this.sandboxes.warm(toSandbox(obj, undefined)).catch((err: unknown) => {
+      this.done.delete(key); // tried again at its next change
+      this.log.warn({ err, sandbox: `${obj.metadata.namespace}/${obj.metadata.name}` }, 'could not put the agent into a warm pool member');
+    });
   }
 
   close(): void {
