@@ -18,12 +18,29 @@ export async function until<R>(
   done: (obj: KubeObject) => R | undefined,
   what = 'the condition',
 ): Promise<R> {
-  const path = objectPath(kind, namespace, name);
-  const first = await kube.get<KubeObject>(path, label(kind, namespace, name));
-  const now = done(first);
-  if (now !== undefined) return now;
+  const first = await kube.get<KubeObject>(objectPath(kind, namespace, name), label(kind, namespace, name));
+  return watchUntil(kube, kind, first, timeoutMs, done, what);
+}
+
+/**
+ * `until` from an object already in hand (the answer of a create or a read): `first` is checked, then the watch
+ * starts at its resourceVersion, so no change after it is missed and no GET is spent. The watch reads the version
+ * `first` is in.
+ */
+export function watchUntil<R>(
+  kube: Kube,
+  kind: Kind,
+  first: KubeObject,
+  timeoutMs: number,
+  done: (obj: KubeObject) => R | undefined,
+  what = 'the condition',
+): Promise<R> {
+  const { namespace, name } = first.metadata;
+  const version = first.apiVersion?.split('/')[1] ?? 'v1alpha1';
+  const path = objectPath(kind, namespace, name, version);
   return new Promise<R>((resolve, reject) => {
     let settled = false;
+    let stop = () => {};
     const finish = (err: Error | null, value?: R) => {
       if (settled) return;
       settled = true;
@@ -41,8 +58,10 @@ export async function until<R>(
       }
     };
     const timer = setTimeout(() => finish(timeout(`${label(kind, namespace, name)}: ${what} did not happen within ${timeoutMs / 1000} s`)), timeoutMs);
-    const stop = kube.watch(
-      collectionPath(kind, namespace),
+    check(first);
+    if (settled) return;
+    stop = kube.watch(
+      collectionPath(kind, namespace, version),
       { fieldSelector: `metadata.name=${name}`, resourceVersion: first.metadata.resourceVersion },
       (type, obj) => {
         if (type === 'DELETED') finish(new MoatError(404, 'NotFound', `${label(kind, namespace, name)} was deleted while waiting for ${what}`));
@@ -78,14 +97,16 @@ export class KubeObjects<T> implements ExtensionObjects<T> {
   }
 
   async create(namespace: string, input: ObjectInput): Promise<T> {
+    return this.answer(await this.post(namespace, input));
+  }
+
+  /** The create itself: the object as Kubernetes stored it. */
+  protected post(namespace: string, input: ObjectInput): Promise<KubeObject> {
     const { version, body } = this.body(namespace, input);
     const name = input.metadata.name ?? `${input.metadata.generateName ?? ''}*`;
-    const created = await this.kube
-      .call<KubeObject>('POST', collectionPath(this.kind, namespace, version), this.what(namespace, name), body)
-      .catch((err: unknown) => {
-        throw missingNamespace(err, namespace);
-      });
-    return this.answer(created);
+    return this.kube.call<KubeObject>('POST', collectionPath(this.kind, namespace, version), this.what(namespace, name), body).catch((err: unknown) => {
+      throw missingNamespace(err, namespace);
+    });
   }
 
   async replace(namespace: string, name: string, input: ObjectInput): Promise<T> {
@@ -194,9 +215,10 @@ export class KubeClaims extends KubeObjects<SandboxClaim> implements Claims {
       const pool = await this.poolFor(namespace, spec.sandboxTemplateRef.name, spec.warmpool !== 'none');
       input = { ...input, spec: { ...spec, warmpool: pool } };
     }
-    const created = await super.create(namespace, input);
+    const created = await this.post(namespace, input);
     const name = created.metadata.name;
-    return until(this.kube, 'SandboxClaim', namespace, name, SERVE_WAIT_MS, (o) => {
+    // From the create's own answer: the watch opens while the controller adopts, and its event names the sandbox.
+    return watchUntil(this.kube, 'SandboxClaim', created, SERVE_WAIT_MS, (o) => {
       const served = (o.status?.sandbox as { name?: string } | undefined)?.name;
       const ready = ((o.status?.conditions ?? []) as KubeCondition[]).find((c) => c.type === CONDITION.Ready);
       return served || (ready?.status === 'False' && TERMINAL.has(ready.reason ?? '')) ? this.answer(o) : undefined;
@@ -212,7 +234,8 @@ export class KubeClaims extends KubeObjects<SandboxClaim> implements Claims {
    */
   private async poolFor(namespace: string, template: string, warm: boolean): Promise<string> {
     type Pool = { metadata: { name: string }; spec: { sandboxTemplateRef?: { name: string } }; status?: { readyReplicas?: number } };
-    const pools = (await this.kube.get<{ items: Pool[] }>(collectionPath('SandboxWarmPool', namespace), 'SandboxWarmPools')).items;
+    // v1beta1, the version the cluster stores: these fields are the same in both, and no conversion webhook is called.
+    const pools = (await this.kube.get<{ items: Pool[] }>(collectionPath('SandboxWarmPool', namespace, 'v1beta1'), 'SandboxWarmPools')).items;
     const name = `shadow-pool-${template}`;
     const own = pools
       .filter((p) => warm && p.spec.sandboxTemplateRef?.name === template && p.metadata.name !== name)
