@@ -2,6 +2,7 @@
 #include "moat-agent.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -37,6 +38,19 @@ static void read_request(struct frame *f)
 				fail(ETIMEDOUT, "no request within %d ms", REQUEST_TIMEOUT_MS);
 		}
 	}
+}
+
+void handler_child(int sock, int close_a, int close_b)
+{
+	/* The handler's stdin and stdout are the host's stream: it must not hold that open. */
+	int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (nul < 0 || dup2(nul, 0) < 0 || dup2(nul, 1) < 0)
+		_exit(1);
+	close(nul);
+	close(close_a);
+	close(close_b);
+	set_nonblock(sock);
+	handler_main(sock);
 }
 
 void handler_main(int sock)

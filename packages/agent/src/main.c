@@ -380,17 +380,8 @@ static int serve_stdio(void)
 		logmsg("fork: %s", strerror(errno));
 		return 1;
 	}
-	if (pid == 0) {
-		/* The handler's stdin and stdout are the relay's: it must not hold the host's stream open. */
-		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (nul < 0 || dup2(nul, 0) < 0 || dup2(nul, 1) < 0)
-			_exit(1);
-		close(nul);
-		close(sv[0]);
-		close(sfd);
-		set_nonblock(sv[1]);
-		handler_main(sv[1]);
-	}
+	if (pid == 0)
+		handler_child(sv[1], sv[0], sfd);
 	close(sv[1]);
 	set_nonblock(0);
 	set_nonblock(1);

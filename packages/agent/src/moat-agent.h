@@ -135,6 +135,9 @@ __attribute__((noreturn)) void op_dial(const struct rec *req);
 /* Whom a request without "user" runs as: root as PID 1, the caller's own uid under --stdio and --mux. */
 extern const char *g_default_user;
 __attribute__((noreturn)) void handler_main(int sock);
+/* In a forked child of --stdio or --mux: detaches from the host's stdin/stdout, closes the parent's `close_a` and
+ * `close_b`, and serves `sock`. */
+__attribute__((noreturn)) void handler_child(int sock, int close_a, int close_b);
 
 /* mux.c; `signal_fd` is init's signalfd (SIGCHLD, SIGTERM, SIGINT). */
 int serve_mux(int signal_fd);

@@ -189,17 +189,10 @@ static void open_stream(uint32_t id)
 	}
 	pid_t pid = fork();
 	if (pid == 0) {
-		/* A handler must hold no other stream's socket (their EOFs would never come) nor the host's stdin/stdout. */
+		/* A handler must hold no other stream's socket: their EOFs would never come. */
 		for (size_t k = 0; k < nstreams; k++)
 			close(streams[k]->fd);
-		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (nul < 0 || dup2(nul, 0) < 0 || dup2(nul, 1) < 0)
-			_exit(1);
-		close(nul);
-		close(sv[0]);
-		close(sfd);
-		set_nonblock(sv[1]);
-		handler_main(sv[1]);
+		handler_child(sv[1], sv[0], sfd);
 	}
 	close(sv[1]);
 	if (pid < 0) {
