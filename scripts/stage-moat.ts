@@ -35,7 +35,7 @@ const AGENT = ['packages/agent/build/moat-init'];
 
 /** Where Node finds `name` from the package at lock path `from`: its own node_modules, then each one above it. */
 function resolve(packages: Record<string, LockEntry>, name: string, from: string): string | undefined {
-  for (let dir = from; ; ) {
+  for (let dir = from; ;) {
     const key = dir ? `${dir}/node_modules/${name}` : `node_modules/${name}`;
     if (packages[key]) return key;
     if (!dir) return undefined;
@@ -53,8 +53,17 @@ function closure(packages: Record<string, LockEntry>, entry: string): Set<string
     const e = packages[path]!;
     if (e.link) return visit(e.resolved!);
     if (BUNDLED.has(path)) return;
-    const optional = new Set([...Object.keys(e.optionalDependencies ?? {}), ...Object.entries(e.peerDependenciesMeta ?? {}).filter(([, m]) => m.optional).map(([n]) => n)]);
-    for (const name of new Set([...Object.keys(e.dependencies ?? {}), ...Object.keys(e.optionalDependencies ?? {}), ...Object.keys(e.peerDependencies ?? {})])) {
+    const optional = new Set([
+      ...Object.keys(e.optionalDependencies ?? {}),
+      ...Object.entries(e.peerDependenciesMeta ?? {})
+        .filter(([, m]) => m.optional)
+        .map(([n]) => n),
+    ]);
+    for (const name of new Set([
+      ...Object.keys(e.dependencies ?? {}),
+      ...Object.keys(e.optionalDependencies ?? {}),
+      ...Object.keys(e.peerDependencies ?? {}),
+    ])) {
       const found = resolve(packages, name, path);
       if (found) visit(found);
       else if (!optional.has(name)) throw new Error(`package-lock.json: ${path} needs ${name}, which is not in the lock file (run npm install)`);

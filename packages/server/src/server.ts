@@ -1,5 +1,5 @@
 import { chmod, readFile, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { MoatError } from '@moat/core';
@@ -60,6 +60,8 @@ export interface ServerOptions {
   backupStore?: ObjectStore;
   /** Run sandboxes on a Kubernetes cluster through agent-sandbox instead of on this host (docs/kubernetes.md). */
   kubernetes?: KubernetesBackendOptions;
+  /** This server's name in the `x-moat-replica` response header (default the host's name: in a pod, the pod's). */
+  replica?: string;
 }
 
 export interface RunningServer {
@@ -174,6 +176,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     backups,
     limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
     version: VERSION,
+    replica: opts.replica ?? hostname(),
     portDomain: opts.portDomain ?? process.env.MOAT_PORT_DOMAIN ?? 'sandbox.localhost',
     e2bTemplates: opts.e2bTemplates ?? templateAliases(),
   };
