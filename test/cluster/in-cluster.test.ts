@@ -96,6 +96,15 @@ async function leader(replicas: Replica[], key: string, timeoutMs: number): Prom
 
 let applied = 0;
 
+/** What a failed rollout needs to be understood: the pods, their events, and every container's last words. */
+async function podReport(): Promise<string> {
+  const parts = [await cluster.kubectl('get', 'pods,services,endpointslices', '-n', NS, '-o', 'wide')];
+  parts.push(await cluster.kubectl('get', 'events', '-n', NS, '--sort-by=.lastTimestamp'));
+  const pods = (await cluster.kubectl('get', 'pods', '-n', NS, '-o', 'jsonpath={.items[*].metadata.name}')).split(' ').filter(Boolean);
+  for (const pod of pods) parts.push(await cluster.kubectl('logs', '-n', NS, pod, '--all-containers', '--prefix', '--tail=20').catch((e: Error) => e.message));
+  return parts.join('\n');
+}
+
 before(async () => {
   cluster = await devClusterUp();
   const images = await devClusterImages();
@@ -103,7 +112,9 @@ before(async () => {
   await cluster.kubectl('delete', '-k', dir, '--ignore-not-found', '--wait'); // what an interrupted run left
   const start = Date.now();
   await cluster.kubectl('apply', '-k', dir);
-  await cluster.kubectl('rollout', 'status', '-n', NS, 'deployment/postgres', 'deployment/moat', '--timeout=180s');
+  await cluster.kubectl('rollout', 'status', '-n', NS, 'deployment/postgres', 'deployment/moat', '--timeout=180s').catch(async (err: Error) => {
+    throw new Error(`${err.message}\n${await podReport()}`);
+  });
   applied = Date.now() - start;
 });
 

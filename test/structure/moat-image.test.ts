@@ -24,8 +24,8 @@ function devClusterConfig(): ImageConfig {
 
 /** The final stage's USER, ENV, ENTRYPOINT and EXPOSE, as the same config. */
 function dockerfileConfig(): ImageConfig {
-  const lines = readFileSync(join(ROOT, 'deploy/kubernetes/Dockerfile'), 'utf8').split('\n');
-  const final = lines.slice(lines.findLastIndex((l) => l.startsWith('FROM ')));
+  const stages = readFileSync(join(ROOT, 'deploy/kubernetes/Dockerfile'), 'utf8').split(/^(?=FROM )/m);
+  const final = stages[stages.length - 1]!.split('\n');
   const config: ImageConfig = { User: '', Entrypoint: [], Env: [], ExposedPorts: {} };
   for (const line of final) {
     const [instruction, ...rest] = line.split(' ');
