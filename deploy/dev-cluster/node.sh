@@ -109,9 +109,19 @@ node_dir() {
 start() {
   local name=$1
   shift
-  ( join_daemons_cgroup && exec setsid nsenter --net="$RUN/net" --mount="$RUN/mnt" -- "$@" ) \
+  ( join_daemons_cgroup && close_inherited_fds && exec setsid nsenter --net="$RUN/net" --mount="$RUN/mnt" -- "$@" ) \
     </dev/null >>"$STATE/logs/$name.log" 2>&1 &
   echo $! >"$RUN/$name.pid"
+}
+
+# A daemon outlives this script: it must not keep what the script's caller passed on, such as the descriptor of a
+# `flock LOCKFILE scripts/dev-cluster up` (a daemon holding it would hold the lock for as long as it runs).
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
+  done
 }
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
