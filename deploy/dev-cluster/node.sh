@@ -126,6 +126,24 @@ close_inherited_fds() {
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
+# A bridge inside the node, no masquerading. The pods' one route beyond their subnet is to the Services (kube-proxy
+# translates them in the node): nothing else is reachable from the node anyway. Also written by kube_proxy_setup,
+# so that new pods of a cluster started before kube-proxy was part of it get that route.
+write_cni_config() {
+  mkdir -p "$STATE/cni/net.d"
+  cat >"$STATE/cni/net.d/10-moat-dev.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "moat-dev",
+  "plugins": [{
+    "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]],
+      "routes": [{"dst": "$SERVICE_CIDR"}], "dataDir": "$STATE/cni/ipam"}
+  }]
+}
+EOF
+}
+
 write_configs() {
   mkdir -p "$STATE/containerd" "$STATE/cni/net.d"
   : >"$STATE/resolv.conf" # pods get no name server: nothing answers outside the node
@@ -155,17 +173,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
-  # A bridge inside the node; no masquerading, so no iptables.
-  cat >"$STATE/cni/net.d/10-moat-dev.conflist" <<EOF
-{
-  "cniVersion": "0.4.0",
-  "name": "moat-dev",
-  "plugins": [{
-    "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]], "dataDir": "$STATE/cni/ipam"}
-  }]
-}
-EOF
+  write_cni_config
   cat >"$STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -235,6 +243,7 @@ kube_proxy_setup() {
   # The setting is the node's network namespace's own.
   in_node sh -c 'echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables' ||
     die "kube-proxy needs br_netfilter (net.bridge.bridge-nf-call-iptables): modprobe br_netfilter"
+  write_cni_config
   cat >"$STATE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
