@@ -1,4 +1,4 @@
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
@@ -116,8 +116,10 @@ export async function buildImage(name: string, opts: { dataDir?: string | undefi
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
   const say = opts.log ?? (() => {});
   const dataDir = opts.dataDir ?? defaultDataDir();
-  // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
-  await ensureDir(dataDir, 0o711);
+  // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything. On a
+  // cluster no sandbox is here, and the data dir may be a volume this user cannot chmod (a pod's emptyDir).
+  if (opts.kubernetes) await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  else await ensureDir(dataDir, 0o711);
   const logger =
     opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
