@@ -29,36 +29,42 @@ timed() {
   say "built $name $version in $((SECONDS - start)) s"
 }
 
+# The commands built from k8s.io/kubernetes, each into $K8S_BIN under its own name.
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+
 # k8s.io/kubernetes pins its staging modules at v0.0.0 and maps them with replace directives that a
-# dependent module does not see, so the wrapper replaces each one with its published v0.X.Y.
+# dependent module does not see, so the wrapper replaces each one with its published v0.X.Y. Only the commands
+# missing from OUT are built (a command added to the list later builds on its own), each moved into place whole.
 build_kubernetes() (
-  local v=$K8S_VERSION out=$1 minor=${K8S_VERSION#1.}
+  local v=$K8S_VERSION out=$1 minor=${K8S_VERSION#1.} p missing=()
+  for p in "${K8S_COMMANDS[@]}"; do [ -x "$out/$p" ] || missing+=("$p"); done
+  [ ${#missing[@]} -gt 0 ] || exit 0
   minor=${minor%%.*}
   wrapper_module "$CACHE/src/kubernetes-v$v"
   local gomod
   gomod=$(go mod download -json "k8s.io/kubernetes@v$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  local m p replaces=()
+  local m replaces=()
   for m in $(sed -n 's/^\t\(k8s\.io\/[^ ]*\) v0\.0\.0$/\1/p' "$gomod"); do
     replaces+=("-replace=$m=$m@v0.${v#1.}")
   done
   go mod edit "${replaces[@]}"
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) pkgs=()
-  for p in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$p@v$v"); done
+  local pkgs=()
+  for p in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$p@v$v"); done
   quiet go get "${pkgs[@]}"
   local ld="-s -w -buildid=" date
   date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
-  mkdir -p "$out.tmp"
+  mkdir -p "$out"
   local cgo
-  for p in "${cmds[@]}"; do
-    cgo=0 # upstream links the control plane and kubectl statically, the kubelet with cgo (hack/lib/golang.sh)
+  for p in "${missing[@]}"; do
+    cgo=0 # upstream links the control plane, kube-proxy and kubectl statically, the kubelet with cgo (hack/lib/golang.sh)
     [ "$p" != kubelet ] || cgo=1
     timed "$p" "v$v" "${BUILD_MINUTES[$p]}" \
-      gobuild "$cgo" -tags selinux,notest -ldflags "$ld" -o "$out.tmp/$p" "k8s.io/kubernetes/cmd/$p"
+      gobuild "$cgo" -tags selinux,notest -ldflags "$ld" -o "$out/$p.tmp" "k8s.io/kubernetes/cmd/$p"
+    mv "$out/$p.tmp" "$out/$p"
   done
-  rm -rf "$out" && mv "$out.tmp" "$out"
 )
 
 # etcd's server module has replace directives too (go install refuses it); its main package builds the same way.
@@ -89,11 +95,11 @@ build_agent_sandbox() (
 
 # Cold build times measured on 2 cores shared with other work (load ~15), for the progress messages.
 declare -A BUILD_MINUTES=([kube-apiserver]=18 [kube-controller-manager]=6 [kube-scheduler]=1 [kubectl]=2 [kubelet]=11
-  [etcd]=2 [agent-sandbox-controller]=6)
+  [kube-proxy]=3 [etcd]=2 [agent-sandbox-controller]=6)
 
-# build_all: fills $K8S_BIN, $ETCD_BIN and $AGENT_SANDBOX_DIR unless they are cached.
+# build_all: fills $K8S_BIN, $ETCD_BIN and $AGENT_SANDBOX_DIR with what they lack.
 build_all() {
   [ -x "$ETCD_BIN/etcd" ] || build_etcd "$ETCD_BIN"
-  [ -x "$K8S_BIN/kubelet" ] || build_kubernetes "$K8S_BIN"
+  build_kubernetes "$K8S_BIN"
   [ -x "$AGENT_SANDBOX_DIR/agent-sandbox-controller" ] || build_agent_sandbox "$AGENT_SANDBOX_DIR"
 }

@@ -21,7 +21,7 @@ wait_until() {
 
 ensure_packages() {
   local p missing=()
-  for p in containerd runc containernetworking-plugins mmdebstrap gcc libc6-dev openssl curl iproute2 util-linux; do
+  for p in containerd runc containernetworking-plugins nftables mmdebstrap gcc libc6-dev openssl curl iproute2 util-linux; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return
@@ -109,17 +109,43 @@ node_dir() {
 start() {
   local name=$1
   shift
-  # A daemon must not keep what its caller had open beyond stdio (a lock held around `start`, a test's pipe).
-  ( for fd in $(ls "/proc/$BASHPID/fd"); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null
-    join_daemons_cgroup && exec setsid nsenter --net="$RUN/net" --mount="$RUN/mnt" -- "$@" ) \
+  ( join_daemons_cgroup && close_inherited_fds && exec setsid nsenter --net="$RUN/net" --mount="$RUN/mnt" -- "$@" ) \
     </dev/null >>"$STATE/logs/$name.log" 2>&1 &
   echo $! >"$RUN/$name.pid"
+}
+
+# A daemon outlives this script: it must not keep what the script's caller passed on, such as the descriptor of a
+# `flock LOCKFILE scripts/dev-cluster up` (a daemon holding it would hold the lock for as long as it runs).
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
+  done
 }
 
 # Alive, and not a zombie: a killed daemon's pid answers kill -0 until its parent reaps it.
 running() {
   local pid
   pid=$(cat "$RUN/$1.pid" 2>/dev/null) && [ -n "$pid" ] && [ -d "/proc/$pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+# A bridge inside the node, no masquerading. The pods' one route beyond their subnet is to the Services (kube-proxy
+# translates them in the node): nothing else is reachable from the node anyway. Also written by kube_proxy_setup,
+# so that new pods of a cluster started before kube-proxy was part of it get that route.
+write_cni_config() {
+  mkdir -p "$STATE/cni/net.d"
+  cat >"$STATE/cni/net.d/10-moat-dev.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "moat-dev",
+  "plugins": [{
+    "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]],
+      "routes": [{"dst": "$SERVICE_CIDR"}], "dataDir": "$STATE/cni/ipam"}
+  }]
+}
+EOF
 }
 
 write_configs() {
@@ -151,17 +177,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
-  # A bridge inside the node; no masquerading, so no iptables.
-  cat >"$STATE/cni/net.d/10-moat-dev.conflist" <<EOF
-{
-  "cniVersion": "0.4.0",
-  "name": "moat-dev",
-  "plugins": [{
-    "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]], "dataDir": "$STATE/cni/ipam"}
-  }]
-}
-EOF
+  write_cni_config
   cat >"$STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -217,6 +233,36 @@ apply_crds() {
     crds+=("crd/${f#*_}.${f%%_*}")
   done
   kc wait --for=condition=Established --timeout=60s "${crds[@]}" >/dev/null
+}
+
+# kube-proxy's client certificate and config, made here rather than with the others so that a cluster started
+# before kube-proxy was part of it gets them when `up` adds it.
+kube_proxy_setup() {
+  if [ ! -f "$PKI/kube-proxy.kubeconfig" ]; then
+    issue kube-proxy /CN=system:kube-proxy clientAuth # bound to system:node-proxier by the apiserver's defaults
+    kubeconfig kube-proxy https://127.0.0.1:6443
+  fi
+  # A Service's pod answers a client pod on the same bridge directly (same subnet): that reply is bridged, not
+  # routed, and only br_netfilter passes it through conntrack, which gives it the ClusterIP back as its source.
+  # The setting is the node's network namespace's own.
+  in_node sh -c 'echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables' ||
+    die "kube-proxy needs br_netfilter (net.bridge.bridge-nf-call-iptables): modprobe br_netfilter"
+  write_cni_config
+  cat >"$STATE/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+# nftables: the machine has nft and no iptables; the rules live in the node's network namespace only.
+mode: nftables
+clientConnection: {kubeconfig: $PKI/kube-proxy.kubeconfig}
+hostnameOverride: $NODE_NAME
+# Traffic from outside the pods' range to a Service is masqueraded, so that its replies come back through the node.
+clusterCIDR: $POD_CIDR
+nodePortAddresses: [$NODE_IP/32]
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+# Zero leaves conntrack's table size and timeouts alone: the table size is the whole machine's.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
 }
 
 cluster_healthy() {
@@ -280,6 +326,11 @@ start_daemon() {
       wait_until "node $NODE_NAME Ready" 120 "$STATE/logs/kubelet.log" \
         kc wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
       ;;
+    kube-proxy)
+      kube_proxy_setup
+      start kube-proxy "$K8S_BIN/kube-proxy" --config "$STATE/kube-proxy.yaml"
+      wait_until kube-proxy 60 "$STATE/logs/kube-proxy.log" in_node curl -fsS http://127.0.0.1:10256/healthz
+      ;;
     agent-sandbox-controller)
       # Tuned for warm claim latency (docs/kubernetes.md, "Warm claim latency"): a pool's refill waits 500 ms after
       # an adoption, so the new pod's start does not compete with the claim and its first exec on the node's CPUs;
@@ -317,21 +368,66 @@ daemon_start() {
   say "$1 started"
 }
 
+# The images, built when their inputs changed (Moat's only once Moat is built), as REF=TAR in IMAGES.
+build_images() {
+  pause_image
+  python_runtime_image
+  postgres_image
+  IMAGES=("$PAUSE_IMAGE=$PAUSE_TAR" "$PYTHON_RUNTIME_IMAGE=$PYTHON_RUNTIME_TAR" "$POSTGRES_IMAGE=$POSTGRES_TAR")
+  MOAT_IMAGE=
+  if [ -f "$REPO/packages/cli/dist/main.js" ]; then
+    moat_image
+    IMAGES+=("$MOAT_IMAGE=$MOAT_TAR")
+  else
+    say "no Moat image: Moat is not built (npm run build, then scripts/dev-cluster images)"
+  fi
+}
+
+# import_images: what the node's containerd lacks of $IMAGES, imported; older tags of each removed (the kubelet
+# never collects images here, and a pod still running one keeps its snapshot). Then `env` names them.
+import_images() {
+  local ctr=(ctr --address "$STATE/containerd/containerd.sock" -n k8s.io) i ref old
+  for i in "${IMAGES[@]}"; do
+    ref=${i%%=*}
+    [ -z "$("${ctr[@]}" images ls -q "name==$ref")" ] || continue
+    "${ctr[@]}" images import "${i#*=}" >/dev/null
+    for old in $("${ctr[@]}" images ls -q | grep -F "${ref%:*}:" | grep -vxF "$ref"); do
+      "${ctr[@]}" images rm "$old" >/dev/null
+    done
+  done
+  echo "${IMAGES[*]%%=*}" >"$RUN/images" # the pause image first: containerd's config names it
+  printf 'export KUBECONFIG=%q\nPYTHON_RUNTIME_IMAGE=%q\nPOSTGRES_IMAGE=%q\n' \
+    "$PKI/admin.kubeconfig" "$PYTHON_RUNTIME_IMAGE" "$POSTGRES_IMAGE" >"$RUN/env"
+  [ -z "$MOAT_IMAGE" ] || printf 'MOAT_IMAGE=%q\n' "$MOAT_IMAGE" >>"$RUN/env"
+}
+
+# The pause image the node's containerd was started with (the first of `images`).
+node_pause_image() { cut -d' ' -f1 "$RUN/images" 2>/dev/null; }
+
+# start_missing: starts the daemons that are not running, in order, as `start` does; fails if one does not come up.
+start_missing() {
+  local d
+  for d in "${DAEMONS[@]}"; do
+    running "$d" && continue
+    say "starting $d"
+    start_daemon "$d"
+  done
+}
+
 cluster_up() {
   local start_time=$SECONDS
   ensure_packages
   build_all
-  pause_image
-  python_runtime_image
-  if [ -f "$RUN/env" ] && cluster_healthy; then
-    if [ "$(cat "$RUN/images" 2>/dev/null)" = "$PAUSE_IMAGE $PYTHON_RUNTIME_IMAGE" ]; then
-      say "already up: node $NODE_NAME is Ready"
-      return
-    fi
-    say "the images changed: restarting the cluster with them"
+  build_images
+  # A cluster that is up keeps running, and gets what it lacks: a daemon that is not running (one added since it
+  # started, or one that died), a new image. Only a new pause image or a failed repair starts it afresh.
+  if [ -f "$RUN/env" ] && [ "$(node_pause_image)" = "$PAUSE_IMAGE" ] && (start_missing) && cluster_healthy; then
+    import_images
+    say "up: node $NODE_NAME is Ready"
+    return
   fi
   if [ -e "$RUN" ] || [ -e "$STATE" ]; then
-    say "a previous cluster is not healthy (or its start failed): taking it down first"
+    say "a previous cluster is not healthy, has another pause image, or its start failed: taking it down first"
     cluster_down
   fi
   mkdir -p "$STATE/logs"
@@ -348,18 +444,22 @@ cluster_up() {
   start_daemon kube-scheduler
   say "starting containerd $(containerd --version | cut -d' ' -f3) and importing the images"
   start_daemon containerd
-  local ctr=(ctr --address "$STATE/containerd/containerd.sock" -n k8s.io)
-  "${ctr[@]}" images import "$PAUSE_TAR" >/dev/null
-  "${ctr[@]}" images import "$PYTHON_RUNTIME_TAR" >/dev/null
-  say "starting the kubelet v$K8S_VERSION"
+  import_images
+  say "starting the kubelet and kube-proxy v$K8S_VERSION"
   start_daemon kubelet
+  start_daemon kube-proxy
   say "starting the agent-sandbox controller v$AGENT_SANDBOX_VERSION (its conversion webhook on 127.0.0.1:$WEBHOOK_PORT)"
   apply_crds
   start_daemon agent-sandbox-controller
-
-  echo "$PAUSE_IMAGE $PYTHON_RUNTIME_IMAGE" >"$RUN/images"
-  printf 'export KUBECONFIG=%q\nPYTHON_RUNTIME_IMAGE=%q\n' "$PKI/admin.kubeconfig" "$PYTHON_RUNTIME_IMAGE" >"$RUN/env"
   say "up in $((SECONDS - start_time)) s: node $NODE_NAME ($NODE_IP) is Ready; eval \"\$(scripts/dev-cluster env)\""
+}
+
+# `images`: builds what changed and imports it into the running node; never restarts anything.
+cluster_images() {
+  { [ -f "$RUN/env" ] && cluster_healthy; } || die "the dev cluster is not up: run scripts/dev-cluster up"
+  build_images
+  [ "$(node_pause_image)" = "$PAUSE_IMAGE" ] || die "the pause image changed: scripts/dev-cluster up restarts the cluster with it"
+  import_images
 }
 
 cluster_env() {

@@ -1,28 +1,12 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { devClusterUp, type DevCluster } from '../helpers/dev-cluster.js';
 
-let env: Record<string, string>;
 let kubectl: DevCluster['kubectl'];
-
-/** `kubectl port-forward` to a local port it picks; resolves once it forwards. */
-function portForward(target: string, port: number): Promise<{ url: string; child: ChildProcessWithoutNullStreams }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('kubectl', ['port-forward', target, `:${port}`], { env });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = /Forwarding from 127\.0\.0\.1:(\d+) ->/.exec(out);
-      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, child });
-    });
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => reject(new Error(`kubectl port-forward ${target} exited ${code}: ${out}`)));
-  });
-}
+let portForward: DevCluster['portForward'];
 
 // The GKE Sandbox tutorial's python-runtime SandboxTemplate (with its readiness probe) and a SandboxClaim, as
 // agent-sandbox v0.5 takes them: in v1beta1 a claim names a SandboxWarmPool of the template (v1alpha1's
@@ -83,7 +67,7 @@ describe('dev cluster (scripts/dev-cluster)', () => {
   let manifest: string;
   before(async () => {
     const cluster = await devClusterUp();
-    ({ env, kubectl } = cluster);
+    ({ kubectl, portForward } = cluster);
     dir = await mkdtemp(join(tmpdir(), 'moat-dev-cluster-'));
     manifest = join(dir, 'python-sandbox.yaml');
     await writeFile(manifest, tutorial(cluster.pythonImage));

@@ -35,6 +35,7 @@ before(async () => {
         port: 0,
         dataDir,
         databaseUrl,
+        replica: `r${i}`,
         kubernetes: { kubeconfig: cluster.kubeconfig },
         logger: pino({ level: process.env.MOAT_TEST_LOG ?? 'silent' }),
       }),
@@ -58,7 +59,11 @@ test('two replicas on one database and one cluster serve the same agents, keys a
       ...(json !== undefined ? { body: JSON.stringify(json) } : {}),
     });
   // The admin key the first replica made works on the second; an agent made on one owns its namespace on both.
-  assert.equal((await call(b, '/apis/moat.dev/v1/whoami')).status, 200);
+  const whoami = await call(b, '/apis/moat.dev/v1/whoami');
+  assert.equal(whoami.status, 200);
+  // Every answer names the replica that gave it, refusals too.
+  assert.equal(whoami.headers.get('x-moat-replica'), 'r1');
+  assert.equal((await fetch(a.url + '/apis/moat.dev/v1/whoami')).headers.get('x-moat-replica'), 'r0');
   assert.equal((await call(a, '/apis/moat.dev/v1/users/admin/agents', { name: 'replicas' })).status, 201);
   const template = await call(
     b,

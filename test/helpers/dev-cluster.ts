@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runProcess } from './run-process.js';
@@ -32,6 +32,8 @@ export interface DevCluster {
   /** The GKE tutorial's python-runtime image, imported into the node. */
   pythonImage: string;
   kubectl(...args: string[]): Promise<string>;
+  /** `kubectl port-forward TARGET :PORT` (kubectl's args after it, e.g. `-n NS`) to a local port it picks, once it forwards. */
+  portForward(target: string, port: number, ...args: string[]): Promise<{ url: string; child: ChildProcessWithoutNullStreams }>;
 }
 
 /** The dev cluster (started when it is not running), and kubectl against it. */
@@ -54,5 +56,28 @@ export async function devClusterUp(): Promise<DevCluster> {
       if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: exit ${r.code}\n${r.stderr}${r.stdout}`);
       return r.stdout;
     },
+    portForward: (target, port, ...args) =>
+      new Promise((resolve, reject) => {
+        const child = spawn('kubectl', ['port-forward', target, `:${port}`, ...args], { env });
+        let out = '';
+        child.stdout.on('data', (d) => {
+          out += d;
+          const m = /Forwarding from 127\.0\.0\.1:(\d+) ->/.exec(out);
+          if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, child });
+        });
+        child.stderr.on('data', (d) => (out += d));
+        child.on('close', (code) => reject(new Error(`kubectl port-forward ${target} exited ${code}: ${out}`)));
+      }),
   };
+}
+
+/** The images of Moat's own install (scripts/dev-cluster images: Moat's follows its last build), imported into the node. */
+export async function devClusterImages(): Promise<{ moat: string; postgres: string }> {
+  const hostEnv = process.env as Record<string, string>;
+  const built = await runProcess(devCluster, ['images'], { env: hostEnv });
+  assert.equal(built.code, 0, built.stderr);
+  const printed = await runProcess(devCluster, ['env'], { env: hostEnv });
+  const vars = parseEnv(printed.stdout);
+  assert.ok(vars.MOAT_IMAGE && vars.POSTGRES_IMAGE, `${built.stderr}${printed.stdout}`);
+  return { moat: vars.MOAT_IMAGE, postgres: vars.POSTGRES_IMAGE };
 }

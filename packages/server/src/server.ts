@@ -1,5 +1,5 @@
-import { chmod, readFile, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { MoatError } from '@moat/core';
@@ -60,6 +60,8 @@ export interface ServerOptions {
   backupStore?: ObjectStore;
   /** Run sandboxes on a Kubernetes cluster through agent-sandbox instead of on this host (docs/kubernetes.md). */
   kubernetes?: KubernetesBackendOptions;
+  /** This server's name in the `x-moat-replica` response header (default the host's name: in a pod, the pod's). */
+  replica?: string;
 }
 
 export interface RunningServer {
@@ -114,8 +116,10 @@ export async function buildImage(name: string, opts: { dataDir?: string | undefi
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
   const say = opts.log ?? (() => {});
   const dataDir = opts.dataDir ?? defaultDataDir();
-  // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything.
-  await ensureDir(dataDir, 0o711);
+  // 0711: sandbox roots (uids of their user namespaces) must traverse to their bundles, but not list anything. On a
+  // cluster no sandbox is here, and the data dir may be a volume this user cannot chmod (a pod's emptyDir).
+  if (opts.kubernetes) await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  else await ensureDir(dataDir, 0o711);
   const logger =
     opts.logger ?? pino({ level: process.env.MOAT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: join(dataDir, 'server.log'), sync: false, mkdir: true }));
 
@@ -174,6 +178,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     backups,
     limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
     version: VERSION,
+    replica: opts.replica ?? hostname(),
     portDomain: opts.portDomain ?? process.env.MOAT_PORT_DOMAIN ?? 'sandbox.localhost',
     e2bTemplates: opts.e2bTemplates ?? templateAliases(),
   };

@@ -32,6 +32,7 @@ declare module 'fastify' {
 }
 
 const PUBLIC = new Set(['/healthz', '/openapi.json']);
+const REPLICA_HEADER = 'x-moat-replica';
 
 /**
  * Another API served beside Moat's own (the E2B layer): its URL rewrite, tried first, and its routes, which
@@ -82,6 +83,8 @@ export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiE
   await app.register(cookie);
   const sessions = new PortalSessions(ctx); // the web portal's cookie sessions, checked like keys (routes/session.ts)
   app.decorateRequest('principal', null as unknown as Principal);
+  // First, so that refusals and errors name the replica too.
+  app.addHook('onRequest', async (_req, reply) => void reply.header(REPLICA_HEADER, ctx.replica));
   app.addHook('onRequest', async (req) => {
     if (PUBLIC.has(req.url.split('?')[0]!) || req.routeOptions.config.ownAuth) return;
     const key = presentedKey(req.headers.authorization, req.headers['x-api-key'] as string | undefined);

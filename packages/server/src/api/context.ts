@@ -28,6 +28,8 @@ export interface ApiContext {
   backups: BackupService;
   limits: ServerLimits;
   version: string;
+  /** Names this server in every response (`x-moat-replica`), so a client behind a Service sees which replica answered. */
+  replica: string;
   /** Sandbox ports answer at `<port>-<sandbox uid>.<portDomain>`. */
   portDomain: string;
   /** E2B template names → Moat templates, besides the built-in aliases (docs/e2b.md). */
