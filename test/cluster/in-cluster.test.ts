@@ -148,19 +148,31 @@ test('two replicas in pods behind one Service: both serve, either works for any 
 
   // Through the Service's ClusterIP, from inside a's pod: both replicas answer (kube-proxy picks at random).
   const clusterIp = (await cluster.kubectl('get', 'service', 'moat', '-n', NS, '-o', 'jsonpath={.spec.clusterIP}')).trim();
-  const probe = `const seen = {};
+  // A new connection per call (no keep-alive): kube-proxy picks a backend per connection.
+  const probe = `import { get } from 'node:http';
+    const seen = {};
     for (let i = 0; i < 40; i++) {
-      const r = await fetch('http://${clusterIp}:6628/apis/moat.dev/v1/whoami', { headers: { authorization: 'Bearer ' + process.argv[1] } });
-      const k = r.status + ' ' + r.headers.get('x-moat-replica');
+      const k = await new Promise((resolve, reject) =>
+        get({ host: '${clusterIp}', port: 6628, path: '/apis/moat.dev/v1/whoami', agent: false, headers: { authorization: 'Bearer ' + process.argv[1] } }, (r) => {
+          r.resume();
+          r.on('end', () => resolve(r.statusCode + ' ' + r.headers['x-moat-replica']));
+        }).on('error', reject));
       seen[k] = (seen[k] ?? 0) + 1;
     }
     console.log(JSON.stringify(seen));`;
-  const seen = JSON.parse(await cluster.kubectl('exec', '-n', NS, a.pod, '-c', 'moat', '--', 'node', '--input-type=module', '-e', probe, key)) as Record<
-    string,
-    number
-  >;
-  t.diagnostic(`40 calls through the Service from ${a.pod}: ${JSON.stringify(seen)}`);
-  assert.deepEqual(Object.keys(seen).sort(), pods.map((p) => `200 ${p}`).sort());
+  // kube-proxy learns of a newly Ready pod a moment after the EndpointSlice has it: batches until both answered.
+  const seen: Record<string, number> = {};
+  const want = pods.map((p) => `200 ${p}`).sort();
+  for (const deadline = Date.now() + 30_000; Object.keys(seen).length < want.length && Date.now() < deadline;) {
+    const batch = JSON.parse(await cluster.kubectl('exec', '-n', NS, a.pod, '-c', 'moat', '--', 'node', '--input-type=module', '-e', probe, key)) as Record<
+      string,
+      number
+    >;
+    for (const [k, n] of Object.entries(batch)) seen[k] = (seen[k] ?? 0) + n;
+  }
+  t.diagnostic(`calls through the Service from ${a.pod}: ${JSON.stringify(seen)}`);
+  const slices = await cluster.kubectl('get', 'endpointslices', '-n', NS, '-o', 'wide');
+  assert.deepEqual(Object.keys(seen).sort(), want, slices);
 
   // An agent and its template through a, a sandbox created through a and used through b.
   assert.equal((await call(a, key, '/apis/moat.dev/v1/users/admin/agents', { name: AGENT })).status, 201);
