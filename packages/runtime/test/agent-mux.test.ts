@@ -6,11 +6,11 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
 import { after, before, test } from 'node:test';
+import { halfCloseRoundTrip } from './half-close.js';
 import { AgentClient, AgentMux, MuxStream } from '../src/agent/index.js';
 import { FrameDecoder, M, MUX_MAX_STREAMS, MUX_WINDOW, T, encodeFrame, encodeMuxFrame, encodeRecord } from '../src/agent/protocol.js';
 import { defaultInitBinary } from '../src/paths.js';
@@ -173,24 +173,12 @@ test('a stream whose reader stops holds up no other: the agent sends it one wind
 });
 
 test('half-close: a dial’s end() reaches the TCP peer as a FIN, and its answer comes back', async () => {
-  const server = createServer({ allowHalfOpen: true }, (s) => {
-    const got: Buffer[] = [];
-    s.on('data', (b: Buffer) => got.push(b));
-    s.on('end', () => s.end(Buffer.concat(got).toString().toUpperCase()));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  try {
-    const sock = await a.client.dial((server.address() as AddressInfo).port, { allowHalfOpen: true });
-    const got: Buffer[] = [];
-    sock.on('data', (b: Buffer) => got.push(b));
-    sock.end('through the mux');
-    await once(sock, 'end');
-    assert.equal(Buffer.concat(got).toString(), 'THROUGH THE MUX');
-    sock.destroy();
-  } finally {
-    server.close();
-  }
+  const back = await halfCloseRoundTrip(
+    (port) => a.client.dial(port, { allowHalfOpen: true }),
+    'through the mux',
+    (m) => m.toUpperCase(),
+  );
+  assert.equal(back, 'THROUGH THE MUX');
 });
 
 test('abort: destroying a stream mid-transfer kills its program; the channel and other streams go on', async () => {

@@ -4,14 +4,13 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { halfCloseRoundTrip } from './half-close.js';
 import { AgentClient, type AgentTransport } from '../src/agent/index.js';
 
 const BIN = process.env.MOAT_INIT_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-init', import.meta.url));
@@ -105,25 +104,12 @@ test('files: write, read, list, stat', async () => {
 });
 
 test('dial: an echo, and a half-close passes through', async () => {
-  const server: Server = createServer({ allowHalfOpen: true }, (s) => {
-    const got: Buffer[] = [];
-    s.on('data', (b) => got.push(b));
-    s.on('end', () => s.end(Buffer.concat(got)));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  try {
-    const port = (server.address() as AddressInfo).port;
-    const sock = await agent.dial(port, { allowHalfOpen: true });
-    const got: Buffer[] = [];
-    sock.on('data', (b: Buffer) => got.push(b));
-    sock.end('ping through stdio');
-    await once(sock, 'end');
-    assert.equal(Buffer.concat(got).toString(), 'ping through stdio');
-    sock.destroy();
-  } finally {
-    server.close();
-  }
+  const back = await halfCloseRoundTrip(
+    (port) => agent.dial(port, { allowHalfOpen: true }),
+    'ping through stdio',
+    (m) => m,
+  );
+  assert.equal(back, 'ping through stdio');
 });
 
 test('a dropped connection kills what the exec started', async () => {
