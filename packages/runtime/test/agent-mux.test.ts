@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { halfCloseRoundTrip } from './half-close.js';
+import { halfCloseRoundTrip, run } from './agent-io.js';
 import { AgentClient, AgentMux, MuxStream } from '../src/agent/index.js';
 import { FrameDecoder, M, MUX_MAX_STREAMS, MUX_WINDOW, T, encodeFrame, encodeMuxFrame, encodeRecord } from '../src/agent/protocol.js';
 import { defaultInitBinary } from '../src/paths.js';
@@ -52,17 +52,6 @@ async function rawAgent(frames: Buffer[]): Promise<{ code: number | null; stderr
   for (const f of frames) child.stdin.write(f);
   const [code] = (await once(child, 'exit')) as [number | null];
   return { code, stderr };
-}
-
-async function run(agent: AgentClient, command: string[], stdin?: Buffer) {
-  const out: Buffer[] = [];
-  const h = agent.exec({ command }, { onStdout: (b) => out.push(b) });
-  if (stdin) {
-    h.writeStdin(stdin);
-    h.closeStdin();
-  }
-  const r = await h.done;
-  return { ...r, stdout: Buffer.concat(out) };
 }
 
 /** Waits until `pid` is gone (a zombie still answers kill 0, so this also waits for its reaping). */

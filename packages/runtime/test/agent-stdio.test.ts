@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { halfCloseRoundTrip } from './half-close.js';
+import { halfCloseRoundTrip, run } from './agent-io.js';
 import { AgentClient, type AgentTransport } from '../src/agent/index.js';
 
 const BIN = process.env.MOAT_INIT_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-init', import.meta.url));
@@ -58,32 +58,21 @@ before(async () => {
 });
 after(() => rm(dir, { recursive: true, force: true }));
 
-async function run(command: string[], stdin?: Buffer) {
-  const out: Buffer[] = [];
-  const h = agent.exec({ command }, { onStdout: (b) => out.push(b) });
-  if (stdin) {
-    h.writeStdin(stdin);
-    h.closeStdin();
-  }
-  const r = await h.done;
-  return { ...r, stdout: Buffer.concat(out) };
-}
-
 test('ping, and exec with its exit code and output', async () => {
   await agent.ping();
-  const r = await run(['sh', '-c', 'echo hello; exit 3']);
+  const r = await run(agent, ['sh', '-c', 'echo hello; exit 3']);
   assert.equal(r.exitCode, 3);
   assert.equal(r.stdout.toString(), 'hello\n');
 });
 
 test('a request without a user runs as the caller, not as root', async () => {
-  const r = await run(['id', '-u']);
+  const r = await run(agent, ['id', '-u']);
   assert.equal(r.stdout.toString().trim(), String(process.geteuid!()));
 });
 
 test('4 MiB through cat: input and output flow at once without deadlock', async () => {
   const data = randomBytes(4 << 20);
-  const r = await run(['cat'], data);
+  const r = await run(agent, ['cat'], data);
   assert.equal(r.exitCode, 0);
   assert.equal(sha(r.stdout), sha(data));
 });

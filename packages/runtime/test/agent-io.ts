@@ -1,6 +1,19 @@
 import { once } from 'node:events';
 import { createServer, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { AgentClient } from '../src/agent/index.js';
+
+/** Runs `command` to its end with `stdin` (then EOF), collecting its stdout. */
+export async function run(agent: AgentClient, command: string[], stdin?: Buffer) {
+  const out: Buffer[] = [];
+  const h = agent.exec({ command }, { onStdout: (b) => out.push(b) });
+  if (stdin) {
+    h.writeStdin(stdin);
+    h.closeStdin();
+  }
+  const r = await h.done;
+  return { ...r, stdout: Buffer.concat(out) };
+}
 
 /**
  * Sends `message` through a dial made by `dial` and half-closes it; a loopback TCP peer answers only once it
