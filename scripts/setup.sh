@@ -61,6 +61,6 @@ if [ -d /usr/local/bin ] && { [ ! -e /usr/local/bin/moat ] || [ -L /usr/local/bi
 fi
 
 if [ "${1:-}" = "--images" ]; then
-  node packages/cli/dist/main.js images build base
-  node packages/cli/dist/main.js images build code-interpreter
+  node packages/cli/dist/main.js images prepare base
+  node packages/cli/dist/main.js images prepare code-interpreter
 fi

@@ -2,7 +2,8 @@
  * moat-init: PID 1 and exec/file agent of every Moat sandbox.
  * The wire protocol is specified in docs/agent-protocol.md.
  *
- *   moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]
+ *   moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--user USER] [--] [CMD ARGS...]
+ *     --user: the image's USER: the main command runs as it, and so does a request that names no user
  *   moat-init --seed-rng HEX     (a microVM's boot script: see seed_rng)
  *   moat-init --stdio            (one connection on stdin/stdout: see serve_stdio)
  *   moat-init --mux              (many connections on stdin/stdout: see mux.c)
@@ -55,6 +56,7 @@
 static const char *sock_path = DEFAULT_SOCKET;
 static const char *listen_tcp, *main_file;
 static const char *main_cwd;
+static int main_user; /* --user given: the main command drops to g_default_user */
 static int lfd = -1, sfd = -1;
 static pid_t main_pid;
 static int exit_code;
@@ -314,6 +316,15 @@ static pid_t start_main(char **cmd)
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		signal(SIGPIPE, SIG_DFL);
+		if (main_user) {
+			struct user u;
+			resolve_user(g_default_user, &u); /* exits with a message when the image has no such user */
+			int e = become_user(&u);
+			if (e) {
+				logmsg("cannot switch to user %s: %s", g_default_user, strerror(e));
+				_exit(126);
+			}
+		}
 		if (main_cwd && chdir(main_cwd) < 0) {
 			logmsg("cannot enter %s: %s", main_cwd, strerror(errno));
 			_exit(126);
@@ -460,7 +471,7 @@ static int serve_stdio(void)
 
 static void usage(int code)
 {
-	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--] [CMD ARGS...]\n"
+	fprintf(code ? stderr : stdout, "usage: moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--user USER] [--] [CMD ARGS...]\n"
 		"       moat-init --stdio | --mux\n");
 	exit(code);
 }
@@ -484,6 +495,11 @@ int main(int argc, char **argv)
 				usage(2);
 			*(argv[i][2] == 'l' ? &listen_tcp : &main_file) = argv[i + 1];
 			i++;
+		} else if (strcmp(argv[i], "--user") == 0) {
+			if (i + 1 >= argc)
+				usage(2);
+			g_default_user = argv[++i];
+			main_user = 1;
 		} else if (strcmp(argv[i], "--stdio") == 0) {
 			stdio_mode = 1;
 		} else if (strcmp(argv[i], "--mux") == 0) {

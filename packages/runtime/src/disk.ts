@@ -1,4 +1,5 @@
 import { open, mkdir, readFile } from 'node:fs/promises';
+import { relative } from 'node:path';
 import { run } from './run.js';
 
 /**
@@ -31,10 +32,29 @@ export async function mountLoop(file: string, target: string): Promise<void> {
   await run('mount', ['-o', 'loop,nosuid,nodev', file, target]);
 }
 
-export async function mountOverlay(lower: string, upper: string, work: string, target: string): Promise<void> {
+/**
+ * An overlay of an image's layers (lowest first) under a writable upper, or
+ * read-only without one. The layer paths are given relative to the folder
+ * they share, so that an image of many layers fits in the kernel's one page
+ * of mount options.
+ */
+export async function mountOverlay(layers: string[], target: string, rw?: { upper: string; work: string }): Promise<void> {
   await mkdir(target, { recursive: true });
   if (await isMountPoint(target)) return;
-  await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, target]);
+  const base = commonDir(layers);
+  const lower = [...layers].reverse().map((l) => relative(base, l) || '.');
+  const options = `lowerdir=${lower.join(':')}${rw ? `,upperdir=${rw.upper},workdir=${rw.work}` : ''}`;
+  if (options.length > 4000) throw new Error(`the image has too many layers (${layers.length}) for one overlay mount`);
+  // A read-only overlay wants two lower layers: a one-layer image is its own tree.
+  if (!rw && layers.length === 1) await run('mount', ['--bind', '-o', 'ro', layers[0]!, target]);
+  else await run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { cwd: base });
+}
+
+function commonDir(paths: string[]): string {
+  const parts = paths.map((p) => p.split('/'));
+  let n = 0;
+  while (parts.every((p) => p[n] === parts[0]![n] && n < p.length - 1)) n++;
+  return parts[0]!.slice(0, n).join('/') || '/';
 }
 
 /** Unmount if mounted; lazily when busy so teardown never wedges. Loop devices auto-clear. */

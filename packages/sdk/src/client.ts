@@ -6,6 +6,7 @@ import { AgentsApi, KeysApi, UsersApi, type Whoami } from './identity.js';
 import { ResourceClient } from './resources.js';
 import { Sandbox } from './sandbox.js';
 import { SecretsApi } from './secrets.js';
+import { ImagesApi } from './images.js';
 import { BackupsApi, VolumesApi } from './volumes.js';
 import { claimManifest, sandboxManifest, type CreateSandboxOptions } from './spec.js';
 import {
@@ -72,7 +73,7 @@ export class Moat {
     this.claims = this.resources(EXTENSIONS_API_VERSION, 'sandboxclaims');
     this.warmPools = this.resources(EXTENSIONS_API_VERSION, 'sandboxwarmpools');
     this.sandboxes = new SandboxesApi(this.http, this.resources<SandboxResource>(SANDBOX_API_VERSION, 'sandboxes'), this.claims);
-    this.images = new ImagesApi(this.http);
+    this.images = new ImagesApi(this.http, this.namespace);
     this.users = new UsersApi(this.http);
     // Asked once; a failure is not remembered, so the next call tries again.
     const me = () =>
@@ -154,13 +155,5 @@ export class SandboxesApi {
   /** Waits until the sandbox is gone unless `wait: false`. A claimed sandbox goes with its claim. */
   async delete(name: string, opts: { wait?: boolean } = {}): Promise<void> {
     await (await this.get(name)).delete(opts);
-  }
-}
-
-export class ImagesApi {
-  constructor(private readonly http: HttpClient) {}
-
-  async list(): Promise<Image[]> {
-    return (await this.http.json<{ items: Image[] }>('GET', `/apis/${MOAT_API_VERSION}/images`))?.items ?? [];
   }
 }

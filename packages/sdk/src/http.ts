@@ -6,8 +6,8 @@ export interface RequestOptions {
   query?: Query;
   /** Sent as application/json. */
   json?: unknown;
-  /** Sent as is (application/octet-stream unless contentType says otherwise). */
-  body?: Uint8Array | string;
+  /** Sent as is (application/octet-stream unless contentType says otherwise); a stream is sent as it is read. */
+  body?: Uint8Array | string | ReadableStream<Uint8Array>;
   contentType?: string;
   /** Milliseconds for the whole exchange, body included; null = no limit; undefined = the client's default. */
   timeoutMs?: number | null;
@@ -44,7 +44,7 @@ export class HttpClient {
     const what = `${method} ${path}`;
     const timeoutMs = opts.timeoutMs === undefined ? this.defaultTimeoutMs : opts.timeoutMs;
     const headers: Record<string, string> = { ...this.authHeaders() };
-    let body: Uint8Array | string | undefined;
+    let body: RequestOptions['body'];
     if (opts.json !== undefined) {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(opts.json);
@@ -52,6 +52,7 @@ export class HttpClient {
       headers['content-type'] = opts.contentType ?? 'application/octet-stream';
       body = opts.body;
     }
+    const streaming = typeof body === 'object' && !(body instanceof Uint8Array);
     let res: Response;
     try {
       res = await this.fetchImpl(url, {
@@ -59,6 +60,8 @@ export class HttpClient {
         headers,
         // Node's fetch accepts any Uint8Array; the lib types are narrower (ArrayBuffer-backed only).
         body: body as RequestInit['body'],
+        // A stream body needs half duplex in Node's fetch.
+        ...(streaming ? { duplex: 'half' } : {}),
         signal: timeoutMs === null ? undefined : AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {

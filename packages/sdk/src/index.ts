@@ -1,4 +1,5 @@
-export { Moat, SandboxesApi, ImagesApi, DEFAULT_URL, type MoatOptions } from './client.js';
+export { Moat, SandboxesApi, DEFAULT_URL, type MoatOptions } from './client.js';
+export { ImagesApi, type ImageInfo, type ImageProgress, type RegistryLogin } from './images.js';
 export { Sandbox } from './sandbox.js';
 export { SecretsApi, type SecretInfo } from './secrets.js';
 export { VolumesApi, BackupsApi, type VolumeInfo, type BackupInfo } from './volumes.js';

@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { MoatError } from '@moat/core';
 import { DEFAULT_IMAGE, ImageStore, ensureDir } from '@moat/runtime';
+import { ImageService } from './images/service.js';
+import { RegistryLogins } from './images/registry-logins.js';
 import { buildApp } from './api/app.js';
 import { auditEgress } from './audit/egress.js';
 import { AuditLog } from './audit/log.js';
@@ -42,10 +44,14 @@ export interface ServerOptions {
   databaseUrl?: string;
   /** Image cache; defaults to `<dataDir>/images` (tests share one to build `base` once). */
   imagesDir?: string;
+  /** Registries: CAs in Docker's certs.d layout (default $MOAT_REGISTRY_CERTS_DIR or /etc/moat/certs.d), plain-HTTP ones ($MOAT_INSECURE_REGISTRIES, comma-separated). */
+  registries?: { certsDir?: string; insecure?: string[] };
   /** Progress and notices for a person at a terminal. */
   log?: (line: string) => void;
   logger?: Logger;
   maxUploadBytes?: number;
+  /** The largest image archive or build context a client may send (default 8 GiB). */
+  maxImageUploadBytes?: number;
   /** Build the default image before listening (default true). */
   prepareDefaultImage?: boolean;
   /** Sandbox networks and the egress proxy. */
@@ -108,9 +114,9 @@ async function openStore(opts: ServerOptions, dataDir: string): Promise<Store> {
 }
 
 /** Build (or find) an image in a data dir's store without starting a server: setup and CI use it. */
-export async function buildImage(name: string, opts: { dataDir?: string | undefined; log?: (line: string) => void } = {}) {
+export async function prepareCatalogImage(name: string, opts: { dataDir?: string | undefined; log?: (line: string) => void } = {}) {
   const images = new ImageStore(process.env.MOAT_IMAGES_DIR ?? join(opts.dataDir ?? defaultDataDir(), 'images'));
-  return images.ensure(name, opts.log);
+  return images.ensureCatalog(name, opts.log);
 }
 
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
@@ -131,8 +137,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   // Finishes a rotation a crash interrupted, or a restart with a new MOAT_MASTER_KEY.
   await secrets.reseal();
   await keyring.retire();
-  const images = new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'));
   const quotas = new Quotas(store, identity);
+  const images = new ImageService(
+    store,
+    new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images')),
+    new RegistryLogins(secrets),
+    quotas,
+    logger,
+    registryOptions(opts),
+  );
   // Named volumes and backups (docs/lifecycle.md) exist before recovery, which restarts sandboxes with their volumes.
   const volumes = await VolumeService.open(store, quotas, join(dataDir, 'volumes'));
   const host = opts.kubernetes ? undefined : await startHost(opts, { store, dataDir, images, identity, audit, secrets, quotas, volumes, logger, say });
@@ -176,7 +189,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     backend,
     volumes,
     backups,
-    limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024 },
+    limits: { maxUploadBytes: opts.maxUploadBytes ?? 100 * 1024 * 1024, maxImageUploadBytes: opts.maxImageUploadBytes ?? 8 * 1024 ** 3 },
     version: VERSION,
     replica: opts.replica ?? hostname(),
     portDomain: opts.portDomain ?? process.env.MOAT_PORT_DOMAIN ?? 'sandbox.localhost',
@@ -207,7 +220,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
 interface HostParts {
   store: Store;
   dataDir: string;
-  images: ImageStore;
+  images: ImageService;
   identity: Identity;
   audit: AuditLog;
   secrets: Secrets;
@@ -219,7 +232,7 @@ interface HostParts {
 
 /** Sandboxes on this host: its networks and egress proxy, the API gateway they reach, and the local backend. */
 async function startHost(opts: ServerOptions, p: HostParts) {
-  if (opts.prepareDefaultImage ?? true) await p.images.ensure(DEFAULT_IMAGE, p.say);
+  if (opts.prepareDefaultImage ?? true) await p.images.content.ensureCatalog(DEFAULT_IMAGE, p.say);
   const network = await Networking.start(opts.network ?? {}, p.store, p.logger, (r) => auditEgress(p.audit, p.identity, r));
   const gateway = await GatewayService.start({
     store: p.store,
@@ -258,4 +271,9 @@ async function startHost(opts: ServerOptions, p: HostParts) {
       await network.close();
     },
   };
+}
+
+function registryOptions(opts: ServerOptions) {
+  const insecure = opts.registries?.insecure ?? (process.env.MOAT_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean);
+  return { certsDir: opts.registries?.certsDir ?? process.env.MOAT_REGISTRY_CERTS_DIR ?? '/etc/moat/certs.d', insecureRegistries: insecure };
 }

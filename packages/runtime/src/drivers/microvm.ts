@@ -526,8 +526,9 @@ function configFor(spec: SandboxRuntimeSpec, guest: { address: string; gateway: 
     `net ${guest.address} ${guest.gateway}`,
     `data ${spec.dataMountPath ?? '/data'}`,
     `pids ${spec.limits.pids}`,
+    ...(spec.user ? [`user ${spec.user}`] : []),
   ];
-  for (const s of [spec.hostname, spec.dataMountPath ?? '/data']) if (/\s/.test(s)) throw new Error(`"${s}" cannot contain whitespace`);
+  for (const s of [spec.hostname, spec.dataMountPath ?? '/data', spec.user ?? '']) if (/\s/.test(s)) throw new Error(`"${s}" cannot contain whitespace`);
   const parts = [Buffer.from(`${lines.join('\n')}\n`)];
   if (spec.command.length) {
     const fields = [spec.workingDir || '/', ...spec.command, '', ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];

@@ -164,7 +164,7 @@ export abstract class OciDriver implements RuntimeDriver {
     await mountLoop(data, p('data'));
     // A named volume may have been made for another runtime: its root belongs to this sandbox's root.
     if (spec.dataImage) await chown(p('data'), root, root);
-    await mountOverlay(spec.image.rootfs, p('disk', 'upper'), p('disk', 'work'), p('bundle', 'rootfs'));
+    await mountOverlay(spec.image.layers, p('bundle', 'rootfs'), { upper: p('disk', 'upper'), work: p('disk', 'work') });
   }
 
   private async writeBundle(spec: SandboxRuntimeSpec): Promise<void> {
@@ -181,6 +181,7 @@ export abstract class OciDriver implements RuntimeDriver {
       id: spec.id,
       hostname: spec.hostname,
       command: spec.command,
+      user: spec.user,
       env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
       workingDir: spec.workingDir,
       limits: spec.limits,

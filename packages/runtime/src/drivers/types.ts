@@ -11,6 +11,8 @@ export interface SandboxRuntimeSpec {
   image: Image;
   limits: SandboxLimits;
   command: string[];
+  /** The image's USER (`name`, `uid`, `uid:gid`): the main command and execs that name no user run as it. */
+  user?: string;
   env: Record<string, string>;
   workingDir: string;
   /** Where the persistent volume appears inside; /data unless the spec mounts it elsewhere. */

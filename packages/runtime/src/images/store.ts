@@ -1,125 +1,377 @@
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, readFile, readdir, rename, rm, writeFile, lstat, lchown, chmod, stat } from 'node:fs/promises';
+import { createHash, randomUUID } from 'node:crypto';
+import { lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { notFound } from '@moat/core';
-import { run } from '../run.js';
+import { MoatError, notFound } from '@moat/core';
 import { hostUid } from '../userns.js';
-import { IMAGE_CATALOG, type ImageDefinition } from './catalog.js';
+import { IMAGE_CATALOG } from './catalog.js';
+import { buildCatalogLayer } from './catalog-build.js';
+import { DEFAULT_LAYER_LIMITS, DEFAULT_LAYER_POLICY, ingestLayer, type LayerLimits, type LayerPolicy } from './layer.js';
+import { MEDIA, isDigest, type ImageConfig, type ImageSource, type Manifest, type RunConfig } from './oci.js';
 
 export interface Image {
-  name: string;
+  /** The platform manifest's digest: what a sandbox records, and starts from again on every restart. */
   digest: string;
-  /** Read-only root filesystem, ids shifted into the sandbox user namespace range. */
-  rootfs: string;
+  /** Where it came from: the reference pulled, the archive's or the build's tag, or the catalog's name. */
+  name: string;
+  /** The config's digest (Docker's image ID). */
+  configDigest: string;
+  /** What the image says a container runs with: ENTRYPOINT, CMD, ENV, WORKDIR, USER, exposed ports. */
+  config: RunConfig;
+  /** The layers' read-only trees, lowest first; ids are shifted into the sandbox user-namespace range. */
+  layers: string[];
+  /** The layers' unpacked size. */
   sizeBytes: number;
   createdAt: string;
-  packages: string[];
+}
+
+/** What the store keeps of an image (`manifests/<hex>.json`). */
+interface ImageRecord {
+  digest: string;
+  name: string;
+  manifest: Manifest;
+  config: ImageConfig;
+  configDigest: string;
+  /** The local layer each of the config's diff ids is stored as (equal, or an alias: see `exportLayout`). */
+  layers: string[];
+  sizeBytes: number;
+  createdAt: string;
+}
+
+export type PullEvent =
+  | { type: 'resolved'; digest: string; layers: number; bytes: number }
+  | { type: 'layer'; digest: string; status: 'exists' | 'downloading' | 'done'; current?: number; total?: number }
+  | { type: 'stored'; digest: string };
+
+export interface PullOptions {
+  onEvent?: (e: PullEvent) => void;
+  signal?: AbortSignal;
+  /** The name the image is recorded under; the source's name by default. */
+  name?: string;
 }
 
 export type Progress = (line: string) => void;
 
 /**
- * Content-addressed image store: `sha256/<hex>/rootfs` holds an image by the
- * digest of the tarball it was unpacked from; `refs/<name>` names a digest.
- * Sandboxes record the digest, so rebuilding `base` never changes a running one.
+ * The image store, content-addressed as containerd's is:
+ *   layers/<diff hex>/fs      one unpacked layer, shared by every image and sandbox that has it
+ *   aliases/<diff hex>        another diff id for the same tree (a layer re-tarred on export)
+ *   manifests/<hex>.json      one image: its manifest, config, and layers
+ * Names and who may see them live in the server; a sandbox records the
+ * manifest digest, so a tag that moves never changes it. Every write goes
+ * to tmp/ first and is renamed into place, so a failure leaves nothing
+ * half-written behind.
  */
 export class ImageStore {
-  private building = new Map<string, Promise<Image>>();
+  private readonly inflight = new Map<string, Promise<unknown>>();
+  readonly limits: LayerLimits;
+  readonly policy: LayerPolicy;
 
-  constructor(readonly dir: string) {}
+  constructor(
+    readonly dir: string,
+    o: { limits?: LayerLimits; policy?: LayerPolicy } = {},
+  ) {
+    this.limits = o.limits ?? DEFAULT_LAYER_LIMITS;
+    this.policy = o.policy ?? DEFAULT_LAYER_POLICY;
+  }
 
   async list(): Promise<Image[]> {
-    const names = await readdir(join(this.dir, 'refs')).catch(() => [] as string[]);
-    const images = await Promise.all(names.map((n) => this.get(n).catch(() => undefined)));
+    const files = await readdir(join(this.dir, 'manifests')).catch(() => [] as string[]);
+    const images = await Promise.all(files.filter((f) => f.endsWith('.json')).map((f) => this.byDigest(`sha256:${f.slice(0, -5)}`).catch(() => undefined)));
     return images.filter((i): i is Image => !!i);
   }
 
-  /** Known names: built images plus the catalog's buildable ones. */
-  async knownNames(): Promise<string[]> {
-    const built = (await this.list()).map((i) => i.name);
-    return [...new Set([...built, ...Object.keys(IMAGE_CATALOG)])].sort();
-  }
-
-  async get(name: string): Promise<Image> {
-    const digest = (await readFile(join(this.dir, 'refs', name), 'utf8').catch(() => '')).trim();
-    if (!digest) throw notFound(`image "${name}" is not built`);
-    return this.byDigest(digest);
+  async has(digest: string): Promise<boolean> {
+    return this.byDigest(digest).then(
+      () => true,
+      () => false,
+    );
   }
 
   async byDigest(digest: string): Promise<Image> {
-    const dir = this.digestDir(digest);
-    const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8').catch(() => 'null'));
-    if (!meta) throw notFound(`image ${digest} is not in the store`);
-    return { ...meta, rootfs: join(dir, 'rootfs') };
+    const r = await this.record(digest).catch(() => undefined);
+    if (!r) {
+      const old = await this.legacy(digest);
+      if (old) return old;
+      throw notFound(`image ${digest} is not in the image store`);
+    }
+    return {
+      digest: r.digest,
+      name: r.name,
+      configDigest: r.configDigest,
+      config: r.config.config ?? {},
+      layers: r.layers.map((d) => this.layerFs(d)),
+      sizeBytes: r.sizeBytes,
+      createdAt: r.createdAt,
+    };
   }
 
-  /** The image by name, building it from the catalog the first time. */
-  async ensure(name: string, progress: Progress = () => {}): Promise<Image> {
-    const existing = await this.get(name).catch(() => undefined);
-    if (existing) return existing;
+  /** The catalog image by name, built from Debian packages the first time (about a minute). */
+  async ensureCatalog(name: string, progress: Progress = () => {}): Promise<Image> {
     const def = IMAGE_CATALOG[name];
-    if (!def) {
-      const known = await this.knownNames();
-      throw notFound(`image "${name}" not found; known images: ${known.join(', ')}`, { kind: 'images', name, known });
-    }
-    let p = this.building.get(name);
-    if (!p) {
-      p = this.build(def, progress).finally(() => this.building.delete(name));
-      this.building.set(name, p);
-    }
-    return p;
+    if (!def) throw notFound(`"${name}" is not a catalog image; the catalog has: ${Object.keys(IMAGE_CATALOG).join(', ')}`);
+    const known = await this.catalogDigest(name);
+    if (known && (await this.has(known))) return this.byDigest(known);
+    return this.once(`catalog:${name}`, async () => {
+      const image = await buildCatalogLayer(def, this, progress);
+      await this.writeAtomic(join(this.dir, 'catalog', name), image.digest);
+      return image;
+    });
   }
 
-  async build(def: ImageDefinition, progress: Progress = () => {}): Promise<Image> {
-    const tmp = join(this.dir, 'tmp', `${def.name}-${process.pid}-${Date.now()}`);
-    await mkdir(tmp, { recursive: true });
-    try {
-      const tar = join(tmp, 'rootfs.tar');
-      progress(`building image "${def.name}": debian ${def.suite} + ${def.packages.join(', ')} (mmdebstrap, about a minute)`);
-      const started = Date.now();
-      await run(
-        'mmdebstrap',
-        [
-          '--variant=minbase',
-          `--include=${def.packages.join(',')}`,
-          // An unprivileged user for agents that should not run as root, as E2B images have.
-          '--customize-hook=chroot "$1" sh -c "echo user:x:1000:1000::/home/user:/bin/bash >>/etc/passwd; echo user:x:1000: >>/etc/group; echo user:*:19000:0:99999:7::: >>/etc/shadow; mkdir -p /home/user /data; chown 1000:1000 /home/user"',
-          '--customize-hook=rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*',
-          def.suite,
-          tar,
-        ],
-        { env: { ...process.env, SOURCE_DATE_EPOCH: '1700000000' }, onStderrLine: (l) => progress(`  ${l}`) },
+  /** The digest the catalog image was last built as, if it was (`refs/` is where the store before layers kept it). */
+  async catalogDigest(name: string): Promise<string | undefined> {
+    for (const dir of ['catalog', 'refs']) {
+      const d = (await readFile(join(this.dir, dir, name), 'utf8').catch(() => '')).trim();
+      if (d) return d;
+    }
+    return undefined;
+  }
+
+  /** Adds the image a source holds: layers the store has are not fetched again, each new one is verified as it unpacks. */
+  async pull(source: ImageSource, o: PullOptions = {}): Promise<Image> {
+    const emit = o.onEvent ?? (() => {});
+    const r = await source.resolve();
+    const { manifest, config } = r;
+    if (config.rootfs.diff_ids.length !== manifest.layers.length) {
+      throw new MoatError(
+        502,
+        'BadManifest',
+        `${source.name}: the config lists ${config.rootfs.diff_ids.length} layers, the manifest ${manifest.layers.length}`,
       );
-      progress(`  mmdebstrap done in ${((Date.now() - started) / 1000).toFixed(1)} s; unpacking`);
-      const digest = `sha256:${await sha256File(tar)}`;
-      const dir = this.digestDir(digest);
-      if (!(await exists(join(dir, 'meta.json')))) {
-        const rootfs = join(tmp, 'rootfs');
-        await mkdir(rootfs);
-        await run('tar', ['-xpf', tar, '-C', rootfs, '--numeric-owner']);
-        await shiftOwnership(rootfs);
-        const sizeBytes = (await stat(tar)).size;
-        await mkdir(dir, { recursive: true });
-        await rename(rootfs, join(dir, 'rootfs'));
-        const meta = { name: def.name, digest, sizeBytes, createdAt: new Date().toISOString(), packages: def.packages };
-        await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2));
+    }
+    if (config.os !== 'linux' || config.architecture !== 'amd64') {
+      throw new MoatError(422, 'PlatformNotSupported', `${source.name} is an image for ${config.os}/${config.architecture}; Moat runs linux/amd64`);
+    }
+    emit({ type: 'resolved', digest: r.digest, layers: manifest.layers.length, bytes: manifest.layers.reduce((n, l) => n + l.size, 0) });
+    const layers = await mapLimit(manifest.layers, 3, async (desc, i) => {
+      const diffId = config.rootfs.diff_ids[i]!;
+      const local = await this.localLayer(diffId);
+      if (local) {
+        emit({ type: 'layer', digest: desc.digest, status: 'exists' });
+        return local;
       }
-      await mkdir(join(this.dir, 'refs'), { recursive: true });
-      await writeFile(join(this.dir, 'refs', `${def.name}.tmp`), digest);
-      await rename(join(this.dir, 'refs', `${def.name}.tmp`), join(this.dir, 'refs', def.name));
-      progress(`image "${def.name}" ready: ${digest}`);
-      return this.byDigest(digest);
+      await this.once(`layer:${diffId}`, async () => {
+        if (await this.localLayer(diffId)) return;
+        emit({ type: 'layer', digest: desc.digest, status: 'downloading', current: 0, total: desc.size });
+        await this.addLayer(diffId, async (dest) => {
+          const blob = await source.blob(desc, o.signal);
+          await ingestLayer(blob, {
+            mediaType: desc.mediaType,
+            digest: desc.digest,
+            size: desc.size,
+            diffId,
+            dest,
+            limits: this.limits,
+            policy: this.policy,
+            mapId: hostUid,
+            onBytes: (current) => emit({ type: 'layer', digest: desc.digest, status: 'downloading', current, total: desc.size }),
+            ...(o.signal ? { signal: o.signal } : {}),
+          });
+        });
+      });
+      emit({ type: 'layer', digest: desc.digest, status: 'done' });
+      return diffId;
+    });
+    const image = await this.addImage(
+      { digest: r.digest, name: o.name ?? source.name, manifest, config, configDigest: manifest.config.digest, layers },
+      r.configBytes,
+    );
+    emit({ type: 'stored', digest: r.digest });
+    return image;
+  }
+
+  /**
+   * Records an image whose layers are all in the store. `configBytes` are kept
+   * as they came, since the config's digest is over its exact bytes.
+   */
+  async addImage(r: Omit<ImageRecord, 'sizeBytes' | 'createdAt'>, configBytes: Buffer): Promise<Image> {
+    if (!isDigest(r.digest)) throw new MoatError(502, 'BadManifest', `malformed image digest ${r.digest}`);
+    let sizeBytes = 0;
+    for (const d of r.layers) sizeBytes += (await this.layerInfo(d)).size;
+    const record: ImageRecord = { ...r, sizeBytes, createdAt: new Date().toISOString() };
+    await this.writeAtomic(join(this.dir, 'configs', hex(r.configDigest)), configBytes);
+    await this.writeAtomic(this.recordPath(r.digest), JSON.stringify(record));
+    return this.byDigest(r.digest);
+  }
+
+  /** Unpacks a layer into tmp/ with `fill`, then renames it into place: nothing half-written is ever a layer. */
+  async addLayer(diffId: string, fill: (dest: string) => Promise<{ size: number } | void>): Promise<string> {
+    const tmp = await this.tmpDir();
+    try {
+      const filled = await fill(join(tmp, 'fs'));
+      const size = filled?.size ?? (await treeSize(join(tmp, 'fs')));
+      await writeFile(join(tmp, 'layer.json'), JSON.stringify({ diffId, size, createdAt: new Date().toISOString() }));
+      await mkdir(join(this.dir, 'layers'), { recursive: true });
+      await rename(tmp, this.layerDir(diffId)).catch(async (err: NodeJS.ErrnoException) => {
+        // Another server on this host stored the same layer first: theirs is as good.
+        if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err;
+      });
+      return diffId;
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
   }
 
-  private digestDir(digest: string): string {
-    const hex = /^sha256:([0-9a-f]{64})$/.exec(digest)?.[1];
-    if (!hex) throw notFound(`malformed image digest ${digest}`);
-    return join(this.dir, 'sha256', hex);
+  /** Records that `alias` (a diff id) is the same tree as the stored layer `diffId`. */
+  async addAlias(alias: string, diffId: string): Promise<void> {
+    if (alias !== diffId) await this.writeAtomic(join(this.dir, 'aliases', hex(alias)), diffId);
   }
+
+  /** The stored layer a diff id names, directly or through an alias; undefined when not stored. */
+  async localLayer(diffId: string): Promise<string | undefined> {
+    if (await exists(join(this.layerDir(diffId), 'layer.json'))) return diffId;
+    const target = (await readFile(join(this.dir, 'aliases', hex(diffId)), 'utf8').catch(() => '')).trim();
+    return target && (await exists(join(this.layerDir(target), 'layer.json'))) ? target : undefined;
+  }
+
+  /** The image's config bytes as stored (for export). */
+  async configBytes(digest: string): Promise<Buffer> {
+    return readFile(join(this.dir, 'configs', hex((await this.record(digest)).configDigest)));
+  }
+
+  async rawRecord(digest: string): Promise<ImageRecord> {
+    return this.record(digest);
+  }
+
+  /** Forgets an image; its layers stay until `pruneLayers` finds no image using them. */
+  async remove(digest: string): Promise<void> {
+    await rm(this.recordPath(digest), { force: true });
+    await rm(join(this.dir, 'exports', hex(digest)), { recursive: true, force: true });
+  }
+
+  /**
+   * Removes layers no image uses, and leftovers of interrupted writes. Young
+   * ones are spared: a pull on another server may not have recorded its image yet.
+   */
+  async pruneLayers(o: { minAgeMs?: number } = {}): Promise<{ layers: number; bytes: number }> {
+    const minAge = o.minAgeMs ?? 10 * 60_000;
+    const used = new Set<string>();
+    for (const f of await readdir(join(this.dir, 'manifests')).catch(() => [] as string[])) {
+      const r = JSON.parse(await readFile(join(this.dir, 'manifests', f), 'utf8').catch(() => '{}')) as Partial<ImageRecord>;
+      for (const l of r.layers ?? []) used.add(hex(l));
+    }
+    let layers = 0;
+    let bytes = 0;
+    const now = Date.now();
+    for (const h of await readdir(join(this.dir, 'layers')).catch(() => [] as string[])) {
+      if (used.has(h)) continue;
+      const info = await this.layerInfo(`sha256:${h}`).catch(() => undefined);
+      const age =
+        now -
+        (await stat(join(this.dir, 'layers', h)).then(
+          (s) => s.mtimeMs,
+          () => now,
+        ));
+      if (age < minAge) continue;
+      await rm(join(this.dir, 'layers', h), { recursive: true, force: true });
+      layers++;
+      bytes += info?.size ?? 0;
+    }
+    for (const a of await readdir(join(this.dir, 'aliases')).catch(() => [] as string[])) {
+      const target = (await readFile(join(this.dir, 'aliases', a), 'utf8').catch(() => '')).trim();
+      if (!target || !(await exists(this.layerDir(target)))) await rm(join(this.dir, 'aliases', a), { force: true });
+    }
+    for (const t of await readdir(join(this.dir, 'tmp')).catch(() => [] as string[])) {
+      const age =
+        now -
+        (await stat(join(this.dir, 'tmp', t)).then(
+          (s) => s.mtimeMs,
+          () => now,
+        ));
+      if (age > 6 * 3600_000) await rm(join(this.dir, 'tmp', t), { recursive: true, force: true });
+    }
+    return { layers, bytes };
+  }
+
+  /** A fresh directory under tmp/ on the store's filesystem (so a rename puts it in place). */
+  async tmpDir(): Promise<string> {
+    const d = join(this.dir, 'tmp', randomUUID());
+    await mkdir(d, { recursive: true });
+    return d;
+  }
+
+  private async record(digest: string): Promise<ImageRecord> {
+    const r = JSON.parse(await readFile(this.recordPath(digest), 'utf8').catch(() => 'null')) as ImageRecord | null;
+    if (!r) throw notFound(`image ${digest} is not in the image store`);
+    return r;
+  }
+
+  /** An image of the store before layers (one tree per image, `sha256/<hex>/rootfs`), which sandboxes made then still name. */
+  private async legacy(digest: string): Promise<Image | undefined> {
+    const dir = join(this.dir, 'sha256', hex(digest));
+    const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8').catch(() => 'null')) as {
+      name: string;
+      sizeBytes: number;
+      createdAt: string;
+    } | null;
+    if (!meta) return undefined;
+    return { digest, name: meta.name, configDigest: digest, config: {}, layers: [join(dir, 'rootfs')], sizeBytes: meta.sizeBytes, createdAt: meta.createdAt };
+  }
+
+  private async layerInfo(diffId: string): Promise<{ size: number }> {
+    return JSON.parse(await readFile(join(this.layerDir(diffId), 'layer.json'), 'utf8')) as { size: number };
+  }
+
+  private recordPath(digest: string) {
+    return join(this.dir, 'manifests', `${hex(digest)}.json`);
+  }
+
+  private layerDir(diffId: string) {
+    return join(this.dir, 'layers', hex(diffId));
+  }
+
+  private layerFs(diffId: string) {
+    return join(this.layerDir(diffId), 'fs');
+  }
+
+  private async writeAtomic(path: string, data: string | Buffer): Promise<void> {
+    await mkdir(join(path, '..'), { recursive: true });
+    const tmp = `${path}.${randomUUID()}.tmp`;
+    try {
+      await writeFile(tmp, data);
+      await rename(tmp, path);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw noSpace(err);
+    }
+  }
+
+  /** One run of `fn` per key in this process; concurrent callers share it. */
+  private once<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    let p = this.inflight.get(key) as Promise<T> | undefined;
+    if (!p) {
+      p = fn().finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
+    }
+    return p;
+  }
+}
+
+export function sha256(data: string | Buffer): string {
+  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+/** The manifest and config of an image made here (the catalog's, an export), with their digests. */
+export function describeImage(config: ImageConfig, layers: { mediaType: string; digest: string; size: number }[]) {
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const manifest: Manifest = {
+    schemaVersion: 2,
+    mediaType: MEDIA.ociManifest,
+    config: { mediaType: MEDIA.ociConfig, digest: sha256(configBytes), size: configBytes.length },
+    layers,
+  };
+  const manifestBytes = Buffer.from(JSON.stringify(manifest));
+  return { manifest, manifestBytes, digest: sha256(manifestBytes), configBytes };
+}
+
+function hex(digest: string): string {
+  if (!isDigest(digest)) throw new MoatError(400, 'BadDigest', `malformed digest ${JSON.stringify(digest)}: expected sha256:<64 hex digits>`);
+  return digest.slice(7);
+}
+
+function noSpace(err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT' ? new MoatError(507, 'InsufficientStorage', 'no space left in the image store') : err;
 }
 
 async function exists(p: string) {
@@ -129,25 +381,23 @@ async function exists(p: string) {
   );
 }
 
-function sha256File(path: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(path)
-      .on('data', (d) => h.update(d))
-      .on('end', () => resolve(h.digest('hex')))
-      .on('error', reject);
-  });
+async function treeSize(dir: string): Promise<number> {
+  let n = 0;
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) n += (await lstat(join(e.parentPath, e.name))).size;
+  }
+  return n;
 }
 
-/** Move every file's owner into the sandbox user-namespace range; chown clears set-id bits, so restore them. */
-async function shiftOwnership(root: string): Promise<void> {
-  const walk = async (p: string): Promise<void> => {
-    const st = await lstat(p);
-    await lchown(p, hostUid(st.uid), hostUid(st.gid));
-    if (!st.isSymbolicLink() && st.mode & 0o6000) await chmod(p, st.mode & 0o7777);
-    if (st.isDirectory()) {
-      for (const e of await readdir(p)) await walk(join(p, e));
+async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!, i);
     }
   };
-  await walk(root);
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
 }

@@ -31,6 +31,8 @@ export const IN_SANDBOX = {
 export interface OciSpecInput {
   id: string;
   hostname: string;
+  /** The image's USER: the main command runs as it, and so do execs that name no user. */
+  user?: string | undefined;
   /** Main command, run under moat-init; empty: the sandbox idles. */
   command: string[];
   env: string[];
@@ -55,7 +57,7 @@ export function ociSpec(i: OciSpecInput) {
     process: {
       terminal: false,
       user: { uid: 0, gid: 0 },
-      args: [IN_SANDBOX.init, '--', ...i.command],
+      args: [IN_SANDBOX.init, ...(i.user ? ['--user', i.user] : []), '--', ...i.command],
       env: i.env,
       cwd: i.workingDir,
       capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: [], ambient: [] },

@@ -1,6 +1,7 @@
 import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Image } from '../images/store.js';
+import { mountOverlay, unmount } from '../disk.js';
 import { run } from '../run.js';
 import { USERNS_HOST_BASE, USERNS_SIZE } from '../userns.js';
 
@@ -8,7 +9,7 @@ const building = new Map<string, Promise<string>>();
 
 /**
  * The image as a read-only ext4 disk shared by every microVM that runs it,
- * made once per image digest. The image store keeps rootfs files owned by
+ * made once per image digest from its layers. The image store keeps rootfs files owned by
  * the container user-namespace range; a VM has its own kernel and no such
  * mapping, so ownership is shifted back (host 2^24+N → N) on the way.
  */
@@ -33,13 +34,16 @@ async function build(file: string, image: Image, progress?: (l: string) => void)
   await mkdir(join(file, '..'), { recursive: true });
   progress?.(`making the microVM disk of image ${image.name} (${image.digest.slice(0, 19)})`);
   const tmp = await mkdtemp(`${file}.tmp-`);
+  // The image's tree as a sandbox sees it: its layers merged, whiteouts applied.
+  const rootfs = join(tmp, 'rootfs');
   try {
+    await mountOverlay(image.layers, rootfs);
     const maps = { owner: join(tmp, 'owner.map'), group: join(tmp, 'group.map') };
     for (const [kind, fmt] of [
       ['owner', '%U'],
       ['group', '%G'],
     ] as const) {
-      const ids = new Set((await run('find', [image.rootfs, '-printf', `${fmt}\n`])).stdout.split('\n').filter(Boolean).map(Number));
+      const ids = new Set((await run('find', [rootfs, '-printf', `${fmt}\n`])).stdout.split('\n').filter(Boolean).map(Number));
       // Ids outside the range were never the guest's: they become nobody.
       const lines = [...ids].map((id) => `+${id} +${id >= USERNS_HOST_BASE && id < USERNS_HOST_BASE + USERNS_SIZE ? id - USERNS_HOST_BASE : 65534}`);
       await writeFile(maps[kind], `${lines.join('\n')}\n`);
@@ -50,7 +54,7 @@ async function build(file: string, image: Image, progress?: (l: string) => void)
       '-c',
       'tar --owner-map="$2" --group-map="$3" --numeric-owner --xattrs --acls -C "$1" -c . | tar -x --numeric-owner -p --xattrs --acls -C "$4"',
       'sh',
-      image.rootfs,
+      rootfs,
       maps.owner,
       maps.group,
       tree,
@@ -79,6 +83,7 @@ async function build(file: string, image: Image, progress?: (l: string) => void)
     await rename(join(tmp, 'disk.ext4'), file);
     return file;
   } finally {
+    await unmount(rootfs);
     await rm(tmp, { recursive: true, force: true });
   }
 }

@@ -14,6 +14,7 @@ import { fileRoutes } from './routes/files.js';
 import { gatewayRoutes } from './routes/gateway.js';
 import { identityRoutes } from './routes/identity.js';
 import { imageRoutes } from './routes/images.js';
+import { infoRoutes } from './routes/info.js';
 import { objectRoutes } from './routes/objects.js';
 import { portalRoutes } from './routes/portal.js';
 import { portRoutes, rewritePortHost } from './routes/ports.js';
@@ -112,6 +113,7 @@ export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiE
   objectRoutes(app, ctx.identity, ctx.backend.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
   execRoutes(app, ctx);
   imageRoutes(app, ctx);
+  infoRoutes(app, ctx);
   identityRoutes(app, ctx);
   auditRoutes(app, ctx);
   secretRoutes(app, ctx);

@@ -1,8 +1,8 @@
-import type { ImageStore } from '@moat/runtime';
 import type { AuditLog } from '../audit/log.js';
 import type { BackupService } from '../backups/service.js';
 import type { SandboxBackend } from '../backends/types.js';
 import type { Identity } from '../identity/identity.js';
+import type { ImageService } from '../images/service.js';
 import type { ApiTenancy } from '../tenancy.js';
 import type { Secrets } from '../secrets/secrets.js';
 import type { Store } from '../store/store.js';
@@ -10,6 +10,8 @@ import type { VolumeService } from '../volumes/service.js';
 
 export interface ServerLimits {
   maxUploadBytes: number;
+  /** An image archive or a build context sent to the server. */
+  maxImageUploadBytes: number;
 }
 
 /** What route modules share. */
@@ -20,7 +22,7 @@ export interface ApiContext {
   secrets: Secrets;
   /** Quotas, and the environment (gateway token, exposed secrets) execs get. */
   tenancy: ApiTenancy;
-  images: ImageStore;
+  images: ImageService;
   /** Sandboxes, templates, claims and pools: on this host or on a cluster (backends/types.ts). */
   backend: SandboxBackend;
   /** Named volumes and their backups (docs/lifecycle.md). */

@@ -271,5 +271,21 @@ export function migrations(dialect: SqlDialect): Record<string, Migration> {
         }
       },
     },
+    '0012_images': {
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable('images')
+          .addColumn('namespace', t.text, (c) => c.notNull())
+          .addColumn('name', t.text, (c) => c.notNull())
+          .addColumn('digest', t.text, (c) => c.notNull())
+          .addColumn('source', t.text, (c) => c.notNull())
+          .addColumn('public', t.int, (c) => c.notNull().defaultTo(0))
+          .addColumn('size_bytes', t.int, (c) => c.notNull())
+          .addColumn('created_at', t.text, (c) => c.notNull())
+          .addColumn('updated_at', t.text, (c) => c.notNull())
+          .addPrimaryKeyConstraint('images_pk', ['namespace', 'name'])
+          .execute();
+      },
+    },
   };
 }

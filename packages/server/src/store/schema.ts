@@ -113,6 +113,20 @@ export interface AuditCheckpointTable {
   time: string;
 }
 
+/** A namespace's name for an image in the host's content store (images/service.ts); catalog images have none. */
+export interface ImageTable {
+  namespace: string;
+  /** `my-agent:latest`, `registry:5000/app:v1`: see images/names.ts. */
+  name: string;
+  digest: string;
+  source: 'pull' | 'import' | 'build' | 'catalog';
+  /** 1: every namespace sees it (an admin published it). */
+  public: number;
+  size_bytes: number;
+  created_at: string;
+  updated_at: string;
+}
+
 /** Sealed with AES-256-GCM under a master key (secrets/keyring.ts); the value never leaves but to where it is used. */
 export interface SecretTable {
   namespace: string;
@@ -198,6 +212,7 @@ export interface Database {
   gateway_configs: GatewayConfigTable;
   gateway_usage: GatewayUsageTable;
   secrets: SecretTable;
+  images: ImageTable;
   audit_events: AuditEventTable;
   audit_checkpoints: AuditCheckpointTable;
   users: UserTable;

@@ -1,4 +1,5 @@
-import { builtinDrivers, type ImageStore } from '@moat/runtime';
+import { builtinDrivers } from '@moat/runtime';
+import type { ImageService } from '../../images/service.js';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../../audit/log.js';
 import { Activity } from './controllers/activity.js';
@@ -14,7 +15,7 @@ import type { BackendCapabilities, RuntimeInfo, SandboxBackend } from '../types.
 export interface LocalBackendOptions {
   store: Store;
   dataDir: string;
-  images: ImageStore;
+  images: ImageService;
   network: SandboxNetwork;
   tenancy: Tenancy;
   volumes: SandboxVolumes;
@@ -54,7 +55,7 @@ export class LocalBackend implements SandboxBackend {
 
   static async open(o: LocalBackendOptions): Promise<LocalBackend> {
     // Each driver keeps its folders under the data dir, and its per-host caches (microVM kernels, disks, snapshots) beside the image cache.
-    const { drivers, runtimes } = await startDrivers(builtinDrivers({ root: o.dataDir, cacheDir: o.images.dir, progress: o.say }), o.say);
+    const { drivers, runtimes } = await startDrivers(builtinDrivers({ root: o.dataDir, cacheDir: o.images.content.dir, progress: o.say }), o.say);
     const activity = new Activity();
     const sandboxes = new SandboxController(o.store, o.images, drivers, o.network, o.log, o.tenancy, activity, o.resumeOnUse, o.volumes);
     const templates = new TemplateController(o.store, (spec) => sandboxes.validateSpec(spec));

@@ -40,6 +40,7 @@ import { Serial } from '../../../util/serial.js';
 import { crashPoint } from '../../../faults.js';
 import type { Activity } from './activity.js';
 import { checkIdlePolicy, isExpired } from './rules.js';
+import { imageEnv, imageProcess } from './image-config.js';
 
 /** Labels only Moat's controllers may set: they decide pool membership and ownership. */
 const RESERVED_LABELS = [LABELS.pool, LABELS.claim, LABELS.adoptedFrom];
@@ -72,11 +73,13 @@ export interface SandboxVolumes {
   flush(agent: SandboxAgent): Promise<void>;
 }
 
-/** The images sandboxes start from (the runtime's ImageStore). */
+/** The images sandboxes start from (images/service.ts). */
 export interface SandboxImages {
-  knownNames(): Promise<string[]>;
-  byDigest(digest: string): Promise<Image>;
-  ensure(name: string, progress?: (line: string) => void): Promise<Image>;
+  /** Pins what a container's `image` names to a digest (404 with the known names when it names nothing). */
+  resolve(namespace: string, container: Pick<Container, 'image' | 'imagePullPolicy'>): Promise<{ name: string; digest: string }>;
+  /** The pinned image, ready to mount (its layers pulled again if they were collected). */
+  materialize(namespace: string, pinned: { name: string; digest: string }, progress?: (line: string) => void): Promise<Image>;
+  readonly content: { has(digest: string): Promise<boolean> };
 }
 
 /** Each sandbox's own network namespace and the egress proxy it reaches (server/network.ts). */
@@ -151,27 +154,15 @@ export class SandboxController implements Sandboxes {
     if (!meta.name && !meta.generateName) throw badRequest('metadata.name or metadata.generateName is required');
     const name = meta.name ? assertName(meta.name, 'metadata.name') : assertName(`${meta.generateName}${randomSuffix()}`, 'metadata.generateName');
     const runtime = this.validateSpec(input.spec);
-    const imageName = input.spec.podTemplate.spec.containers[0]!.image;
-    const digest = opts.restore?.imageDigest;
-    if (
-      digest &&
-      !(await this.images.byDigest(digest).then(
-        () => true,
-        () => false,
-      ))
-    ) {
+    const container = input.spec.podTemplate.spec.containers[0]!;
+    const restoreDigest = opts.restore?.imageDigest;
+    if (restoreDigest && !(await this.images.content.has(restoreDigest))) {
       throw conflict(
-        `image "${imageName}" at ${digest}, which the backup was taken from, is no longer in the image store: the writable layer only fits that image, so it cannot be restored`,
+        `image "${container.image}" at ${restoreDigest}, which the backup was taken from, is no longer in the image store: the writable layer only fits that image, so it cannot be restored`,
       );
     }
-    const known = digest ? [imageName] : await this.images.knownNames();
-    if (!known.includes(imageName)) {
-      throw new MoatError(404, 'ImageNotFound', `image "${imageName}" not found; known images: ${known.join(', ')}`, {
-        kind: 'images',
-        name: imageName,
-        known,
-      });
-    }
+    // Pinned now, so a tag that moves later never changes this sandbox or its restarts.
+    const image = restoreDigest ? { name: container.image, digest: restoreDigest } : await this.images.resolve(namespace, container);
     if (await this.store.getSandbox(namespace, name)) {
       throw alreadyExists(`sandbox "${name}" already exists in namespace "${namespace}"`, { name, kind: 'sandboxes' });
     }
@@ -192,8 +183,7 @@ export class SandboxController implements Sandboxes {
         phase: 'Pending',
         conditions: [readyCondition('False', REASON.Creating, 'the sandbox is being created')],
         runtimeClassName: runtime,
-        // The first start takes the exact image a restored writable layer was made on (see runtimeSpec).
-        ...(digest ? { image: { name: imageName, digest } } : {}),
+        image,
       },
     };
     if (opts.restore) {
@@ -677,7 +667,7 @@ export class SandboxController implements Sandboxes {
         phase: 'Running',
         network: { address: net.address, proxy: this.network.proxyUrl },
         startTime: new Date().toISOString(),
-        image: { name: image.name, digest: image.digest },
+        image: { name: sandbox.status.image?.name ?? image.name, digest: image.digest },
       };
       const probe = container.readinessProbe;
       await this.setStatus(
@@ -790,10 +780,9 @@ export class SandboxController implements Sandboxes {
   private async runtimeSpec(sandbox: Sandbox): Promise<SandboxRuntimeSpec> {
     const uid = sandbox.metadata.uid;
     const container = sandbox.spec.podTemplate.spec.containers[0]!;
-    const digest = sandbox.status.image?.digest;
-    const image = digest
-      ? await this.images.byDigest(digest)
-      : await this.images.ensure(container.image, (line) => this.log.info({ image: container.image }, line));
+    // Sandboxes made before images were pinned at create pin theirs at their first start.
+    const pinned = sandbox.status.image ?? (await this.images.resolve(sandbox.metadata.namespace, container));
+    const image = await this.images.materialize(sandbox.metadata.namespace, pinned, (line) => this.log.info({ image: pinned.name }, line));
     const volume = await this.volumes?.forSandbox(uid);
     return {
       id: uid,
@@ -801,9 +790,13 @@ export class SandboxController implements Sandboxes {
       image,
       limits: { ...resolveLimits(sandbox.spec), ...(volume ? { dataBytes: volume.sizeBytes } : {}) },
       ...(volume ? { dataImage: volume.path } : {}),
-      command: [...(container.command ?? []), ...(container.args ?? [])],
-      env: { ...this.network.env(), ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])), ...(await this.tenancy.env(sandbox)) },
-      workingDir: container.workingDir ?? '/',
+      ...imageProcess(image.config, container),
+      env: {
+        ...imageEnv(image.config),
+        ...this.network.env(),
+        ...Object.fromEntries((container.env ?? []).map((e) => [e.name, e.value ?? ''])),
+        ...(await this.tenancy.env(sandbox)),
+      },
       dataMountPath: container.volumeMounts?.[0]?.mountPath,
       netnsPath: this.network.netnsPath(uid),
     };
