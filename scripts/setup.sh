@@ -17,7 +17,7 @@ fi
 # zstd and util-linux's fsfreeze for volume backups;
 # chromium (headless) and a font for the web portal's browser tests; postgresql's server binaries for the tests of
 # the shared database (each starts a throwaway cluster of its own); python3-venv for the Python tests' virtualenv.
-packages=(runc runsc criu qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation postgresql python3-venv)
+packages=(runc runsc criu buildah skopeo umoci docker-registry apache2-utils attr uidmap qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation postgresql python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

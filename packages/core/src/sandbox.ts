@@ -71,6 +71,7 @@ export const ProbeSchema = Type.Object(
   Strict,
 );
 export type Probe = Static<typeof ProbeSchema>;
+export type Container = Static<typeof ContainerSchema>;
 
 /** Accepted for YAML portability with Kubernetes; inside Moat every sandbox already runs in its own user namespace. */
 export const SecurityContextSchema = Type.Object(

@@ -12,6 +12,7 @@ export * from './images/layer.js';
 export * from './images/reference.js';
 export * from './images/registry.js';
 export * from './images/archive.js';
+export * from './images/parse.js';
 export * from './images/build.js';
 export * from './images/export.js';
 export * from './oci/spec.js';

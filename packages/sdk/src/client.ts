@@ -16,7 +16,6 @@ import {
   SANDBOX_API_VERSION,
   type Condition,
   type Health,
-  type Image,
   type KubeObject,
   type SandboxResource,
 } from './types.js';

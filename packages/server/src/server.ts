@@ -179,6 +179,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       .finally(() => (inflight = undefined));
   }, 2000);
 
+  // Image GC (images/service.ts `collect`): unused images and layers, and pulled ones under disk pressure.
+  const gcTimer = opts.kubernetes
+    ? undefined
+    : setInterval(() => void images.collect().catch((err: unknown) => logger.error({ err }, 'image GC failed')), IMAGE_GC_INTERVAL_MS);
+  gcTimer?.unref();
+
   const ctx: ApiContext = {
     store,
     identity,
@@ -207,6 +213,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     dataDir,
     async close() {
       clearInterval(upkeepTimer);
+      clearInterval(gcTimer);
       await app.close();
       await inflight;
       await backend.close();
@@ -272,6 +279,8 @@ async function startHost(opts: ServerOptions, p: HostParts) {
     },
   };
 }
+
+const IMAGE_GC_INTERVAL_MS = Number(process.env.MOAT_IMAGE_GC_INTERVAL_SECONDS ?? 3600) * 1000;
 
 function registryOptions(opts: ServerOptions) {
   const insecure = opts.registries?.insecure ?? (process.env.MOAT_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean);

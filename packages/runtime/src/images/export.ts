@@ -25,7 +25,8 @@ export async function exportLayout(store: ImageStore, digest: string): Promise<s
     for (const stored of record.layers) {
       const file = join(tmp, 'layer.tar');
       const out = createWriteStream(file);
-      const { diffId, size } = await packLayer(join(store.dir, 'layers', stored.slice(7), 'fs'), out, { mapId: unshift });
+      const { opaque } = await store.layerInfo(stored);
+      const { diffId, size } = await packLayer(join(store.dir, 'layers', stored.slice(7), 'fs'), out, { mapId: unshift, ...(opaque ? { opaque } : {}) });
       await rename(file, join(tmp, 'blobs', 'sha256', diffId.slice(7)));
       await store.addAlias(diffId, stored);
       layers.push({ mediaType: MEDIA.ociLayer, digest: diffId, size });

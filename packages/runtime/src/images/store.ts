@@ -143,7 +143,10 @@ export class ImageStore {
       throw new MoatError(422, 'PlatformNotSupported', `${source.name} is an image for ${config.os}/${config.architecture}; Moat runs linux/amd64`);
     }
     emit({ type: 'resolved', digest: r.digest, layers: manifest.layers.length, bytes: manifest.layers.reduce((n, l) => n + l.size, 0) });
-    const layers = await mapLimit(manifest.layers, 3, async (desc, i) => {
+    // The first layer that fails stops the others' downloads.
+    const failed = new AbortController();
+    const signal = o.signal ? AbortSignal.any([o.signal, failed.signal]) : failed.signal;
+    const layers = await mapLimit(manifest.layers, 3, failed, async (desc, i) => {
       const diffId = config.rootfs.diff_ids[i]!;
       const local = await this.localLayer(diffId);
       if (local) {
@@ -153,9 +156,10 @@ export class ImageStore {
       await this.once(`layer:${diffId}`, async () => {
         if (await this.localLayer(diffId)) return;
         emit({ type: 'layer', digest: desc.digest, status: 'downloading', current: 0, total: desc.size });
+        let shown = 0;
         await this.addLayer(diffId, async (dest) => {
-          const blob = await source.blob(desc, o.signal);
-          await ingestLayer(blob, {
+          const blob = await source.blob(desc, signal);
+          return ingestLayer(blob, {
             mediaType: desc.mediaType,
             digest: desc.digest,
             size: desc.size,
@@ -164,8 +168,13 @@ export class ImageStore {
             limits: this.limits,
             policy: this.policy,
             mapId: hostUid,
-            onBytes: (current) => emit({ type: 'layer', digest: desc.digest, status: 'downloading', current, total: desc.size }),
-            ...(o.signal ? { signal: o.signal } : {}),
+            onBytes: (current) => {
+              // A line per 4 MiB, not per chunk.
+              if (current - shown < 4 * 2 ** 20 && current < desc.size) return;
+              shown = current;
+              emit({ type: 'layer', digest: desc.digest, status: 'downloading', current, total: desc.size });
+            },
+            signal,
           });
         });
       });
@@ -195,12 +204,14 @@ export class ImageStore {
   }
 
   /** Unpacks a layer into tmp/ with `fill`, then renames it into place: nothing half-written is ever a layer. */
-  async addLayer(diffId: string, fill: (dest: string) => Promise<{ size: number } | void>): Promise<string> {
+  async addLayer(diffId: string, fill: (dest: string) => Promise<{ size: number; opaque?: string[] } | void>): Promise<string> {
     const tmp = await this.tmpDir();
     try {
       const filled = await fill(join(tmp, 'fs'));
       const size = filled?.size ?? (await treeSize(join(tmp, 'fs')));
-      await writeFile(join(tmp, 'layer.json'), JSON.stringify({ diffId, size, createdAt: new Date().toISOString() }));
+      // Opaque directories are an xattr on the tree; kept here too so an export need not read xattrs back.
+      const opaque = filled?.opaque?.length ? { opaque: filled.opaque } : {};
+      await writeFile(join(tmp, 'layer.json'), JSON.stringify({ diffId, size, ...opaque, createdAt: new Date().toISOString() }));
       await mkdir(join(this.dir, 'layers'), { recursive: true });
       await rename(tmp, this.layerDir(diffId)).catch(async (err: NodeJS.ErrnoException) => {
         // Another server on this host stored the same layer first: theirs is as good.
@@ -308,8 +319,8 @@ export class ImageStore {
     return { digest, name: meta.name, configDigest: digest, config: {}, layers: [join(dir, 'rootfs')], sizeBytes: meta.sizeBytes, createdAt: meta.createdAt };
   }
 
-  private async layerInfo(diffId: string): Promise<{ size: number }> {
-    return JSON.parse(await readFile(join(this.layerDir(diffId), 'layer.json'), 'utf8')) as { size: number };
+  async layerInfo(diffId: string): Promise<{ size: number; opaque?: string[] }> {
+    return JSON.parse(await readFile(join(this.layerDir(diffId), 'layer.json'), 'utf8')) as { size: number; opaque?: string[] };
   }
 
   private recordPath(digest: string) {
@@ -389,15 +400,24 @@ async function treeSize(dir: string): Promise<number> {
   return n;
 }
 
-async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+/** `fn` over `items`, `limit` at a time; the first failure aborts `failed` and stops taking new items. */
+async function mapLimit<T, R>(items: T[], limit: number, failed: AbortController, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
   const worker = async () => {
-    while (next < items.length) {
+    while (next < items.length && !failed.signal.aborted) {
       const i = next++;
-      out[i] = await fn(items[i]!, i);
+      try {
+        out[i] = await fn(items[i]!, i);
+      } catch (err) {
+        failed.abort();
+        throw err;
+      }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  // Settled, not raced: every worker has cleaned up after itself before the error is seen.
+  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, items.length) }, worker));
+  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  if (errors.length) throw errors.find((e) => (e as Error).name !== 'AbortError') ?? errors[0];
   return out;
 }

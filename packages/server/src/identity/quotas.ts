@@ -54,7 +54,7 @@ export class Quotas {
     return this.check(namespace, wantOf(spec), 'this sandbox', insert);
   }
 
-  /** A named volume (created or restored) against the owner's storage quota. */
+  /** A named volume (created or restored), or an image, against the owner's storage quota. */
   admitStorage<T>(namespace: string, bytes: number, what: string, insert: () => Promise<T>): Promise<T> {
     return this.check(namespace, { ...zero(), storageBytes: bytes }, what, insert);
   }
@@ -67,12 +67,15 @@ export class Quotas {
       const agents = await this.identity.listAgents(owner.user);
       const running = (await this.store.listSandboxes()).filter((s) => isLive(s.desired));
       const volumes = await this.store.db.selectFrom('volumes').select(['namespace', 'size_bytes']).execute();
+      // An image counts once per namespace however many names it has there.
+      const images = await this.store.db.selectFrom('images').select(['namespace', 'digest', 'size_bytes']).distinct().execute();
       const usage = (namespaces: string[]) => {
         const u = running
           .filter((s) => namespaces.includes(s.sandbox.metadata.namespace))
           .map((s) => usageOf(s.sandbox.spec))
           .reduce(add, zero());
         u.storageBytes += volumes.filter((v) => namespaces.includes(v.namespace)).reduce((n, v) => n + v.size_bytes, 0);
+        u.storageBytes += images.filter((i) => namespaces.includes(i.namespace)).reduce((n, i) => n + Number(i.size_bytes), 0);
         return u;
       };
       const agent = agents.find((a) => a.name === owner.agent);
@@ -103,7 +106,7 @@ function exceeds(who: string, q: Quota, used: Usage, want: Usage, subject: strin
       throw new MoatError(
         403,
         'QuotaExceeded',
-        `quota exceeded for ${who}: ${what} limit ${show(limit)}, ${show(inUse)} in use, ${subject} needs ${show(asked)}; delete a sandbox${subject.startsWith('volume') ? ' or volume' : ''} or ask an admin to raise the quota`,
+        `quota exceeded for ${who}: ${what} limit ${show(limit)}, ${show(inUse)} in use, ${subject} needs ${show(asked)}; delete a sandbox${subject.startsWith('volume') ? ' or volume' : subject.startsWith('image') ? ' or image' : ''} or ask an admin to raise the quota`,
         { quota: what, limit: show(limit), used: show(inUse), requested: show(asked) },
       );
     }

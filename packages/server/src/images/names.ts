@@ -1,4 +1,4 @@
-import { IMAGE_CATALOG, parseReference, type ImageReference } from '@moat/runtime';
+import { IMAGE_CATALOG, formatReference, parseReference, type ImageReference } from '@moat/runtime';
 
 /**
  * How an `image:` is looked up. A name with a registry host (`host:5000/app:v1`)
@@ -22,7 +22,7 @@ export function imageName(s: string): ImageName {
   const first = s.split('/')[0]!;
   const hasHost = s.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost');
   const pinned = s.includes('@');
-  if (hasHost) return { key: ref.toString(), ref, pinned };
+  if (hasHost) return { key: formatReference(ref), ref, pinned };
   const tagged = pinned || s.slice(s.lastIndexOf('/') + 1).includes(':');
   return { key: tagged ? s : `${s}:latest`, ref, pinned };
 }

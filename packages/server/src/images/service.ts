@@ -209,9 +209,9 @@ export class ImageService {
   ): Promise<Image> {
     const resolved = await from.resolve();
     const bytes = resolved.manifest.layers.reduce((n, l) => n + l.size, 0);
-    const image = await this.quotas.admitStorage(namespace, bytes, `image ${key}`, () =>
-      this.content.pull({ name: from.name, resolve: async () => resolved, blob: (d, s) => from.blob(d, s) }, { name: key, ...o }),
-    );
+    // Checked before the pull, not held through it: a pull takes minutes, and the quota lock is the user's.
+    await this.quotas.admitStorage(namespace, bytes, `image ${key}`, async () => {});
+    const image = await this.content.pull({ name: from.name, resolve: async () => resolved, blob: (d, s) => from.blob(d, s) }, { name: key, ...o });
     const now = new Date().toISOString();
     await this.db
       .insertInto('images')
@@ -315,8 +315,8 @@ export class ImageService {
       const image = spec.podTemplate?.spec?.containers?.[0]?.image;
       if (image && imageName(image).key === key) out.push(`template ${t.metadata.namespace}/${t.metadata.name}`);
     }
-    const backups = await this.db.selectFrom('backups').select(['namespace', 'name']).where('image_digest', '=', digest).execute();
-    for (const b of backups) out.push(`backup ${b.namespace}/${b.name}`);
+    const backups = await this.db.selectFrom('backups').select(['namespace', 'sandbox', 'id']).where('image_digest', '=', digest).execute();
+    for (const b of backups) out.push(`backup ${b.namespace}/${b.sandbox ?? b.id}`);
     return out;
   }
 

@@ -68,7 +68,7 @@ export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
   const { images } = ctx;
 
   app.get(`${V}/images`, { schema: { tags, summary: 'The images you can start sandboxes from, in every namespace you see' } }, async (req) => {
-    const mine = isAdmin(req.principal) ? undefined : [...req.principal.namespaces];
+    const mine = isAdmin(req.principal) ? undefined : [...req.principal.namespaces.keys()];
     return list('ImageList', await images.list(mine));
   });
 

@@ -103,7 +103,7 @@ export async function portalRoutes(app: FastifyInstance, ctx: ApiContext, dir = 
     { schema: { tags: ['portal'], summary: "The host's CPU, memory and disk, and sandboxes per runtime (admin)" } },
     async (req) => {
       requireAdmin(req.principal, 'see host capacity');
-      const fs = await statfs(ctx.images.dir).catch(() => undefined);
+      const fs = await statfs(ctx.images.content.dir).catch(() => undefined);
       const sandboxes = await ctx.backend.sandboxes.list();
       const perRuntime = Object.fromEntries(
         RUNTIME_CLASSES.map((r) => [r, { available: ctx.backend.runtimes[r]?.available ?? false, total: 0, byPhase: {} as Record<string, number> }]),

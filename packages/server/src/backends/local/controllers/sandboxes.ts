@@ -11,6 +11,7 @@ import {
   MoatError,
   RUNTIME_CLASSES,
   SANDBOX_API_VERSION,
+  type Container,
   alreadyExists,
   assertName,
   badRequest,

@@ -1,0 +1,301 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { link, lchown, lstat, lutimes, mkdir, open, rm, symlink, chmod, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough, Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { MoatError } from '@moat/core';
+import { run } from '../run.js';
+import { MEDIA } from './oci.js';
+
+export { packLayer } from './layer-pack.js';
+
+/** Bounds on what one layer may unpack to: a small compressed blob must not fill the disk (a zip bomb). */
+export interface LayerLimits {
+  maxBytes: number;
+  maxEntries: number;
+}
+
+/** What a layer may contain beyond files, directories and links. */
+export interface LayerPolicy {
+  /** Character and block devices (a sandbox's /dev is its own, so images need none). */
+  devices: boolean;
+  /** Files with the setuid or setgid bit (root in a sandbox is root only in its user namespace). */
+  setuid: boolean;
+}
+
+export const DEFAULT_LAYER_LIMITS: LayerLimits = { maxBytes: 8 * 2 ** 30, maxEntries: 1_000_000 };
+export const DEFAULT_LAYER_POLICY: LayerPolicy = { devices: false, setuid: true };
+
+export interface IngestOptions {
+  mediaType: string;
+  /** The blob's digest as the manifest gives it: checked over the bytes as they arrive (a build context has none). */
+  digest?: string;
+  /** The blob's size as the manifest gives it: more is cut off, less is a truncated download. */
+  size?: number;
+  /** The uncompressed tar's digest (the config's diff id), checked when the tar ends. */
+  diffId?: string;
+  dest: string;
+  limits?: LayerLimits;
+  policy?: LayerPolicy;
+  /** Container ids to the ids stored on disk (the sandbox user-namespace range). */
+  mapId?: (id: number) => number;
+  onBytes?: (compressedSoFar: number) => void;
+  signal?: AbortSignal;
+}
+
+const unsafe = (msg: string) => new MoatError(422, 'UnsafeLayer', msg);
+const mismatch = (msg: string) => new MoatError(502, 'DigestMismatch', msg);
+// Ids a layer's files may have: those a 65536-id user namespace maps.
+const MAX_ID = 65535;
+
+/**
+ * Unpacks one layer (an untrusted tar, maybe compressed) into `dest` while
+ * verifying its digest, size and diff id. An entry that would land outside
+ * `dest` (`..`, or through a symlink, even one this layer made) is refused;
+ * OCI whiteouts become overlayfs whiteouts. The caller discards `dest` on
+ * any error, since the digests are only known to hold at the end.
+ */
+export async function ingestLayer(src: Readable, o: IngestOptions): Promise<{ size: number; opaque: string[] }> {
+  const limits = o.limits ?? DEFAULT_LAYER_LIMITS;
+  const policy = o.policy ?? DEFAULT_LAYER_POLICY;
+  const mapId = o.mapId ?? ((id: number) => id);
+  const what = o.digest ? `the layer ${o.digest}` : 'the archive';
+  const blob = o.digest ? digestCounter(o.digest, o.size, o.onBytes) : undefined;
+  const tarHash = createHash('sha256');
+  let unpacked = 0;
+  const tarCounter = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      unpacked += chunk.length;
+      if (unpacked > limits.maxBytes) return cb(unsafe(`${what} unpacks to more than ${limits.maxBytes} bytes (the limit)`));
+      tarHash.update(chunk);
+      cb(null, chunk);
+    },
+  });
+  await mkdir(o.dest, { recursive: true });
+  const out = new PassThrough();
+  const feeding = pipeline(src, blob?.stream ?? new PassThrough(), decompressor(o.mediaType), tarCounter, out, o.signal ? { signal: o.signal } : {});
+  const extract = tar.extract();
+  out.pipe(extract);
+  const failed = feeding.catch((err: unknown) => {
+    extract.destroy(err as Error);
+    throw err;
+  });
+  failed.catch(() => {}); // seen below, once
+  const w = new TreeWriter(o.dest, policy, mapId);
+  let entries = 0;
+  try {
+    for await (const entry of extract) {
+      if (++entries > limits.maxEntries) throw unsafe(`${what} has more than ${limits.maxEntries} entries`);
+      await w.entry(entry.header, entry as AsyncIterable<Buffer>);
+    }
+    await failed;
+  } catch (err) {
+    extract.destroy();
+    src.destroy();
+    // The stream's own error says more than the extractor's "unexpected end".
+    throw await failed.then(
+      () => noSpace(err),
+      (e: unknown) => noSpace(e),
+    );
+  }
+  blob?.check();
+  const diff = `sha256:${tarHash.digest('hex')}`;
+  if (o.diffId && diff !== o.diffId) throw mismatch(`${what} unpacked to ${diff}, but the image config says ${o.diffId}`);
+  await w.finish();
+  return { size: w.bytes, opaque: w.opaque };
+}
+
+/** Hashes and counts a blob as it passes; `check` at the end compares both with the manifest. */
+export function digestCounter(digest: string, size: number | undefined, onBytes?: (n: number) => void) {
+  const h = createHash('sha256');
+  let n = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      n += chunk.length;
+      if (size !== undefined && n > size) return cb(mismatch(`the blob ${digest} is larger than the ${size} bytes its manifest says`));
+      h.update(chunk);
+      onBytes?.(n);
+      cb(null, chunk);
+    },
+  });
+  return {
+    stream,
+    check() {
+      if (size !== undefined && n < size) throw new MoatError(502, 'TruncatedBlob', `the blob ${digest} ended after ${n} of its ${size} bytes`);
+      const got = `sha256:${h.digest('hex')}`;
+      if (got !== digest) throw mismatch(`the blob ${digest} has the digest ${got}: the registry or archive sent other bytes`);
+    },
+  };
+}
+
+function decompressor(mediaType: string): Transform | PassThrough {
+  if (mediaType.endsWith('+gzip') || mediaType.endsWith('.gzip')) return createGunzip();
+  if (mediaType.endsWith('+zstd')) return zstdDecompressor();
+  if (mediaType === MEDIA.ociLayer || mediaType.endsWith('.tar') || mediaType === 'application/vnd.docker.image.rootfs.diff.tar') return new PassThrough();
+  throw new MoatError(422, 'UnsupportedLayer', `layers of media type ${mediaType} are not supported (tar, tar+gzip, tar+zstd are)`);
+}
+
+/** Node 20's zlib has no zstd: Debian's zstd does it in a child process. */
+function zstdDecompressor(): Transform {
+  const child = spawn('zstd', ['-dc', '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const t = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      if (!child.stdin.write(chunk)) child.stdin.once('drain', () => cb());
+      else cb();
+    },
+    flush(cb) {
+      child.stdin.end();
+      child.on('close', (code) => cb(code === 0 ? null : unsafe(`the zstd layer does not decompress: ${stderr.trim() || `exit ${code}`}`)));
+    },
+    destroy(err, cb) {
+      child.kill();
+      cb(err);
+    },
+  });
+  child.stdout.on('data', (d: Buffer) => t.push(d));
+  child.stdin.on('error', () => {});
+  return t;
+}
+
+type Header = tar.Header;
+
+/** Writes a layer's entries under its root, refusing any that would leave it. */
+class TreeWriter {
+  bytes = 0;
+  readonly opaque: string[] = [];
+  private readonly dirs: { path: string; mtime: Date | undefined; mode: number }[] = [];
+
+  constructor(
+    private readonly root: string,
+    private readonly policy: LayerPolicy,
+    private readonly mapId: (id: number) => number,
+  ) {}
+
+  async entry(h: Header, body: AsyncIterable<Buffer>): Promise<void> {
+    const parts = entryParts(h.name);
+    if (!parts.length) return drain(body);
+    const base = parts[parts.length - 1]!;
+    const parent = parts.slice(0, -1);
+    await this.ensureDir(parent);
+    // OCI whiteouts: `.wh..wh..opq` hides the lower layers' contents of its directory, `.wh.x` hides `x`.
+    if (base === '.wh..wh..opq') {
+      await run('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', join(this.root, ...parent)]);
+      this.opaque.push(parent.join('/'));
+      return drain(body);
+    }
+    const target = join(this.root, ...parent, base.startsWith('.wh.') ? base.slice(4) : base);
+    if (base.startsWith('.wh.')) {
+      if (base.length === 4) throw unsafe(`the layer has a whiteout without a name: ${h.name}`);
+      await rm(target, { recursive: true, force: true });
+      await run('mknod', [target, 'c', '0', '0']);
+      await this.own(target, h);
+      return drain(body);
+    }
+    const mode = (h.mode ?? 0o644) & 0o7777;
+    if (mode & 0o6000 && !this.policy.setuid && h.type === 'file') throw unsafe(`${h.name} is setuid or setgid, which this store refuses`);
+    const existing = await lstat(target).catch(() => undefined);
+    if (existing && !(existing.isDirectory() && h.type === 'directory')) await rm(target, { recursive: true, force: true });
+    switch (h.type) {
+      case 'directory':
+        await mkdir(target, { recursive: true });
+        await this.own(target, h);
+        await chmod(target, mode);
+        this.dirs.push({ path: target, mtime: h.mtime, mode });
+        return drain(body);
+      case 'file':
+      case 'contiguous-file': {
+        const fh = await open(target, 'wx', 0o600);
+        try {
+          for await (const chunk of body) {
+            // A short write is how a full disk first shows: write the rest, and ENOSPC follows.
+            for (let off = 0; off < chunk.length;) off += (await fh.write(chunk, off)).bytesWritten;
+            this.bytes += chunk.length;
+          }
+        } finally {
+          await fh.close();
+        }
+        await this.own(target, h);
+        await chmod(target, mode);
+        if (h.mtime) await utimes(target, h.mtime, h.mtime);
+        return;
+      }
+      case 'symlink':
+        // The target is read inside the sandbox's root, so an absolute one is fine: what is refused is writing through it.
+        await symlink(h.linkname ?? '', target);
+        await this.own(target, h);
+        if (h.mtime) await lutimes(target, h.mtime, h.mtime);
+        return drain(body);
+      case 'link': {
+        const from = entryParts(h.linkname ?? '');
+        if (!from.length) throw unsafe(`the hard link ${h.name} has no target`);
+        await this.ensureDir(from.slice(0, -1), { create: false });
+        const st = await lstat(join(this.root, ...from)).catch(() => undefined);
+        if (!st || st.isDirectory()) throw unsafe(`the hard link ${h.name} points at ${h.linkname}, which is not a file in this layer`);
+        await link(join(this.root, ...from), target);
+        return drain(body);
+      }
+      case 'character-device':
+      case 'block-device':
+        if (!this.policy.devices) throw unsafe(`${h.name} is a device node, which this store refuses`);
+        await run('mknod', [target, h.type === 'block-device' ? 'b' : 'c', String(h.devmajor ?? 0), String(h.devminor ?? 0)]);
+        await this.own(target, h);
+        await chmod(target, mode);
+        return drain(body);
+      case 'fifo':
+        await run('mkfifo', ['-m', mode.toString(8), target]);
+        await this.own(target, h);
+        return drain(body);
+      default:
+        // pax headers and GNU long names are folded in by the parser; anything else has no place in a root.
+        throw unsafe(`${h.name} is a tar entry of type ${h.type}, which a layer cannot have`);
+    }
+  }
+
+  /** Directories' times last: every entry written into one changed its mtime. */
+  async finish(): Promise<void> {
+    for (const d of this.dirs.reverse()) if (d.mtime) await utimes(d.path, d.mtime, d.mtime);
+  }
+
+  /** Each of `parts` is a directory (made if missing) and none is a symlink: nothing is written through one. */
+  private async ensureDir(parts: string[], o: { create: boolean } = { create: true }): Promise<void> {
+    let p = this.root;
+    for (const part of parts) {
+      p = join(p, part);
+      const st = await lstat(p).catch(() => undefined);
+      if (st?.isDirectory()) continue;
+      if (st?.isSymbolicLink()) throw unsafe(`the layer writes through the symlink ${parts.join('/')}`);
+      if (st || !o.create) throw unsafe(`the layer writes under ${parts.join('/')}, which is not a directory`);
+      await mkdir(p);
+      await lchown(p, this.mapId(0), this.mapId(0));
+    }
+  }
+
+  private async own(path: string, h: Header): Promise<void> {
+    const uid = h.uid ?? 0;
+    const gid = h.gid ?? 0;
+    if (uid > MAX_ID || gid > MAX_ID || uid < 0 || gid < 0) throw unsafe(`${h.name} is owned by ${uid}:${gid}; a sandbox maps ids 0-${MAX_ID}`);
+    await lchown(path, this.mapId(uid), this.mapId(gid));
+  }
+}
+
+/** A tar name as path parts under the root: `./a/b`, `/a/b` and `a//b/` are `a/b`; `..` anywhere is refused. */
+export function entryParts(name: string): string[] {
+  const parts = name.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw unsafe(`the layer has an entry outside its root: ${JSON.stringify(name)}`);
+  if (name.includes('\0')) throw unsafe(`the layer has an entry with a NUL in its name`);
+  return parts;
+}
+
+async function drain(body: AsyncIterable<Buffer>): Promise<void> {
+  for await (const _ of body);
+}
+
+function noSpace(err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT' ? new MoatError(507, 'InsufficientStorage', 'no space left in the image store while unpacking a layer') : err;
+}
