@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { RUNTIME_CLASSES, type RuntimeClassName } from '@moat/core';
 import { builtinDrivers } from '@moat/runtime';
-import { defaultDataDir, startServer, type NetworkOptions, type RunningServer } from '@moat/server';
+import { defaultDataDir, startServer, type NetworkOptions, type RunningServer, type ServerOptions } from '@moat/server';
 
 /** The image cache shared by every test server, so `base` is built once per machine (as `moat up` does). */
 export const sharedImagesDir = () => process.env.MOAT_IMAGES_DIR ?? join(defaultDataDir(), 'images');
@@ -33,12 +33,16 @@ export interface TestServer extends RunningServer {
 }
 
 /** A real Moat server on loopback with its own data dir; `close` also removes every sandbox it made. */
-export async function startTestServer(opts: { dataDir?: string; maxUploadBytes?: number; network?: NetworkOptions } = {}): Promise<TestServer> {
+export async function startTestServer(
+  opts: { dataDir?: string; maxUploadBytes?: number; network?: NetworkOptions; imagesDir?: string; registries?: ServerOptions['registries'] } = {},
+): Promise<TestServer> {
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'moat-test-')));
   const server = await startServer({
     port: 0,
     dataDir,
-    imagesDir: sharedImagesDir(),
+    imagesDir: opts.imagesDir ?? sharedImagesDir(),
+    // Tests never reach Docker Hub: a name without a registry host is only looked up here.
+    registries: { unqualified: false, ...opts.registries },
     network: { ...TEST_NETWORK, ...opts.network },
     logger: pino({ level: process.env.MOAT_TEST_LOG ?? 'silent' }),
     ...(opts.maxUploadBytes ? { maxUploadBytes: opts.maxUploadBytes } : {}),

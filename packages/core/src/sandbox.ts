@@ -256,7 +256,15 @@ export const SandboxStatusSchema = Type.Object({
   conditions: Type.Array(ConditionSchema),
   startTime: Type.Optional(Type.String()),
   runtimeClassName: Type.Optional(Type.String()),
-  image: Type.Optional(Type.Object({ name: Type.String(), digest: Type.String() })),
+  /** The image the sandbox runs, pinned at create; `env` and `workingDir` are its ENV and WORKDIR, which execs start with. */
+  image: Type.Optional(
+    Type.Object({
+      name: Type.String(),
+      digest: Type.String(),
+      env: Type.Optional(Type.Record(Type.String(), Type.String())),
+      workingDir: Type.Optional(Type.String()),
+    }),
+  ),
   /** The sandbox's address in its own network namespace, and the egress proxy it must use. */
   network: Type.Optional(Type.Object({ address: Type.String(), proxy: Type.String() })),
   resourceUsage: Type.Optional(Type.Object({ memoryBytes: Type.Number(), cpuSeconds: Type.Number(), pids: Type.Number() })),

@@ -45,7 +45,8 @@ export interface ServerOptions {
   /** Image cache; defaults to `<dataDir>/images` (tests share one to build `base` once). */
   imagesDir?: string;
   /** Registries: CAs in Docker's certs.d layout (default $MOAT_REGISTRY_CERTS_DIR or /etc/moat/certs.d), plain-HTTP ones ($MOAT_INSECURE_REGISTRIES, comma-separated). */
-  registries?: { certsDir?: string; insecure?: string[] };
+  /** `unqualified: false` never pulls a name without a registry host (`python:3.12`) from Docker Hub. */
+  registries?: { certsDir?: string; insecure?: string[]; unqualified?: boolean };
   /** Progress and notices for a person at a terminal. */
   log?: (line: string) => void;
   logger?: Logger;
@@ -284,5 +285,9 @@ const IMAGE_GC_INTERVAL_MS = Number(process.env.MOAT_IMAGE_GC_INTERVAL_SECONDS ?
 
 function registryOptions(opts: ServerOptions) {
   const insecure = opts.registries?.insecure ?? (process.env.MOAT_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean);
-  return { certsDir: opts.registries?.certsDir ?? process.env.MOAT_REGISTRY_CERTS_DIR ?? '/etc/moat/certs.d', insecureRegistries: insecure };
+  return {
+    certsDir: opts.registries?.certsDir ?? process.env.MOAT_REGISTRY_CERTS_DIR ?? '/etc/moat/certs.d',
+    insecureRegistries: insecure,
+    unqualifiedPulls: opts.registries?.unqualified ?? process.env.MOAT_PULL_UNQUALIFIED !== '0',
+  };
 }

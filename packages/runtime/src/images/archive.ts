@@ -93,7 +93,7 @@ async function dockerSave(dir: string, text: string): Promise<ImageSource[]> {
       };
     };
     return {
-      name: tags[0] ?? '',
+      name: familiar(tags[0] ?? ''),
       resolve: () => (resolved ??= resolve()),
       blob: async (desc: Descriptor) => {
         const p = files.get(desc.digest);
@@ -118,7 +118,7 @@ async function ociLayout(dir: string, indexBytes: Buffer): Promise<ImageSource[]
     const a = top.annotations ?? {};
     const ref = a['io.containerd.image.name'] ?? a['org.opencontainers.image.ref.name'] ?? '';
     // A bare ref name (`latest`) is a tag with no repository: the importer must give the name.
-    const name = ref.includes('/') || ref.includes(':') ? ref : '';
+    const name = ref.includes('/') || ref.includes(':') ? familiar(ref) : '';
     return {
       name,
       resolve: async () => {
@@ -154,6 +154,9 @@ async function readBounded(path: string, max: number): Promise<Buffer> {
   if ((await stat(path)).size > max) throw bad(`${path.split('/').pop()} is larger than ${max} bytes`);
   return readFile(path);
 }
+
+/** `docker.io/library/python:3` as Docker shows it, `python:3` (skopeo writes the long form). */
+const familiar = (name: string) => name.replace(/^docker\.io\//, '').replace(/^library\//, '');
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 

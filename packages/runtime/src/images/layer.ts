@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { link, lchown, lstat, lutimes, mkdir, open, rm, symlink, chmod, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough, Transform, type Readable } from 'node:stream';
+import { PassThrough, Transform, Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
@@ -75,15 +75,40 @@ export async function ingestLayer(src: Readable, o: IngestOptions): Promise<{ si
     },
   });
   await mkdir(o.dest, { recursive: true });
+  // Two pipelines: the blob is read and hashed to its end even when what it
+  // carries does not decompress, since "the registry sent other bytes" (a
+  // digest mismatch) is the error that explains a corrupt gzip.
+  const head = decompressor(o.mediaType);
+  let chainFailed = false;
+  let waiting: (() => void) | undefined;
+  const sink = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      if (chainFailed || head.write(chunk)) return cb();
+      waiting = cb;
+      head.once('drain', () => {
+        waiting = undefined;
+        cb();
+      });
+    },
+    final(cb) {
+      if (!chainFailed) head.end();
+      cb();
+    },
+  });
+  const reading = pipeline(src, blob?.stream ?? new PassThrough(), sink, o.signal ? { signal: o.signal } : {});
+  reading.catch((err: Error) => head.destroy(err));
   const out = new PassThrough();
-  const feeding = pipeline(src, blob?.stream ?? new PassThrough(), decompressor(o.mediaType), tarCounter, out, o.signal ? { signal: o.signal } : {});
   const extract = tar.extract();
-  out.pipe(extract);
-  const failed = feeding.catch((err: unknown) => {
+  const chain = pipeline(head, tarCounter, out).catch((err: unknown) => {
+    chainFailed = true;
+    const resume = waiting;
+    waiting = undefined;
+    resume?.();
     extract.destroy(err as Error);
     throw err;
   });
-  failed.catch(() => {}); // seen below, once
+  chain.catch(() => {}); // seen below, once
+  out.pipe(extract);
   const w = new TreeWriter(o.dest, policy, mapId);
   let entries = 0;
   try {
@@ -91,15 +116,31 @@ export async function ingestLayer(src: Readable, o: IngestOptions): Promise<{ si
       if (++entries > limits.maxEntries) throw unsafe(`${what} has more than ${limits.maxEntries} entries`);
       await w.entry(entry.header, entry as AsyncIterable<Buffer>);
     }
-    await failed;
+    await chain;
+    await reading;
   } catch (err) {
+    const chainErr = await chain.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    // The unpacker's own refusal first; then the stream's error, which says more than the extractor's "unexpected end".
+    const own = noSpace(err);
+    const cause = own instanceof MoatError ? own : (chainErr ?? err);
+    if (blob && !(cause instanceof MoatError)) {
+      const readErr = await reading.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      if (readErr instanceof MoatError) throw readErr;
+      if (readErr)
+        throw new MoatError(502, 'TruncatedBlob', `the download of ${o.digest} broke off after ${blob.bytes()} bytes: ${(readErr as Error).message}`);
+      blob.check();
+      throw new MoatError(502, 'BadLayer', `${what} does not unpack: ${(cause as Error).message}`);
+    }
     extract.destroy();
     src.destroy();
-    // The stream's own error says more than the extractor's "unexpected end".
-    throw await failed.then(
-      () => noSpace(err),
-      (e: unknown) => noSpace(e),
-    );
+    reading.catch(() => {});
+    throw cause;
   }
   blob?.check();
   const diff = `sha256:${tarHash.digest('hex')}`;
@@ -123,6 +164,7 @@ export function digestCounter(digest: string, size: number | undefined, onBytes?
   });
   return {
     stream,
+    bytes: () => n,
     check() {
       if (size !== undefined && n < size) throw new MoatError(502, 'TruncatedBlob', `the blob ${digest} ended after ${n} of its ${size} bytes`);
       const got = `sha256:${h.digest('hex')}`;

@@ -112,7 +112,7 @@ export async function buildApp(ctx: ApiContext, logger: Logger, extensions: ApiE
   objectRoutes(app, ctx.identity, ctx.backend.claims, { plural: 'sandboxclaims', kind: 'SandboxClaim', body: SandboxClaimSchema, tag: 'claims' });
   objectRoutes(app, ctx.identity, ctx.backend.pools, { plural: 'sandboxwarmpools', kind: 'SandboxWarmPool', body: SandboxWarmPoolSchema, tag: 'warm pools' });
   execRoutes(app, ctx);
-  imageRoutes(app, ctx);
+  await app.register(async (scope) => imageRoutes(scope, ctx));
   infoRoutes(app, ctx);
   identityRoutes(app, ctx);
   auditRoutes(app, ctx);

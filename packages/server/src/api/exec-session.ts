@@ -30,6 +30,7 @@ function execEnv(sandbox: Sandbox, extra: Record<string, string> = {}): Record<s
   return {
     PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
     HOSTNAME: sandbox.metadata.name,
+    ...sandbox.status.image?.env,
     ...(proxy ? proxyEnv(proxy) : {}),
     ...Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value ?? ''])),
     ...extra,
@@ -48,7 +49,8 @@ export function startExec(
 ): { handle: ExecHandle; result: Promise<ExecResult> } {
   const started = performance.now();
   const { timeoutSeconds, ...request } = req;
-  const handle = agent.exec({ ...request, env: execEnv(sandbox, req.env) }, out);
+  const cwd = request.cwd ?? sandbox.status.image?.workingDir;
+  const handle = agent.exec({ ...request, ...(cwd ? { cwd } : {}), env: execEnv(sandbox, req.env) }, out);
   let timedOut = false;
   const timer = timeoutSeconds
     ? setTimeout(() => {

@@ -13,18 +13,20 @@ export interface ImageName {
   /** Where it is pulled from when it is not in the store (undefined for catalog images, which are built). */
   ref?: ImageReference;
   pinned: boolean;
+  /** Whether the name says its registry; one that does not would be pulled from Docker Hub. */
+  qualified: boolean;
 }
 
 export function imageName(s: string): ImageName {
   const bare = s.replace(/:latest$/, '');
-  if (IMAGE_CATALOG[bare]) return { key: bare, pinned: false };
+  if (IMAGE_CATALOG[bare]) return { key: bare, pinned: false, qualified: false };
   const ref = parseReference(s);
   const first = s.split('/')[0]!;
   const hasHost = s.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost');
   const pinned = s.includes('@');
-  if (hasHost) return { key: formatReference(ref), ref, pinned };
+  if (hasHost) return { key: formatReference(ref), ref, pinned, qualified: true };
   const tagged = pinned || s.slice(s.lastIndexOf('/') + 1).includes(':');
-  return { key: tagged ? s : `${s}:latest`, ref, pinned };
+  return { key: tagged ? s : `${s}:latest`, ref, pinned, qualified: false };
 }
 
 /** Kubernetes' default: `Always` for `:latest` (or no tag), `IfNotPresent` otherwise; an image pinned by digest never changes. */

@@ -43,6 +43,8 @@ export interface ImageServiceOptions {
   /** Start collecting unused pulled images when the store's filesystem is this full (percent), down to `gcLowPercent`. */
   gcHighPercent?: number;
   gcLowPercent?: number;
+  /** Pull names without a registry host from Docker Hub, as Docker does (default true). */
+  unqualifiedPulls?: boolean;
 }
 
 /** The catalog's images are everyone's: they live in no namespace. */
@@ -96,6 +98,7 @@ export class ImageService {
       const image = await this.pull(namespace, container.image);
       return { name: name.key, digest: image.digest };
     } catch (err) {
+      if (!name.qualified && this.opts.unqualifiedPulls === false) throw err;
       if (err instanceof MoatError && found === undefined && isLocalLooking(container.image)) {
         throw new MoatError(
           err.code === 404 ? 404 : err.code,
@@ -120,6 +123,12 @@ export class ImageService {
   async pull(namespace: string, reference: string, o: { onEvent?: (e: PullEvent) => void; signal?: AbortSignal } = {}): Promise<Image> {
     const name = imageName(reference);
     if (!name.ref) return this.catalog(name.key);
+    if (!name.qualified && this.opts.unqualifiedPulls === false)
+      throw new MoatError(
+        404,
+        'ImageNotFound',
+        `${await this.notFoundMessage(namespace, name, '')}; names without a registry host are not pulled from Docker Hub on this server`,
+      );
     const source = this.registry(namespace).source(name.ref);
     return this.add(namespace, name.key, 'pull', source, o);
   }

@@ -66,6 +66,8 @@ const list = (kind: string, items: unknown[]) => ({ apiVersion: MOAT_API_VERSION
 export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
   const tags = ['images'];
   const { images } = ctx;
+  // Archives and build contexts stream to a file (`receive`), never buffered whole.
+  app.addContentTypeParser(['application/x-tar', 'application/gzip', 'application/octet-stream'], (_req, payload, done) => done(null, payload));
 
   app.get(`${V}/images`, { schema: { tags, summary: 'The images you can start sandboxes from, in every namespace you see' } }, async (req) => {
     const mine = isAdmin(req.principal) ? undefined : [...req.principal.namespaces.keys()];
@@ -224,7 +226,8 @@ async function progressStream(
 ) {
   const out = new PassThrough();
   const abort = new AbortController();
-  req.raw.on('close', () => {
+  // The response's close, not the request's: that one fires as soon as the body is read.
+  reply.raw.on('close', () => {
     if (!reply.raw.writableFinished) abort.abort();
   });
   let started!: () => void;
@@ -246,6 +249,7 @@ async function progressStream(
     (result) => out.end(`${JSON.stringify({ type: 'image', image: result })}\n`),
     (err: unknown) => {
       const e = toMoatError(err, req);
+      if (e.code >= 500 && !(err instanceof MoatError)) req.log.error({ err }, 'image operation failed');
       out.end(`${JSON.stringify({ type: 'error', code: e.code, reason: e.reason, message: e.message })}\n`);
     },
   );

@@ -668,7 +668,13 @@ export class SandboxController implements Sandboxes {
         phase: 'Running',
         network: { address: net.address, proxy: this.network.proxyUrl },
         startTime: new Date().toISOString(),
-        image: { name: sandbox.status.image?.name ?? image.name, digest: image.digest },
+        image: {
+          name: sandbox.status.image?.name ?? image.name,
+          digest: image.digest,
+          ...(image.config.Env?.length ? { env: imageEnv(image.config) } : {}),
+          // `/` is no WORKDIR: execs then start where they always have (the user's home).
+          ...(image.config.WorkingDir && image.config.WorkingDir !== '/' ? { workingDir: image.config.WorkingDir } : {}),
+        },
       };
       const probe = container.readinessProbe;
       await this.setStatus(

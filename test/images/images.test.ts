@@ -1,0 +1,166 @@
+import assert from 'node:assert/strict';
+import { readdir, readFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { Moat } from '@moat/sdk';
+import { run } from '@moat/runtime';
+import { NS, createReady, sh, sharedImagesDir, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
+import { corruptBlob, makeImageLayout, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { busyboxImage, pushLayout } from '../helpers/test-images.js';
+
+/**
+ * Bring your own image, end to end: a real registry on loopback (Debian's
+ * distribution), pushed to with skopeo; Moat pulls, records the digest, and
+ * runs the image on every runtime class with its ENTRYPOINT/CMD, ENV,
+ * WORKDIR and USER applied.
+ */
+describe('images from a registry', () => {
+  let server: TestServer;
+  let registry: TestRegistry;
+  let moat: Moat;
+  let work: string;
+  let app: { ref: string; digest: string };
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'moat-images-'));
+    registry = await startRegistry();
+    server = await startTestServer({ registries: { certsDir: registry.certsDir } });
+    moat = new Moat({ url: server.url, apiKey: server.adminKey });
+    await moat.images.login(registry.host, registry.username, registry.password);
+    const layout = join(work, 'app');
+    app = { ref: `${registry.host}/team/app:v1`, digest: await pushLayout(await busyboxImage(layout, 'v1'), registry, 'team/app:v1') };
+  });
+  after(async () => {
+    await server?.close();
+    await registry?.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('moat images pull records the digest and streams layer progress', async () => {
+    const seen: string[] = [];
+    const image = await moat.images.pull(app.ref, { onProgress: (p) => seen.push(p.type) });
+    assert.equal(image.digest, app.digest);
+    assert.equal(image.source, 'pull');
+    assert.equal(image.layers, 2);
+    assert.deepEqual(image.config.Cmd, ['/bin/sh', '-c', 'echo main ran as $(id -u) in $(pwd) > /tmp/main.txt; exec sleep 1000000']);
+    assert.ok(seen.includes('resolved') && seen.includes('layer'), `progress: ${seen.join(',')}`);
+    const listed = await moat.images.listNamespace();
+    assert.ok(listed.some((i) => i.name === app.ref && i.digest === app.digest));
+  });
+
+  for (const { runtime, skip } of testRuntimes()) {
+    test(`runs on ${runtime} with the image's CMD, ENV, WORKDIR and USER`, { skip }, async () => {
+      const name = `byo-${runtime}`;
+      const s = await createReady(server, name, { image: app.ref, runtime });
+      const pinned = (s.status as { image?: { name: string; digest: string; workingDir?: string } }).image;
+      assert.deepEqual([pinned?.name, pinned?.digest, pinned?.workingDir], [app.ref, app.digest, '/app']);
+      const r = await sh(
+        server,
+        name,
+        'cat /app/hello.txt; echo "$GREETING"; pwd; id -u; for i in $(seq 50); do [ -f /tmp/main.txt ] && break; sleep 0.1; done; cat /tmp/main.txt; [ -e /app/removed.txt ] || echo whiteout-applied',
+      );
+      assert.equal(r.exit?.exitCode, 0, r.stderr);
+      assert.equal(r.stdout, 'hello from layer 2\nhi\n/app\n1000\nmain ran as 1000 in /app\nwhiteout-applied\n');
+      await server.api(`${NS}/${name}`, { method: 'DELETE' });
+    });
+  }
+
+  test('command and args replace ENTRYPOINT and CMD as in Kubernetes', async () => {
+    const s = await createReady(server, 'byo-override', { image: app.ref, command: ['/bin/sh', '-c', 'echo overridden > /tmp/main.txt; exec sleep 1000000'] });
+    assert.equal((s.status as { image: { digest: string } }).image.digest, app.digest);
+    const r = await sh(server, 'byo-override', 'for i in $(seq 50); do [ -f /tmp/main.txt ] && break; sleep 0.1; done; cat /tmp/main.txt');
+    assert.equal(r.stdout, 'overridden\n');
+    await server.api(`${NS}/byo-override`, { method: 'DELETE' });
+  });
+
+  test('a tag that moves changes neither a running sandbox nor its restarts', async () => {
+    await createReady(server, 'pinned', { image: app.ref });
+    const v2 = await pushLayout(await busyboxImage(join(work, 'app-v2'), 'v2'), registry, 'team/app:v1');
+    assert.notEqual(v2, app.digest);
+    // IfNotPresent (a tag that is not :latest): the name keeps the digest it had until pulled again.
+    await moat.images.pull(app.ref);
+    assert.equal((await moat.images.get(app.ref)).digest, v2);
+    // Hibernate and wake: the sandbox starts again from its pinned image.
+    const hibernate = await server.api(`${NS}/pinned/hibernate`, { method: 'POST' });
+    assert.ok(hibernate.ok, await hibernate.text());
+    const wake = await server.api(`${NS}/pinned/wake`, { method: 'POST' });
+    assert.ok(wake.ok, await wake.text());
+    await server.api(`${NS}/pinned/wait?timeoutSeconds=60`);
+    const after = (await (await server.api(`${NS}/pinned`)).json()) as { status: { image: { digest: string } } };
+    assert.equal(after.status.image.digest, app.digest);
+    assert.equal((await sh(server, 'pinned', 'cat /app/hello.txt')).stdout, 'hello from layer 2\n');
+    const fresh = await createReady(server, 'fresh', { image: app.ref });
+    assert.equal((fresh.status as { image: { digest: string } }).image.digest, v2);
+    assert.equal((await sh(server, 'fresh', 'cat /app/hello.txt')).stdout, 'hello from v2\n');
+    // The old digest is kept while `pinned` uses it; the name cannot be deleted while sandboxes use it.
+    await assert.rejects(moat.images.delete(app.ref), (e: Error & { code?: number }) => e.code === 409 && /in use by sandbox default\/fresh/.test(e.message));
+    for (const n of ['pinned', 'fresh']) await server.api(`${NS}/${n}`, { method: 'DELETE' });
+    app.digest = v2;
+  });
+
+  test('a pinned digest pulls exactly that manifest', async () => {
+    const ref = `${registry.host}/team/app@${app.digest}`;
+    const image = await moat.images.pull(ref);
+    assert.equal(image.digest, app.digest);
+  });
+
+  test('bad references and registries get clear errors', async () => {
+    const cases: [string, number, RegExp][] = [
+      ['UPPER/case:tag', 400, /invalid|lowercase/i],
+      [`${registry.host}/team/app:missing`, 404, /not found/],
+      [`127.0.0.1:1/nothing/here:v1`, 502, /cannot reach registry 127\.0\.0\.1:1/],
+    ];
+    for (const [ref, code, message] of cases) {
+      await assert.rejects(moat.images.pull(ref), (e: Error & { code?: number }) => {
+        assert.equal(e.code, code, `${ref}: ${e.message}`);
+        assert.match(e.message, message);
+        return true;
+      });
+    }
+    const res = await server.api(NS, {
+      method: 'POST',
+      json: { metadata: { name: 'no-such' }, spec: { podTemplate: { spec: { containers: [{ name: 's', image: 'no-such-image' }] } } } },
+    });
+    assert.equal(res.status, 404);
+    assert.match(((await res.json()) as { message: string }).message, /image "no-such-image:latest" is not in namespace "default".*known: .*base/);
+  });
+
+  test('a registry that lies about a blob is refused and leaves nothing behind', async () => {
+    const layout = await makeImageLayout(join(work, 'liar'), { layers: [{ 'liar.txt': 'the truth' }] });
+    const digest = await pushLayout(layout, registry, 'team/liar:v1');
+    const manifest = JSON.parse(await readFile(join(layout, 'blobs', 'sha256', digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+    await corruptBlob(registry, manifest.layers[0]!.digest);
+    const before = await layerDirs();
+    await assert.rejects(
+      moat.images.pull(`${registry.host}/team/liar:v1`),
+      (e: Error & { code?: number; reason?: string }) => e.code === 502 && e.reason === 'DigestMismatch',
+    );
+    assert.deepEqual(await layerDirs(), before, 'no layer was stored');
+    await assert.rejects(moat.images.get(`${registry.host}/team/liar:v1`), (e: Error & { code?: number }) => e.code === 404);
+  });
+
+  test('a layer that writes outside its root is refused', async () => {
+    const layout = await makeImageLayout(join(work, 'escape'), { layers: [{ 'ok.txt': 'fine' }, { '../../escaped.txt': 'evil' }] });
+    await pushLayout(layout, registry, 'team/escape:v1');
+    await assert.rejects(
+      moat.images.pull(`${registry.host}/team/escape:v1`),
+      (e: Error & { code?: number; reason?: string }) => e.code === 422 && e.reason === 'UnsafeLayer',
+    );
+  });
+
+  async function layerDirs() {
+    return (await readdir(join(sharedImagesDir(), 'layers')).catch(() => [] as string[])).sort();
+  }
+
+  test('import a docker save archive', async () => {
+    const archive = join(work, 'app.tar');
+    await run('skopeo', ['copy', '--insecure-policy', `oci:${join(work, 'app')}:latest`, `docker-archive:${archive}:imported/app:v1`]);
+    const [image] = await moat.images.importArchive(new Uint8Array(await readFile(archive)));
+    assert.equal(image!.name, 'imported/app:v1');
+    assert.equal(image!.source, 'import');
+    await createReady(server, 'imported', { image: 'imported/app:v1' });
+    assert.equal((await sh(server, 'imported', 'cat /app/hello.txt')).stdout, 'hello from layer 2\n');
+    await server.api(`${NS}/imported`, { method: 'DELETE' });
+  });
+});
