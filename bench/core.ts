@@ -19,13 +19,13 @@ function runc(args: string[]) {
 
 /** Raw runc on a plain bundle over the same image: what Moat is compared with. */
 export async function rawRunc() {
-  const image = await new ImageStore(sharedImagesDir()).ensure('base');
+  const image = await new ImageStore(sharedImagesDir()).ensureCatalog('base');
   const dir = await mkdtemp(join(tmpdir(), 'moat-bench-runc-'));
   const root = join(dir, 'state');
   try {
     spawnSync('runc', ['spec', '--bundle', dir]);
     const spec = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
-    spec.root = { path: image.rootfs, readonly: true };
+    spec.root = { path: image.layers[0], readonly: true }; // a catalog image is one layer
     spec.process.terminal = false;
     spec.process.args = ['true'];
     await writeFile(join(dir, 'config.json'), JSON.stringify(spec));

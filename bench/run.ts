@@ -11,6 +11,7 @@ const suites: Record<string, () => Promise<void>> = {
   runtimes: async () => (await import('./runtimes.js')).benchRuntimes(),
   hibernate: async () => (await import('./hibernate.js')).benchHibernate(),
   backup: async () => (await import('./backup.js')).benchBackup(),
+  images: async () => (await import('./images.js')).benchImages(),
   // Only when asked for: it needs the dev cluster (scripts/dev-cluster up).
   ...(only === 'cluster' ? { cluster: async () => (await import('./cluster.js')).benchCluster() } : {}),
 };

@@ -15,12 +15,12 @@ const N_IDLE = Number(process.env.BENCH_IDLE ?? 5);
 const N_BOOT = Number(process.env.BENCH_BOOT ?? 3);
 
 async function rawRunsc(): Promise<number[]> {
-  const image = await new ImageStore(sharedImagesDir()).ensure('base');
+  const image = await new ImageStore(sharedImagesDir()).ensureCatalog('base');
   const dir = await mkdtemp(join(tmpdir(), 'moat-bench-runsc-'));
   try {
     spawnSync('runsc', ['spec', '--bundle', dir]);
     const spec = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
-    spec.root = { path: image.rootfs, readonly: true };
+    spec.root = { path: image.layers[0], readonly: true }; // a catalog image is one layer
     spec.process.terminal = false;
     spec.process.args = ['true'];
     await writeFile(join(dir, 'config.json'), JSON.stringify(spec));

@@ -11,12 +11,12 @@ import { Store, type Desired } from '../src/store/store.js';
 
 export const silent = pino({ level: 'silent' });
 
-export const IMAGE: Image = { name: 'base', digest: 'sha256:' + '0'.repeat(64) } as Image;
+export const IMAGE: Image = { name: 'base', digest: 'sha256:' + '0'.repeat(64), config: {}, layers: [] } as unknown as Image;
 
 export const fakeImages = (): SandboxImages => ({
-  knownNames: async () => ['base'],
-  byDigest: async (d) => (d === IMAGE.digest ? IMAGE : Promise.reject(new Error(`no image ${d}`))),
-  ensure: async () => IMAGE,
+  resolve: async () => ({ name: IMAGE.name, digest: IMAGE.digest }),
+  materialize: async (_ns, pinned) => (pinned.digest === IMAGE.digest ? IMAGE : Promise.reject(new Error(`no image ${pinned.digest}`))),
+  content: { has: async (d) => d === IMAGE.digest },
 });
 
 export function fakeNetwork(): SandboxNetwork & { attachedUids: Set<string> } {
