@@ -1,9 +1,7 @@
 // The benchmark's image: the `base` image's tree (about 300 MB) cut into four gzip'd layers, as an OCI layout.
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { mkdir, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ImageStore, MEDIA, run } from '@moat/runtime';
+import { ImageStore, MEDIA, run, sha256, sha256File } from '@moat/runtime';
 import { sharedImagesDir } from '../test/helpers/server.js';
 
 const CUTS = [['usr/lib'], ['usr/share'], ['usr/bin', 'usr/sbin', 'usr/libexec', 'usr/include', 'usr/local', 'usr/games', 'usr/src']];
@@ -23,9 +21,9 @@ export async function layeredImageFrom(dir: string) {
     const rest = paths[0] === '.';
     await run('tar', ['-C', root, '--numeric-owner', '--owner=0', '--group=0', '--sort=name', '-cf', tar, ...(rest ? [...paths.slice(1), '.'] : paths)]);
     bytes += (await stat(tar)).size;
-    diffIds.push(await sha256(tar));
+    diffIds.push(await sha256File(tar));
     await run('gzip', ['-6', '-n', tar]);
-    const digest = await sha256(`${tar}.gz`);
+    const digest = await sha256File(`${tar}.gz`);
     const size = (await stat(`${tar}.gz`)).size;
     await rename(`${tar}.gz`, join(blobs, digest.slice(7)));
     layers.push({ mediaType: MEDIA.ociLayerGzip, digest, size });
@@ -38,7 +36,7 @@ export async function layeredImageFrom(dir: string) {
       rootfs: { type: 'layers', diff_ids: diffIds },
     }),
   );
-  const configDigest = `sha256:${createHash('sha256').update(config).digest('hex')}`;
+  const configDigest = sha256(config);
   await writeFile(join(blobs, configDigest.slice(7)), config);
   const manifest = Buffer.from(
     JSON.stringify({
@@ -48,25 +46,17 @@ export async function layeredImageFrom(dir: string) {
       layers,
     }),
   );
-  const manifestDigest = `sha256:${createHash('sha256').update(manifest).digest('hex')}`;
+  const manifestDigest = sha256(manifest);
   await writeFile(join(blobs, manifestDigest.slice(7)), manifest);
   await writeFile(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
   await writeFile(
     join(dir, 'index.json'),
     JSON.stringify({
       schemaVersion: 2,
-      manifests: [{ mediaType: MEDIA.ociManifest, digest: manifestDigest, size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }],
+      manifests: [
+        { mediaType: MEDIA.ociManifest, digest: manifestDigest, size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'latest' } },
+      ],
     }),
   );
   return { dir, layers: layers.length, bytes, compressedBytes: layers.reduce((n, l) => n + l.size, 0) };
-}
-
-function sha256(path: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(path)
-      .on('data', (d) => h.update(d))
-      .on('end', () => resolve(`sha256:${h.digest('hex')}`))
-      .on('error', reject);
-  });
 }

@@ -1,10 +1,11 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readFile, realpath, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { MoatError } from '@moat/core';
 import { entryParts, ingestLayer } from './layer.js';
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, parseConfig, parseManifest, pickPlatform, verified } from './parse.js';
+import { sha256, sha256File } from './store.js';
 import { MEDIA, isDigest, type Descriptor, type ImageSource, type Manifest } from './oci.js';
 
 export interface ImageArchive {
@@ -157,18 +158,6 @@ async function readBounded(path: string, max: number): Promise<Buffer> {
 
 /** `docker.io/library/python:3` as Docker shows it, `python:3` (skopeo writes the long form). */
 const familiar = (name: string) => name.replace(/^docker\.io\//, '').replace(/^library\//, '');
-
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-function sha256File(path: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(path)
-      .on('data', (d) => h.update(d))
-      .on('end', () => resolve(`sha256:${h.digest('hex')}`))
-      .on('error', reject);
-  });
-}
 
 export async function isGzip(file: string): Promise<boolean> {
   const fh = await open(file, 'r');

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -7,7 +6,7 @@ import { hostUid } from '../userns.js';
 import type { ImageDefinition } from './catalog.js';
 import { ingestLayer } from './layer.js';
 import { MEDIA, type ImageConfig } from './oci.js';
-import { describeImage, type Image, type ImageStore, type Progress } from './store.js';
+import { describeImage, sha256File, type Image, type ImageStore, type Progress } from './store.js';
 
 // Builds are reproducible: the same packages give the same layer, config and manifest digests.
 const EPOCH = 1700000000;
@@ -35,7 +34,7 @@ export async function buildCatalogLayer(def: ImageDefinition, store: ImageStore,
       { env: { ...process.env, SOURCE_DATE_EPOCH: String(EPOCH) }, onStderrLine: (l) => progress(`  ${l}`) },
     );
     progress(`  mmdebstrap done in ${((Date.now() - started) / 1000).toFixed(1)} s; unpacking`);
-    const diffId = `sha256:${await sha256File(tar)}`;
+    const diffId = await sha256File(tar);
     const size = (await stat(tar)).size;
     if (!(await store.localLayer(diffId))) {
       await store.addLayer(diffId, async (dest) => {
@@ -70,14 +69,4 @@ export async function buildCatalogLayer(def: ImageDefinition, store: ImageStore,
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
-}
-
-function sha256File(path: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(path)
-      .on('data', (d) => h.update(d))
-      .on('end', () => resolve(h.digest('hex')))
-      .on('error', reject);
-  });
 }

@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MoatError, notFound } from '@moat/core';
@@ -360,6 +361,17 @@ export class ImageStore {
 
 export function sha256(data: string | Buffer): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+/** A file's digest, `sha256:<hex>`. */
+export function sha256File(path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    createReadStream(path)
+      .on('data', (d) => h.update(d))
+      .on('end', () => resolve(`sha256:${h.digest('hex')}`))
+      .on('error', reject);
+  });
 }
 
 /** The manifest and config of an image made here (the catalog's, an export), with their digests. */
