@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readdir, readFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { Moat } from '@moat/sdk';
 import { run } from '@moat/runtime';
 import { NS, createReady, sh, sharedImagesDir, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
-import { corruptBlob, makeImageLayout, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { corruptBlob, makeImageLayout, startRegistry, truncateBlob, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage, pushLayout } from '../helpers/test-images.js';
 
 /**
@@ -123,7 +124,7 @@ describe('images from a registry', () => {
       json: { metadata: { name: 'no-such' }, spec: { podTemplate: { spec: { containers: [{ name: 's', image: 'no-such-image' }] } } } },
     });
     assert.equal(res.status, 404);
-    assert.match(((await res.json()) as { message: string }).message, /image "no-such-image:latest" is not in namespace "default".*known: .*base/);
+    assert.match(((await res.json()) as { message: string }).message, /image "no-such-image:latest" not found in namespace "default"; known images: .*base/);
   });
 
   test('a registry that lies about a blob is refused and leaves nothing behind', async () => {
@@ -138,6 +139,30 @@ describe('images from a registry', () => {
     );
     assert.deepEqual(await layerDirs(), before, 'no layer was stored');
     await assert.rejects(moat.images.get(`${registry.host}/team/liar:v1`), (e: Error & { code?: number }) => e.code === 404);
+  });
+
+  test('a download that breaks off is refused and leaves nothing behind', async () => {
+    const layout = await makeImageLayout(join(work, 'short'), { layers: [{ 'big.bin': randomBytes(256 * 1024).toString('base64') }] });
+    const digest = await pushLayout(layout, registry, 'team/short:v1');
+    const manifest = JSON.parse(await readFile(join(layout, 'blobs', 'sha256', digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+    await truncateBlob(registry, manifest.layers[0]!.digest);
+    const before = await layerDirs();
+    await assert.rejects(moat.images.pull(`${registry.host}/team/short:v1`), (e: Error & { code?: number; reason?: string }) => {
+      assert.equal(e.code, 502, e.message);
+      assert.equal(e.reason, 'TruncatedBlob', e.message);
+      return true;
+    });
+    assert.deepEqual(await layerDirs(), before, 'no layer was stored');
+  });
+
+  test('a wrong registry password is refused and not kept', async () => {
+    await assert.rejects(moat.images.login(registry.host, registry.username, 'not-the-password'), (e: Error & { code?: number; reason?: string }) => {
+      assert.equal(e.code, 403, e.message);
+      assert.match(e.message, /refused the login/);
+      return true;
+    });
+    const logins = await moat.images.registries();
+    assert.equal(logins.filter((l) => l.registry === registry.host).length, 1, 'the good login stays');
   });
 
   test('a layer that writes outside its root is refused', async () => {

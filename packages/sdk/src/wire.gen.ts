@@ -392,6 +392,8 @@ export interface SandboxStatus {
   image?: {
     name: string;
     digest: string;
+    env?: Record<string, string>;
+    workingDir?: string;
   };
   network?: {
     address: string;

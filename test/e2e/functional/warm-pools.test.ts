@@ -128,7 +128,7 @@ describe('templates, claims and warm pools', () => {
     await create(server, 'sandboxtemplates', templateBody('no-image', { image: 'does-not-exist' }));
     const claim = await create(server, 'sandboxclaims', claimBody('no-image', 'no-image'));
     assert.equal(condition(claim)?.reason, 'ImageNotFound');
-    assert.match(condition(claim)!.message, /image "does-not-exist" not found; known images: .*base/);
+    assert.match(condition(claim)!.message, /image "does-not-exist:latest" not found in namespace "default"; known images: .*base/);
     await create(server, 'sandboxwarmpools', poolBody('no-image-pool', 'no-image', 2));
     await until(
       'pool ImageNotFound',

@@ -31,7 +31,7 @@ describe('bad input gets a clear 4xx and loses nothing', () => {
     const body = await status(
       await server.api(NS, { method: 'POST', json: sandboxBody('x1', { image: 'nosuch' }) }),
       404,
-      /image "nosuch" not found; known images: .*base/,
+      /image "nosuch:latest" not found in namespace "default"; known images: .*base/,
     );
     assert.ok(body.details.known.includes('base'));
   });

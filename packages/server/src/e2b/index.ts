@@ -4,6 +4,7 @@ import { controlPlaneErrorHandler, controlPlaneRoutes } from './control-plane.js
 import { authenticateDataPlane, portRelayRoutes } from './data-plane.js';
 import { envdErrorHandler, envdRoutes } from './envd.js';
 import { DEFAULT_TEMPLATE_ALIASES, E2bSandboxes } from './sandboxes.js';
+import { templateBuildRoutes } from './template-build.js';
 
 export { rewriteE2bRequest } from './data-plane.js';
 
@@ -46,6 +47,7 @@ export async function e2bRoutes(app: FastifyInstance, ctx: ApiContext): Promise<
     scope.setErrorHandler(controlPlaneErrorHandler);
     controlPlaneRoutes(scope, e2b);
   });
+  await app.register(async (scope) => templateBuildRoutes(scope, ctx, e2b));
   const dataPlane = (register: (scope: FastifyInstance) => void) =>
     app.register(async (scope) => {
       scope.addHook('onRoute', (route) => void (route.config = { ...route.config, ownAuth: true }));

@@ -312,8 +312,8 @@ const cannotPause = () =>
 /** E2B knows two states: a Moat sandbox that is paused or hibernated (by idle reclaim, say) is `paused` there. */
 export const isPaused = (s: E2bSandbox) => s.sandbox?.status.phase === 'Paused' || s.sandbox?.status.phase === 'Hibernated';
 
-/** Where a key's E2B sandboxes go: its agent's namespace, or its user's default agent's. */
-function homeNamespace(p: Principal): string {
+/** Where a key's E2B sandboxes (and templates) go: its agent's namespace, or its user's default agent's. */
+export function homeNamespace(p: Principal): string {
   const agent = p.agent ?? DEFAULT_AGENT;
   const ns = [...p.namespaces].find(([, a]) => a === agent)?.[0];
   if (!ns) throw new MoatError(403, 'Forbidden', `user "${p.user}" has no namespace for agent "${agent}" to create sandboxes in`);

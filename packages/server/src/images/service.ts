@@ -93,18 +93,15 @@ export class ImageService {
     const policy = pullPolicy(name, container.imagePullPolicy);
     // What was built or imported here has nowhere to be pulled from: it is used as it is.
     if (found && (found.source !== 'pull' || policy !== 'Always')) return { name: name.key, digest: found.digest };
-    if (policy === 'Never') throw new MoatError(404, 'ImageNotFound', await this.notFoundMessage(namespace, name, 'and imagePullPolicy is Never'));
+    if (policy === 'Never') throw await this.notFound(namespace, name, '; imagePullPolicy is Never');
     try {
       const image = await this.pull(namespace, container.image);
       return { name: name.key, digest: image.digest };
     } catch (err) {
       if (!name.qualified && this.opts.unqualifiedPulls === false) throw err;
       if (err instanceof MoatError && found === undefined && isLocalLooking(container.image)) {
-        throw new MoatError(
-          err.code === 404 ? 404 : err.code,
-          err.code === 404 ? 'ImageNotFound' : err.reason,
-          `${await this.notFoundMessage(namespace, name, '')}; pulling it failed: ${err.message}`,
-        );
+        const missing = await this.notFound(namespace, name, `; pulling it failed: ${err.message}`);
+        throw err.code === 404 ? missing : new MoatError(err.code, err.reason, missing.message, missing.details);
       }
       throw err;
     }
@@ -124,11 +121,7 @@ export class ImageService {
     const name = imageName(reference);
     if (!name.ref) return this.catalog(name.key);
     if (!name.qualified && this.opts.unqualifiedPulls === false)
-      throw new MoatError(
-        404,
-        'ImageNotFound',
-        `${await this.notFoundMessage(namespace, name, '')}; names without a registry host are not pulled from Docker Hub on this server`,
-      );
+      throw await this.notFound(namespace, name, '; names without a registry host are not pulled from Docker Hub on this server');
     const source = this.registry(namespace).source(name.ref);
     return this.add(namespace, name.key, 'pull', source, o);
   }
@@ -368,12 +361,13 @@ export class ImageService {
     }
     if (o.own && (await this.find(namespace, name)))
       throw forbidden(`image ${name.key} is published by another namespace: only its own namespace can change it`);
-    throw new MoatError(404, 'ImageNotFound', await this.notFoundMessage(namespace, name, ''));
+    throw await this.notFound(namespace, name, '');
   }
 
-  private async notFoundMessage(namespace: string, name: ImageName, why: string): Promise<string> {
+  /** A 404 naming what the namespace does have (`details.known`), `why` appended after the list. */
+  private async notFound(namespace: string, name: ImageName, why: string): Promise<MoatError> {
     const known = [...new Set([...(await this.list([namespace])).map((i) => i.name), ...Object.keys(IMAGE_CATALOG)])].sort();
-    return `image "${name.key}" is not in namespace "${namespace}"${why ? ` ${why}` : ''} (known: ${known.join(', ')})`;
+    return new MoatError(404, 'ImageNotFound', `image "${name.key}" not found in namespace "${namespace}"; known images: ${known.join(', ')}${why}`, { known });
   }
 
   private async info(r: ImageTable): Promise<ImageInfo> {
