@@ -6,6 +6,7 @@ export * from './drivers/runc.js';
 export * from './drivers/gvisor.js';
 export * from './drivers/builtins.js';
 export * from './images/catalog.js';
+export * from './images/image.js';
 export * from './images/store.js';
 export * from './images/oci.js';
 export * from './images/layer.js';

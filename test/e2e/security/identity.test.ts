@@ -19,6 +19,8 @@ const SECRETS = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/secrets`;
 const GATEWAY = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/gateway`;
 const VOLUMES = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/volumes`;
 const BACKUPS = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/backups`;
+const IMAGES = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/images`;
+const REGISTRIES = (ns: string) => `/apis/moat.dev/v1/namespaces/${ns}/registries`;
 const NO_BACKUP = 'bk-0000000000000000';
 const EXT = (ns: string, plural: string) => `/apis/extensions.agents.x-k8s.io/v1alpha1/namespaces/${ns}/${plural}`;
 
@@ -153,6 +155,44 @@ const ACTIONS: Action[] = [
     allowed: ok(204),
   },
   { route: 'GET gateway/usage', verb: 'read', run: (c, ns) => c('GET', `${GATEWAY(ns)}/usage`), allowed: ok(200) },
+  { route: 'GET images', verb: 'read', run: (c, ns) => c('GET', IMAGES(ns)), allowed: ok(200) },
+  { route: 'GET images/{name}', verb: 'read', run: (c, ns) => c('GET', `${IMAGES(ns)}/ghost`), allowed: missing(/image "ghost:latest" not found/) },
+  { route: 'DELETE images/{name}', verb: 'write', run: (c, ns) => c('DELETE', `${IMAGES(ns)}/ghost`), allowed: missing(/image "ghost:latest" not found/) },
+  {
+    route: 'POST images/{name}/publish',
+    verb: 'write',
+    run: (c, ns) => c('POST', `${IMAGES(ns)}/ghost/publish`, { public: true }),
+    // Publishing is the admins' alone: a member in their own namespace is told so.
+    allowed: (r) => missing(/image "ghost:latest" not found/)(r) || (r.status === 403 && /admin/.test(r.body.message)),
+  },
+  {
+    route: 'POST images/pull',
+    verb: 'write',
+    run: (c, ns) => c('POST', `${IMAGES(ns)}/pull`, { reference: 'UPPER/case' }),
+    allowed: (r) => r.status === 400 && r.body.reason === 'InvalidImageName',
+  },
+  { route: 'POST images/import', verb: 'write', run: (c, ns) => c('POST', `${IMAGES(ns)}/import`, emptyTar), allowed: (r) => r.body.reason === 'BadArchive' },
+  {
+    route: 'POST images/build',
+    verb: 'write',
+    run: (c, ns) => c('POST', `${IMAGES(ns)}/build?tag=t`, emptyTar),
+    allowed: (r) => r.body.reason === 'BuildFailed',
+  },
+  { route: 'GET registries', verb: 'read', run: (c, ns) => c('GET', REGISTRIES(ns)), allowed: ok(200) },
+  {
+    route: 'POST registries',
+    verb: 'write',
+    // A docker config's logins are stored as they are (not checked against the registry): nothing leaves the host.
+    run: (c, ns) =>
+      c('POST', REGISTRIES(ns), { dockerConfig: JSON.stringify({ auths: { 'registry.example': { auth: Buffer.from('u:p').toString('base64') } } }) }),
+    allowed: ok(201),
+  },
+  {
+    route: 'DELETE registries/{registry}',
+    verb: 'write',
+    run: (c, ns) => c('DELETE', `${REGISTRIES(ns)}/ghost.example`),
+    allowed: missing(/no login for registry ghost.example/),
+  },
   ...objectActions('sandboxtemplates', 'tpl', (name) => templateBody(name)),
   ...objectActions('sandboxclaims', 'clm', (name) => claimBody(name, 'none')),
   ...objectActions('sandboxwarmpools', 'pool', (name) => poolBody(name, 'tpl', 0)),

@@ -1,7 +1,7 @@
 import type { RuntimeClassName, SandboxLimits } from '@moat/core';
 import type { AgentClient } from '../agent/index.js';
 import type { Usage } from '../cgroups.js';
-import type { Image } from '../images/store.js';
+import type { Image } from '../images/image.js';
 
 /** What a driver needs to run one sandbox; saved with it so a restart can recreate it. */
 export interface SandboxRuntimeSpec {

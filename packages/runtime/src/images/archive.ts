@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { MoatError } from '@moat/core';
 import { entryParts, ingestLayer } from './layer.js';
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, parseConfig, parseManifest, pickPlatform, verified } from './parse.js';
-import { sha256, sha256File } from './store.js';
+import { sha256, sha256File } from './image.js';
 import { MEDIA, isDigest, type Descriptor, type ImageSource, type Manifest } from './oci.js';
 
 export interface ImageArchive {

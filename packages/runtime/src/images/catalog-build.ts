@@ -4,15 +4,25 @@ import { join } from 'node:path';
 import { run } from '../run.js';
 import { hostUid } from '../userns.js';
 import type { ImageDefinition } from './catalog.js';
-import { ingestLayer } from './layer.js';
+import { describeImage, sha256File, type Image, type ImageRecord, type Progress } from './image.js';
+import { ingestLayer, type LayerLimits, type LayerPolicy } from './layer.js';
 import { MEDIA, type ImageConfig } from './oci.js';
-import { describeImage, sha256File, type Image, type ImageStore, type Progress } from './store.js';
 
 // Builds are reproducible: the same packages give the same layer, config and manifest digests.
 const EPOCH = 1700000000;
 
+/** What a catalog build needs of the image store (store.ts), which calls it. */
+export interface CatalogStore {
+  readonly policy: LayerPolicy;
+  readonly limits: LayerLimits;
+  tmpDir(): Promise<string>;
+  localLayer(diffId: string): Promise<string | undefined>;
+  addLayer(diffId: string, fill: (dest: string) => Promise<{ size: number; opaque?: string[] }>): Promise<string>;
+  addImage(r: Omit<ImageRecord, 'sizeBytes' | 'createdAt'>, configBytes: Buffer): Promise<Image>;
+}
+
 /** A catalog image: one layer made by mmdebstrap, stored like any pulled image. */
-export async function buildCatalogLayer(def: ImageDefinition, store: ImageStore, progress: Progress): Promise<Image> {
+export async function buildCatalogLayer(def: ImageDefinition, store: CatalogStore, progress: Progress): Promise<Image> {
   const tmp = await store.tmpDir();
   try {
     const tar = join(tmp, 'rootfs.tar');

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { USERNS_HOST_BASE, USERNS_SIZE } from '../userns.js';
 import { packLayer } from './layer.js';
 import { MEDIA, type ImageConfig } from './oci.js';
-import { describeImage, type ImageStore } from './store.js';
+import { describeImage } from './image.js';
+import type { ImageStore } from './store.js';
 
 /**
  * The image as an OCI layout directory (ref `latest`), for tools that take

@@ -1,6 +1,6 @@
 import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Image } from '../images/store.js';
+import type { Image } from '../images/image.js';
 import { mountOverlay, unmount } from '../disk.js';
 import { run } from '../run.js';
 import { USERNS_HOST_BASE, USERNS_SIZE } from '../userns.js';

@@ -1,5 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import { MoatError } from '@moat/core';
 import { MEDIA, ingestLayer, isGzip } from '@moat/runtime';
 
 /**
@@ -12,6 +13,9 @@ export async function unpackContext(tarFile: string, dest: string): Promise<void
     mediaType: (await isGzip(tarFile)) ? MEDIA.ociLayerGzip : MEDIA.ociLayer,
     dest,
     policy: { devices: false, setuid: false },
+  }).catch((err: unknown) => {
+    if (err instanceof MoatError && err.reason !== 'UnsafeLayer') throw err;
+    throw new MoatError(400, 'BadContext', `the build context is refused: ${(err as Error).message} (send a tar of the directory, gzip or not)`);
   });
 }
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { badRequest } from '@moat/core';
+import { MoatError, badRequest } from '@moat/core';
 import type { Secrets } from '../secrets/secrets.js';
 
 export interface RegistryLogin {
@@ -28,7 +28,10 @@ export class RegistryLogins {
   }
 
   async logout(namespace: string, registry: string): Promise<void> {
-    await this.secrets.delete(namespace, secretName(normalize(registry)));
+    const host = normalize(registry);
+    await this.secrets.delete(namespace, secretName(host)).catch((err: unknown) => {
+      throw err instanceof MoatError && err.code === 404 ? new MoatError(404, 'NotFound', `no login for registry ${host} in namespace "${namespace}"`) : err;
+    });
   }
 
   async list(namespace: string): Promise<RegistryLogin[]> {

@@ -102,6 +102,7 @@ export function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
     { schema: { tags, summary: 'Admins: make an image visible to every namespace (or private again)', params: NsName, body: PublishBody } },
     async (req) => {
       const { namespace, name } = req.params as Static<typeof NsName>;
+      authorize(req.principal, namespace, 'write');
       requireAdmin(req.principal, 'publish images');
       return images.publish(namespace, name, (req.body as Static<typeof PublishBody>).public);
     },
