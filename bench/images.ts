@@ -1,7 +1,7 @@
 // `npm run bench -- images`: pulling and unpacking a multi-layer image of about 300 MB from a registry on loopback,
 // against `skopeo copy` + `umoci unpack` of the same image in the same run; then create → first exec of the pulled
 // image (cold: the first sandbox; warm: a second one of the same image, against `base` in the same run).
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ImageStore, RegistryClient, parseReference, run } from '@moat/runtime';
@@ -30,6 +30,7 @@ export async function benchImages() {
     const moat: number[] = [];
     for (let i = 0; i < N; i++) {
       const dir = join(work, `baseline-${i}`);
+      await mkdir(dir);
       baseline.push(
         await time(async () => {
           await run('skopeo', ['copy', '--insecure-policy', '--src-tls-verify=false', `docker://${ref}`, `oci:${dir}/oci:v1`]);

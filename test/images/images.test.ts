@@ -174,6 +174,24 @@ describe('images from a registry', () => {
     );
   });
 
+  test("another user's namespace sees an image only once an admin publishes it", async () => {
+    const bob = await moat.users.create({ name: 'img-bob', role: 'member' });
+    const asBob = new Moat({ url: server.url, apiKey: bob.key.key, namespace: 'img-bob' });
+    const visible = async () => (await asBob.images.listNamespace()).some((i) => i.name === app.ref);
+    assert.equal(await visible(), false, 'private to its namespace');
+    await assert.rejects(asBob.images.get(app.ref), (e: Error & { code?: number }) => e.code === 404);
+    await assert.rejects(
+      new Moat({ url: server.url, apiKey: bob.key.key, namespace: 'default' }).images.listNamespace(),
+      (e: Error & { code?: number }) => e.code === 404,
+      "another user's namespace looks missing",
+    );
+    assert.equal((await moat.images.publish(app.ref)).public, true);
+    assert.equal(await visible(), true, 'published to all');
+    await assert.rejects(asBob.images.publish(app.ref, false), (e: Error & { code?: number }) => e.code === 403, 'only admins publish');
+    await moat.images.publish(app.ref, false);
+    assert.equal(await visible(), false);
+  });
+
   async function layerDirs() {
     return (await readdir(join(sharedImagesDir(), 'layers')).catch(() => [] as string[])).sort();
   }
@@ -187,5 +205,12 @@ describe('images from a registry', () => {
     await createReady(server, 'imported', { image: 'imported/app:v1' });
     assert.equal((await sh(server, 'imported', 'cat /app/hello.txt')).stdout, 'hello from layer 2\n');
     await server.api(`${NS}/imported`, { method: 'DELETE' });
+    for (let i = 0; i < 100 && (await server.api(`${NS}/imported`)).status !== 404; i++) await new Promise((r) => setTimeout(r, 100));
+    // Unused now: deleting the name collects the image (its layers are the registry image's, which stays).
+    await moat.images.delete('imported/app:v1');
+    await assert.rejects(moat.images.get('imported/app:v1'), (e: Error & { code?: number }) => e.code === 404);
+    const manifests = await readdir(join(sharedImagesDir(), 'manifests'));
+    assert.ok(!manifests.includes(`${image!.digest.slice(7)}.json`), 'the image is gone from the store');
+    assert.ok(manifests.includes(`${app.digest.slice(7)}.json`), 'the image a name still has stays');
   });
 });
