@@ -1,6 +1,22 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { link, lchown, lstat, lutimes, mkdir, open, rm, symlink, chmod, utimes } from 'node:fs/promises';
+import {
+  chmodSync,
+  closeSync,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  symlinkSync,
+  utimesSync,
+  writeSync,
+} from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Transform, Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -211,6 +227,8 @@ class TreeWriter {
   bytes = 0;
   readonly opaque: string[] = [];
   private readonly dirs: { path: string; mtime: Date | undefined; mode: number }[] = [];
+  // Parents checked once (lstat per path component per entry is most of an unpack's syscalls).
+  private readonly dirsSeen = new Set<string>();
 
   constructor(
     private readonly root: string,
@@ -233,52 +251,53 @@ class TreeWriter {
     const target = join(this.root, ...parent, base.startsWith('.wh.') ? base.slice(4) : base);
     if (base.startsWith('.wh.')) {
       if (base.length === 4) throw unsafe(`the layer has a whiteout without a name: ${h.name}`);
-      await rm(target, { recursive: true, force: true });
+      await this.replace(target);
       await run('mknod', [target, 'c', '0', '0']);
       await this.own(target, h);
       return drain(body);
     }
     const mode = (h.mode ?? 0o644) & 0o7777;
     if (mode & 0o6000 && !this.policy.setuid && h.type === 'file') throw unsafe(`${h.name} is setuid or setgid, which this store refuses`);
-    const existing = await lstat(target).catch(() => undefined);
-    if (existing && !(existing.isDirectory() && h.type === 'directory')) await rm(target, { recursive: true, force: true });
+    const existing = lstatOrUndefined(target);
+    if (existing && !(existing.isDirectory() && h.type === 'directory')) await this.replace(target);
     switch (h.type) {
       case 'directory':
-        await mkdir(target, { recursive: true });
+        mkdirSync(target, { recursive: true });
         await this.own(target, h);
-        await chmod(target, mode);
+        chmodSync(target, mode);
         this.dirs.push({ path: target, mtime: h.mtime, mode });
         return drain(body);
       case 'file':
       case 'contiguous-file': {
-        const fh = await open(target, 'wx', 0o600);
+        const fd = openSync(target, 'wx', 0o600);
         try {
           for await (const chunk of body) {
             // A short write is how a full disk first shows: write the rest, and ENOSPC follows.
-            for (let off = 0; off < chunk.length;) off += (await fh.write(chunk, off)).bytesWritten;
+            for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off);
             this.bytes += chunk.length;
           }
+          const [uid, gid] = this.ids(h);
+          fchownSync(fd, uid, gid);
+          fchmodSync(fd, mode);
+          if (h.mtime) futimesSync(fd, h.mtime, h.mtime);
         } finally {
-          await fh.close();
+          closeSync(fd);
         }
-        await this.own(target, h);
-        await chmod(target, mode);
-        if (h.mtime) await utimes(target, h.mtime, h.mtime);
         return;
       }
       case 'symlink':
         // The target is read inside the sandbox's root, so an absolute one is fine: what is refused is writing through it.
-        await symlink(h.linkname ?? '', target);
+        symlinkSync(h.linkname ?? '', target);
         await this.own(target, h);
-        if (h.mtime) await lutimes(target, h.mtime, h.mtime);
+        if (h.mtime) lutimesSync(target, h.mtime, h.mtime);
         return drain(body);
       case 'link': {
         const from = entryParts(h.linkname ?? '');
         if (!from.length) throw unsafe(`the hard link ${h.name} has no target`);
         await this.ensureDir(from.slice(0, -1), { create: false });
-        const st = await lstat(join(this.root, ...from)).catch(() => undefined);
+        const st = lstatOrUndefined(join(this.root, ...from));
         if (!st || st.isDirectory()) throw unsafe(`the hard link ${h.name} points at ${h.linkname}, which is not a file in this layer`);
-        await link(join(this.root, ...from), target);
+        linkSync(join(this.root, ...from), target);
         return drain(body);
       }
       case 'character-device':
@@ -286,7 +305,7 @@ class TreeWriter {
         if (!this.policy.devices) throw unsafe(`${h.name} is a device node, which this store refuses`);
         await run('mknod', [target, h.type === 'block-device' ? 'b' : 'c', String(h.devmajor ?? 0), String(h.devminor ?? 0)]);
         await this.own(target, h);
-        await chmod(target, mode);
+        chmodSync(target, mode);
         return drain(body);
       case 'fifo':
         await run('mkfifo', ['-m', mode.toString(8), target]);
@@ -300,7 +319,7 @@ class TreeWriter {
 
   /** Directories' times last: every entry written into one changed its mtime. */
   async finish(): Promise<void> {
-    for (const d of this.dirs.reverse()) if (d.mtime) await utimes(d.path, d.mtime, d.mtime);
+    for (const d of this.dirs.reverse()) if (d.mtime) utimesSync(d.path, d.mtime, d.mtime);
   }
 
   /** Each of `parts` is a directory (made if missing) and none is a symlink: nothing is written through one. */
@@ -308,20 +327,37 @@ class TreeWriter {
     let p = this.root;
     for (const part of parts) {
       p = join(p, part);
-      const st = await lstat(p).catch(() => undefined);
-      if (st?.isDirectory()) continue;
+      if (this.dirsSeen.has(p)) continue;
+      const st = lstatOrUndefined(p);
+      if (st?.isDirectory()) {
+        this.dirsSeen.add(p);
+        continue;
+      }
       if (st?.isSymbolicLink()) throw unsafe(`the layer writes through the symlink ${parts.join('/')}`);
       if (st || !o.create) throw unsafe(`the layer writes under ${parts.join('/')}, which is not a directory`);
-      await mkdir(p);
-      await lchown(p, this.mapId(0), this.mapId(0));
+      mkdirSync(p);
+      lchownSync(p, this.mapId(0), this.mapId(0));
+      this.dirsSeen.add(p);
     }
   }
 
+  /** Removes what an entry replaces; directories under it are no longer known to be directories. */
+  private async replace(target: string): Promise<void> {
+    await rm(target, { recursive: true, force: true });
+    for (const d of this.dirsSeen) if (d === target || d.startsWith(`${target}/`)) this.dirsSeen.delete(d);
+  }
+
   private async own(path: string, h: Header): Promise<void> {
+    const [uid, gid] = this.ids(h);
+    lchownSync(path, uid, gid);
+  }
+
+  /** The entry's owner as stored (mapped into the sandbox range). */
+  private ids(h: Header): [number, number] {
     const uid = h.uid ?? 0;
     const gid = h.gid ?? 0;
     if (uid > MAX_ID || gid > MAX_ID || uid < 0 || gid < 0) throw unsafe(`${h.name} is owned by ${uid}:${gid}; a sandbox maps ids 0-${MAX_ID}`);
-    await lchown(path, this.mapId(uid), this.mapId(gid));
+    return [this.mapId(uid), this.mapId(gid)];
   }
 }
 
@@ -340,4 +376,12 @@ async function drain(body: AsyncIterable<Buffer>): Promise<void> {
 function noSpace(err: unknown): unknown {
   const code = (err as NodeJS.ErrnoException).code;
   return code === 'ENOSPC' || code === 'EDQUOT' ? new MoatError(507, 'InsufficientStorage', 'no space left in the image store while unpacking a layer') : err;
+}
+
+/**
+ * Metadata calls are synchronous in the unpacker: each takes microseconds, and
+ * a round trip through libuv's thread pool per call was most of an unpack's time.
+ */
+function lstatOrUndefined(p: string) {
+  return lstatSync(p, { throwIfNoEntry: false });
 }
