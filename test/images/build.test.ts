@@ -5,7 +5,10 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Moat, type ImageProgress } from '@moat/sdk';
 import { run } from '@moat/runtime';
+import { runProcess } from '../helpers/run-process.js';
 import { NS, createReady, sh, startTestServer, type TestServer } from '../helpers/server.js';
+
+const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
 
 /**
  * Dockerfile builds through the API, with the real builder (buildah):
@@ -84,6 +87,29 @@ describe('images built from a Dockerfile', () => {
     );
     assert.ok(lines.includes('about to fail'), lines.join('\n'));
     await assert.rejects(moat.images.get('fails:v1'), (e: Error & { code?: number }) => e.code === 404);
+  });
+
+  test('the CLI: moat images build, list, inspect, delete', async () => {
+    const dir = join(work, 'cli');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'Dockerfile'), 'FROM base\nRUN echo cli > /cli.txt\nUSER 1000\n');
+    const cli = (...args: string[]) =>
+      runProcess(process.execPath, [CLI, ...args], {
+        env: { ...(process.env as Record<string, string>), MOAT_URL: server.url, MOAT_API_KEY: server.adminKey, MOAT_CONFIG: join(work, 'cli-config.json') },
+        cwd: work,
+      });
+    const built = await cli('images', 'build', '-t', 'cli-app:v1', dir);
+    assert.equal(built.code, 0, built.stderr);
+    assert.match(built.stdout, /^cli-app:v1 sha256:[0-9a-f]{64}\n$/);
+    assert.match(built.stderr, /STEP 2\/3: RUN echo cli/, 'the build log streams to stderr');
+    const listed = await cli('images', 'list');
+    assert.match(listed.stdout, /^cli-app:v1\s+sha256:[0-9a-f]{12}\s+build\s/m);
+    const inspected = JSON.parse((await cli('images', 'inspect', 'cli-app:v1')).stdout) as { config: { User?: string } };
+    assert.equal(inspected.config.User, '1000');
+    assert.equal((await cli('images', 'delete', 'cli-app:v1')).code, 0);
+    const again = await cli('images', 'delete', 'cli-app:v1');
+    assert.notEqual(again.code, 0);
+    assert.match(again.stderr, /image "cli-app:v1" not found/);
   });
 
   test('bad build input is refused before anything runs', async () => {
