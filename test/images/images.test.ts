@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { readdir, readFile, mkdtemp, rm } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdir, readFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Moat } from '@moat/sdk';
 import { run } from '@moat/runtime';
 import { NS, createReady, sh, sharedImagesDir, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
-import { corruptBlob, makeImageLayout, startRegistry, truncateBlob, type TestRegistry } from '../helpers/registry.js';
+import { corruptBlob, makeImageLayout, registryArgs, startRegistry, truncateBlob, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage, pushLayout } from '../helpers/test-images.js';
 
 /**
@@ -104,6 +104,54 @@ describe('images from a registry', () => {
     const ref = `${registry.host}/team/app@${app.digest}`;
     const image = await moat.images.pull(ref);
     assert.equal(image.digest, app.digest);
+  });
+
+  test('a multi-platform index pulls its linux/amd64 image', async () => {
+    // The app's layout gains an arm64 twin (same layers, another config) and an index over both.
+    const dir = join(work, 'app');
+    const blob = (d: string) => join(dir, 'blobs', 'sha256', d.slice(7));
+    const put = async (bytes: string) => {
+      const d = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+      await writeFile(blob(d), bytes);
+      return { digest: d, size: Buffer.byteLength(bytes) };
+    };
+    const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: { digest: string; size: number }[] };
+    const amd64 = index.manifests[0]!;
+    const manifest = JSON.parse(await readFile(blob(amd64.digest), 'utf8')) as { config: { digest: string; size: number } };
+    const config = JSON.parse(await readFile(blob(manifest.config.digest), 'utf8')) as { architecture: string };
+    const armConfig = await put(JSON.stringify({ ...config, architecture: 'arm64' }));
+    const arm = await put(JSON.stringify({ ...manifest, config: { ...manifest.config, ...armConfig } }));
+    const list = await put(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [
+          { mediaType: 'application/vnd.oci.image.manifest.v1+json', ...arm, platform: { os: 'linux', architecture: 'arm64' } },
+          { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: amd64.digest, size: amd64.size, platform: { os: 'linux', architecture: 'amd64' } },
+        ],
+      }),
+    );
+    const multi = join(work, 'multi');
+    await run('cp', ['-a', dir, multi]);
+    await writeFile(
+      join(multi, 'index.json'),
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', ...list, annotations: { 'org.opencontainers.image.ref.name': 'latest' } }],
+      }),
+    );
+    await run('skopeo', [
+      'copy',
+      '--quiet',
+      '--insecure-policy',
+      '--all',
+      '--preserve-digests',
+      ...registryArgs(registry, 'dest'),
+      `oci:${multi}:latest`,
+      `docker://${registry.host}/team/multi:v1`,
+    ]);
+    const image = await moat.images.pull(`${registry.host}/team/multi:v1`);
+    assert.equal(image.digest, amd64.digest, 'the amd64 manifest, not the index or the arm64 one');
   });
 
   test('bad references and registries get clear errors', async () => {
