@@ -240,6 +240,22 @@ describe('images from a registry', () => {
     assert.equal(await visible(), false);
   });
 
+  test("image storage counts against the owner's storage quota", async () => {
+    const quoted = await moat.users.create({ name: 'img-q', role: 'member', quota: { storage: '1Ki' } });
+    const asQ = new Moat({ url: server.url, apiKey: quoted.key.key, namespace: 'img-q' });
+    await asQ.images.login(registry.host, registry.username, registry.password);
+    await assert.rejects(asQ.images.pull(app.ref), (e: Error & { code?: number; reason?: string }) => {
+      assert.equal(e.reason, 'QuotaExceeded', e.message);
+      assert.match(e.message, /user "img-q": storage limit 1Ki/);
+      return true;
+    });
+    assert.equal(
+      (await asQ.images.listNamespace()).some((i) => i.name === app.ref),
+      false,
+      'nothing recorded',
+    );
+  });
+
   async function layerDirs() {
     return (await readdir(join(sharedImagesDir(), 'layers')).catch(() => [] as string[])).sort();
   }
