@@ -72,6 +72,10 @@ describe('images from a registry', () => {
     assert.equal((s.status as { image: { digest: string } }).image.digest, app.digest);
     const r = await sh(server, 'byo-override', 'for i in $(seq 50); do [ -f /tmp/main.txt ] && break; sleep 0.1; done; cat /tmp/main.txt');
     assert.equal(r.stdout, 'overridden\n');
+    // The namespace's registry login is the server's alone.
+    const seen = await sh(server, 'byo-override', 'env; tr "\\0" "\\n" < /proc/1/environ; cat /etc/*.json 2>/dev/null; true');
+    assert.ok(seen.stdout.includes('PATH='), seen.stderr);
+    assert.ok(!seen.stdout.includes(registry.password), 'the registry password is not in the sandbox');
     await server.api(`${NS}/byo-override`, { method: 'DELETE' });
   });
 
