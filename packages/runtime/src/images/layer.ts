@@ -166,7 +166,7 @@ export async function ingestLayer(src: Readable, o: IngestOptions): Promise<{ si
 }
 
 /** Hashes and counts a blob as it passes; `check` at the end compares both with the manifest. */
-export function digestCounter(digest: string, size: number | undefined, onBytes?: (n: number) => void) {
+function digestCounter(digest: string, size: number | undefined, onBytes?: (n: number) => void) {
   const h = createHash('sha256');
   let n = 0;
   const stream = new Transform({

@@ -205,11 +205,6 @@ export class ImageStore {
     return target && (await exists(join(this.layerDir(target), 'layer.json'))) ? target : undefined;
   }
 
-  /** The image's config bytes as stored (for export). */
-  async configBytes(digest: string): Promise<Buffer> {
-    return readFile(join(this.dir, 'configs', hex((await this.record(digest)).configDigest)));
-  }
-
   async rawRecord(digest: string): Promise<ImageRecord> {
     return this.record(digest);
   }
