@@ -12,6 +12,7 @@ const suites: Record<string, () => Promise<void>> = {
   hibernate: async () => (await import('./hibernate.js')).benchHibernate(),
   backup: async () => (await import('./backup.js')).benchBackup(),
   images: async () => (await import('./images.js')).benchImages(),
+  density: async () => (await import('./density.js')).benchDensity(),
   // Only when asked for: it needs the dev cluster (scripts/dev-cluster up).
   ...(only === 'cluster' ? { cluster: async () => (await import('./cluster.js')).benchCluster() } : {}),
 };

@@ -12,15 +12,16 @@ export const sharedImagesDir = () => process.env.MOAT_IMAGES_DIR ?? join(default
 
 /**
  * Test servers' own network names and range, so a Moat server on this machine is never disturbed.
- * MOAT_TEST_NET=1..9 picks another set, so two test runs on one machine do not share a firewall table.
+ * MOAT_TEST_NET=1..19 picks another set, so two test runs on one machine do not share a firewall table.
  */
 export const TEST_NETWORK = testNetwork(Number(process.env.MOAT_TEST_NET ?? 0));
 
 function testNetwork(i: number) {
-  if (!Number.isInteger(i) || i < 0 || i > 9) throw new Error(`MOAT_TEST_NET must be 0-9, not ${process.env.MOAT_TEST_NET}`);
+  if (!Number.isInteger(i) || i < 0 || i > 19) throw new Error(`MOAT_TEST_NET must be 0-19, not ${process.env.MOAT_TEST_NET}`);
   return {
     name: `moate2e${i || ''}`,
-    ifPrefix: `m${'efgijklnop'[i]}`,
+    // Prefixes never start one another: every interface with a server's prefix is taken for one of its sandboxes'.
+    ifPrefix: i < 10 ? `m${'efgijklnop'[i]}` : `mq${'abcdefghij'[i - 10]}`,
     subnet: `10.${234 + i}.0.0/16`,
     serviceAddress: `10.${234 + i}.0.1`,
     proxyPort: 13128 + i,
@@ -34,7 +35,9 @@ export interface TestServer extends RunningServer {
 
 /** A real Moat server on loopback with its own data dir; `close` also removes every sandbox it made. */
 export async function startTestServer(
-  opts: { dataDir?: string; maxUploadBytes?: number; network?: NetworkOptions; imagesDir?: string; registries?: ServerOptions['registries'] } = {},
+  opts: Pick<ServerOptions, 'dataDir' | 'maxUploadBytes' | 'imagesDir' | 'registries' | 'maxLayerBytes' | 'prepareDefaultImage'> & {
+    network?: NetworkOptions;
+  } = {},
 ): Promise<TestServer> {
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'moat-test-')));
   const server = await startServer({
@@ -46,6 +49,8 @@ export async function startTestServer(
     network: { ...TEST_NETWORK, ...opts.network },
     logger: pino({ level: process.env.MOAT_TEST_LOG ?? 'silent' }),
     ...(opts.maxUploadBytes ? { maxUploadBytes: opts.maxUploadBytes } : {}),
+    ...(opts.maxLayerBytes ? { maxLayerBytes: opts.maxLayerBytes } : {}),
+    ...(opts.prepareDefaultImage === false ? { prepareDefaultImage: false } : {}),
     log: (l) => process.stderr.write(`# ${l}\n`),
   });
   const api = (path: string, init: RequestInit & { json?: unknown } = {}) => {

@@ -30,6 +30,15 @@ describe('images built from a Dockerfile', () => {
     await rm(work, { recursive: true, force: true });
   });
 
+  /** The CLI as a user runs it against this server. */
+  function cliAt(config: string) {
+    return (...args: string[]) =>
+      runProcess(process.execPath, [CLI, ...args], {
+        env: { ...(process.env as Record<string, string>), MOAT_URL: server.url, MOAT_API_KEY: server.adminKey, MOAT_CONFIG: config },
+        cwd: work,
+      });
+  }
+
   /** The directory as a tar, as `moat images build` sends it. */
   async function context(name: string, files: Record<string, string>): Promise<Uint8Array> {
     const dir = join(work, name);
@@ -93,11 +102,7 @@ describe('images built from a Dockerfile', () => {
     const dir = join(work, 'cli');
     await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'Dockerfile'), 'FROM base\nRUN echo cli > /cli.txt\nUSER 1000\n');
-    const cli = (...args: string[]) =>
-      runProcess(process.execPath, [CLI, ...args], {
-        env: { ...(process.env as Record<string, string>), MOAT_URL: server.url, MOAT_API_KEY: server.adminKey, MOAT_CONFIG: join(work, 'cli-config.json') },
-        cwd: work,
-      });
+    const cli = cliAt(join(work, 'cli-config.json'));
     const built = await cli('images', 'build', '-t', 'cli-app:v1', dir);
     assert.equal(built.code, 0, built.stderr);
     assert.match(built.stdout, /^cli-app:v1 sha256:[0-9a-f]{64}\n$/);
@@ -110,6 +115,28 @@ describe('images built from a Dockerfile', () => {
     const again = await cli('images', 'delete', 'cli-app:v1');
     assert.notEqual(again.code, 0);
     assert.match(again.stderr, /image "cli-app:v1" not found/);
+  });
+
+  test("the tutorial's python-runtime, built from its Dockerfile, serves /execute on its EXPOSEd port", async () => {
+    const cli = cliAt(join(work, 'runtime-config.json'));
+    const built = await cli('images', 'build', '-t', 'python-runtime:v1', join(import.meta.dirname, '../../examples/python-runtime'));
+    assert.equal(built.code, 0, built.stderr);
+    // No command: the image's CMD is the server.
+    const s = await createReady(server, 'runtime', { image: 'python-runtime:v1' });
+    assert.deepEqual((s.status as { image: { ports?: number[] } }).image.ports, [8888]);
+    const wide = await cli('sandbox', 'list', '-o', 'wide');
+    assert.match(wide.stdout, /^runtime\s.*\s8888\/tcp\s/m);
+    const base = `${NS}/runtime/ports/8888`;
+    let health: Response | undefined;
+    for (let i = 0; i < 100 && health?.status !== 200; i++) {
+      if (i) await new Promise((r) => setTimeout(r, 100));
+      health = await server.api(`${base}/`);
+    }
+    assert.equal(health?.status, 200);
+    assert.equal(((await health!.json()) as { status: string }).status, 'ok');
+    const ran = await server.api(`${base}/execute`, { method: 'POST', json: { command: "sh -c 'echo hello world; pwd'" } });
+    assert.deepEqual(await ran.json(), { stdout: 'hello world\n/workspace\n', stderr: '', exit_code: 0 });
+    await server.api(`${NS}/runtime`, { method: 'DELETE' });
   });
 
   test('bad build input is refused before anything runs', async () => {

@@ -9,6 +9,10 @@ import { run } from '@moat/runtime';
 import { NS, createReady, sh, sharedImagesDir, startTestServer, testRuntimes, type TestServer } from '../helpers/server.js';
 import { corruptBlob, makeImageLayout, registryArgs, startRegistry, truncateBlob, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage, pushLayout } from '../helpers/test-images.js';
+import { runProcess } from '../helpers/run-process.js';
+import { EXT, apiJson, claimBody, create, poolBody, poolMembers, poolReady } from '../helpers/extensions.js';
+
+const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
 
 /**
  * Bring your own image, end to end: a real registry on loopback (Debian's
@@ -64,6 +68,31 @@ describe('images from a registry', () => {
       assert.equal(r.exit?.exitCode, 0, r.stderr);
       assert.equal(r.stdout, 'hello from layer 2\nhi\n/app\n1000\nmain ran as 1000 in /app\nwhiteout-applied\n');
       await server.api(`${NS}/${name}`, { method: 'DELETE' });
+    });
+  }
+
+  for (const { runtime, skip } of testRuntimes()) {
+    test(`a warm pool of the image on ${runtime} serves claims`, { skip }, async () => {
+      const tpl = `byo-tpl-${runtime}`;
+      await create(server, 'sandboxtemplates', {
+        apiVersion: 'extensions.agents.x-k8s.io/v1alpha1',
+        kind: 'SandboxTemplate',
+        metadata: { name: tpl },
+        spec: { podTemplate: { spec: { runtimeClassName: runtime, containers: [{ name: 'main', image: app.ref }] } } },
+      });
+      await create(server, 'sandboxwarmpools', poolBody(`${tpl}-pool`, tpl, 1));
+      await poolReady(server, `${tpl}-pool`, 1, 180_000);
+      const [member] = await poolMembers(server, `${tpl}-pool`);
+      await create(server, 'sandboxclaims', claimBody(`${tpl}-claim`, tpl));
+      const claim = await apiJson(server, `${EXT}/sandboxclaims/${tpl}-claim/wait?timeoutSeconds=60`, {}, 200);
+      assert.equal(claim.status.warmPool, `${tpl}-pool`);
+      const s = await apiJson(server, `${NS}/${claim.status.sandbox.name}`);
+      assert.equal(s.metadata.uid, member!.metadata.uid, 'the claim took the warm member');
+      assert.equal(s.status.image.digest, app.digest);
+      assert.equal((await sh(server, claim.status.sandbox.name, 'cat /app/hello.txt; id -u')).stdout, 'hello from layer 2\n1000\n');
+      await apiJson(server, `${EXT}/sandboxclaims/${tpl}-claim?wait=true`, { method: 'DELETE' }, 200);
+      await apiJson(server, `${EXT}/sandboxwarmpools/${tpl}-pool?wait=true`, { method: 'DELETE' }, 200);
+      await apiJson(server, `${EXT}/sandboxtemplates/${tpl}`, { method: 'DELETE' }, 200);
     });
   }
 
@@ -258,6 +287,62 @@ describe('images from a registry', () => {
       false,
       'nothing recorded',
     );
+  });
+
+  test('the CLI: moat registry login/list/logout, moat images pull and import', async () => {
+    const user = await moat.users.create({ name: 'img-cli', role: 'member' });
+    const cli = (args: string[], input?: string) =>
+      runProcess(process.execPath, [CLI, ...args], {
+        env: {
+          ...(process.env as Record<string, string>),
+          MOAT_URL: server.url,
+          MOAT_API_KEY: user.key.key,
+          MOAT_NAMESPACE: 'img-cli',
+          MOAT_CONFIG: join(work, 'cli.json'),
+        },
+        ...(input === undefined ? {} : { input }),
+      });
+    const wrong = await cli(['registry', 'login', registry.host, '-u', registry.username, '--password-stdin'], 'wrong\n');
+    assert.notEqual(wrong.code, 0);
+    assert.match(wrong.stderr, /refused the login/);
+    const login = await cli(['registry', 'login', registry.host, '-u', registry.username, '--password-stdin'], `${registry.password}\n`);
+    assert.equal(login.code, 0, login.stderr);
+    assert.equal(login.stdout, `logged in to ${registry.host} as ${registry.username}\n`);
+    assert.match((await cli(['registry', 'list'])).stdout, new RegExp(`^${registry.host}\\s+${registry.username}\\s*$`, 'm'));
+
+    const pulled = await cli(['images', 'pull', app.ref]);
+    assert.equal(pulled.code, 0, pulled.stderr);
+    assert.equal(pulled.stdout, `${app.ref} ${app.digest}\n`);
+    assert.match(pulled.stderr, new RegExp(`^${app.digest}: 2 layers, `, 'm'), 'progress on stderr');
+    assert.match(pulled.stderr, /^[0-9a-f]{12}: (already exists|pull complete)$/m);
+
+    const archive = join(work, 'cli-app.tar');
+    await run('skopeo', ['copy', '--quiet', '--insecure-policy', `oci:${join(work, 'app')}:latest`, `docker-archive:${archive}:cli/app:v1`]);
+    const imported = await cli(['images', 'import', archive, '-t', 'cli-imported:v1']);
+    assert.equal(imported.code, 0, imported.stderr);
+    assert.match(imported.stdout, /^cli-imported:v1 sha256:[0-9a-f]{64}\n$/);
+    const missing = await cli(['images', 'import', join(work, 'no-such.tar')]);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /no-such\.tar is not a file/);
+
+    const logout = await cli(['registry', 'logout', registry.host]);
+    assert.equal(logout.code, 0, logout.stderr);
+    const again = await cli(['registry', 'logout', registry.host]);
+    assert.notEqual(again.code, 0);
+    assert.match(again.stderr, new RegExp(`no login for registry ${registry.host}`));
+    const refused = await cli(['images', 'pull', app.ref]);
+    assert.notEqual(refused.code, 0, 'a private repository without a login');
+    assert.match(refused.stderr, /unauthori[sz]ed|authentication|login/i);
+
+    // A docker config.json's "auths" log in the same way.
+    const config = join(work, 'docker-config.json');
+    const auth = Buffer.from(`${registry.username}:${registry.password}`).toString('base64');
+    await writeFile(config, JSON.stringify({ auths: { [registry.host]: { auth } } }));
+    const imported2 = await cli(['registry', 'login', '--config', config]);
+    assert.equal(imported2.code, 0, imported2.stderr);
+    assert.equal(imported2.stdout, `logged in to ${registry.host} as ${registry.username}\n`);
+    assert.equal((await cli(['images', 'pull', '-q', app.ref])).stdout, `${app.digest}\n`);
+    assert.equal((await cli(['images', 'delete', 'cli-imported:v1'])).code, 0);
   });
 
   async function layerDirs() {

@@ -256,13 +256,17 @@ export const SandboxStatusSchema = Type.Object({
   conditions: Type.Array(ConditionSchema),
   startTime: Type.Optional(Type.String()),
   runtimeClassName: Type.Optional(Type.String()),
-  /** The image the sandbox runs, pinned at create; `env` and `workingDir` are its ENV and WORKDIR, which execs start with. */
+  /**
+   * The image the sandbox runs, pinned at create; `env` and `workingDir` are
+   * its ENV and WORKDIR, which execs start with; `ports` its EXPOSEd TCP ports.
+   */
   image: Type.Optional(
     Type.Object({
       name: Type.String(),
       digest: Type.String(),
       env: Type.Optional(Type.Record(Type.String(), Type.String())),
       workingDir: Type.Optional(Type.String()),
+      ports: Type.Optional(Type.Array(Type.Integer())),
     }),
   ),
   /** The sandbox's address in its own network namespace, and the egress proxy it must use. */

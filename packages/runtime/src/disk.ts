@@ -1,6 +1,7 @@
 import { open, mkdir, readFile } from 'node:fs/promises';
 import { relative } from 'node:path';
 import { run } from './run.js';
+import { USERNS_HOST_BASE, type IdRange } from './userns.js';
 
 /**
  * Disk limits are real filesystems: a sparse file formatted ext4 and
@@ -38,7 +39,7 @@ export async function mountLoop(file: string, target: string): Promise<void> {
  * they share, so that an image of many layers fits in the kernel's one page
  * of mount options.
  */
-export async function mountOverlay(layers: string[], target: string, rw?: { upper: string; work: string }): Promise<void> {
+export async function mountOverlay(layers: string[], target: string, rw?: { upper: string; work: string }, as?: OverlayMounter): Promise<void> {
   await mkdir(target, { recursive: true });
   if (await isMountPoint(target)) return;
   const base = commonDir(layers);
@@ -47,10 +48,31 @@ export async function mountOverlay(layers: string[], target: string, rw?: { uppe
   if (options.length > 4000) throw new Error(`the image has too many layers (${layers.length}) for one overlay mount`);
   // A read-only overlay wants two lower layers: a one-layer image is its own tree.
   if (!rw && layers.length === 1) await run('mount', ['--bind', '-o', 'ro', layers[0]!, target]);
+  else if (as) await run(as.helper, ['overlay', String(as.fsId), options, target], { cwd: base });
   else await run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { cwd: base });
 }
 
-function commonDir(paths: string[]): string {
+/** Who mounts an overlay whose upper is an idmapped view: moat-idmap, as the sandbox root's host id (see moat-idmap.c). */
+export interface OverlayMounter {
+  helper: string;
+  fsId: number;
+}
+
+/**
+ * Bind-mounts each [source, target] with the canonical on-disk ids shown as
+ * the range's (userns.ts), in one moat-idmap call; targets already mounted
+ * are left as they are.
+ */
+export async function mountIdmapped(helper: string, ids: IdRange, pairs: [string, string][]): Promise<void> {
+  const todo: string[] = [];
+  for (const [source, target] of pairs) {
+    await mkdir(target, { recursive: true });
+    if (!(await isMountPoint(target))) todo.push(source, target);
+  }
+  if (todo.length) await run(helper, ['bind', String(USERNS_HOST_BASE), String(ids.hostId), String(ids.size), ...todo]);
+}
+
+export function commonDir(paths: string[]): string {
   const parts = paths.map((p) => p.split('/'));
   let n = 0;
   while (parts.every((p) => p[n] === parts[0]![n] && n < p.length - 1)) n++;

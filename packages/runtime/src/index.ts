@@ -20,6 +20,7 @@ export * from './oci/spec.js';
 export * from './oci/seccomp.js';
 export * from './run.js';
 export * from './userns.js';
+export * from './host-limits.js';
 export * from './paths.js';
 export * from './net/index.js';
 export * from './hostname.js';

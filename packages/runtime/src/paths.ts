@@ -11,6 +11,11 @@ export function defaultHostnameHelper(): string {
   return process.env.MOAT_HOSTNAME_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-hostname', import.meta.url));
 }
 
+/** The host-side helper that makes idmapped mounts (packages/agent/moat-idmap.c). */
+export function defaultIdmapHelper(): string {
+  return process.env.MOAT_IDMAP_BINARY ?? fileURLToPath(new URL('../../agent/build/moat-idmap', import.meta.url));
+}
+
 /** Makes the directory (and its parents) and gives it `mode` even when it existed (the umask, older installs). */
 export async function ensureDir(dir: string, mode: number): Promise<void> {
   await mkdir(dir, { recursive: true, mode });

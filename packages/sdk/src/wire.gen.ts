@@ -394,6 +394,7 @@ export interface SandboxStatus {
     digest: string;
     env?: Record<string, string>;
     workingDir?: string;
+    ports?: number[];
   };
   network?: {
     address: string;

@@ -3,7 +3,7 @@ import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { MoatError } from '@moat/core';
-import { DEFAULT_IMAGE, ImageStore, ensureDir } from '@moat/runtime';
+import { DEFAULT_IMAGE, DEFAULT_LAYER_LIMITS, ImageStore, ensureDir, type LayerLimits } from '@moat/runtime';
 import { ImageService } from './images/service.js';
 import { RegistryLogins } from './images/registry-logins.js';
 import { buildApp } from './api/app.js';
@@ -53,6 +53,8 @@ export interface ServerOptions {
   maxUploadBytes?: number;
   /** The largest image archive or build context a client may send (default 8 GiB). */
   maxImageUploadBytes?: number;
+  /** The most bytes one image layer may unpack to (default $MOAT_MAX_LAYER_BYTES or 8 GiB): a zip bomb stops there. */
+  maxLayerBytes?: number;
   /** Build the default image before listening (default true). */
   prepareDefaultImage?: boolean;
   /** Sandbox networks and the egress proxy. */
@@ -141,7 +143,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const quotas = new Quotas(store, identity);
   const images = new ImageService(
     store,
-    new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images')),
+    new ImageStore(opts.imagesDir ?? process.env.MOAT_IMAGES_DIR ?? join(dataDir, 'images'), { limits: layerLimits(opts) }),
     new RegistryLogins(secrets),
     quotas,
     logger,
@@ -290,4 +292,12 @@ function registryOptions(opts: ServerOptions) {
     insecureRegistries: insecure,
     unqualifiedPulls: opts.registries?.unqualified ?? process.env.MOAT_PULL_UNQUALIFIED !== '0',
   };
+}
+
+function layerLimits(opts: ServerOptions): LayerLimits {
+  const env = process.env.MOAT_MAX_LAYER_BYTES;
+  const maxBytes = opts.maxLayerBytes ?? (env ? Number(env) : DEFAULT_LAYER_LIMITS.maxBytes);
+  if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0)
+    throw new Error(`the layer limit (MOAT_MAX_LAYER_BYTES) must be a positive number of bytes, not ${JSON.stringify(env ?? maxBytes)}`);
+  return { ...DEFAULT_LAYER_LIMITS, maxBytes };
 }

@@ -1,17 +1,18 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, readdir, rm, writeFile, access, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RuntimeClassName } from '@moat/core';
 import { AgentClient } from '../agent/index.js';
 import { memswAvailable, readUsage } from '../cgroups.js';
-import { createExt4, isMountPoint, mountLoop, mountOverlay, unmount } from '../disk.js';
+import { commonDir, createExt4, isMountPoint, mountIdmapped, mountLoop, mountOverlay, unmount } from '../disk.js';
 import { ociSpec } from '../oci/spec.js';
-import { defaultHostnameHelper, defaultInitBinary, ensureDir } from '../paths.js';
+import { defaultHostnameHelper, defaultIdmapHelper, defaultInitBinary, ensureDir } from '../paths.js';
 import { run, which } from '../run.js';
 import { HostnameSetter } from '../hostname.js';
 import { hostUid } from '../userns.js';
+import { SANDBOX_USERNS_LIMITS } from '../host-limits.js';
 import { checkpointDir, clearCheckpoint, completeCheckpoint, readCheckpoint, savedBefore, startCheckpoint } from '../checkpoint/index.js';
 import type {
   CreateOptions,
@@ -51,6 +52,10 @@ export abstract class OciDriver implements RuntimeDriver {
   private readonly initBinary: string;
   private readonly hostnameHelper: string;
   private readonly hostnames: HostnameSetter;
+  private readonly idmapHelper: string;
+
+  /** Whether the sandbox's system calls reach the host kernel, whose per-namespace limits then apply (not gVisor's sentry). */
+  protected readonly hostKernel: boolean = true;
 
   /** `bin`: the program every runtime command runs. */
   protected constructor(
@@ -63,6 +68,7 @@ export abstract class OciDriver implements RuntimeDriver {
     this.initBinary = opts.initBinary ?? defaultInitBinary();
     this.hostnameHelper = opts.hostnameHelper ?? defaultHostnameHelper();
     this.hostnames = new HostnameSetter(this.hostnameHelper);
+    this.idmapHelper = opts.idmapHelper ?? defaultIdmapHelper();
   }
 
   async check(): Promise<void> {
@@ -70,7 +76,7 @@ export abstract class OciDriver implements RuntimeDriver {
     for (const tool of ['mkfs.ext4', 'mount']) {
       if (!(await which(tool))) throw new Error(`${tool} is missing: apt-get install e2fsprogs mount`);
     }
-    for (const bin of [this.initBinary, this.hostnameHelper]) {
+    for (const bin of [this.initBinary, this.hostnameHelper, this.idmapHelper]) {
       await access(bin).catch(() => {
         throw new Error(`${bin} is not built: run \`make -C packages/agent\``);
       });
@@ -143,7 +149,12 @@ export abstract class OciDriver implements RuntimeDriver {
     await this.waitReady(spec.id);
   }
 
-  /** The sandbox's disks and rootfs overlay, made once and mounted (idempotent). */
+  /**
+   * The sandbox's disks and rootfs overlay, made once and mounted (idempotent).
+   * The disks and the image's layers keep canonical ids (userns.ts); the
+   * sandbox gets idmapped views of them in its own range (`views/`), and the
+   * overlay is made of those views, so nothing is chowned per sandbox.
+   */
   private async mountDisks(spec: SandboxRuntimeSpec): Promise<void> {
     const dir = this.dir(spec.id);
     const p = (...s: string[]) => join(dir, ...s);
@@ -157,22 +168,36 @@ export abstract class OciDriver implements RuntimeDriver {
     await mountLoop(p('disk.img'), p('disk'));
     for (const d of ['upper', 'work']) {
       await mkdir(p('disk', d), { recursive: true });
+      // overlayfs makes its work dir as the sandbox's root (through the view): both belong to it.
+      await chown(p('disk', d), root, root);
     }
-    await chown(p('disk', 'upper'), root, root);
     const data = spec.dataImage ?? p('data.img');
     if (!(await exists(data))) await createExt4(data, spec.limits.dataBytes, { journal: true, rootOwner: root });
     await mountLoop(data, p('data'));
     // A named volume may have been made for another runtime: its root belongs to this sandbox's root.
     if (spec.dataImage) await chown(p('data'), root, root);
-    await mountOverlay(spec.image.layers, p('bundle', 'rootfs'), { upper: p('disk', 'upper'), work: p('disk', 'work') });
+    // A rootfs mounted before sandboxes had views of their own (an older Moat) is made again from them.
+    if (!(await isMountPoint(p('views', 'disk')))) await unmount(p('bundle', 'rootfs'));
+    const layerStore = commonDir(spec.image.layers);
+    await mountIdmapped(this.idmapHelper, spec.ids, [
+      [layerStore, p('views', 'layers')],
+      [p('disk'), p('views', 'disk')],
+      [p('data'), p('views', 'data')],
+    ]);
+    await mountOverlay(
+      spec.image.layers.map((l) => join(p('views', 'layers'), relative(layerStore, l))),
+      p('bundle', 'rootfs'),
+      { upper: p('views', 'disk', 'upper'), work: p('views', 'disk', 'work') },
+      { helper: this.idmapHelper, fsId: spec.ids.hostId },
+    );
   }
 
   private async writeBundle(spec: SandboxRuntimeSpec): Promise<void> {
     const dir = this.dir(spec.id);
     const p = (...s: string[]) => join(dir, ...s);
-    const root = hostUid(0);
+    // The socket directory is the sandbox's alone: owned by its root directly, not through a view.
     await mkdir(p('sock'), { recursive: true });
-    await chown(p('sock'), root, root);
+    await chown(p('sock'), spec.ids.hostId, spec.ids.hostId);
     await unlink(p('sock', 'agent.sock')).catch(() => {});
     await writeHostFiles(dir, spec.hostname);
 
@@ -187,13 +212,19 @@ export abstract class OciDriver implements RuntimeDriver {
       limits: spec.limits,
       initBinary: this.initBinary,
       sockDir: p('sock'),
-      dataDir: p('data'),
+      dataDir: p('views', 'data'),
       dataMountPath: spec.dataMountPath,
       netnsPath: spec.netnsPath,
       etcHosts: p('hosts'),
       etcHostname: p('hostname'),
       capSwap: await memswCached(),
+      ids: spec.ids,
     });
+    if (this.hostKernel) {
+      // The sandbox's user namespace gets its own limits before anything in it runs (host-limits.ts).
+      const limits = Object.entries(SANDBOX_USERNS_LIMITS).map(([k, v]) => `${k}=${v}`);
+      Object.assign(config, { hooks: { createRuntime: [{ path: this.idmapHelper, args: ['moat-idmap', 'userns-limits', ...limits] }] } });
+    }
     await this.adjustSpec(config);
     await writeFile(p('bundle', 'config.json'), JSON.stringify(config));
   }
@@ -255,9 +286,8 @@ export abstract class OciDriver implements RuntimeDriver {
   async destroy(id: string): Promise<void> {
     const dir = this.dir(id);
     await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', id], { allowFail: true });
-    await unmount(join(dir, 'bundle', 'rootfs'));
-    await unmount(join(dir, 'data'));
-    await unmount(join(dir, 'disk'));
+    // The overlay first, then the views it is made of, then the disks under them.
+    for (const m of ['bundle/rootfs', 'views/layers', 'views/disk', 'views/data', 'data', 'disk']) await unmount(join(dir, m));
     await rm(dir, { recursive: true, force: true });
   }
 

@@ -2,6 +2,7 @@ import type { RuntimeClassName, SandboxLimits } from '@moat/core';
 import type { AgentClient } from '../agent/index.js';
 import type { Usage } from '../cgroups.js';
 import type { Image } from '../images/image.js';
+import type { IdRange } from '../userns.js';
 
 /** What a driver needs to run one sandbox; saved with it so a restart can recreate it. */
 export interface SandboxRuntimeSpec {
@@ -21,6 +22,8 @@ export interface SandboxRuntimeSpec {
   dataImage?: string;
   /** A network namespace made for the sandbox (see net/); without it the sandbox has loopback only. */
   netnsPath?: string;
+  /** The host ids the sandbox runs as (userns.ts): its own, allocated by the caller and kept until it is deleted. */
+  ids: IdRange;
 }
 
 export interface CreateOptions {
@@ -51,6 +54,8 @@ export interface DriverContext {
   initBinary?: string;
   /** moat-hostname; `defaultHostnameHelper()` when not given. */
   hostnameHelper?: string;
+  /** moat-idmap; `defaultIdmapHelper()` when not given. */
+  idmapHelper?: string;
   /** Long first-time work (downloads, test boots) is reported here, one line at a time. */
   progress?: (line: string) => void;
 }

@@ -1,6 +1,6 @@
 import type { SandboxLimits } from '@moat/core';
 import { cgroupPath } from '../cgroups.js';
-import { USERNS_HOST_BASE, USERNS_SIZE } from '../userns.js';
+import { USERNS_HOST_BASE, USERNS_SIZE, type IdRange } from '../userns.js';
 import { defaultSeccompProfile } from './seccomp.js';
 
 /**
@@ -47,11 +47,14 @@ export interface OciSpecInput {
   etcHostname: string;
   /** Swap may only be capped where the kernel accounts it (cgroup v1 memsw). */
   capSwap: boolean;
+  /** The host ids root and the rest map to (default: the canonical range, for a guest kernel of its own). */
+  ids?: IdRange;
 }
 
 export function ociSpec(i: OciSpecInput) {
   const caps = SANDBOX_CAPABILITIES;
   const tmpfsSize = Math.min(i.limits.memoryBytes, 1024 * 2 ** 20);
+  const ids = i.ids ?? { hostId: USERNS_HOST_BASE, size: USERNS_SIZE };
   return {
     ociVersion: '1.0.2',
     process: {
@@ -95,8 +98,8 @@ export function ociSpec(i: OciSpecInput) {
         { type: 'cgroup' },
         { type: 'user' },
       ],
-      uidMappings: [{ containerID: 0, hostID: USERNS_HOST_BASE, size: USERNS_SIZE }],
-      gidMappings: [{ containerID: 0, hostID: USERNS_HOST_BASE, size: USERNS_SIZE }],
+      uidMappings: [{ containerID: 0, hostID: ids.hostId, size: ids.size }],
+      gidMappings: [{ containerID: 0, hostID: ids.hostId, size: ids.size }],
       cgroupsPath: cgroupPath(i.id),
       resources: {
         devices: [{ allow: false, access: 'rwm' }],

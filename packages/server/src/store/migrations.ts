@@ -287,5 +287,14 @@ export function migrations(dialect: SqlDialect): Record<string, Migration> {
           .execute();
       },
     },
+    '0013_id_ranges': {
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable('id_ranges')
+          .addColumn('slot', t.int, (c) => c.primaryKey())
+          .addColumn('sandbox_uid', t.text, (c) => c.notNull().unique())
+          .execute();
+      },
+    },
   };
 }

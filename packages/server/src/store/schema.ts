@@ -59,6 +59,12 @@ export interface LeaseTable {
   sandbox_uid: string;
 }
 
+/** Each sandbox's host id range (runtime userns.ts: slot n is ids 2^24 + n * 65536 ..), held until it is deleted. */
+export interface IdRangeTable {
+  slot: number;
+  sandbox_uid: string;
+}
+
 /** Egress proxy decisions, kept after their sandbox is gone. */
 export interface EgressLogTable {
   id: Generated<number>;
@@ -218,6 +224,7 @@ export interface Database {
   users: UserTable;
   agents: AgentTable;
   network_leases: LeaseTable;
+  id_ranges: IdRangeTable;
   egress_log: EgressLogTable;
   objects: ObjectTable;
   api_keys: ApiKeyTable;

@@ -279,6 +279,26 @@ export class Store {
     await this.db.deleteFrom('network_leases').where('sandbox_uid', '=', sandboxUid).execute();
   }
 
+  // --- host id ranges
+
+  idRanges() {
+    return this.db.selectFrom('id_ranges').selectAll().execute();
+  }
+
+  /** False when the slot is taken (another sandbox got it first). */
+  async insertIdRange(slot: number, sandboxUid: string): Promise<boolean> {
+    const r = await this.db
+      .insertInto('id_ranges')
+      .values({ slot, sandbox_uid: sandboxUid })
+      .onConflict((oc) => oc.doNothing())
+      .executeTakeFirst();
+    return Number(r.numInsertedOrUpdatedRows ?? 0) === 1;
+  }
+
+  async releaseIdRange(sandboxUid: string): Promise<void> {
+    await this.db.deleteFrom('id_ranges').where('sandbox_uid', '=', sandboxUid).execute();
+  }
+
   async addEgress(record: { time: string; sandbox?: { uid: string; name: string; namespace: string } }): Promise<void> {
     await this.db
       .insertInto('egress_log')

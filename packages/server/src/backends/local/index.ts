@@ -1,4 +1,4 @@
-import { builtinDrivers } from '@moat/runtime';
+import { applyHostLimits, builtinDrivers } from '@moat/runtime';
 import type { ImageService } from '../../images/service.js';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../../audit/log.js';
@@ -54,6 +54,12 @@ export class LocalBackend implements SandboxBackend {
   ) {}
 
   static async open(o: LocalBackendOptions): Promise<LocalBackend> {
+    // Sized for as many sandboxes as the host has memory for (runtime host-limits.ts); only ever raised.
+    const raised = await applyHostLimits().catch((err: unknown) => {
+      o.log.warn({ err }, 'cannot raise the host limits for sandboxes');
+      return [];
+    });
+    for (const c of raised) o.log.info(c, `raised ${c.sysctl} from ${c.from} to ${c.to} for sandboxes`);
     // Each driver keeps its folders under the data dir, and its per-host caches (microVM kernels, disks, snapshots) beside the image cache.
     const { drivers, runtimes } = await startDrivers(builtinDrivers({ root: o.dataDir, cacheDir: o.images.content.dir, progress: o.say }), o.say);
     const activity = new Activity();

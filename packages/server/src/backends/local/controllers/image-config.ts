@@ -32,3 +32,18 @@ export function imageEnv(config: RunConfig): Record<string, string> {
   }
   return env;
 }
+
+/**
+ * The image's EXPOSEd TCP ports (`"8888/tcp"`, or a bare `"8888"`), as Docker
+ * reads them. Any port is reachable through the ports route; these are the
+ * ones the image says it serves, listed in the sandbox's status.
+ */
+export function exposedPorts(config: RunConfig): number[] {
+  const ports = new Set<number>();
+  for (const key of Object.keys(config.ExposedPorts ?? {})) {
+    const m = /^(\d{1,5})(?:\/tcp)?$/i.exec(key);
+    const port = m ? Number(m[1]) : 0;
+    if (port >= 1 && port <= 65535) ports.add(port);
+  }
+  return [...ports].sort((a, b) => a - b);
+}

@@ -41,7 +41,8 @@ import { Serial } from '../../../util/serial.js';
 import { crashPoint } from '../../../faults.js';
 import type { Activity } from './activity.js';
 import { checkIdlePolicy, isExpired } from './rules.js';
-import { imageEnv, imageProcess } from './image-config.js';
+import { exposedPorts, imageEnv, imageProcess } from './image-config.js';
+import { IdRanges } from '../id-ranges.js';
 
 /** Labels only Moat's controllers may set: they decide pool membership and ownership. */
 const RESERVED_LABELS = [LABELS.pool, LABELS.claim, LABELS.adoptedFrom];
@@ -124,6 +125,9 @@ export class SandboxController implements Sandboxes {
   private readonly renaming = new Map<string, Promise<void>>();
   private stopped = false;
 
+  /** Each sandbox's own host uid/gid range, from its first start until its deletion. */
+  private readonly ids: IdRanges;
+
   constructor(
     private readonly store: Store,
     private readonly images: SandboxImages,
@@ -138,6 +142,7 @@ export class SandboxController implements Sandboxes {
     private readonly volumes?: SandboxVolumes,
   ) {
     this.changes.setMaxListeners(0);
+    this.ids = new IdRanges(store);
   }
 
   /** Whoever reacts to sandboxes (pools, lifecycle) hears of every change, by uid: a watch, not a call. */
@@ -501,6 +506,7 @@ export class SandboxController implements Sandboxes {
       }
     }
     await this.network.cleanup([...known]);
+    await this.ids.cleanup(known);
   }
 
   // --- the reconcile
@@ -674,6 +680,7 @@ export class SandboxController implements Sandboxes {
           ...(image.config.Env?.length ? { env: imageEnv(image.config) } : {}),
           // `/` is no WORKDIR: execs then start where they always have (the user's home).
           ...(image.config.WorkingDir && image.config.WorkingDir !== '/' ? { workingDir: image.config.WorkingDir } : {}),
+          ...(exposedPorts(image.config).length ? { ports: exposedPorts(image.config) } : {}),
         },
       };
       const probe = container.readinessProbe;
@@ -806,6 +813,7 @@ export class SandboxController implements Sandboxes {
       },
       dataMountPath: container.volumeMounts?.[0]?.mountPath,
       netnsPath: this.network.netnsPath(uid),
+      ids: await this.ids.forSandbox(uid),
     };
   }
 
@@ -871,6 +879,8 @@ export class SandboxController implements Sandboxes {
       await this.volumes!.flush(this.driverFor(sandbox).agent(uid));
     await this.driverFor(sandbox).destroy(sandbox.metadata.uid);
     crashPoint('teardown.destroyed');
+    // Only once nothing of the sandbox runs or is mounted may another get its ids.
+    await this.ids.release(sandbox.metadata.uid);
     await this.volumes?.release(sandbox.metadata.uid); // kept or deleted by its retention policy, once nothing mounts it
     await this.network.detach(sandbox.metadata.uid);
     crashPoint('teardown.detached');
