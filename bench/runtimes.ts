@@ -1,11 +1,12 @@
 // Strong-isolation runtimes: cold create → first exec, exec round trip and host memory per idle sandbox for
-// gvisor and microvm; baselines in the same run: raw `runsc run` and a raw QEMU boot of the same guest kernel.
+// gvisor and microvm; baselines in the same run: raw `runsc run` and a raw QEMU boot of the same guest kernel;
+// the cost of system calls under gVisor: a stat() loop in a gvisor sandbox against the same in a runc one.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ImageStore, defaultInitBinary, ensureGuestBoot } from '@moat/runtime';
+import { GvisorDriver, ImageStore, defaultInitBinary, ensureGuestBoot, type GvisorPlatform } from '@moat/runtime';
 import { NS, execApi, sandboxBody, sharedImagesDir, startTestServer, type TestServer } from '../test/helpers/server.js';
 import { row, summary, time } from './stats.js';
 
@@ -13,8 +14,12 @@ const N_CREATE = Number(process.env.BENCH_CREATE ?? 10);
 const N_EXEC = Number(process.env.BENCH_EXEC ?? 50);
 const N_IDLE = Number(process.env.BENCH_IDLE ?? 5);
 const N_BOOT = Number(process.env.BENCH_BOOT ?? 3);
+const N_STAT = Number(process.env.BENCH_STAT ?? 3);
 
-async function rawRunsc(): Promise<number[]> {
+/** 100,000 stat() calls, timed by Python itself inside the sandbox (its start-up not counted): milliseconds. */
+const STAT_LOOP = `python3 -c 'import os, time; t = time.perf_counter(); [os.stat("/") for _ in range(100000)]; print((time.perf_counter() - t) * 1000)'`;
+
+async function rawRunsc(platform: GvisorPlatform): Promise<number[]> {
   const image = await new ImageStore(sharedImagesDir()).ensureCatalog('base');
   const dir = await mkdtemp(join(tmpdir(), 'moat-bench-runsc-'));
   try {
@@ -28,7 +33,7 @@ async function rawRunsc(): Promise<number[]> {
     for (let i = 0; i < N_CREATE; i++) {
       runs.push(
         await time(async () => {
-          const r = spawnSync('runsc', ['--root', join(dir, 'state'), '--platform=ptrace', '--network=none', 'run', '--bundle', dir, `b${i}`], {
+          const r = spawnSync('runsc', ['--root', join(dir, 'state'), `--platform=${platform}`, '--network=none', 'run', '--bundle', dir, `b${i}`], {
             stdio: 'ignore',
           });
           if (r.status !== 0) throw new Error(`runsc run failed with exit ${r.status}`);
@@ -126,6 +131,25 @@ async function hostMemoryMiB(uid: string): Promise<{ total: number; beyondGuestR
   return { total, beyondGuestRam: total - guestRam };
 }
 
+/** The stat() loop, N_STAT times in one sandbox of each runtime class: the same image, limits and server. */
+async function statLoops(server: TestServer, runtimes: string[]): Promise<Record<string, number[]>> {
+  const out: Record<string, number[]> = {};
+  for (const runtime of runtimes) {
+    const name = `stat-${runtime}`;
+    await server.api(NS, { method: 'POST', json: sandboxBody(name, { runtime, limits: { memory: '256Mi' } }) });
+    const w = await server.api(`${NS}/${name}/wait?timeoutSeconds=120`);
+    if (w.status !== 200) throw new Error(`${runtime} stat sandbox: ${await w.text()}`);
+    out[runtime] = [];
+    for (let i = 0; i < N_STAT; i++) {
+      const r = await execApi(server, name, { command: ['sh', '-c', STAT_LOOP] });
+      if (r.exit?.exitCode !== 0) throw new Error(`stat loop failed in ${runtime}: ${r.stderr}`);
+      out[runtime].push(Number(r.stdout.trim()));
+    }
+    await server.api(`${NS}/${name}?wait=true`, { method: 'DELETE' });
+  }
+  return out;
+}
+
 async function benchRuntime(server: TestServer, runtime: 'gvisor' | 'microvm', baseline?: number[]) {
   const body = (name: string) => sandboxBody(name, { runtime, limits: { memory: '256Mi' } });
   // The first microVM of a shape makes its snapshot; not what is measured.
@@ -171,11 +195,21 @@ export async function benchRuntimes() {
   const server = await startTestServer();
   try {
     const info = (await (await server.api('/apis/moat.dev/v1/info')).json()) as { runtimes: Record<string, { available: boolean; warning?: string }> };
-    const runsc = await rawRunsc();
+    // The platform the server's gvisor driver chose (systrap, or ptrace where systrap fails).
+    const gvisor = new GvisorDriver({ root: server.dataDir, cacheDir: sharedImagesDir() });
+    await gvisor.check();
+    console.log(`  gvisor platform: ${gvisor.describe()}`);
+    const runsc = await rawRunsc(gvisor.platform);
     console.log('  baselines (same run):');
-    row('raw `runsc --platform=ptrace run` of true', runsc);
+    row(`raw \`runsc --platform=${gvisor.platform} run\` of true`, runsc);
     const g = await benchRuntime(server, 'gvisor', runsc);
-    console.log(`  target gvisor create→exec p50 ≤ 400 ms: ${g.create.p50 <= 400 ? 'met' : 'MISSED'}`);
+    console.log(
+      `  gvisor (${gvisor.platform}) cold create → first exec p50 ${g.create.p50.toFixed(1)} ms (target ≤ 400 ms: ${g.create.p50 <= 400 ? 'met' : 'MISSED'})`,
+    );
+    const stat = await statLoops(server, ['gvisor', 'runc']);
+    row(`100,000 stat() in python3, gvisor (${gvisor.platform})`, stat.gvisor!);
+    row('100,000 stat() in python3, runc', stat.runc!);
+    console.log(`  system calls: gvisor (${gvisor.platform}) ×${(summary(stat.gvisor!).p50 / summary(stat.runc!).p50).toFixed(1)} of runc (stat loop p50)`);
 
     if (!info.runtimes.microvm?.available) return console.log('  microvm: not available on this host, skipped');
     // Created once so the server has made its kernel cache and chosen the accelerator.

@@ -12,12 +12,12 @@ fi
 
 # Host packages: the OCI runtimes (runc, gVisor's runsc), bubblewrap (a baseline of the density bench), the image builder, disks for sandbox limits, sandbox networks
 # (namespaces, veths, the nftables firewall), a C toolchain for moat-init; curl for the network tests;
-# for microVMs: QEMU, busybox-static and cpio for the guest's initramfs, socat for the agent relay, kmod to
+# for microVMs: QEMU, busybox-static, crun (the sandbox inside the guest) and cpio for the guest's initramfs, socat for the agent relay, kmod to
 # resolve the guest kernel's modules (the kernel itself is downloaded by apt on first use, not installed);
 # zstd and util-linux's fsfreeze for volume backups;
 # chromium (headless) and a font for the web portal's browser tests; postgresql's server binaries for the tests of
 # the shared database (each starts a throwaway cluster of its own); python3-venv for the Python tests' virtualenv.
-packages=(runc runsc criu bubblewrap buildah skopeo umoci docker-registry apache2-utils attr uidmap qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation postgresql python3-venv)
+packages=(runc crun criu bubblewrap buildah skopeo umoci docker-registry apache2-utils attr uidmap qemu-system-x86 busybox-static cpio socat kmod mmdebstrap debian-archive-keyring e2fsprogs mount util-linux zstd tar ca-certificates iproute2 nftables gcc make libc6-dev curl chromium fonts-liberation postgresql python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +27,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+bash scripts/setup-runsc.sh # gVisor's runsc: a newer one than Debian 12's own (from bookworm-backports there)
+
+bash scripts/setup-criu.sh # CRIU for runc's hibernate: built, as no packaged one can save a sandbox on these kernels
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm dependencies (npm ci; compiles better-sqlite3 the first time, about a minute)"

@@ -135,12 +135,37 @@ static void begin_shutdown(int sig)
 	shutting_down = 1;
 }
 
+/*
+ * SIGUSR1 closes the listener (removing its socket), SIGUSR2 opens it again.
+ * gVisor cannot checkpoint a sandbox while a listener bound on the host
+ * (runsc --host-uds=create) is open, so its driver parks the agent around
+ * `runsc checkpoint` and `restore`; connections already accepted go on.
+ */
+static int listen_tcp_socket(const char *spec);
+static int listen_socket(const char *path);
+
+static void park_listener(int park)
+{
+	if (shutting_down || park == (lfd < 0))
+		return;
+	if (park) {
+		close(lfd);
+		lfd = -1;
+		if (!listen_tcp)
+			unlink(sock_path);
+	} else {
+		lfd = listen_tcp ? listen_tcp_socket(listen_tcp) : listen_socket(sock_path);
+	}
+}
+
 static void init_signals(void)
 {
 	struct signalfd_siginfo si;
 	while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
 		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
 			begin_shutdown((int)si.ssi_signo);
+		else if (si.ssi_signo == SIGUSR1 || si.ssi_signo == SIGUSR2)
+			park_listener(si.ssi_signo == SIGUSR1);
 	}
 	reap();
 }
@@ -530,6 +555,10 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGCHLD);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	if (!stdio_mode && !mux_mode) {
+		sigaddset(&set, SIGUSR1); /* see park_listener */
+		sigaddset(&set, SIGUSR2);
+	}
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0) {

@@ -780,3 +780,35 @@ describe('robustness', () => {
     assert.equal((await stat(sock)).mode & 0o777, 0o600);
   });
 });
+
+describe('parking the listener (gVisor checkpoints)', () => {
+  test('SIGUSR1 closes the listener and removes its socket, an open exec goes on; SIGUSR2 listens again', async () => {
+    const out: Buffer[] = [];
+    const h = agent.exec({ command: ['sh', '-c', 'read line; echo "got $line"'] }, { onStdout: (b) => out.push(b) });
+    await h.pid;
+    agentProc.kill('SIGUSR1');
+    for (let i = 0; existsSync(sock); i++) {
+      assert.ok(i < 200, 'the socket is removed');
+      await sleep(10);
+    }
+    await rejectsWith(agent.ping(500), 'EUNAVAILABLE');
+    h.writeStdin('x\n');
+    h.closeStdin();
+    assert.equal((await h.done).exitCode, 0, 'the connection accepted before goes on');
+    assert.equal(Buffer.concat(out).toString(), 'got x\n');
+    agentProc.kill('SIGUSR1'); // parking twice is a no-op
+    agentProc.kill('SIGUSR2');
+    for (let i = 0; ; i++) {
+      try {
+        await agent.ping(500);
+        break;
+      } catch (e) {
+        if (i > 200) throw e;
+        await sleep(10);
+      }
+    }
+    agentProc.kill('SIGUSR2'); // so is listening twice
+    assert.equal((await run({ command: ['echo', 'back'] })).stdout.toString(), 'back\n');
+    assert.equal((await stat(sock)).mode & 0o777, 0o600, 'still private');
+  });
+});

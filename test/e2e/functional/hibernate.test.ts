@@ -4,6 +4,7 @@ import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { SETUP_CRIU, findCriu } from '@moat/runtime';
 import { NS, createReady, sh, startTestServer, testRuntimes, type TestServer } from '../../helpers/server.js';
 import { kill, spawnServer } from '../../helpers/spawn-server.js';
 
@@ -32,6 +33,43 @@ http.server.HTTPServer(("127.0.0.1", 9000), H).serve_forever()
 /** Asks the stateful process from inside the sandbox (raw HTTP: no proxy variables involved). */
 const ASK = `python3 -c 'import socket; s = socket.create_connection(("127.0.0.1", 9000)); s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n"); print(b"".join(iter(lambda: s.recv(65536), b"")).split(b"\\r\\n\\r\\n", 1)[1].decode())'`;
 
+/**
+ * A TCP connection on loopback between two sockets of one Python process, which answers, on a unix socket,
+ * its pid, how often it was asked (in memory) and what a ping through the connection gave.
+ */
+const LOOPBACK_PAIR = `import os, socket
+srv = socket.create_server(("127.0.0.1", 9100))
+cli = socket.create_connection(("127.0.0.1", 9100))
+peer, _ = srv.accept()
+asked = 0
+u = socket.socket(socket.AF_UNIX)
+u.bind("/tmp/pair.sock")
+u.listen(4)
+while True:
+    c, _ = u.accept()
+    asked += 1
+    try:
+        cli.sendall(b"ping")
+        got = peer.recv(4).decode() or "eof"
+    except OSError as e:
+        got = type(e).__name__
+    c.sendall(f"{os.getpid()} {asked} {got}".encode())
+    c.close()
+`;
+
+async function waitPair(server: TestServer, name: string): Promise<{ pid: number; asked: number; peer: string }> {
+  const ask = 'python3 -c \'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/tmp/pair.sock"); print(s.recv(200).decode())\'';
+  for (let i = 0; ; i++) {
+    const r = await sh(server, name, ask);
+    if (r.exit?.exitCode === 0 && r.stdout.trim()) {
+      const [pid, asked, peer] = r.stdout.trim().split(' ');
+      return { pid: Number(pid), asked: Number(asked), peer: peer! };
+    }
+    if (i > 100) throw new Error(`the connection pair does not answer: ${r.stderr}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
 interface Held {
   pid: number;
   token: string;
@@ -49,19 +87,21 @@ async function waitStateful(server: TestServer, name: string): Promise<Held> {
   }
 }
 
+/** The CRIU the runc driver checkpoints with: setup's build, else the distribution's. */
+const criu = await findCriu();
+
 /**
  * Whether the runtime can save this workload's processes on this host; when not, the
- * reason hibernate must give. CRIU before 4.1 cannot start on Linux 6.13+ (vDSO layout), and
- * this gVisor release cannot save moat-init's host-backed agent socket: both fall back.
+ * reason hibernate must give. runc falls back with any CRIU but setup's build (see docs/lifecycle.md).
  */
 function expectation(runtime: string): { kept: true } | { kept: false; reason: RegExp } {
   if (runtime === 'runc') {
-    return spawnSync('criu', ['check'], { stdio: 'ignore' }).status === 0 ? { kept: true } : { kept: false, reason: /runc checkpoint \(CRIU\) failed/ };
+    if (!criu) return { kept: false, reason: /runc checkpoint needs CRIU, which is not installed/ };
+    return criu.path === SETUP_CRIU && spawnSync(criu.path, ['check'], { stdio: 'ignore' }).status === 0
+      ? { kept: true }
+      : { kept: false, reason: /runc checkpoint \(CRIU [\d.]+\) failed/ };
   }
-  if (runtime === 'gvisor') {
-    const v = spawnSync('runsc', ['--version'], { encoding: 'utf8' }).stdout ?? '';
-    return /20221219/.test(v) ? { kept: false, reason: /runsc checkpoint failed.*agent\.sock/ } : { kept: true };
-  }
+  // microVMs, and gVisor: the driver refuses runsc releases before MIN_RUNSC_RELEASE, and every later one must save it.
   return { kept: true };
 }
 
@@ -203,11 +243,11 @@ for (const { runtime, skip } of testRuntimes())
       async () => {
         await createReady(server, 'nockpt', { runtime });
         await sh(server, 'nockpt', 'echo kept > /data/f; echo kept > /root/f');
-        // An AF_ALG (kernel crypto) socket: CRIU has no support for the family.
-        const alg = `import socket, time\\ns = socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET)\\ns.bind(("hash", "sha256"))\\nopen("/tmp/alg.ready", "w").close()\\ntime.sleep(3600)`;
+        // A socket of a family CRIU has no support for: AF_ALG (kernel crypto), or AF_VSOCK where the kernel lacks that.
+        const alg = `import socket, time\\ntry:\\n    s = socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET)\\nexcept OSError:\\n    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\\nopen("/tmp/alg.ready", "w").close()\\ntime.sleep(3600)`;
         await sh(server, 'nockpt', `printf '${alg}' > /tmp/alg.py; setsid python3 /tmp/alg.py </dev/null >/tmp/alg.log 2>&1 &`);
         for (let i = 0; (await sh(server, 'nockpt', 'test -e /tmp/alg.ready')).exit?.exitCode !== 0; i++) {
-          if (i > 100) throw new Error(`the AF_ALG process did not start: ${(await sh(server, 'nockpt', 'cat /tmp/alg.log')).stdout}`);
+          if (i > 100) throw new Error(`the unsaveable process did not start: ${(await sh(server, 'nockpt', 'cat /tmp/alg.log')).stdout}`);
           await new Promise((res) => setTimeout(res, 100));
         }
         const res = await api(server, 'nockpt', 'hibernate');
@@ -223,6 +263,24 @@ for (const { runtime, skip } of testRuntimes())
         const woken = await get(server, 'nockpt');
         assert.equal(woken.status.phase, 'Running');
         assert.equal(condition(woken, 'Hibernated').reason, 'Restarted');
+      },
+    );
+
+    test(
+      'a TCP connection open inside the sandbox comes back closed, the processes with their memory',
+      { skip: runtime !== 'runc' ? 'runc (CRIU) only' : !expect.kept ? 'CRIU cannot run on this host (tested above)' : false },
+      async () => {
+        await createReady(server, 'tcp', { runtime, command: ['python3', '-c', LOOPBACK_PAIR] });
+        const before = await waitPair(server, 'tcp');
+        assert.equal(before.peer, 'ping', 'the connection works before');
+        const res = await api(server, 'tcp', 'hibernate');
+        assert.equal(res.status, 200, await res.clone().text());
+        const c = condition((await res.json()) as any, 'Hibernated');
+        assert.equal(c.reason, 'Checkpointed', c.message);
+        const now = await waitPair(server, 'tcp');
+        assert.equal(condition(await get(server, 'tcp'), 'Hibernated').reason, 'Restored');
+        assert.deepEqual([now.pid, now.asked], [before.pid, before.asked + 1], 'the same process, with its memory');
+        assert.match(now.peer, /^(BrokenPipeError|ConnectionResetError|eof)$/, 'the connection is closed');
       },
     );
   });

@@ -163,19 +163,23 @@ export abstract class OciDriver implements RuntimeDriver {
     await writeFile(p('spec.json'), JSON.stringify(spec));
     const root = hostUid(0);
 
-    // Writable layer and /data: created once, kept across restarts of the sandbox.
-    if (!(await exists(p('disk.img')))) await createExt4(p('disk.img'), spec.limits.diskBytes, { journal: false, rootOwner: 0 });
-    await mountLoop(p('disk.img'), p('disk'));
-    for (const d of ['upper', 'work']) {
-      await mkdir(p('disk', d), { recursive: true });
-      // overlayfs makes its work dir as the sandbox's root (through the view): both belong to it.
-      await chown(p('disk', d), root, root);
-    }
-    const data = spec.dataImage ?? p('data.img');
-    if (!(await exists(data))) await createExt4(data, spec.limits.dataBytes, { journal: true, rootOwner: root });
-    await mountLoop(data, p('data'));
-    // A named volume may have been made for another runtime: its root belongs to this sandbox's root.
-    if (spec.dataImage) await chown(p('data'), root, root);
+    // Writable layer and /data: created once, kept across restarts of the sandbox; made side by side.
+    const writable = async () => {
+      if (!(await exists(p('disk.img')))) await createExt4(p('disk.img'), spec.limits.diskBytes, { journal: false, rootOwner: 0 });
+      await mountLoop(p('disk.img'), p('disk'));
+      for (const d of ['upper', 'work']) {
+        await mkdir(p('disk', d), { recursive: true });
+        // overlayfs makes its work dir as the sandbox's root (through the view): both belong to it.
+        await chown(p('disk', d), root, root);
+      }
+    };
+    const data = async (image: string) => {
+      if (!(await exists(image))) await createExt4(image, spec.limits.dataBytes, { journal: true, rootOwner: root });
+      await mountLoop(image, p('data'));
+      // A named volume may have been made for another runtime: its root belongs to this sandbox's root.
+      if (spec.dataImage) await chown(p('data'), root, root);
+    };
+    await Promise.all([writable(), data(spec.dataImage ?? p('data.img'))]);
     // A rootfs mounted before sandboxes had views of their own (an older Moat) is made again from them.
     if (!(await isMountPoint(p('views', 'disk')))) await unmount(p('bundle', 'rootfs'));
     const layerStore = commonDir(spec.image.layers);

@@ -133,4 +133,6 @@ export interface RuntimeDriver {
   thaw(id: string, what: DiskKind, ctx: QuiesceContext): Promise<void>;
   /** Why this runtime runs worse than it should on this host (microVMs without KVM), if it does: shown in sandbox status. */
   degraded?(): Promise<string | undefined>;
+  /** How the runtime runs here, for /info (gVisor's platform), once `check` passed. */
+  describe?(): string;
 }

@@ -53,6 +53,8 @@ export interface RuntimeInfo {
   available: boolean;
   reason?: string;
   warning?: string;
+  /** How it runs on this host (gVisor: its platform). */
+  detail?: string;
 }
 
 /** Sandboxes, as the API sees them (the local backend's SandboxController). */

@@ -15,16 +15,17 @@ export async function startDrivers(all: RuntimeDriver[], say: (line: string) => 
     try {
       await driver.check();
       available.set(driver.name, driver);
-      runtimes[driver.name] = { available: true };
+      const detail = driver.describe?.();
+      runtimes[driver.name] = { available: true, ...(detail ? { detail } : {}) };
     } catch (err) {
       runtimes[driver.name] = { available: false, reason: (err as Error).message };
       say(`warning: runtime ${driver.name} unavailable: ${(err as Error).message}`);
       continue;
     }
-    driver.prepare?.().then(
+    Promise.resolve(driver.prepare?.()).then(
       async () => {
         const warning = await driver.degraded?.();
-        if (warning) runtimes[driver.name] = { available: true, warning };
+        if (warning) runtimes[driver.name] = { ...runtimes[driver.name]!, warning };
       },
       (err: Error) => say(`warning: ${driver.name}: ${err.message}`),
     );
