@@ -21,7 +21,7 @@ function testNetwork(i: number) {
   return {
     name: `moate2e${i || ''}`,
     // Prefixes never start one another: every interface with a server's prefix is taken for one of its sandboxes'.
-    ifPrefix: i < 10 ? `m${'efgijklnop'[i]}` : `mq${'abcdefghij'[i - 10]}`,
+    ifPrefix: i < 10 ? `m${'efgijklnrp'[i]}` : `mq${'abcdefghij'[i - 10]}`,
     subnet: `10.${234 + i}.0.0/16`,
     serviceAddress: `10.${234 + i}.0.1`,
     proxyPort: 13128 + i,

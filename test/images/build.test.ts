@@ -125,7 +125,7 @@ describe('images built from a Dockerfile', () => {
     const s = await createReady(server, 'runtime', { image: 'python-runtime:v1' });
     assert.deepEqual((s.status as { image: { ports?: number[] } }).image.ports, [8888]);
     const wide = await cli('sandbox', 'list', '-o', 'wide');
-    assert.match(wide.stdout, /^runtime\s.*\s8888\/tcp\s/m);
+    assert.match(wide.stdout, /^runtime\s.*\s8888\/tcp$/m);
     const base = `${NS}/runtime/ports/8888`;
     let health: Response | undefined;
     for (let i = 0; i < 100 && health?.status !== 200; i++) {

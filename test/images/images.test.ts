@@ -89,7 +89,8 @@ describe('images from a registry', () => {
       const s = await apiJson(server, `${NS}/${claim.status.sandbox.name}`);
       assert.equal(s.metadata.uid, member!.metadata.uid, 'the claim took the warm member');
       assert.equal(s.status.image.digest, app.digest);
-      assert.equal((await sh(server, claim.status.sandbox.name, 'cat /app/hello.txt; id -u')).stdout, 'hello from layer 2\n1000\n');
+      const r = await sh(server, claim.status.sandbox.name, 'cat /app/hello.txt; id -u');
+      assert.equal(r.stdout, 'hello from layer 2\n1000\n', `${r.stderr} ${JSON.stringify(r.error ?? r.exit)}`);
       await apiJson(server, `${EXT}/sandboxclaims/${tpl}-claim?wait=true`, { method: 'DELETE' }, 200);
       await apiJson(server, `${EXT}/sandboxwarmpools/${tpl}-pool?wait=true`, { method: 'DELETE' }, 200);
       await apiJson(server, `${EXT}/sandboxtemplates/${tpl}`, { method: 'DELETE' }, 200);

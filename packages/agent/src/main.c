@@ -5,6 +5,7 @@
  *   moat-init [--socket PATH | --listen-tcp ADDR:PORT] [--main-file FILE] [--user USER] [--] [CMD ARGS...]
  *     --user: the image's USER: the main command runs as it, and so does a request that names no user
  *   moat-init --seed-rng HEX     (a microVM's boot script: see seed_rng)
+ *   moat-init --set-hostname NAME (gVisor's rename: see set_hostname)
  *   moat-init --stdio            (one connection on stdin/stdout: see serve_stdio)
  *   moat-init --mux              (many connections on stdin/stdout: see mux.c)
  *
@@ -370,6 +371,18 @@ static pid_t start_main(char **cmd)
  * host's seed and forcing a reseed makes each VM's random numbers its own at
  * once, not at the kernel's next periodic reseed.
  */
+/*
+ * --set-hostname NAME: gVisor's driver renames a sandbox by running this in
+ * it (runsc exec with CAP_SYS_ADMIN), since an image need not have a
+ * hostname program; the sentry's UTS namespace is out of the host's reach.
+ */
+static int set_hostname(const char *name)
+{
+	if (sethostname(name, strlen(name)) < 0)
+		return fprintf(stderr, "moat-init: --set-hostname: %s\n", strerror(errno)), 1;
+	return 0;
+}
+
 static int seed_rng(const char *hex)
 {
 	size_t n = strlen(hex) / 2;
@@ -531,6 +544,8 @@ int main(int argc, char **argv)
 			mux_mode = 1;
 		} else if (strcmp(argv[i], "--seed-rng") == 0) {
 			return i + 1 < argc ? seed_rng(argv[i + 1]) : 2;
+		} else if (strcmp(argv[i], "--set-hostname") == 0) {
+			return i + 1 < argc ? set_hostname(argv[i + 1]) : 2;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			usage(0);
 		} else if (argv[i][0] == '-' && argv[i][1]) {

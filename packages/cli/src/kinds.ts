@@ -62,11 +62,11 @@ export const SANDBOX_KIND: ResourceKind = {
     { header: 'IMAGE', value: (o) => container(o)?.image ?? '' },
     age,
     { header: 'IMAGE DIGEST', wide: true, value: (o) => shortDigest(sbx(o).status?.image?.digest) },
-    // The image's EXPOSEd ports, as `docker ps` lists them; each is served at .../ports/N/.
-    { header: 'PORTS', wide: true, value: (o) => (sbx(o).status?.image?.ports ?? []).map((p) => `${p}/tcp`).join(',') },
     // Unset limits mean the server defaults (docs/api.md): show those rather than blanks.
     { header: 'CPU', wide: true, value: (o) => String(limits(o).cpu ?? '1') },
     { header: 'MEMORY', wide: true, value: (o) => String(limits(o).memory ?? '512Mi') },
+    // The image's EXPOSEd ports, as `docker ps` lists them; each is served at .../ports/N/.
+    { header: 'PORTS', wide: true, value: (o) => (sbx(o).status?.image?.ports ?? []).map((p) => `${p}/tcp`).join(',') },
   ],
 };
 

@@ -74,7 +74,7 @@ test('sandbox list: table, wide, json, selector', async () => {
   assert.match(table.stdout, /^NAME    STATUS    RUNTIME   IMAGE   AGE\nalpha   Running   runc      base    \d+s\nb       Pending   runc      base    \d+s\n$/);
   assert.equal(s.requests[0].url.searchParams.get('labelSelector'), 'team=a');
   const wide = await run(['get', 'sandboxes', '-o', 'wide'], { env: s.env });
-  assert.match(wide.stdout.split('\n')[0], /AGE   IMAGE DIGEST          CPU   MEMORY$/);
+  assert.match(wide.stdout.split('\n')[0], /AGE   IMAGE DIGEST          CPU   MEMORY   PORTS$/);
   const json = JSON.parse((await run(['sandbox', 'list', '-o', 'json'], { env: s.env })).stdout);
   assert.equal(json.kind, 'SandboxList');
   assert.deepEqual(

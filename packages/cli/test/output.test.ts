@@ -55,8 +55,8 @@ test('sandbox table columns, normal and wide', () => {
   assert.deepEqual(normal.headers, ['NAME', 'STATUS', 'RUNTIME', 'IMAGE', 'AGE']);
   assert.deepEqual(normal.rows, [['a', 'Running', 'runc', 'base', '65s']]);
   const wide = tableRows(SANDBOX_KIND, [s], true, now);
-  assert.deepEqual(wide.headers, ['NAME', 'STATUS', 'RUNTIME', 'IMAGE', 'AGE', 'IMAGE DIGEST', 'CPU', 'MEMORY']);
-  assert.deepEqual(wide.rows[0].slice(5), ['sha256:0123456789ab', '1', '512Mi']);
+  assert.deepEqual(wide.headers, ['NAME', 'STATUS', 'RUNTIME', 'IMAGE', 'AGE', 'IMAGE DIGEST', 'CPU', 'MEMORY', 'PORTS']);
+  assert.deepEqual(wide.rows[0].slice(5), ['sha256:0123456789ab', '1', '512Mi', '']);
 });
 
 test('resource types resolve by plural, singular, alias and kind; unknown ones list what is supported', () => {

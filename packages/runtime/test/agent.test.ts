@@ -124,21 +124,25 @@ async function tcpServer(onConn: (s: Socket) => void = () => {}, allowHalfOpen =
 const agentFds = async () => (await readdir(`/proc/${agentProc.pid}/fd`)).length;
 const agentChildren = async () => (await readFile(`/proc/${agentProc.pid}/task/${agentProc.pid}/children`, 'utf8')).split(' ').filter(Boolean).length;
 
+/** Until the agent answers on its socket (after a start, or after it listens again). */
+async function listening() {
+  for (let i = 0; ; i++) {
+    try {
+      return await agent.ping(500);
+    } catch (e) {
+      if (i > 200) throw e;
+      await sleep(10);
+    }
+  }
+}
+
 before(async () => {
   assert.ok(existsSync(BIN), `${BIN} is missing: run make -C packages/agent`);
   dir = await mkdtemp(join(tmpdir(), 'moat-agent-test-'));
   sock = join(dir, 'agent.sock');
   agentProc = spawn(BIN, ['--socket', sock], { stdio: ['ignore', 'inherit', 'inherit'] });
   agent = new AgentClient(sock);
-  for (let i = 0; ; i++) {
-    try {
-      await agent.ping(500);
-      break;
-    } catch (e) {
-      if (i > 200) throw e;
-      await sleep(10);
-    }
-  }
+  await listening();
 });
 
 after(async () => {
@@ -798,15 +802,7 @@ describe('parking the listener (gVisor checkpoints)', () => {
     assert.equal(Buffer.concat(out).toString(), 'got x\n');
     agentProc.kill('SIGUSR1'); // parking twice is a no-op
     agentProc.kill('SIGUSR2');
-    for (let i = 0; ; i++) {
-      try {
-        await agent.ping(500);
-        break;
-      } catch (e) {
-        if (i > 200) throw e;
-        await sleep(10);
-      }
-    }
+    await listening();
     agentProc.kill('SIGUSR2'); // so is listening twice
     assert.equal((await run({ command: ['echo', 'back'] })).stdout.toString(), 'back\n');
     assert.equal((await stat(sock)).mode & 0o777, 0o600, 'still private');

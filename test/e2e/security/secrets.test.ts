@@ -27,13 +27,16 @@ async function ready(server: TestServer, body: unknown) {
   assert.equal((await server.api(`${NS}/${name}/wait?timeoutSeconds=120`)).status, 200);
 }
 
-/** Every file of the data dir that is not the master key: the store, its WAL, logs. */
+/**
+ * Every file of the data dir that is not the master key: the store, its WAL, logs. Not the
+ * sandboxes' own file systems (mounted under sandboxes*\/<uid>/): they hold what sandboxes wrote.
+ */
 async function dataDirHolds(dir: string, needle: string): Promise<string[]> {
   const hits: string[] = [];
-  for (const f of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    if (!f.isFile() || !/\.(db|db-wal|log)$/.test(f.name)) continue;
-    const p = join(f.parentPath, f.name);
-    if ((await readFile(p)).includes(needle)) hits.push(p);
+  for (const f of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, f.name);
+    if (f.isDirectory() && !f.name.startsWith('sandboxes')) hits.push(...(await dataDirHolds(p, needle)));
+    else if (f.isFile() && /\.(db|db-wal|log)$/.test(f.name) && (await readFile(p)).includes(needle)) hits.push(p);
   }
   return hits;
 }

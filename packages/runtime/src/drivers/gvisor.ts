@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run, which } from '../run.js';
-import type { ociSpec } from '../oci/spec.js';
+import { IN_SANDBOX, type ociSpec } from '../oci/spec.js';
 import { OciDriver, writeHostFiles, type OciDriverOptions } from './oci.js';
 
 export type GvisorDriverOptions = OciDriverOptions & {
@@ -192,8 +192,10 @@ export class GvisorDriver extends OciDriver {
     await writeHostFiles(this.dir(id), hostname);
     // The sentry has its own UTS namespace, out of the host's reach: set it from inside, with the one
     // capability the sandbox's processes do not have, in a short-lived process of our own.
-    const r = await run(this.bin, [...this.runtimeArgs(), 'exec', '--cap', 'CAP_SYS_ADMIN', id, 'hostname', hostname], { allowFail: true });
-    if (r.code !== 0) throw new Error(`setting the hostname failed: runsc exec hostname exited ${r.code}: ${(r.stderr || r.stdout).trim()}`);
+    const r = await run(this.bin, [...this.runtimeArgs(), 'exec', '--cap', 'CAP_SYS_ADMIN', id, IN_SANDBOX.init, '--set-hostname', hostname], {
+      allowFail: true,
+    });
+    if (r.code !== 0) throw new Error(`setting the hostname failed: runsc exec moat-init --set-hostname exited ${r.code}: ${(r.stderr || r.stdout).trim()}`);
   }
 }
 

@@ -2,18 +2,21 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, createWriteStream, openSync } from 'node:fs';
 import { access, chmod, mkdir, readFile, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../agent/index.js';
 import { readUsage } from '../cgroups.js';
 import { createExt4 } from '../disk.js';
+import { IN_SANDBOX, ociSpec } from '../oci/spec.js';
+import { hostUid } from '../userns.js';
 import { defaultInitBinary, ensureDir } from '../paths.js';
 import { which } from '../run.js';
 import { chooseAccel, type AccelChoice } from '../vm/accel.js';
 import { ensureBaseDisk } from '../vm/base-disk.js';
 import { ensureGuestBoot, type GuestBoot } from '../vm/boot.js';
+import { controlRequest, makeControlPipes, writeControl } from '../vm/control.js';
 import { makeVmCgroup, removeVmCgroup } from '../vm/cgroup.js';
 import { IGNORE_SHARED, qemuArgs, vmFiles, type VmShape } from '../vm/machine.js';
 import { Qmp } from '../vm/qmp.js';
@@ -50,9 +53,10 @@ const QEMU_PIDS = 256;
  * (Debian) kernel. Disks: the image as a shared read-only ext4, the
  * sandbox's writable layer and `/data` as ext4 files of their own (the same
  * layout as the runc driver's). New VMs resume from a per-shape snapshot and
- * then receive their identity, disks and network. moat-init is the agent
- * in the guest too, reached over a private link through a relay in the
- * sandbox's network namespace. See docs/microvm.md.
+ * then receive their identity, disks and network. Inside the guest, crun
+ * runs moat-init and the workload confined as the runc driver does on a
+ * host (the same OCI spec); moat-init is reached over a private link
+ * through a relay in the sandbox's network namespace. See docs/microvm.md.
  */
 export class MicrovmDriver implements RuntimeDriver {
   readonly name = 'microvm' as const;
@@ -76,6 +80,9 @@ export class MicrovmDriver implements RuntimeDriver {
       ['socat', 'socat'],
       ['cpio', 'cpio'],
       ['nsenter', 'util-linux'],
+      ['crun', 'crun'],
+      ['mkfifo', 'coreutils'],
+      ['ldd', 'libc-bin'],
       ['tc', 'iproute2'],
       ['mkfs.ext4', 'e2fsprogs'],
       ['depmod', 'kmod'],
@@ -134,17 +141,16 @@ export class MicrovmDriver implements RuntimeDriver {
     const flushed = "(a microVM's guest cache must be flushed)";
     if (!ctx.running)
       throw new QuiesceError(what === 'data' ? `resume it to back it up ${flushed}` : `resume or wake it to back up its writable layer ${flushed}`, true);
+    // The guest's PID 1 does it: the sandbox's root may not freeze a filesystem.
     if (what === 'data') {
-      await this.mustInGuest(id, ['/bin/sh', '-c', 'sync && fsfreeze -f "$1"', 'sh', ctx.dataMountPath], 'freeze the volume');
+      await this.mustInGuest(id, 'freeze', 'freeze the volume');
       try {
         return await copy();
       } finally {
-        await this.mustInGuest(id, ['/bin/sh', '-c', 'fsfreeze -u "$1"', 'sh', ctx.dataMountPath], 'thaw the volume').catch((err: unknown) =>
-          ctx.warn(err, 'could not thaw a microVM volume'),
-        );
+        await this.mustInGuest(id, 'thaw', 'thaw the volume').catch((err: unknown) => ctx.warn(err, 'could not thaw a microVM volume'));
       }
     }
-    await this.mustInGuest(id, ['sync'], 'sync the writable layer');
+    await this.mustInGuest(id, 'sync', 'sync the writable layer');
     await this.pause(id);
     try {
       return await copy();
@@ -160,20 +166,18 @@ export class MicrovmDriver implements RuntimeDriver {
   async thaw(id: string, what: DiskKind, ctx: QuiesceContext): Promise<void> {
     if (what !== 'data' || !ctx.running) return;
     // MicroVMs outlive the control plane: thaw inside (an error when it was not frozen is expected), bounded.
-    const thawed = this.inGuest(id, ['/bin/sh', '-c', 'fsfreeze -u "$1" 2>/dev/null; true', 'sh', ctx.dataMountPath]).catch(() => {});
-    await Promise.race([thawed, sleep(5000, undefined, { ref: false })]);
+    await this.control(id, 'thaw', [], 5000).catch(() => {});
   }
 
-  /** Runs a command in the guest: its exit code and what it wrote to stderr. */
-  private async inGuest(id: string, command: string[]): Promise<{ exitCode: number; stderr: string }> {
-    let stderr = '';
-    const { exitCode } = await this.agent(id).exec({ command }, { onStderr: (b) => (stderr += b.toString()) }).done;
-    return { exitCode, stderr: stderr.trim() };
+  /** A request to the guest's PID 1, outside the confined sandbox (packages/guest/init). */
+  private control(id: string, verb: string, args: string[] = [], timeoutMs?: number): Promise<void> {
+    return controlRequest(vmFiles(this.dir(id)).control, verb, args, timeoutMs);
   }
 
-  private async mustInGuest(id: string, command: string[], what: string): Promise<void> {
-    const { exitCode, stderr } = await this.inGuest(id, command);
-    if (exitCode !== 0) throw new QuiesceError(`could not ${what} inside the microVM (exit ${exitCode}): ${stderr}`);
+  private async mustInGuest(id: string, verb: 'freeze' | 'thaw' | 'sync', what: string): Promise<void> {
+    await this.control(id, verb).catch((err: Error) => {
+      throw new QuiesceError(`could not ${what} inside the microVM: ${err.message}`);
+    });
   }
 
   async create(spec: SandboxRuntimeSpec, opts: CreateOptions = {}): Promise<void> {
@@ -194,10 +198,11 @@ export class MicrovmDriver implements RuntimeDriver {
     await this.stopProcesses(spec.id);
     for (const d of ['sock', 'jail']) await mkdir(p(d), { recursive: true, mode: 0o700 });
     await writeFile(p('spec.json'), JSON.stringify(spec));
-    // Kept across restarts of the sandbox, like the runc driver's; owned by the guest's own root.
+    // Kept across restarts of the sandbox, like the runc driver's. The guest gives the overlay's upper dir and the
+    // volume's root to the sandbox's root (hostUid(0) in the guest as on a host), as that driver does.
     if (!(await exists(p('disk.img')))) await createExt4(p('disk.img'), spec.limits.diskBytes, { journal: false, rootOwner: 0 });
     const data = spec.dataImage ?? p('data.img'); // a named volume's image lives outside the sandbox's dir
-    if (!(await exists(data))) await createExt4(data, spec.limits.dataBytes, { journal: true, rootOwner: 0 });
+    if (!(await exists(data))) await createExt4(data, spec.limits.dataBytes, { journal: true, rootOwner: hostUid(0) });
 
     const { boot, accel } = await this.prepare();
     const shape = vmShape(spec);
@@ -227,8 +232,9 @@ export class MicrovmDriver implements RuntimeDriver {
       incoming: true,
       jail: { uid: jailId, gid: jailId, chroot: p('jail') },
     });
-    // Sockets of an earlier QEMU (a hibernated or crashed one) would be taken for this one's.
-    await Promise.all([f.qmp, f.config].map((x) => unlink(x).catch(() => {})));
+    // Sockets and FIFOs of an earlier QEMU (a hibernated or crashed one) would be taken for this one's.
+    await unlink(f.qmp).catch(() => {});
+    await makeControlPipes(f.control);
     const stateFd = openSync(hibernated ?? snap.state, 'r');
     const logFd = openSync(p('qemu.log'), 'a');
     // Detached, so it outlives a control-plane restart (not -daemonize: its fork is what the seccomp filter forbids).
@@ -265,7 +271,7 @@ export class MicrovmDriver implements RuntimeDriver {
     if (hibernated) {
       await this.resumeFromSnapshot(f.qmp);
     } else {
-      await Promise.all([this.resumeFromSnapshot(f.qmp), sendConfig(f.config, configFor(spec, guest))]);
+      await Promise.all([this.resumeFromSnapshot(f.qmp), writeControl(f.control, configFor(spec, guest))]);
     }
     await this.waitReady(spec.id);
   }
@@ -356,10 +362,8 @@ export class MicrovmDriver implements RuntimeDriver {
       return { restored: false, reason: `the saved machine could not be restored (${(err as Error).message}): started again on its disks` };
     }
     await clearCheckpoint(dir);
-    // The guest's clock stood still while it was on disk: give it the host's time (best effort; busybox/coreutils date).
-    await this.agent(spec.id)
-      .exec({ command: ['/bin/sh', '-c', 'date -s "@$1" >/dev/null 2>&1 || true', 'sh', String(Math.floor(Date.now() / 1000))] })
-      .done.catch(() => {});
+    // The guest's clock stood still while it was on disk: give it the host's time (best effort).
+    await this.control(spec.id, 'time', [String(Math.floor(Date.now() / 1000))], 5000).catch(() => {});
     return { restored: true };
   }
 
@@ -429,11 +433,11 @@ export class MicrovmDriver implements RuntimeDriver {
     await rm(this.dir(id), { recursive: true, force: true });
   }
 
+  /** As the runc driver does from the host: the guest's PID 1 enters the sandbox's UTS namespace and rewrites its bind-mounted files. */
   async setHostname(id: string, hostname: string): Promise<void> {
-    const script =
-      'hostname "$1" && echo "$1" > /etc/hostname && printf "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\t%s\\n" "$1" > /etc/hosts';
-    const { exitCode, stderr } = await this.inGuest(id, ['/bin/sh', '-c', script, 'sh', hostname]);
-    if (exitCode !== 0) throw new Error(`setting the hostname in the microVM failed (exit ${exitCode}): ${stderr}`);
+    await this.control(id, 'hostname', [hostname]).catch((err: Error) => {
+      throw new Error(`setting the hostname in the microVM failed: ${err.message}`);
+    });
   }
 
   async state(id: string): Promise<RuntimeState> {
@@ -515,38 +519,73 @@ function vmUid(id: string) {
   return 2 ** 30 + (createHash('sha256').update(id).digest().readUInt32BE(0) & 0xfffff);
 }
 
-/** The config /init reads after resume (packages/guest/init): identity, clock, entropy, network and main command. */
-function configFor(spec: SandboxRuntimeSpec, guest: { address: string; gateway: string }): Buffer {
+/** The guest's own paths of what the runc driver takes from the host (packages/guest/init makes them). */
+const IN_GUEST = {
+  init: '/bin/moat-init',
+  data: '/run/moat/data',
+  hosts: '/run/moat/hosts',
+  hostname: '/run/moat/hostname',
+  /** Fresh for every VM resumed from a snapshot. */
+  machineId: '/run/moat/machine-id',
+  /** The guest's own network namespace: the sandbox joins it, as a runc sandbox joins the one the host made. */
+  netns: '/proc/1/ns/net',
+};
+
+/**
+ * The runc driver's OCI spec, for the OCI runtime inside the guest (crun): the same process,
+ * capabilities, seccomp filter, no_new_privs, namespaces, user-namespace
+ * mapping and masked and read-only paths. What differs: moat-init listens
+ * on the control link instead of a socket the host bind-mounts; the guest
+ * adds a fresh /etc/machine-id (VMs of one snapshot must not share one); and
+ * memory and CPU are left to the VM (its RAM, its vCPUs under the host
+ * cgroup's quota), which a second limit inside would count twice.
+ */
+function guestSpec(spec: SandboxRuntimeSpec) {
   const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOSTNAME: spec.hostname, ...spec.env };
+  const oci = ociSpec({
+    id: spec.id,
+    hostname: spec.hostname,
+    command: spec.command,
+    user: spec.user,
+    env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    workingDir: spec.workingDir || '/',
+    limits: spec.limits,
+    initBinary: IN_GUEST.init,
+    sockDir: '',
+    dataDir: IN_GUEST.data,
+    dataMountPath: spec.dataMountPath,
+    netnsPath: IN_GUEST.netns,
+    etcHosts: IN_GUEST.hosts,
+    etcHostname: IN_GUEST.hostname,
+    capSwap: false,
+  });
+  const [init, ...args] = oci.process.args;
+  return {
+    ...oci,
+    process: { ...oci.process, args: [init!, '--listen-tcp', `${GUEST_AGENT.host}:${GUEST_AGENT.port}`, ...args] },
+    mounts: [
+      ...oci.mounts.filter((m) => m.destination !== IN_SANDBOX.sockDir),
+      { destination: '/etc/machine-id', type: 'bind', source: IN_GUEST.machineId, options: ['bind', 'ro'] },
+    ],
+    linux: { ...oci.linux, resources: { devices: oci.linux.resources.devices, pids: oci.linux.resources.pids } },
+  };
+}
+
+/** The config /init reads after resume (packages/guest/init): identity, clock, entropy, network and the sandbox's OCI spec. */
+function configFor(spec: SandboxRuntimeSpec, guest: { address: string; gateway: string }): Buffer {
+  const config = guestSpec(spec);
+  const oci = Buffer.from(JSON.stringify(config));
   const lines = [
-    'moat-config 1',
+    'moat-config 2',
     `hostname ${spec.hostname}`,
     `time ${Math.floor(Date.now() / 1000)}`,
     `seed ${randomBytes(64).toString('hex')}`,
     `net ${guest.address} ${guest.gateway}`,
-    `data ${spec.dataMountPath ?? '/data'}`,
-    `pids ${spec.limits.pids}`,
-    ...(spec.user ? [`user ${spec.user}`] : []),
+    `root ${config.linux.uidMappings[0]!.hostID}`,
+    `spec ${oci.length}`,
   ];
-  for (const s of [spec.hostname, spec.dataMountPath ?? '/data', spec.user ?? '']) if (/\s/.test(s)) throw new Error(`"${s}" cannot contain whitespace`);
-  const parts = [Buffer.from(`${lines.join('\n')}\n`)];
-  if (spec.command.length) {
-    const fields = [spec.workingDir || '/', ...spec.command, '', ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
-    if (fields.some((x) => x.includes('\0'))) throw new Error('the command and environment cannot contain NUL bytes');
-    const main = Buffer.from(fields.map((x) => `${x}\0`).join(''));
-    parts.push(Buffer.from(`main ${main.length}\n`), main);
-  }
-  parts.push(Buffer.from('end\n'));
-  return Buffer.concat(parts);
-}
-
-function sendConfig(path: string, config: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = connect(path);
-    s.on('error', (err) => reject(new Error(`cannot give the microVM its config: ${err.message}`)));
-    // Half-close only: the guest reads the config at its own pace; QEMU keeps the bytes until then.
-    s.on('connect', () => s.end(config, () => resolve()));
-  });
+  if (/\s/.test(spec.hostname)) throw new Error(`"${spec.hostname}" cannot contain whitespace`);
+  return Buffer.concat([Buffer.from(`${lines.join('\n')}\n`), oci, Buffer.from('end\n')]);
 }
 
 /** An ELF executable without a program interpreter (PT_INTERP) needs no dynamic loader. */

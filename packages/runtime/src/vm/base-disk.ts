@@ -1,29 +1,32 @@
-import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Image } from '../images/image.js';
 import { mountOverlay, unmount } from '../disk.js';
 import { run } from '../run.js';
-import { USERNS_HOST_BASE, USERNS_SIZE } from '../userns.js';
+import { USERNS_HOST_BASE } from '../userns.js';
 
 const building = new Map<string, Promise<string>>();
 
 /**
  * The image as a read-only ext4 disk shared by every microVM that runs it,
- * made once per image digest from its layers. The image store keeps rootfs files owned by
- * the container user-namespace range; a VM has its own kernel and no such
- * mapping, so ownership is shifted back (host 2^24+N → N) on the way.
+ * made once per image digest from its layers. Files keep the ownership the
+ * image store gives them (the container user-namespace range, 2^24 + N), as
+ * in a runc sandbox's rootfs: inside the guest the sandbox runs in a user
+ * namespace with the same mapping, so root inside is 2^24 in the guest too.
  */
 export function ensureBaseDisk(cacheDir: string, image: Image, progress?: (l: string) => void): Promise<string> {
-  const file = join(cacheDir, 'images', `${image.digest.replace(/^sha256:/, '')}.ext4`);
+  const hex = image.digest.replace(/^sha256:/, '');
+  const file = join(cacheDir, 'images', 'userns', `${hex}.ext4`);
   let p = building.get(file);
   if (!p) {
-    p = build(file, image, progress).finally(() => building.delete(file));
+    // Earlier releases shifted ownership back to 0 + N and kept that disk one folder up: never used again.
+    p = build(file, image, progress, join(cacheDir, 'images', `${hex}.ext4`)).finally(() => building.delete(file));
     building.set(file, p);
   }
   return p;
 }
 
-async function build(file: string, image: Image, progress?: (l: string) => void): Promise<string> {
+async function build(file: string, image: Image, progress: ((l: string) => void) | undefined, legacy: string): Promise<string> {
   if (
     await stat(file).then(
       () => true,
@@ -38,28 +41,7 @@ async function build(file: string, image: Image, progress?: (l: string) => void)
   const rootfs = join(tmp, 'rootfs');
   try {
     await mountOverlay(image.layers, rootfs);
-    const maps = { owner: join(tmp, 'owner.map'), group: join(tmp, 'group.map') };
-    for (const [kind, fmt] of [
-      ['owner', '%U'],
-      ['group', '%G'],
-    ] as const) {
-      const ids = new Set((await run('find', [rootfs, '-printf', `${fmt}\n`])).stdout.split('\n').filter(Boolean).map(Number));
-      // Ids outside the range were never the guest's: they become nobody.
-      const lines = [...ids].map((id) => `+${id} +${id >= USERNS_HOST_BASE && id < USERNS_HOST_BASE + USERNS_SIZE ? id - USERNS_HOST_BASE : 65534}`);
-      await writeFile(maps[kind], `${lines.join('\n')}\n`);
-    }
-    const tree = join(tmp, 'tree');
-    await mkdir(tree);
-    await run('sh', [
-      '-c',
-      'tar --owner-map="$2" --group-map="$3" --numeric-owner --xattrs --acls -C "$1" -c . | tar -x --numeric-owner -p --xattrs --acls -C "$4"',
-      'sh',
-      rootfs,
-      maps.owner,
-      maps.group,
-      tree,
-    ]);
-    const used = Number((await run('du', ['-sb', tree])).stdout.split('\t')[0]);
+    const used = Number((await run('du', ['-sb', rootfs])).stdout.split('\t')[0]);
     // Room for ext4's own metadata; the disk is read-only, so no more than that.
     const size = Math.ceil((used * 1.15 + 64 * 2 ** 20) / 2 ** 20);
     await run('mkfs.ext4', [
@@ -68,7 +50,7 @@ async function build(file: string, image: Image, progress?: (l: string) => void)
       '-L',
       'moat-image',
       '-d',
-      tree,
+      rootfs,
       '-b',
       '4096',
       '-m',
@@ -76,11 +58,12 @@ async function build(file: string, image: Image, progress?: (l: string) => void)
       '-O',
       '^has_journal',
       '-E',
-      'root_owner=0:0',
+      `root_owner=${USERNS_HOST_BASE}:${USERNS_HOST_BASE}`,
       join(tmp, 'disk.ext4'),
       `${size}M`,
     ]);
     await rename(join(tmp, 'disk.ext4'), file);
+    await rm(legacy, { force: true });
     return file;
   } finally {
     await unmount(rootfs);

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { run } from '../run.js';
 
-/** What a microVM boots: Debian's kernel and our initramfs (busybox, packages/guest/init, moat-init, modules). */
+/** What a microVM boots: Debian's kernel and our initramfs (busybox, packages/guest/init, moat-init, crun, modules). */
 export interface GuestBoot {
   kernel: string;
   initrd: string;
@@ -21,6 +21,8 @@ export interface BootOptions {
   initBinary: string;
   guestInit: string;
   busybox?: string;
+  /** The OCI runtime that confines the workload inside the guest: the host's crun, with the libraries it links. */
+  ociRuntime?: string;
   progress?: (line: string) => void;
 }
 
@@ -36,8 +38,10 @@ export async function ensureGuestBoot(o: BootOptions): Promise<GuestBoot> {
   const kdir = await ensureKernel(o.cacheDir, release, o.progress);
   const busybox = o.busybox ?? '/bin/busybox';
   const modules = await moduleFiles(kdir, release);
+  const crun = o.ociRuntime ?? '/usr/bin/crun';
+  const libraries = await sharedLibraries(crun);
   const hash = createHash('sha256').update(release);
-  for (const f of [o.guestInit, o.initBinary, busybox, ...modules]) hash.update(f.slice(f.lastIndexOf('/'))).update(await readFile(f));
+  for (const f of [o.guestInit, o.initBinary, busybox, crun, ...libraries, ...modules]) hash.update(f.slice(f.lastIndexOf('/'))).update(await readFile(f));
   const key = hash.digest('hex').slice(0, 16);
   const dir = join(o.cacheDir, 'boot', key);
   const initrd = join(dir, 'initrd.gz');
@@ -53,8 +57,14 @@ export async function ensureGuestBoot(o: BootOptions): Promise<GuestBoot> {
     await copyFile(o.guestInit, join(root, 'init'));
     await copyFile(busybox, join(root, 'bin', 'busybox'));
     await copyFile(o.initBinary, join(root, 'bin', 'moat-init'));
+    await copyFile(crun, join(root, 'bin', 'crun'));
+    // At the paths the host's loader and crun name them, so the guest's loader finds them without a cache.
+    for (const lib of libraries) {
+      await mkdir(join(root, dirname(lib)), { recursive: true });
+      await copyFile(lib, join(root, lib));
+    }
     await Promise.all(modules.map((m, i) => copyFile(m, join(root, 'lib', 'moat-modules', `${String(i).padStart(2, '0')}-${basename(m)}`))));
-    await run('chmod', ['755', join(root, 'init'), join(root, 'bin', 'busybox'), join(root, 'bin', 'moat-init')]);
+    await run('chmod', ['755', join(root, 'init'), join(root, 'bin', 'busybox'), join(root, 'bin', 'moat-init'), join(root, 'bin', 'crun')]);
     await run('sh', ['-c', 'cd "$1" && find . | sort | cpio --quiet -o -H newc --reproducible | gzip -1 > "$2"', 'sh', root, join(tmp, 'initrd.gz')]);
     await rm(root, { recursive: true });
     await rename(tmp, dir).catch(async (err: NodeJS.ErrnoException) => {
@@ -111,6 +121,13 @@ async function ensureKernel(cacheDir: string, release: string, progress?: (l: st
     await rm(tmp, { recursive: true, force: true });
   }
   return dir;
+}
+
+/** The dynamic loader and libraries a host binary needs, by the absolute paths `ldd` names (none for a static one). */
+async function sharedLibraries(binary: string): Promise<string[]> {
+  const r = await run('ldd', [binary], { allowFail: true });
+  if (r.code !== 0 && !/not a dynamic executable/.test(r.stdout + r.stderr)) throw new Error(`ldd ${binary} failed: ${r.stderr.trim()}`);
+  return [...r.stdout.matchAll(/(?:=> )?(\/\S+) \(0x/g)].map((m) => m[1]!);
 }
 
 /** The .ko files for GUEST_MODULES, dependencies first, each once. */

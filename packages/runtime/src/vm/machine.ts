@@ -23,6 +23,8 @@ export interface MachineOptions {
   dir: string;
   /** Wait for a migration stream (a snapshot's state) instead of booting. */
   incoming?: boolean;
+  /** Appended to the kernel's command line. */
+  kernelArgs?: string[];
   /** Drop to this uid:gid in an empty chroot once devices are open, behind QEMU's own seccomp filter. */
   jail?: { uid: number; gid: number; chroot: string };
 }
@@ -32,7 +34,8 @@ export const IGNORE_SHARED = { capabilities: [{ capability: 'x-ignore-shared', s
 
 export const vmFiles = (dir: string) => ({
   qmp: join(dir, 'qmp.sock'),
-  config: join(dir, 'config.sock'),
+  /** The control port's FIFOs, `control.in` and `control.out` (see control.ts). */
+  control: join(dir, 'control'),
   pid: join(dir, 'qemu.pid'),
   /** The guest's console: /init and the main command write here. */
   log: join(dir, 'log'),
@@ -88,7 +91,7 @@ export function qemuArgs(o: MachineOptions): string[] {
     o.boot.initrd,
     // Not quiet: a VM boots only to make a snapshot, and its full boot log is what explains a failed one.
     '-append',
-    'console=ttyS0 panic=-1 no_timer_check',
+    ['console=ttyS0 panic=-1 no_timer_check', ...(o.kernelArgs ?? [])].join(' '),
     '-chardev',
     `file,id=kcon,path=${f.kernelLog},append=on`,
     '-serial',
@@ -105,7 +108,7 @@ export function qemuArgs(o: MachineOptions): string[] {
     '-device',
     'virtio-serial-device',
     '-chardev',
-    `socket,id=cfg,path=${f.config},server=on,wait=off`,
+    `pipe,id=cfg,path=${f.control}`,
     '-device',
     'virtserialport,chardev=cfg,name=moat.config',
     '-chardev',

@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile } from 
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { GuestBoot } from './boot.js';
+import { controlPipes, makeControlPipes } from './control.js';
 import { IGNORE_SHARED, qemuArgs, vmFiles, type Accel, type VmShape } from './machine.js';
 import { Qmp } from './qmp.js';
 
@@ -55,7 +56,10 @@ async function make(dir: string, boot: GuestBoot, accel: Accel, shape: VmShape, 
       await writeFile(d, '');
       await truncate(d, 2 ** 40);
     }
-    const args = qemuArgs({ boot, accel, shape, ram: { file: join(tmp, 'ram'), share: true }, disks, taps: false, dir: tmp });
+    await makeControlPipes(f.control);
+    const tscKhz = accel === 'tcg' ? await hostTscKhz() : undefined;
+    const kernelArgs = tscKhz ? [`tsc_early_khz=${tscKhz}`] : [];
+    const args = qemuArgs({ boot, accel, shape, ram: { file: join(tmp, 'ram'), share: true }, disks, taps: false, dir: tmp, kernelArgs });
     let booted: { child: ChildProcess; exited: Promise<string> } | undefined;
     for (let attempt = 1; !booted; attempt++) {
       const r = await bootToMarker(args, tmp);
@@ -95,7 +99,7 @@ async function make(dir: string, boot: GuestBoot, accel: Accel, shape: VmShape, 
     } finally {
       child.kill('SIGKILL');
     }
-    for (const d of Object.values(disks)) await rm(d);
+    for (const d of [...Object.values(disks), ...Object.values(controlPipes(f.control))]) await rm(d);
     await rename(tmp, dir).catch(async (err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err;
       await rm(tmp, { recursive: true, force: true });
@@ -105,6 +109,20 @@ async function make(dir: string, boot: GuestBoot, accel: Accel, shape: VmShape, 
     await rm(tmp, { recursive: true, force: true });
     throw err;
   }
+}
+
+/**
+ * Under TCG the guest reads the host's TSC. When the host knows its TSC's
+ * frequency (constant, and given by the CPU or hypervisor, not measured),
+ * the guest is told it too, so it skips calibrating against the emulated PIT,
+ * which fails whenever the host is busy.
+ */
+async function hostTscKhz(): Promise<number | undefined> {
+  const cpu = (await readFile('/proc/cpuinfo', 'utf8').catch(() => '')).split('\n\n')[0] ?? '';
+  const flags = new Set(/^flags\s*:(.*)$/m.exec(cpu)?.[1]?.trim().split(/\s+/));
+  const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpu)?.[1]);
+  if (!flags.has('constant_tsc') || !flags.has('tsc_known_freq') || !(mhz > 0)) return undefined;
+  return Math.round(mhz * 1000);
 }
 
 const BOOT_ATTEMPTS = 3;
