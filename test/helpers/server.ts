@@ -20,8 +20,8 @@ function testNetwork(i: number) {
   if (!Number.isInteger(i) || i < 0 || i > 19) throw new Error(`MOAT_TEST_NET must be 0-19, not ${process.env.MOAT_TEST_NET}`);
   return {
     name: `moate2e${i || ''}`,
-    // Prefixes never start one another: every interface with a server's prefix is taken for one of its sandboxes'.
-    ifPrefix: i < 10 ? `m${'efgijklnrp'[i]}` : `mq${'abcdefghij'[i - 10]}`,
+    // Prefixes never start one another nor the dev cluster's `mk8s-*`: every interface with a server's prefix is taken for one of its sandboxes'.
+    ifPrefix: i < 10 ? `m${'efgijslnrp'[i]}` : `mq${'abcdefghij'[i - 10]}`,
     subnet: `10.${234 + i}.0.0/16`,
     serviceAddress: `10.${234 + i}.0.1`,
     proxyPort: 13128 + i,
