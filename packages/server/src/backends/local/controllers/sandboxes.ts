@@ -669,6 +669,7 @@ export class SandboxController implements Sandboxes {
             lastTransitionTime: new Date().toISOString(),
           })
         : sandbox.status;
+      const ports = exposedPorts(image.config);
       const status: SandboxStatus = {
         ...base,
         phase: 'Running',
@@ -680,7 +681,7 @@ export class SandboxController implements Sandboxes {
           ...(image.config.Env?.length ? { env: imageEnv(image.config) } : {}),
           // `/` is no WORKDIR: execs then start where they always have (the user's home).
           ...(image.config.WorkingDir && image.config.WorkingDir !== '/' ? { workingDir: image.config.WorkingDir } : {}),
-          ...(exposedPorts(image.config).length ? { ports: exposedPorts(image.config) } : {}),
+          ...(ports.length ? { ports } : {}),
         },
       };
       const probe = container.readinessProbe;
