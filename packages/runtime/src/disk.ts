@@ -1,6 +1,7 @@
 import { open, mkdir, readFile } from 'node:fs/promises';
-import { relative } from 'node:path';
+import { dirname, relative } from 'node:path';
 import { run } from './run.js';
+import { runInShell } from './shell.js';
 import { USERNS_HOST_BASE, type IdRange } from './userns.js';
 
 /**
@@ -15,7 +16,7 @@ export async function createExt4(file: string, sizeBytes: number, opts: { journa
   } finally {
     await fh.close();
   }
-  await run('mkfs.ext4', [
+  await runInShell('mkfs.ext4', [
     '-q',
     '-F',
     '-m',
@@ -27,10 +28,11 @@ export async function createExt4(file: string, sizeBytes: number, opts: { journa
   ]);
 }
 
-export async function mountLoop(file: string, target: string): Promise<void> {
+/** Loop-mounts an ext4 image (nosuid, nodev) through moat-idmap, whose cost does not grow with the host's mounts. */
+export async function mountLoop(helper: string, file: string, target: string): Promise<void> {
   await mkdir(target, { recursive: true });
   if (await isMountPoint(target)) return;
-  await run('mount', ['-o', 'loop,nosuid,nodev', file, target]);
+  await runInShell(helper, ['loop', file, target]);
 }
 
 /**
@@ -48,7 +50,7 @@ export async function mountOverlay(layers: string[], target: string, rw?: { uppe
   if (options.length > 4000) throw new Error(`the image has too many layers (${layers.length}) for one overlay mount`);
   // A read-only overlay wants two lower layers: a one-layer image is its own tree.
   if (!rw && layers.length === 1) await run('mount', ['--bind', '-o', 'ro', layers[0]!, target]);
-  else if (as) await run(as.helper, ['overlay', String(as.fsId), options, target], { cwd: base });
+  else if (as) await runInShell(as.helper, ['overlay', String(as.fsId), options, target], { cwd: base });
   else await run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { cwd: base });
 }
 
@@ -69,7 +71,7 @@ export async function mountIdmapped(helper: string, ids: IdRange, pairs: [string
     await mkdir(target, { recursive: true });
     if (!(await isMountPoint(target))) todo.push(source, target);
   }
-  if (todo.length) await run(helper, ['bind', String(USERNS_HOST_BASE), String(ids.hostId), String(ids.size), ...todo]);
+  if (todo.length) await runInShell(helper, ['bind', String(USERNS_HOST_BASE), String(ids.hostId), String(ids.size), ...todo]);
 }
 
 export function commonDir(paths: string[]): string {
@@ -86,6 +88,13 @@ export async function unmount(target: string): Promise<void> {
   if (r.code !== 0) await run('umount', ['-l', target], { allowFail: true });
 }
 
+/** The same for several targets, in order, in one moat-idmap call (umount(8) reads the whole mount table each time). */
+export async function unmountAll(helper: string, targets: string[]): Promise<void> {
+  const mounted: string[] = [];
+  for (const t of targets) if (await isMountPoint(t)) mounted.push(t);
+  if (mounted.length) await runInShell(helper, ['umount', ...mounted]);
+}
+
 export async function mountPointsUnder(prefix: string): Promise<string[]> {
   const text = await readFile('/proc/self/mountinfo', 'utf8');
   const dir = prefix.endsWith('/') ? prefix : prefix + '/';
@@ -95,9 +104,28 @@ export async function mountPointsUnder(prefix: string): Promise<string[]> {
     .filter((p) => p.startsWith(dir));
 }
 
+/**
+ * Whether `p` is the root of a mount: it is on another mount than its parent. Read from the mount ids the kernel
+ * gives open files (/proc/self/fdinfo), not from /proc/self/mountinfo, whose size (and cost) grows with every
+ * sandbox on the host.
+ */
 export async function isMountPoint(p: string): Promise<boolean> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  return text.split('\n').some((l) => unescapeMount(l.split(' ')[4] ?? '') === p);
+  const [own, parent] = await Promise.all([mountId(p), mountId(dirname(p))]);
+  return own !== undefined && parent !== undefined && own !== parent;
+}
+
+/** O_PATH: opens without reading, for any file type and mode. Node's fs.constants lacks it. */
+const O_PATH = 0o10000000;
+
+async function mountId(p: string): Promise<number | undefined> {
+  const fh = await open(p, O_PATH).catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const m = /^mnt_id:\s*(\d+)/m.exec(await readFile(`/proc/self/fdinfo/${fh.fd}`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } finally {
+    await fh.close();
+  }
 }
 
 function unescapeMount(s: string): string {

@@ -27,3 +27,4 @@ export * from './hostname.js';
 export { createExt4 } from './disk.js';
 export * from './drivers/microvm.js';
 export { ensureGuestBoot, type GuestBoot } from './vm/boot.js';
+export { hostTscKhz } from './vm/snapshot.js';

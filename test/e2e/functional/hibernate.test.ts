@@ -184,6 +184,11 @@ for (const { runtime, skip } of testRuntimes())
       const wakeMs = Date.now() - t0;
       checkWoken(held, now);
       assert.equal((await sh(server, 'hib', 'cat /root/on-disk /data/on-disk')).stdout, 'kept\nkept\n', 'the disks are kept either way');
+      if (runtime === 'runc') {
+        // The user namespace's own limits (set by the createRuntime hook, docs/density.md) hold in the restored one too.
+        const limits = await sh(server, 'hib', 'cat /proc/sys/user/max_inotify_instances /proc/sys/user/max_inotify_watches');
+        assert.equal(limits.stdout, '128\n65536\n');
+      }
       const woken = await get(server, 'hib');
       assert.equal(woken.status.phase, 'Running');
       assert.equal(condition(woken, 'Ready').status, 'True');

@@ -139,6 +139,11 @@ export class GvisorDriver extends OciDriver {
     if (!config.linux.namespaces.some((n) => n.type === 'network' && 'path' in n && n.path)) annotations['dev.gvisor.flag.network'] = 'none';
     Object.assign(config, { annotations });
     Object.assign(config.linux, { seccomp: seccompForGvisor(config.linux.seccomp) });
+    // gVisor bind-mounts its own cgroupfs controllers under /sys/fs/cgroup read-write, whatever the mount's
+    // options say. They are the sentry's bookkeeping, not the host cgroup that limits the sandbox, but root
+    // inside could write them: they are left out, and /sys (a tmpfs here) is read-only, as in runc.
+    config.mounts = config.mounts.filter((m) => m.destination !== '/sys/fs/cgroup');
+    for (const m of config.mounts) if (m.destination === '/sys' && !m.options.includes('ro')) m.options.push('ro');
   }
 
   /**

@@ -6,8 +6,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { RuntimeClassName } from '@moat/core';
 import { AgentClient } from '../agent/index.js';
 import { memswAvailable, readUsage } from '../cgroups.js';
-import { commonDir, createExt4, isMountPoint, mountIdmapped, mountLoop, mountOverlay, unmount } from '../disk.js';
+import { commonDir, createExt4, isMountPoint, mountIdmapped, mountLoop, mountOverlay, unmount, unmountAll } from '../disk.js';
 import { ociSpec } from '../oci/spec.js';
+import { runInShell } from '../shell.js';
 import { defaultHostnameHelper, defaultIdmapHelper, defaultInitBinary, ensureDir } from '../paths.js';
 import { run, which } from '../run.js';
 import { HostnameSetter } from '../hostname.js';
@@ -142,8 +143,9 @@ export abstract class OciDriver implements RuntimeDriver {
     await clearCheckpoint(dir);
     await this.mountDisks(spec);
     await this.writeBundle(spec);
-    // A container left over from a crash would make `run` fail on the id.
-    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
+    // A container left over from a crash would make `run` fail on the id. Looked for first: a runtime
+    // command costs tens of milliseconds (runsc's most of all), which a fresh create need not pay.
+    if (await this.hasState(spec.id)) await runInShell(this.bin, [...this.runtimeArgs(), 'delete', '--force', spec.id], { allowFail: true });
     await opts.ready;
     await this.startContainer(spec.id, p('bundle'), p('log'));
     await this.waitReady(spec.id);
@@ -166,7 +168,7 @@ export abstract class OciDriver implements RuntimeDriver {
     // Writable layer and /data: created once, kept across restarts of the sandbox; made side by side.
     const writable = async () => {
       if (!(await exists(p('disk.img')))) await createExt4(p('disk.img'), spec.limits.diskBytes, { journal: false, rootOwner: 0 });
-      await mountLoop(p('disk.img'), p('disk'));
+      await mountLoop(this.idmapHelper, p('disk.img'), p('disk'));
       for (const d of ['upper', 'work']) {
         await mkdir(p('disk', d), { recursive: true });
         // overlayfs makes its work dir as the sandbox's root (through the view): both belong to it.
@@ -175,7 +177,7 @@ export abstract class OciDriver implements RuntimeDriver {
     };
     const data = async (image: string) => {
       if (!(await exists(image))) await createExt4(image, spec.limits.dataBytes, { journal: true, rootOwner: root });
-      await mountLoop(image, p('data'));
+      await mountLoop(this.idmapHelper, image, p('data'));
       // A named volume may have been made for another runtime: its root belongs to this sandbox's root.
       if (spec.dataImage) await chown(p('data'), root, root);
     };
@@ -250,20 +252,13 @@ export abstract class OciDriver implements RuntimeDriver {
     });
   }
 
-  private startContainer(id: string, bundle: string, log: string): Promise<void> {
+  private async startContainer(id: string, bundle: string, log: string): Promise<void> {
     // Detached: the container outlives this process, so a control-plane restart leaves it running.
     // Its stdio (and runc's own errors) go to the sandbox log; a pipe would be held open by the container.
-    const logFd = openSync(log, 'a');
-    return new Promise<void>((resolve, reject) => {
-      const child = spawn(this.bin, [...this.runtimeArgs(), 'run', '--detach', '--bundle', bundle, id], { stdio: ['ignore', logFd, logFd] });
-      closeSync(logFd);
-      child.on('error', reject);
-      child.on('exit', async (code) => {
-        if (code === 0) return resolve();
-        const tail = (await readFile(log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('\n');
-        reject(new Error(`${this.bin} run failed (exit ${code}): ${tail}`));
-      });
-    });
+    const r = await runInShell(this.bin, [...this.runtimeArgs(), 'run', '--detach', '--bundle', bundle, id], { log, allowFail: true });
+    if (r.code === 0) return;
+    const tail = (await readFile(log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('\n');
+    throw new Error(`${this.bin} run failed (exit ${r.code}): ${tail}`);
   }
 
   private async waitReady(id: string): Promise<void> {
@@ -289,9 +284,12 @@ export abstract class OciDriver implements RuntimeDriver {
 
   async destroy(id: string): Promise<void> {
     const dir = this.dir(id);
-    await run(this.bin, [...this.runtimeArgs(), 'delete', '--force', id], { allowFail: true });
+    if (await this.hasState(id)) await runInShell(this.bin, [...this.runtimeArgs(), 'delete', '--force', id], { allowFail: true });
     // The overlay first, then the views it is made of, then the disks under them.
-    for (const m of ['bundle/rootfs', 'views/layers', 'views/disk', 'views/data', 'data', 'disk']) await unmount(join(dir, m));
+    await unmountAll(
+      this.idmapHelper,
+      ['bundle/rootfs', 'views/layers', 'views/disk', 'views/data', 'data', 'disk'].map((m) => join(dir, m)),
+    );
     await rm(dir, { recursive: true, force: true });
   }
 
@@ -373,6 +371,12 @@ export abstract class OciDriver implements RuntimeDriver {
     const state = JSON.parse(await readFile(join(this.stateDir, id, 'state.json'), 'utf8')) as { init_process_pid: number };
     // The sandbox's root lacks CAP_SYS_ADMIN by design; the host enters only its UTS namespace to do it.
     await this.hostnames.set(state.init_process_pid, hostname);
+  }
+
+  /** Whether the runtime keeps any state for `id`: runc a folder named after it, runsc files that start with it. */
+  private async hasState(id: string): Promise<boolean> {
+    const entries = await readdir(this.stateDir).catch(() => [] as string[]);
+    return entries.some((e) => e.startsWith(id));
   }
 
   async state(id: string): Promise<RuntimeState> {

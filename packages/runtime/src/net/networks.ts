@@ -4,7 +4,7 @@ import { run } from '../run.js';
 import { addressPool, leaseAddresses, poolContains, type AddressPool } from './ipam.js';
 import { assertNetworkKey } from './keys.js';
 import { renderRuleset } from './ruleset.js';
-import { PersistentShell } from './shell.js';
+import { runScript } from '../shell.js';
 
 /** Where `ip netns` keeps named namespaces (fixed when iproute2 is built). */
 export const NETNS_DIR = '/run/netns';
@@ -73,7 +73,6 @@ export class SandboxNetworks {
   readonly serviceInterface: string;
   readonly servicePorts: number[];
   private initialized = false;
-  private readonly shell = new PersistentShell();
 
   constructor(opts: SandboxNetworksOptions) {
     this.name = opts.name ?? 'moat';
@@ -164,7 +163,7 @@ export class SandboxNetworks {
     ].join('\n');
     let failure: string | undefined;
     try {
-      const r = await this.shell.run(script);
+      const r = await runScript(script);
       if (r.code !== 0) failure = r.output.trim() || `exit ${r.code}`;
     } catch (err) {
       failure = (err as Error).message;
@@ -216,8 +215,8 @@ export class SandboxNetworks {
   private async teardownKeys(keys: string[]): Promise<void> {
     // Deleting the host end deletes both ends now; the namespace's own cleanup would do it later, asynchronously.
     const lines = keys.flatMap((k) => [`link del ${this.hostInterface(k)}`, `netns del ${this.netnsName(k)}`]);
-    const r = await run('ip', ['-force', '-batch', '-'], { input: lines.join('\n'), allowFail: true });
-    const errors = r.stderr.split('\n').filter((l) => l.trim() && !ABSENT.some((re) => re.test(l)));
+    const r = await runScript(["ip -force -batch - <<'EOF'", ...lines, 'EOF'].join('\n'));
+    const errors = r.output.split('\n').filter((l) => l.trim() && !ABSENT.some((re) => re.test(l)));
     if (errors.length) throw new Error(`tearing down the networks of sandboxes ${keys.join(', ')} failed: ${errors.join('; ')}`);
   }
 

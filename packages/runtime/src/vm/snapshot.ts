@@ -117,7 +117,7 @@ async function make(dir: string, boot: GuestBoot, accel: Accel, shape: VmShape, 
  * the guest is told it too, so it skips calibrating against the emulated PIT,
  * which fails whenever the host is busy.
  */
-async function hostTscKhz(): Promise<number | undefined> {
+export async function hostTscKhz(): Promise<number | undefined> {
   const cpu = (await readFile('/proc/cpuinfo', 'utf8').catch(() => '')).split('\n\n')[0] ?? '';
   const flags = new Set(/^flags\s*:(.*)$/m.exec(cpu)?.[1]?.trim().split(/\s+/));
   const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpu)?.[1]);

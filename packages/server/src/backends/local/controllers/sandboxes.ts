@@ -116,8 +116,11 @@ export interface Drivers {
 export class SandboxController implements Sandboxes {
   private readonly changes = new EventEmitter();
   private readonly locks = new Serial();
-  /** Starts are CPU and I/O heavy: a few at a time keeps the host (and the API) responsive. */
-  private readonly starts = new PQueue({ concurrency: 4 });
+  /**
+   * A bound on starts at once keeps the host (and the API) responsive. A start mostly waits on the kernel (a
+   * network namespace, two ext4 mounts) rather than on a core, so 8 keep a 2-core host busy without piling up.
+   */
+  private readonly starts = new PQueue({ concurrency: 8 });
   /** Pool members' starts (refills), one at a time, so claims and execs keep a core while a pool fills. */
   private readonly backgroundStarts = new PQueue({ concurrency: 1 });
   private readonly probing = new Set<string>();

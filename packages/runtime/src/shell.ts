@@ -3,8 +3,9 @@ import { randomBytes } from 'node:crypto';
 
 /**
  * One long-lived `sh` that runs scripts in turn. Spawning a process from a
- * large Node process costs milliseconds; forking from a small shell does not,
- * and namespace setup is a few `ip` runs that must be fast.
+ * large Node process costs milliseconds of its event loop (the fork copies the
+ * server's page tables); forking from a small shell does not. A sandbox's
+ * start and teardown are a dozen short commands: see runInShell.
  * Scripts must take any input from heredocs, never from the shell's stdin.
  */
 export class PersistentShell {
@@ -61,5 +62,49 @@ export class PersistentShell {
     child.stderr.resume();
     this.child = child;
     return child;
+  }
+}
+
+/** A word for sh, quoted. */
+export const shQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * How many scripts the pool runs at once: as many as sandbox starts run together. A network namespace's
+ * creation can wait tens of milliseconds on the kernel (RCU), which one shell would make everyone wait for.
+ */
+const POOL_SIZE = 8;
+const pool = Array.from({ length: POOL_SIZE }, () => ({ shell: new PersistentShell(), pending: 0 }));
+
+export interface ShellCommandOptions {
+  cwd?: string;
+  /** Resolve with the exit code instead of rejecting when the command fails. */
+  allowFail?: boolean;
+  /** Append the command's stdout and stderr to this file instead of capturing them. */
+  log?: string;
+}
+
+/**
+ * Runs a host command as run() does, forked by one of a few persistent shells
+ * instead of by Node. For the commands of a sandbox's start and teardown, which
+ * the server runs by the thousand; stdout and stderr come back together.
+ */
+export async function runInShell(cmd: string, args: string[], opts: ShellCommandOptions = {}): Promise<{ code: number; output: string }> {
+  const line = [cmd, ...args].map(shQuote).join(' ');
+  const r = await runScript(`${opts.cwd ? `cd ${shQuote(opts.cwd)} && ` : ''}${line}${opts.log ? ` >>${shQuote(opts.log)} 2>&1` : ''}`);
+  if (r.code !== 0 && !opts.allowFail) {
+    if (r.code === 127 && /not found/.test(r.output)) throw new Error(`${cmd} is not installed (not found on PATH)`);
+    throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.output.trim()}`);
+  }
+  return r;
+}
+
+/** Runs a script (see PersistentShell.run) in the least busy shell of the pool. */
+export async function runScript(script: string): Promise<{ code: number; output: string }> {
+  const slot = pool.reduce((a, b) => (b.pending < a.pending ? b : a));
+  slot.pending++;
+  try {
+    return await slot.shell.run(script);
+  } finally {
+    slot.pending--;
   }
 }
