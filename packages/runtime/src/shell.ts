@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
  * start and teardown are a dozen short commands: see runInShell.
  * Scripts must take any input from heredocs, never from the shell's stdin.
  */
-export class PersistentShell {
+class PersistentShell {
   private child?: ChildProcessWithoutNullStreams;
   private tail: Promise<unknown> = Promise.resolve();
 
@@ -17,10 +17,6 @@ export class PersistentShell {
     const next = this.tail.then(() => this.exec(script));
     this.tail = next.catch(() => {});
     return next;
-  }
-
-  close(): void {
-    this.child?.stdin.end();
   }
 
   private exec(script: string): Promise<{ code: number; output: string }> {
